@@ -1,0 +1,52 @@
+"""Hook specifications: one hook per component kind, plus one for CLI commands.
+
+A plugin is a module with functions decorated by ``avgen.hookimpl`` and an entry point in
+the ``avgen`` group. Each ``register`` hook receives a callable::
+
+    register(name, factory, params=Params, summary="...", card={...}, version="1")
+
+``factory(params, **context)`` builds the component from its validated ``Params``
+instance; ``context`` holds what only the runner knows (see ``avgen/protocols.py``).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("avgen")
+hookimpl = pluggy.HookimplMarker("avgen")
+
+
+@hookspec
+def register_encoders(register):
+    """Register visual encoders: frames [N, H, W, 3] uint8 -> features [N, dim]."""
+
+
+@hookspec
+def register_representations(register):
+    """Register audio representations: waveform [B, T] <-> representation [B, D, F]."""
+
+
+@hookspec
+def register_generators(register):
+    """Register generators: visual feature sequences -> audio representations."""
+
+
+@hookspec
+def register_losses(register):
+    """Register training losses: (outputs, batch) -> scalar tensor."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: clips with frames, waveform, class and id, plus splits."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metrics: EvalContext -> {name: number}."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add subcommands to the ``avgen`` CLI; ``cli`` is the root ``click.Group``."""

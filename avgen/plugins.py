@@ -1,0 +1,133 @@
+"""Plugin loading: entry-point group ``avgen``, lazily and once; broken plugins are reported.
+
+``AVGEN_LOAD_PLUGINS=name1,name2`` loads only those entry points (empty: none).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from avgen import hookspecs
+from avgen.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "avgen"
+
+# hook name -> component kind
+REGISTER_HOOKS: dict[str, str] = {
+    "register_encoders": "encoder",
+    "register_representations": "representation",
+    "register_generators": "generator",
+    "register_losses": "loss",
+    "register_datasets": "dataset",
+    "register_metrics": "metric",
+}
+assert sorted(REGISTER_HOOKS.values()) == sorted(KINDS)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin found through an entry point: where it came from and whether it loaded."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+
+class Plugins:
+    """The pluggy manager, the registry it filled, and what happened to each plugin."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("avgen")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.info: dict[str, PluginInfo] = {}
+
+    def load_entry_points(self) -> None:
+        """Import every allowed entry point; a failing one is recorded, the rest still load."""
+        allow = os.environ.get("AVGEN_LOAD_PLUGINS")
+        allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+        seen: set[str] = set()
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in seen or (allowed is not None and ep.name not in allowed):
+                continue
+            seen.add(ep.name)
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+                self.pm.check_pending()
+            except Exception as exc:  # a broken plugin must not take the others down
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
+                self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version, _one_line(exc))
+                continue
+            self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
+
+    def collect_components(self) -> None:
+        """Call every register_* hook, attributing each component to its plugin."""
+        for hook_name, kind in REGISTER_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                plugin = impl.plugin_name
+                if self.info.get(plugin) is not None and self.info[plugin].broken:
+                    continue
+
+                def register(name: str, factory: Any, *args: Any, _kind: str = kind, _plugin: str = plugin, **kwargs: Any):
+                    return self.registry.register(_kind, _plugin, name, factory, *args, **kwargs)
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    from avgen.errors import DuplicateComponentError
+
+                    if isinstance(exc, DuplicateComponentError):
+                        raise
+                    old = self.info.get(plugin)
+                    self.info[plugin] = PluginInfo(
+                        plugin, old.module if old else "?", old.distribution if old else "?",
+                        old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}",
+                    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return " ".join(text.split())
+
+
+_lock = threading.RLock()
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The loaded plugins (loaded on first use, once per process)."""
+    global _plugins
+    with _lock:
+        if _plugins is None:
+            plugins = Plugins()
+            plugins.load_entry_points()
+            plugins.collect_components()
+            _plugins = plugins
+        return _plugins
+
+
+def get_registry() -> Registry:
+    return get_plugins().registry
+
+
+def reset() -> None:
+    """Forget loaded plugins so the next access reloads them (for tests)."""
+    global _plugins
+    with _lock:
+        _plugins = None

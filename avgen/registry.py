@@ -1,0 +1,162 @@
+"""The component registry: kind -> name -> Component.
+
+Components come only from plugins (entry-point group ``avgen``); the registry is filled
+lazily, once, the first time it is asked for anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError
+
+KINDS: tuple[str, ...] = ("encoder", "representation", "generator", "loss", "dataset", "metric")
+
+
+class NoParams(BaseModel):
+    """Params of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: how to build it and what it is."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type[BaseModel]
+    summary: str
+    plugin: str
+    card: Mapping[str, Any] = field(default_factory=dict)
+    version: str = "1"
+
+    def validate(self, values: Mapping[str, Any] | None = None) -> BaseModel:
+        """Validate a params mapping with this component's Params (raises pydantic errors)."""
+        return self.params.model_validate(dict(values or {}))
+
+    def build(self, params: BaseModel | Mapping[str, Any] | None = None, **context: Any) -> Any:
+        """Build the component from validated params (or a mapping) and runner context."""
+        if not isinstance(params, BaseModel):
+            try:
+                params = self.validate(params)
+            except ValidationError as exc:
+                raise AvgenError(
+                    f"{self.kind} '{self.name}': {format_validation_error(exc)}"
+                ) from exc
+        return self.factory(params, **context)
+
+
+class Registry:
+    """Components by kind and name, with the plugin that registered each."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def register(
+        self,
+        kind: str,
+        plugin: str,
+        name: str,
+        factory: Callable[..., Any],
+        params: type[BaseModel] = NoParams,
+        summary: str = "",
+        card: Mapping[str, Any] | None = None,
+        version: str = "1",
+    ) -> Component:
+        """Add a component; a second component of the same kind and name is an error."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+            raise ValueError(f"component name {name!r} must be letters, digits, '_', '-', '.'")
+        if not (isinstance(params, type) and issubclass(params, BaseModel)):
+            raise TypeError(f"{kind} '{name}' from plugin '{plugin}': params must be a pydantic model")
+        existing = self._components[kind].get(name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by "
+                f"plugin '{plugin}'; uninstall one or rename its component"
+            )
+        component = Component(kind, name, factory, params, summary, plugin, dict(card or {}), version)
+        self._components[kind][name] = component
+        return component
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component of this kind and name, or an error listing the closest names."""
+        if kind not in KINDS:
+            raise UnknownComponentError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            names = sorted(self._components[kind])
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownComponentError(
+                f"unknown {kind} '{name}'{hint} (see `avgen list {kind}`)"
+            ) from None
+
+    def find(self, name: str) -> list[Component]:
+        """All components with this name, of any kind."""
+        return [c for kind in KINDS if (c := self._components[kind].get(name)) is not None]
+
+    def all(self, kind: str | None = None, pattern: str | None = None) -> list[Component]:
+        """Components sorted by kind then name, filtered by kind and a glob pattern."""
+        kinds = KINDS if kind is None else (kind,)
+        out = []
+        for k in kinds:
+            for name in sorted(self._components[k], key=_natural_key):
+                if pattern is None or fnmatch.fnmatch(name, pattern):
+                    out.append(self._components[k][name])
+        return out
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """Pydantic's errors as one line: 'key: message; key: message'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("model_type",):
+            msg = f"{msg} (got {err['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _registry() -> Registry:
+    from avgen.plugins import get_registry
+
+    return get_registry()
+
+
+def get_component(kind: str, name: str) -> Component:
+    """The registered component of this kind and name."""
+    return _registry().get(kind, name)
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:
+    """Registered components, optionally of one kind and matching a glob pattern."""
+    if kind is not None and kind not in KINDS:
+        raise UnknownComponentError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
+    return _registry().all(kind, pattern)
+
+
+def create(kind: str, name: str, context: Mapping[str, Any] | None = None, **params: Any) -> Any:
+    """Build a registered component, like ``timm.create_model``; None params are dropped."""
+    component = get_component(kind, name)
+    values = {k: v for k, v in params.items() if v is not None}
+    return component.build(values, **dict(context or {}))

@@ -1,0 +1,1 @@
+"""Audio representations: STFT magnitude and cochleagram (issue 4)."""

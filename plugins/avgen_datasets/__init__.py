@@ -1,0 +1,1 @@
+"""Datasets: greatest_hits, vig, folder, synthetic_hits (issue 5)."""

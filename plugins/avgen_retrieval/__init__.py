@@ -1,0 +1,1 @@
+"""Exemplar retrieval and recall@K (issue 8)."""

@@ -1,0 +1,1 @@
+"""Visual encoders: torchvision ResNets/AlexNet, timm, EfficientNet-Lite0 (issue 12)."""
