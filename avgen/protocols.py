@@ -124,3 +124,31 @@ class Metric(Protocol):
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         """Flat mapping of metric names to numbers (e.g. {'R@1': 0.3}); may write figures to ctx.run_dir."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Generator: a torch.nn.Module. Context: ``shape`` (GeneratorShape).
+
+    ``forward(features [B, N, feature_dim]) -> dict`` with at least ``rep`` [B, D, F] (s');
+    class-based generators add ``logits`` [B, F, C] and ``probs`` [B, C]. Frames are
+    replicated to F steps inside the generator with ``avgen.sequence.replicate_to_steps``.
+    """
+
+    uses_base_samples: bool
+
+    def set_base_samples(self, reps: torch.Tensor, labels: torch.Tensor) -> None:
+        """Compute per-class mean representations A_j from the training split (stored as a buffer)."""
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """Training loss. Context: ``representation`` (to decode s' to a waveform).
+
+    ``loss(outputs, batch) -> scalar tensor``: outputs from the generator (plus ``wave``, the
+    decoded s', when ``needs_wave``); batch holds ``features``, ``rep``, ``wave``, ``label``.
+    """
+
+    needs_wave: bool
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
