@@ -1,0 +1,271 @@
+"""Recipes: one flat TOML file per experiment, validated by pydantic and by each component's Params."""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from avgen.errors import AvgenError, RecipeError
+from avgen.registry import format_validation_error, get_component
+
+COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator"}
+LIST_SECTIONS = {"loss": "loss", "metric": "metric"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Strict):
+    name: str = Field("run", description="run name; the run directory is <out>/<name>")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random choice (data order, init)")
+    out: Path = Field(Path("runs"), description="folder holding run directories")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", v):
+            raise ValueError("must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+
+class TrainParams(_Strict):
+    """The [train] section: optimisation settings (paper: Adam, batch 40)."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimiser")
+    lr: float = Field(1e-3, gt=0, le=10, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    batch_size: int = Field(40, ge=1, le=1_000_000, description="global batch size (paper: 40)")
+    epochs: int = Field(30, ge=0, le=100_000, description="training epochs")
+    schedule: Literal["none", "cosine", "step"] = Field("none", description="learning-rate schedule")
+    step_size: int = Field(10, ge=1, description="epochs per decay for schedule='step'")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor for schedule='step'")
+    early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val improvement (0: off)")
+    grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
+    amp: bool = Field(False, description="mixed precision (bf16/fp16 autocast) on CUDA")
+    teacher_forcing: bool = Field(False, description="use the true class's base sample in training (paper: off)")
+    decode_phase: Literal["given", "griffin_lim", "zero", "random"] = Field(
+        "given", description="phase used to decode s' to a waveform for waveform losses in training"
+    )
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers for training batches")
+
+
+class EvalSection(_Strict):
+    """The [eval] section: how test sounds are generated for the metrics."""
+
+    phase: Literal["griffin_lim", "zero", "random"] = Field("griffin_lim", description="phase for the raw sound")
+    top_k: int = Field(10, ge=1, le=10_000, description="training clips retrieved per test clip")
+    examples: int = Field(8, ge=0, le=1000, description="test clips shown in the report")
+    split: Literal["test", "val"] = Field("test", description="split evaluated")
+
+
+class ComponentSpec(_Strict):
+    """A resolved component section: its registered name and validated params."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    weight: float = 1.0  # for losses
+
+
+class Recipe(_Strict):
+    """A validated recipe."""
+
+    run: RunSection = RunSection()
+    data: ComponentSpec
+    encoder: ComponentSpec | None = None
+    representation: ComponentSpec | None = None
+    generator: ComponentSpec | None = None
+    loss: list[ComponentSpec] = Field(default_factory=list)
+    metric: list[ComponentSpec] = Field(default_factory=list)
+    train: TrainParams = TrainParams()
+    eval: EvalSection = EvalSection()
+    source: Path | None = None
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The resolved recipe as the TOML structure it came from (defaults filled in)."""
+        out: dict[str, Any] = {"run": _plain(self.run.model_dump())}
+        for section in COMPONENT_SECTIONS:
+            spec = getattr(self, section)
+            if spec is not None:
+                out[section] = {"name": spec.name, **_plain(spec.params)}
+        for section in LIST_SECTIONS:
+            items = getattr(self, section)
+            if items:
+                out[section] = [
+                    {"name": s.name, **({"weight": s.weight} if section == "loss" else {}), **_plain(s.params)}
+                    for s in items
+                ]
+        out["train"] = _plain(self.train.model_dump())
+        out["eval"] = _plain(self.eval.model_dump())
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a TOML recipe, apply ``key.path=value`` overrides, validate every section."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder; give a recipe .toml file (or use `avgen run {path}/*.toml`)")
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    for item in overrides:
+        apply_override(raw, item, path)
+    return validate_recipe(raw, path, text)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as TOML (numbers, booleans, lists, quoted strings); otherwise a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], item: str, path: Path | str = "--set") -> None:
+    """Apply ``a.b.c=value`` to the raw recipe; list sections take an index or a component name."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, value_text = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not parts or any(not p for p in parts):
+        raise RecipeError(f"--set {item!r}: bad key {key!r}, e.g. --set generator.hidden=256")
+    value = parse_value(value_text.strip())
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: i + 1]), item)
+            continue
+        if part not in node:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        raise RecipeError(f"--set {item!r}: name a key inside {key.rsplit('.', 1)[0]}.{last}")
+    node[last] = value
+
+
+def _list_item(items: list[Any], part: str, where: str, item: str) -> Any:
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    matches = [x for x in items if isinstance(x, dict) and x.get("name") == part]
+    if len(matches) == 1:
+        return matches[0]
+    names = [str(x.get("name")) for x in items if isinstance(x, dict)]
+    raise RecipeError(f"--set {item!r}: no entry {part!r} in {where.rsplit('.', 1)[0]}; entries: {', '.join(names) or 'none'}")
+
+
+def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: str | None = None) -> Recipe:
+    """Validate a raw recipe mapping; errors name the recipe, the key (with line) and what is allowed."""
+    source = Path(source)
+    raw = copy.deepcopy(raw)
+    known = set(Recipe.model_fields) - {"source"}
+    for key in raw:
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise RecipeError(f"{_where(source, text, key)}: unknown section [{key}]; sections are {allowed}")
+    if "data" not in raw:
+        raise RecipeError(f"{source}: missing section [data] (e.g. [data] name = \"synthetic_hits\")")
+    resolved: dict[str, Any] = {}
+    for section, value in raw.items():
+        if section in COMPONENT_SECTIONS:
+            resolved[section] = _component(COMPONENT_SECTIONS[section], section, value, source, text)
+        elif section in LIST_SECTIONS:
+            if isinstance(value, dict):
+                value = [value]
+            if not isinstance(value, list):
+                raise RecipeError(f"{_where(source, text, section)}: [[{section}]] must be a list of tables")
+            resolved[section] = [
+                _component(LIST_SECTIONS[section], f"{section}.{i}", v, source, text, weighted=section == "loss")
+                for i, v in enumerate(value)
+            ]
+        else:
+            resolved[section] = value
+    resolved["source"] = source
+    try:
+        return Recipe.model_validate(resolved)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise RecipeError(f"{_where(source, text, key)}: {format_validation_error(exc)}") from None
+
+
+def _component(kind: str, section: str, value: Any, source: Path, text: str | None, weighted: bool = False) -> ComponentSpec:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{_where(source, text, section)}: [{section}] must be a table with a 'name' key")
+    values = dict(value)
+    name = values.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{_where(source, text, section)}: [{section}] needs name = \"<{kind}>\" (see `avgen list {kind}`)")
+    weight = 1.0
+    if weighted:
+        weight = values.pop("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise RecipeError(f"{_where(source, text, section + '.weight')}: weight must be a number >= 0 (got {weight!r})")
+    try:
+        component = get_component(kind, name)
+    except AvgenError as exc:
+        raise RecipeError(f"{_where(source, text, section + '.name')}: {exc}") from None
+    try:
+        params = component.validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = f"{section}." + ".".join(str(p) for p in err["loc"])
+        allowed = ", ".join(component.params.model_fields)
+        raise RecipeError(
+            f"{_where(source, text, key)}: {format_validation_error(exc, section)}"
+            f" ({kind} '{name}' takes: {allowed or 'no params'})"
+        ) from None
+    return ComponentSpec(name=name, params=params.model_dump(mode="json"), weight=float(weight))
+
+
+def _where(source: Path, text: str | None, key: str) -> str:
+    """'recipe.toml:12 [generator] hidden' when the key's line can be found."""
+    line = _find_line(text, key) if text else None
+    return f"{source}:{line}" if line else str(source)
+
+
+def _find_line(text: str, key: str) -> int | None:
+    parts = key.split(".")
+    section, leaf = parts[0], parts[-1]
+    in_section = False
+    fallback = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.fullmatch(r"\[\[?\s*([^\]]+?)\s*\]\]?", stripped.split("#")[0].strip())
+        if header:
+            in_section = header.group(1) == section
+            if in_section and len(parts) == 1:
+                return number
+            continue
+        if in_section and re.match(rf"{re.escape(leaf)}\s*=", stripped):
+            return number
+        if fallback is None and re.match(rf"{re.escape(leaf)}\s*=", stripped):
+            fallback = number
+    return fallback
