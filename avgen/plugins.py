@@ -131,3 +131,17 @@ def reset() -> None:
     global _plugins
     with _lock:
         _plugins = None
+
+
+def register_commands(cli: Any) -> None:
+    """Let every loaded plugin add its commands; a failing plugin is marked broken."""
+    plugins = get_plugins()
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            old = plugins.info.get(impl.plugin_name)
+            plugins.info[impl.plugin_name] = PluginInfo(
+                impl.plugin_name, old.module if old else "?", old.distribution if old else "?",
+                old.version if old else "?", f"register_commands failed: {_one_line(exc)}",
+            )

@@ -1,0 +1,6 @@
+"""``python -m avgen`` (also what ``torchrun -m avgen`` runs)."""
+
+from avgen.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Content-addressed feature cache: tensors keyed by a hash of everything that produced them.
+
+Entries are safetensors files written atomically (temp file + rename), so concurrent runs
+can share the cache and a half-written entry is never read: a file that fails to load is
+treated as a miss, removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from avgen.atomic import atomic_path
+from avgen.paths import cache_dir
+
+log = logging.getLogger("avgen.cache")
+
+
+def cache_key(*parts: Any) -> str:
+    """SHA-256 of the canonical JSON of ``parts`` (dicts sorted, paths as strings)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class FeatureCache:
+    """A folder of ``<key[:2]>/<key>.safetensors`` entries."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under key, or None (a corrupt entry is removed and counts as a miss)."""
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # truncated or foreign file: rebuild it
+            log.warning("cache entry %s is unreadable (%s); rebuilding it", path, exc)
+            path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return tensors
+
+    def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str] | None = None) -> Path:
+        """Store tensors under key atomically; returns the entry's path."""
+        path = self.path(key)
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(meta or {}))
+        return path
+
+    def info(self) -> dict[str, Any]:
+        """Number of entries and bytes used."""
+        files = [p for p in self.root.glob("*/*.safetensors")]
+        return {"root": str(self.root), "entries": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many were removed."""
+        count = 0
+        for sub in self.root.iterdir():
+            if sub.is_dir():
+                count += sum(1 for _ in sub.glob("*.safetensors"))
+                shutil.rmtree(sub, ignore_errors=True)
+        return count

@@ -1,0 +1,285 @@
+"""The ``avgen`` command: list and show components, run recipes, manage the cache.
+
+Plugins add commands through the ``register_commands(cli)`` hook; they are loaded only
+when a command that is not built in is asked for (so ``avgen --help`` lists them too).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from avgen import __version__
+from avgen.errors import AvgenError
+from avgen.registry import KINDS
+
+console = Console()
+err_console = Console(stderr=True)
+
+_BUILTIN = {"list", "show", "run", "cache"}
+
+
+class AvgenGroup(click.Group):
+    """A click group that pulls plugin commands in on first need."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if not AvgenGroup._plugins_loaded:
+            AvgenGroup._plugins_loaded = True
+            from avgen.plugins import register_commands
+
+            register_commands(self)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _BUILTIN:
+            self._load_plugin_commands()
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=AvgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="avgen")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """avgen: generate the sound a video shows (POCAN, Owens et al.) with pluggable components."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+# ---------------------------------------------------------------- list / show
+
+
+def _kind(text: str) -> str | None:
+    """'encoder' or 'encoders' -> 'encoder'; anything else -> None."""
+    text = text.lower()
+    for kind in KINDS:
+        if text in (kind, kind + "s", kind + "es"):
+            return kind
+    return None
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
+    """List registered components: KIND (encoder, representation, generator, loss,
+    dataset, metric) and a glob PATTERN such as '*resnet*'."""
+    from avgen.plugins import get_plugins
+    from avgen.registry import list_components
+
+    if kind is not None and _kind(kind) is None:
+        if pattern is not None:
+            raise AvgenError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
+        kind, pattern = None, kind  # `avgen list '*resnet*'`
+    components = list_components(_kind(kind) if kind else None, pattern)
+    broken = [p for p in get_plugins().info.values() if p.broken]
+    if as_json:
+        click.echo(json.dumps({
+            "components": [{"kind": c.kind, "name": c.name, "plugin": c.plugin, "summary": c.summary,
+                            "version": c.version} for c in components],
+            "broken_plugins": [{"name": p.name, "module": p.module, "error": p.error} for p in broken],
+        }, indent=2))
+        return
+    table = Table(title="avgen components", show_lines=False)
+    for col in ("kind", "name", "plugin", "summary"):
+        table.add_column(col, overflow="fold")
+    for c in components:
+        table.add_row(c.kind, c.name, c.plugin, c.summary)
+    console.print(table)
+    if not components:
+        console.print("no components match" + (f" '{pattern}'" if pattern else ""))
+    for p in broken:
+        console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {p.error}")
+
+
+@cli.command("show")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(KINDS), help="Which kind, when several kinds share NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
+    """Show a component's Params (field, type, default, description) and card."""
+    from avgen.plugins import get_registry
+    from avgen.registry import get_component
+
+    found = [get_component(kind, name)] if kind else get_registry().find(name)
+    if not found:
+        names = sorted({c.name for c in get_registry().all()})
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise AvgenError(f"no component named '{name}'{hint} (see `avgen list`)")
+    for c in found:
+        fields = [_field_row(fname, f) for fname, f in c.params.model_fields.items()]
+        if as_json:
+            click.echo(json.dumps({"kind": c.kind, "name": c.name, "plugin": c.plugin, "summary": c.summary,
+                                   "version": c.version, "card": c.card,
+                                   "params": [dict(zip(("field", "type", "default", "description"), r)) for r in fields]},
+                                  indent=2, default=str))
+            continue
+        console.print(f"[bold]{c.kind} {c.name}[/bold] (plugin {c.plugin}, version {c.version}): {c.summary}")
+        table = Table("field", "type", "default", "description", title="Params")
+        for row in fields:
+            table.add_row(*row)
+        if not fields:
+            console.print("no params")
+        else:
+            console.print(table)
+        if c.card:
+            card = Table("card", "value")
+            for k, v in c.card.items():
+                card.add_row(str(k), str(v))
+            console.print(card)
+
+
+def _field_row(name: str, field: Any) -> tuple[str, str, str, str]:
+    annotation = field.annotation
+    type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+    return name, type_name, default, field.description or ""
+
+
+# ---------------------------------------------------------------- run
+
+
+@cli.command("run")
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set train.epochs=5 (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for run directories (default: the recipe's run.out).")
+@click.option("--fresh", is_flag=True, help="Start the run over instead of resuming it.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where models run (default: the recipe's run.device).")
+@click.option("--only", type=click.Choice(["prepare", "featurize", "fit", "generate", "evaluate", "report"]),
+              help="Run only this stage (again).")
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="DataLoader worker processes for decoding video.")
+def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
+            device: str | None, only: str | None, workers: int) -> None:
+    """Run one or more RECIPES (TOML files, or folders of them) through every stage.
+
+    A re-run of the same recipe resumes after the last finished stage; several recipes
+    share the feature cache and end with a comparison table.
+    """
+    from avgen.recipe import load_recipe
+    from avgen.runner import Run, resolve_device
+
+    paths = _expand_recipes(recipes)
+    loaded = [load_recipe(p, overrides) for p in paths]  # validate all before running any
+    run_dirs = []
+    for recipe in loaded:
+        if out is not None:
+            recipe.run.out = out
+        dev = resolve_device(device or recipe.run.device)
+        run_dir = recipe.run.out / recipe.run.name
+        if run_dir in run_dirs:
+            raise AvgenError(f"two recipes write the same run directory {run_dir}; give each a different run.name")
+        run_dirs.append(run_dir)
+        err_console.print(f"[bold]avgen run[/bold] {recipe.source} -> {run_dir} on {dev}")
+        Run(recipe, run_dir, dev, console=err_console, num_workers=workers).execute(only=only, fresh=fresh)
+        console.print(f"run directory: {run_dir}")
+    if len(run_dirs) > 1:
+        _print_comparison(run_dirs)
+
+
+def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(item.glob("*.toml"))
+            if not found:
+                raise AvgenError(f"{item}: folder holds no .toml recipes")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _print_comparison(run_dirs: list[Path]) -> None:
+    rows = []
+    keys: list[str] = []
+    for run_dir in run_dirs:
+        path = run_dir / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        flat = {f"{m}/{k}": v for m, vals in metrics.items() for k, v in vals.items() if isinstance(v, (int, float))}
+        keys += [k for k in flat if k not in keys]
+        rows.append((run_dir.name, flat))
+    table = Table("run", *keys, title="comparison")
+    for name, flat in rows:
+        table.add_row(name, *(f"{flat[k]:.4f}" if k in flat else "-" for k in keys))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- cache
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect or clear the feature cache ($AVGEN_CACHE, default $AVGEN_HOME/cache)."""
+
+
+@cache_group.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def cache_info(as_json: bool) -> None:
+    """Where the cache is, how many entries and how many bytes."""
+    from avgen.cache import FeatureCache
+
+    info = FeatureCache().info()
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        console.print(f"cache {info['root']}: {info['entries']} entries, {info['bytes'] / 1e6:.1f} MB")
+
+
+@cache_group.command("clear")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_clear(yes: bool) -> None:
+    """Delete every cache entry."""
+    from avgen.cache import FeatureCache
+
+    cache = FeatureCache()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"delete every entry under {cache.root}?", abort=True)
+    console.print(f"removed {cache.clear()} entries from {cache.root}")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors print one line and exit 2 (``--debug`` shows the traceback)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="avgen", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished stages and checkpoints are kept, rerun the same command to resume")
+        sys.exit(130)
+    except AvgenError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not bad input: keep one line unless --debug
+        if debug:
+            raise
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)

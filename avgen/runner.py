@@ -1,0 +1,569 @@
+"""A run: prepare -> featurize -> fit -> generate -> evaluate -> report, resumable from its directory.
+
+Each stage is a small function over plugin calls. The stage ledger (``stages.json``) records
+finished stages, so running the same recipe again continues after the last one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from avgen import __version__
+from avgen.atomic import write_json, write_text
+from avgen.cache import FeatureCache, cache_key
+from avgen.errors import AvgenError, RunLockedError
+from avgen.protocols import Clip, EvalContext, GeneratorShape
+from avgen.recipe import Recipe, TrainParams
+from avgen.registry import get_component
+
+STAGES: tuple[str, ...] = ("prepare", "featurize", "fit", "generate", "evaluate", "report")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+log = logging.getLogger("avgen")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AvgenError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar style used by every long stage."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+class RunDir:
+    """Files of one run: resolved recipe, environment, ledger, log, lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ledger_path = path / "stages.json"
+
+    def ledger(self) -> dict[str, Any]:
+        if not self.ledger_path.is_file():
+            return {"stages": {}}
+        try:
+            return json.loads(self.ledger_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise AvgenError(
+                f"{self.ledger_path}: stage ledger is unreadable; rerun with --fresh to start this run over"
+            ) from None
+
+    def done(self, stage: str) -> bool:
+        return self.ledger()["stages"].get(stage, {}).get("status") == "done"
+
+    def mark(self, stage: str, seconds: float, info: dict[str, Any] | None = None) -> None:
+        ledger = self.ledger()
+        ledger["stages"][stage] = {"status": "done", "seconds": round(seconds, 3), "finished": time.time(), **(info or {})}
+        write_json(self.ledger_path, ledger)
+
+    def forget_from(self, stage: str) -> None:
+        """Mark ``stage`` and every later stage as not done."""
+        ledger = self.ledger()
+        for s in STAGES[STAGES.index(stage):]:
+            ledger["stages"].pop(s, None)
+        write_json(self.ledger_path, ledger)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``run.lock`` for the duration; a second process on the same run dir is refused."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / "run.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunLockedError(
+                f"{self.path}: another avgen process is using this run directory; wait for it or use another --out"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
+    """Versions, seed, device and git commit, for reproducibility."""
+    from avgen.plugins import get_plugins
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    plugins = {name: {"distribution": p.distribution, "version": p.version, "error": p.error}
+               for name, p in get_plugins().info.items()}
+    return {
+        "avgen": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "seed": seed,
+        "git_commit": commit,
+        "argv": sys.argv,
+        "plugins": plugins,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ---------------------------------------------------------------- data held between stages
+
+
+@dataclass
+class SplitData:
+    """One split's clips and their tensors (features may be None without an encoder)."""
+
+    clips: list[Clip]
+    wave: torch.Tensor  # [M, T] at the representation's sample rate
+    label: torch.Tensor  # long [M]
+    features: torch.Tensor | None = None  # [M, N, feature_dim]
+    rep: torch.Tensor | None = None  # [M, D, F]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"wave": self.wave, "label": self.label}
+        if self.features is not None:
+            out["features"] = self.features
+        if self.rep is not None:
+            out["rep"] = self.rep
+        return out
+
+
+class _ClipLoader(torch.utils.data.Dataset):
+    """Decodes frames and audio of clips (runs in DataLoader workers)."""
+
+    def __init__(self, dataset: Any, clips: list[Clip], fps: float | None, size: int | None, frames: int) -> None:
+        self.dataset, self.clips, self.fps, self.size, self.frames = dataset, clips, fps, size, frames
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+        clip = self.clips[i]
+        frames = None
+        if self.fps is not None:
+            frames = fit_frame_count(self.dataset.load_frames(clip, self.fps, self.size), self.frames, clip)
+        wave = self.dataset.load_audio(clip)
+        return i, frames, wave
+
+
+def fit_frame_count(frames: torch.Tensor, count: int, clip: Clip) -> torch.Tensor:
+    """Trim or pad (repeating the last frame) to exactly ``count`` frames."""
+    if frames.shape[0] == 0:
+        raise AvgenError(f"clip {clip.id} ({clip.video}): no video frames in [{clip.start:.3f}, {clip.start + clip.duration:.3f}] s")
+    if frames.shape[0] >= count:
+        return frames[:count]
+    pad = frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])
+    return torch.cat([frames, pad])
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Executes a recipe's stages in a run directory."""
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    cache: FeatureCache = field(default_factory=FeatureCache)
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.dir = RunDir(self.run_dir)
+        self._dataset: Any = None
+        self._representation: Any = None
+        self._encoder: Any = None
+        self._splits: dict[str, SplitData] = {}
+
+    # ---- components (built on first use)
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            spec = self.recipe.data
+            self._dataset = get_component("dataset", spec.name).build(spec.params)
+        return self._dataset
+
+    @property
+    def representation(self) -> Any:
+        if self._representation is None and self.recipe.representation is not None:
+            spec = self.recipe.representation
+            rep = get_component("representation", spec.name).build(spec.params)
+            self._representation = rep.to(self.device) if hasattr(rep, "to") else rep
+        return self._representation
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None and self.recipe.encoder is not None:
+            spec = self.recipe.encoder
+            self._encoder = get_component("encoder", spec.name).build(spec.params, device=self.device)
+        return self._encoder
+
+    @property
+    def sample_rate(self) -> int:
+        rep = self.representation
+        return int(rep.sample_rate) if rep is not None else int(self.dataset.sample_rate)
+
+    # ---- driver
+
+    def execute(self, only: str | None = None, fresh: bool = False) -> dict[str, Any]:
+        """Run every stage not yet done (or just ``only``); returns the ledger."""
+        with self.dir.lock():
+            self._start(fresh)
+            stages = STAGES if only is None else (only,)
+            for stage in stages:
+                if only is None and self.dir.done(stage):
+                    self.console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
+                    continue
+                if only is not None:
+                    self.dir.forget_from(stage) if stage != "report" else None
+                started = time.perf_counter()
+                self.console.rule(f"[bold]{stage}")
+                log.info("stage %s started", stage)
+                info = getattr(self, f"stage_{stage}")() or {}
+                seconds = time.perf_counter() - started
+                self.dir.mark(stage, seconds, info)
+                log.info("stage %s done in %.1f s %s", stage, seconds, json.dumps(info, default=str))
+            return self.dir.ledger()
+
+    def _start(self, fresh: bool) -> None:
+        resolved = self.recipe.to_toml_dict()
+        recipe_id = cache_key(resolved)
+        existing = self.dir.ledger() if self.dir.ledger_path.is_file() else None
+        if fresh and self.run_dir.exists():
+            for name in ("stages.json", "metrics.json", "history.json", "report.html", "report.md", "dataset.json"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            for sub in ("checkpoints", "generated", "figures"):
+                _remove_tree(self.run_dir / sub)
+            existing = None
+        elif existing is not None and existing.get("recipe_id") not in (None, recipe_id):
+            raise AvgenError(
+                f"{self.run_dir}: holds a run of a different recipe (or different --set values); "
+                "add --fresh to start it over or choose another --out"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _attach_log(self.run_dir / "log.txt")
+        write_text(self.run_dir / "recipe.toml", dump_toml(resolved))
+        write_json(self.run_dir / "environment.json", environment_record(self.recipe.run.seed, self.device))
+        ledger = self.dir.ledger()
+        ledger["recipe_id"] = recipe_id
+        write_json(self.dir.ledger_path, ledger)
+
+    # ---- stages
+
+    def stage_prepare(self) -> dict[str, Any]:
+        with progress_bar(self.console) as progress:
+            self.dataset.prepare(progress)
+        counts = {split: len(self.dataset.clips(split)) for split in SPLITS}
+        if counts["train"] == 0:
+            raise AvgenError(f"dataset '{self.recipe.data.name}': the train split has no clips; check its root and split files")
+        write_json(self.run_dir / "dataset.json", {
+            "name": self.recipe.data.name, "class_names": list(self.dataset.class_names), "splits": counts,
+            "sample_rate": self.dataset.sample_rate, "clip_seconds": self.dataset.clip_seconds,
+        })
+        self.console.print("clips: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return {"clips": counts}
+
+    def stage_featurize(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for split in SPLITS:
+            data, info = self._featurize_split(split)
+            self._splits[split] = data
+            stats[split] = info
+        return stats
+
+    def split(self, split: str) -> SplitData:
+        """A split's tensors (from memory, the cache, or computed now)."""
+        if split not in self._splits:
+            self._splits[split], _ = self._featurize_split(split)
+        return self._splits[split]
+
+    def _featurize_split(self, split: str) -> tuple[SplitData, dict[str, Any]]:
+        dataset, encoder, rep = self.dataset, self.encoder, self.representation
+        clips = dataset.clips(split)
+        rate = self.sample_rate
+        samples = round(dataset.clip_seconds * rate)
+        frames = max(1, round(dataset.clip_seconds * encoder.fps)) if encoder is not None else 0
+        enc_id = None
+        if encoder is not None:
+            spec = self.recipe.encoder
+            enc_id = (spec.name, spec.params, get_component("encoder", spec.name).version, frames)
+        audio_id = (self.recipe.data.name, self.recipe.data.params, get_component("dataset", self.recipe.data.name).version, rate)
+        keys = [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
+        split_key = cache_key("split", keys)
+        cached = self.cache.get(split_key)
+        info: dict[str, Any] = {"clips": len(clips), "encoded": 0, "from_cache": 0}
+        if cached is not None:
+            info["from_cache"] = len(clips)
+            features, wave = cached.get("features"), cached["wave"]
+        else:
+            features, wave, encoded = self._encode_clips(split, clips, keys, samples, frames)
+            info["encoded"] = encoded
+            info["from_cache"] = len(clips) - encoded
+            tensors = {"wave": wave}
+            if features is not None:
+                tensors["features"] = features
+            self.cache.put(split_key, tensors)
+        _check_finite(wave, clips, "audio")
+        if features is not None:
+            _check_finite(features, clips, "visual features")
+        label = torch.tensor([c.label for c in clips], dtype=torch.long)
+        reps = None
+        if rep is not None and len(clips):
+            reps = self._encode_rep(wave)
+        self.console.print(
+            f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache)"
+        )
+        return SplitData(clips, wave, label, features, reps), info
+
+    def _encode_rep(self, wave: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        rep = self.representation
+        out = []
+        with torch.no_grad():  # not inference_mode: these are training targets
+            for i in range(0, wave.shape[0], batch):
+                out.append(rep.encode(wave[i:i + batch].to(self.device)).float().cpu())
+        return torch.cat(out)
+
+    def _encode_clips(self, split: str, clips: list[Clip], keys: list[str], samples: int, frames: int
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+        encoder = self.encoder
+        feats: list[torch.Tensor | None] = [None] * len(clips)
+        waves: list[torch.Tensor | None] = [None] * len(clips)
+        todo = []
+        for i, key in enumerate(keys):
+            entry = self.cache.get(key)
+            if entry is not None and (encoder is None or "features" in entry):
+                waves[i], feats[i] = entry["wave"], entry.get("features")
+            else:
+                todo.append(i)
+        if todo:
+            loader = torch.utils.data.DataLoader(
+                _ClipLoader(self.dataset, [clips[i] for i in todo],
+                            encoder.fps if encoder is not None else None,
+                            encoder.input_size if encoder is not None else None, frames),
+                batch_size=8, num_workers=self.num_workers, collate_fn=list,
+                persistent_workers=False,
+            )
+            with progress_bar(self.console) as progress:
+                task = progress.add_task(f"featurize {split}", total=len(todo))
+                for batch in loader:
+                    idx = [todo[j] for j, _, _ in batch]
+                    batch_feats = None
+                    if encoder is not None:
+                        stacked = torch.cat([f for _, f, _ in batch])
+                        batch_feats = encoder.encode(stacked).float().cpu().reshape(len(batch), frames, -1)
+                    for k, (i, (_, _, wave)) in enumerate(zip(idx, batch)):
+                        wave = self._to_rate(wave.float(), samples, clips[i])
+                        waves[i] = wave
+                        entry = {"wave": wave}
+                        if batch_feats is not None:
+                            feats[i] = batch_feats[k].clone()
+                            entry["features"] = feats[i]
+                        self.cache.put(keys[i], entry)
+                    progress.advance(task, len(batch))
+        wave = torch.stack(waves) if clips else torch.zeros(0, samples)
+        features = torch.stack(feats) if encoder is not None and clips else None
+        return features, wave, len(todo)
+
+    def _to_rate(self, wave: torch.Tensor, samples: int, clip: Clip) -> torch.Tensor:
+        src = int(self.dataset.sample_rate)
+        if src != self.sample_rate:
+            import torchaudio.functional as AF
+
+            wave = AF.resample(wave, src, self.sample_rate)
+        if wave.shape[-1] < samples:
+            wave = torch.nn.functional.pad(wave, (0, samples - wave.shape[-1]))
+        return wave[:samples].contiguous()
+
+    def stage_fit(self) -> dict[str, Any]:
+        if self.recipe.generator is None:
+            self.console.print("no [generator] in the recipe: nothing to train", markup=False)
+            return {"skipped": "no generator"}
+        from avgen.train import WeightedLoss, fit
+
+        train, val = self.split("train"), self.split("val")
+        model, shape = self.build_generator()
+        losses = [
+            WeightedLoss(spec.name, spec.weight,
+                         get_component("loss", spec.name).build(spec.params, representation=self.representation))
+            for spec in self.recipe.loss
+        ]
+        if not losses:
+            raise AvgenError(f"{self.recipe.source}: a [generator] needs at least one [[loss]] entry")
+        result = fit(
+            model=model, losses=losses, train=train.tensors(), val=val.tensors() if len(val.clips) else None,
+            params=self.recipe.train, run_dir=self.run_dir, seed=self.recipe.run.seed, device=self.device,
+            representation=self.representation, meta=self.checkpoint_meta(shape), console=self.console,
+        )
+        return {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
+
+    def build_generator(self) -> tuple[torch.nn.Module, GeneratorShape]:
+        spec = self.recipe.generator
+        train = self.split("train")
+        if train.features is None or train.rep is None:
+            raise AvgenError(f"{self.recipe.source}: [generator] needs an [encoder] and a [representation]")
+        shape = GeneratorShape(
+            feature_dim=int(train.features.shape[-1]), rep_dim=int(train.rep.shape[1]),
+            steps=int(train.rep.shape[2]), num_classes=len(self.dataset.class_names),
+        )
+        model = get_component("generator", spec.name).build(spec.params, shape=shape)
+        return model.to(self.device), shape
+
+    def checkpoint_meta(self, shape: GeneratorShape) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe.to_toml_dict(),
+            "class_names": list(self.dataset.class_names),
+            "shape": shape.__dict__,
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.dataset.clip_seconds,
+            "avgen": __version__,
+        }
+
+    def stage_generate(self) -> dict[str, Any]:
+        if self.recipe.generator is None:
+            self.console.print("no [generator] in the recipe: nothing to generate", markup=False)
+            return {"skipped": "no generator"}
+        from avgen.generate import generate_split
+
+        return generate_split(self)
+
+    def stage_evaluate(self) -> dict[str, Any]:
+        ctx = self.eval_context()
+        metrics: dict[str, Any] = {}
+        for spec in self.recipe.metric:
+            metric = get_component("metric", spec.name).build(spec.params)
+            started = time.perf_counter()
+            values = metric.compute(ctx)
+            metrics[spec.name] = {k: _number(v) for k, v in values.items()}
+            self.console.print(f"{spec.name}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+                               + f" [dim]({time.perf_counter() - started:.1f} s)[/dim]")
+        write_json(self.run_dir / "metrics.json", metrics)
+        return {"metrics": list(metrics)}
+
+    def eval_context(self) -> EvalContext:
+        split = self.recipe.eval.split
+        test, train = self.split(split), self.split("train")
+        from avgen.generate import load_generated
+
+        generated = load_generated(self.run_dir)
+        return EvalContext(
+            run_dir=self.run_dir, sample_rate=self.sample_rate, class_names=list(self.dataset.class_names),
+            test_ids=[c.id for c in test.clips], test_labels=test.label, real_waves=test.wave, real_reps=test.rep,
+            train_labels=train.label, train_waves=lambda: train.wave,
+            predicted_reps=generated.get("rep"), generated={k: generated[k] for k in ("raw", "exemplar") if k in generated},
+            retrieved=generated.get("retrieved"), representation=self.representation, device=self.device,
+            extra={"dataset_hash": cache_key(self.recipe.data.name, self.recipe.data.params, [c.id for c in train.clips]),
+                   "dataset": self.recipe.data.name},
+        )
+
+    def stage_report(self) -> dict[str, Any]:
+        from avgen.report import write_report
+
+        html, md = write_report(self.run_dir)
+        self.console.print(f"report: {html}")
+        return {"html": str(html), "md": str(md)}
+
+
+def _clip_id(clip: Clip) -> tuple[Any, ...]:
+    return (clip.id, str(clip.video), str(clip.audio), round(clip.start, 6), round(clip.duration, 6), clip.fingerprint)
+
+
+def _check_finite(x: torch.Tensor, clips: list[Clip], what: str) -> None:
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise AvgenError(f"clip {clips[i].id} ({clips[i].audio or clips[i].video}): {what} contain NaN or inf; "
+                         "fix or remove the file")
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_log_handlers: dict[str, logging.Handler] = {}
+
+
+def _attach_log(path: Path) -> None:
+    """Send the 'avgen' logger to the run's log.txt (once per path)."""
+    key = str(path)
+    if key in _log_handlers:
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("avgen").addHandler(handler)
+    logging.getLogger("avgen").setLevel(logging.INFO)
+    _log_handlers[key] = handler
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write a recipe dict as TOML (tables, arrays of tables, scalars and lists)."""
+    lines: list[str] = ["# resolved recipe written by avgen " + __version__]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+        else:
+            lines.insert(1, f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if v == v and v not in (float("inf"), float("-inf")) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(str(v), ensure_ascii=False)
