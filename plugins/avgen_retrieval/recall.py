@@ -1,0 +1,56 @@
+"""Recall at K of the exemplar retrieval: the paper's main metric (Tables 2 and 4)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from avgen.errors import AvgenError
+from avgen.protocols import EvalContext
+
+log = logging.getLogger("avgen.retrieval")
+
+
+class RecallParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ks: list[int] = Field(default=[1, 5, 10], description="cut-offs K; reported as R@K")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be a non-empty list of integers >= 1")
+        return ks
+
+
+def recall_at_k(retrieved: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """Fraction of test clips with at least one same-class clip among their top-K retrieved ones.
+
+    ``retrieved`` is long [N, K_max] (training indices, best first); a K above K_max uses all.
+    """
+    if retrieved.shape[0] != test_labels.shape[0]:
+        raise AvgenError(f"recall_at_k: {retrieved.shape[0]} retrieval rows for {test_labels.shape[0]} test clips; re-run the generate stage")
+    if retrieved.numel() and int(retrieved.max()) >= train_labels.shape[0]:
+        raise AvgenError(f"recall_at_k: retrieved index {int(retrieved.max())} is outside the {train_labels.shape[0]} training clips; re-run the generate stage")
+    same = train_labels[retrieved.long()] == test_labels.long().unsqueeze(1)  # [N, K_max]
+    out = {}
+    for k in ks:
+        hits = same[:, :k].any(dim=1).float()
+        out[f"R@{k}"] = round(float(hits.mean()), 6) if len(hits) else 0.0
+    return out
+
+
+class RecallAtK:
+    """The recall_at_k metric over ctx.retrieved and ctx.train_labels."""
+
+    def __init__(self, params: RecallParams) -> None:
+        self.params = params
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.retrieved is None or ctx.train_labels is None:
+            log.info("recall_at_k: no retrieval results in this run (no generator); skipped")
+            return {}
+        return recall_at_k(ctx.retrieved, ctx.train_labels, ctx.test_labels, self.params.ks)
