@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from avgen import __version__
@@ -101,7 +102,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
     if not components:
         console.print("no components match" + (f" '{pattern}'" if pattern else ""))
     for p in broken:
-        console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {p.error}")
+        console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
 
 
 @cli.command("show")
@@ -275,11 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     except AvgenError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, not bad input: keep one line unless --debug
         if debug:
             raise
-        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)

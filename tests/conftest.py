@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated AVGEN_HOME and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "avgen-plugin-example"
+
+
+@pytest.fixture
+def avgen_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private AVGEN_HOME (weights, cache) for this test, in-process and for subprocesses."""
+    home = tmp_path / "avgen_home"
+    monkeypatch.setenv("AVGEN_HOME", str(home))
+    monkeypatch.delenv("AVGEN_CACHE", raising=False)
+    return home
+
+
+def run_avgen(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m avgen ARGS`` and capture its output (text)."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "avgen", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """Non-empty lines on stderr."""
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def example_plugin() -> None:
+    """The example plugin must be installed (README's test command and .ci/run install it)."""
+    try:
+        import avgen_plugin_example  # noqa: F401
+    except ImportError:
+        pytest.fail("the example plugin is not installed: pip install -e examples/avgen-plugin-example")

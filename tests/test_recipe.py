@@ -1,0 +1,100 @@
+"""Recipes: validation by each component's Params, --set overrides, one-line errors through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avgen.errors import RecipeError
+from avgen.recipe import apply_override, load_recipe, parse_value
+from conftest import error_lines, run_avgen
+
+GOOD = """
+[run]
+name = "t"
+seed = 3
+
+[data]
+name = "tones"
+classes = 2
+clips_per_class = 5
+
+[encoder]
+name = "mean_color"
+
+[representation]
+name = "mel"
+n_mels = 16
+
+[[metric]]
+name = "mean_energy"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_recipe_validates_each_section_with_its_params(tmp_path: Path, example_plugin: None) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD))
+    assert recipe.data.params["classes"] == 2 and recipe.data.params["sample_rate"] == 22050  # default filled
+    assert recipe.representation.params["n_mels"] == 16
+    assert recipe.run.seed == 3 and recipe.train.batch_size == 40  # paper default
+
+
+def test_set_overrides_coerce_types(tmp_path: Path, example_plugin: None) -> None:
+    recipe = load_recipe(write(tmp_path, GOOD), ["representation.n_mels=24", "train.lr=0.01",
+                                                 "metric.mean_energy.floor_db=-80", "run.name=other"])
+    assert recipe.representation.params["n_mels"] == 24
+    assert recipe.train.lr == 0.01 and recipe.run.name == "other"
+    assert recipe.metric[0].params["floor_db"] == -80.0
+    recipe = load_recipe(write(tmp_path, GOOD), ["metric.0.floor_db=-70", "train.amp=true"])
+    assert recipe.metric[0].params["floor_db"] == -70.0 and recipe.train.amp is True
+
+
+def test_parse_value() -> None:
+    assert parse_value("256") == 256 and parse_value("0.5") == 0.5 and parse_value("true") is True
+    assert parse_value("[1, 5, 10]") == [1, 5, 10] and parse_value("hello") == "hello"
+    assert parse_value('"quoted"') == "quoted"
+
+
+def test_override_errors() -> None:
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        apply_override({}, "no_equals")
+    with pytest.raises(RecipeError, match="entries: a"):
+        apply_override({"loss": [{"name": "a"}]}, "loss.b.weight=2")
+
+
+@pytest.mark.parametrize(
+    "text, args, expected",
+    [
+        (GOOD.replace('name = "mel"', 'name = "mell"'), [], ["r.toml:", "representation", "'mel'"]),
+        (GOOD.replace("n_mels = 16", "n_mels = 16\nn_melz = 3"), [], ["r.toml:17", "n_melz", "unknown key", "takes:"]),
+        (GOOD.replace("n_mels = 16", 'n_mels = "many"'), [], ["r.toml:16", "n_mels", "integer"]),
+        (GOOD, ["--set", "train.epochs=-1"], ["train.epochs", "greater than or equal"]),
+        (GOOD + "\n[bogus]\nx = 1\n", [], ["unknown section [bogus]", "sections are"]),
+        (GOOD.replace("[data]", "[dataz]"), [], ["unknown section [dataz]"]),
+        ("[run\nname=", [], ["invalid TOML"]),
+    ],
+)
+def test_bad_recipes_exit_2_with_one_line(tmp_path: Path, example_plugin: None, text: str,
+                                          args: list[str], expected: list[str]) -> None:
+    path = write(tmp_path, text)
+    proc = run_avgen("run", str(path), "--out", str(tmp_path / "runs"), *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for piece in expected:
+        assert piece in lines[0], lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_missing_file_and_debug_traceback(tmp_path: Path) -> None:
+    proc = run_avgen("run", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path / 'nope.toml'}: recipe file not found"]
+    debug = run_avgen("--debug", "run", str(tmp_path / "nope.toml"))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr

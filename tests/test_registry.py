@@ -1,0 +1,86 @@
+"""The registry: registration, duplicates, unknown names, create()."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+import avgen
+from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError
+from avgen.registry import KINDS, Registry
+
+
+class P(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(3, ge=1, description="a size")
+
+
+def make(params: P, **context):
+    return {"size": params.size, **context}
+
+
+def test_kinds_are_the_six_of_the_design() -> None:
+    assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric")
+
+
+def test_register_get_and_build_with_context() -> None:
+    reg = Registry()
+    reg.register("encoder", "plug_a", "tiny", make, P, summary="tiny one")
+    comp = reg.get("encoder", "tiny")
+    assert comp.plugin == "plug_a" and comp.summary == "tiny one"
+    assert comp.build({"size": 5}, device="cpu") == {"size": 5, "device": "cpu"}
+
+
+def test_duplicate_names_fail_naming_both_plugins() -> None:
+    reg = Registry()
+    reg.register("metric", "first_plugin", "acc", make, P)
+    with pytest.raises(DuplicateComponentError) as info:
+        reg.register("metric", "second_plugin", "acc", make, P)
+    assert "first_plugin" in str(info.value) and "second_plugin" in str(info.value)
+    reg.register("loss", "second_plugin", "acc", make, P)  # same name, other kind: fine
+
+
+def test_unknown_name_suggests_closest() -> None:
+    reg = Registry()
+    for name in ("resnet18", "resnet50", "alexnet"):
+        reg.register("encoder", "vision", name, make, P)
+    with pytest.raises(UnknownComponentError) as info:
+        reg.get("encoder", "resnet5")
+    message = str(info.value)
+    assert "'resnet50'" in message and "avgen list encoder" in message
+    assert isinstance(info.value, KeyError) and isinstance(info.value, AvgenError)
+
+
+def test_bad_params_give_one_line_naming_the_field() -> None:
+    reg = Registry()
+    reg.register("encoder", "vision", "tiny", make, P)
+    with pytest.raises(AvgenError) as info:
+        reg.get("encoder", "tiny").build({"size": 0})
+    assert "size" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(AvgenError, match="unknown key"):
+        reg.get("encoder", "tiny").build({"colour": 1})
+
+
+def test_list_is_sorted_naturally_and_filtered_by_glob() -> None:
+    reg = Registry()
+    for name in ("resnet101", "resnet18", "alexnet", "resnet50"):
+        reg.register("encoder", "vision", name, make, P)
+    assert [c.name for c in reg.all("encoder")] == ["alexnet", "resnet18", "resnet50", "resnet101"]
+    assert [c.name for c in reg.all("encoder", "resnet1*")] == ["resnet18", "resnet101"]
+
+
+def test_register_rejects_non_pydantic_params_and_bad_names() -> None:
+    reg = Registry()
+    with pytest.raises(TypeError):
+        reg.register("encoder", "p", "x", make, dict)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        reg.register("encoder", "p", "bad name!", make, P)
+    with pytest.raises(ValueError):
+        reg.register("widget", "p", "x", make, P)
+
+
+def test_create_uses_installed_plugins_and_drops_none(example_plugin: None) -> None:
+    mel = avgen.create("representation", "mel", n_mels=20, hop=None)
+    assert mel.dim == 20 and mel.p.hop == 256
+    with pytest.raises(UnknownComponentError):
+        avgen.create("representation", "mell")
