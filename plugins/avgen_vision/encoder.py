@@ -1,0 +1,103 @@
+"""FrameEncoder: uint8 video frames -> float32 feature vectors with a headless ImageNet CNN."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Peak live activations of a CNN forward pass in inference mode, in floats per input pixel.
+# ResNet-152 at 224 px peaks near 40 (two 256 x 56 x 56 maps and a 64 x 112 x 112 one);
+# 100 leaves room for the framework's workspace and wider timm models.
+ACTIVATION_FLOATS_PER_PIXEL = 100
+MEMORY_SHARE = 0.25  # of the free memory one batch may use
+MAX_BATCH = {"cpu": 64, "cuda": 512}  # larger CPU batches only evict the cache
+
+
+class FrameEncoder:
+    """An ``avgen.protocols.Encoder``: normalises frames, runs the CNN in batches, returns features."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        dim: int,
+        fps: float,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        batch_size: int = 0,
+        precision: str = "fp32",
+        weights_source: str = "",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        self.dim = dim
+        self.fps = float(fps)
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.precision = precision
+        self.weights_source = weights_source  # for the run report: where the weights came from
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std  ==  x * scale - shift
+        self._shift = mean_t / std_t
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float32 [N, dim] on the CPU, without gradient."""
+        if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        count = frames.shape[0]
+        out = torch.empty(count, self.dim, dtype=torch.float32)
+        step = self.batch_size or auto_batch_size(self.device, self.input_size)
+        with torch.inference_mode():
+            for start in range(0, count, step):
+                batch = self.preprocess(frames[start : start + step])
+                with self._autocast():
+                    features = self.model(batch)
+                out[start : start + step] = features.reshape(len(batch), -1).float().cpu()
+        return out
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> normalised float [B, 3, S, S] in channels-last memory on the device."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # NHWC strides = channels-last
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return x.mul_(self._scale).sub_(self._shift)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def auto_batch_size(device: torch.device, input_size: int) -> int:
+    """Frames per forward pass so that one batch's activations fit a quarter of the free memory."""
+    per_frame = ACTIVATION_FLOATS_PER_PIXEL * input_size * input_size * 4
+    budget = int(free_memory_bytes(device) * MEMORY_SHARE)
+    cap = MAX_BATCH.get(device.type, MAX_BATCH["cpu"])
+    return max(1, min(cap, budget // per_frame))
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of the device: CUDA's free bytes, or the host's MemAvailable."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30  # unknown platform: assume 2 GiB
