@@ -307,6 +307,7 @@ def write_video(
     codec: str = "libx264",
     crf: int = 23,
     keyframe_every: int = 15,
+    threads: int = 1,
 ) -> Path:
     """Encode RGB uint8 frames [H, W, 3] (H, W even) as a video-only mp4, atomically.
 
@@ -323,6 +324,7 @@ def write_video(
                     stream.height, stream.width = array.shape[0], array.shape[1]
                     stream.pix_fmt = "yuv420p"
                     stream.gop_size = keyframe_every
+                    stream.codec_context.thread_count = threads
                     if codec == "libx264":
                         stream.options = {"crf": str(crf), "preset": "ultrafast", "tune": "zerolatency"}
                 video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array, dtype=np.uint8), format="rgb24")

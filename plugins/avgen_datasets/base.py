@@ -1,0 +1,44 @@
+"""Shared pieces of the file-backed datasets: clip loading through avgen.media, fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from avgen import media
+from avgen.errors import AvgenError
+from avgen.protocols import Clip
+
+
+def fingerprint(*paths: Path | None) -> str:
+    """Cheap identity of source files (size and mtime of each), so caches notice changed files."""
+    parts = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            parts.append(f"{path.name}:missing")
+            continue
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
+
+
+class MediaClips:
+    """load_frames / load_audio for clips that point at media files (stateless, so worker-safe)."""
+
+    sample_rate: int
+
+    def load_frames(self, clip: Clip, fps: float, size: int) -> torch.Tensor:
+        """Frames of the clip at fps, size x size: uint8 [N, size, size, 3], N = round(duration * fps)."""
+        if clip.video is None:
+            raise AvgenError(f"clip '{clip.id}' has no video file; this dataset is audio-only")
+        return media.read_frames(clip.video, fps, size, start=clip.start, duration=clip.duration)
+
+    def load_audio(self, clip: Clip) -> torch.Tensor:
+        """Mono float32 [round(duration * sample_rate)], zero-padded if the file ends early."""
+        source = clip.audio if clip.audio is not None else clip.video
+        wave, _ = media.read_audio(source, sample_rate=self.sample_rate, start=clip.start, duration=clip.duration)
+        return wave

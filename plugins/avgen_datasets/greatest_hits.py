@@ -1,0 +1,160 @@
+"""The Greatest Hits dataset (Owens et al. 2016) in its public flat-folder layout.
+
+Per video ``{id}_denoised.mp4``, ``{id}_denoised.wav`` and ``{id}_times.txt`` (rows
+``time material action reaction``; material ``None`` has no class), plus ``train.txt`` and
+``test.txt`` listing video ids. One clip per annotated hit with a material.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from avgen.errors import AvgenError
+from avgen.protocols import Clip
+
+from avgen_datasets.base import MediaClips, fingerprint
+from avgen_datasets.materials import MATERIALS, normalize_material
+from avgen_datasets.splits import carve
+
+SPLITS = ("train", "val", "test")
+
+
+class GreatestHitsParams(BaseModel):
+    """Where the dataset lives and how hits become clips."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(Path("data/greatest_hits"), description="folder holding {id}_denoised.mp4/.wav, {id}_times.txt, train.txt, test.txt")
+    clip_seconds: float = Field(0.5, gt=0, description="length of each clip in seconds")
+    offset: float = Field(-0.1, description="clip start relative to the hit time in seconds (negative: starts before the hit)")
+    sample_rate: int = Field(22050, gt=0, description="sample rate of the waveforms load_audio returns (resampled)")
+    materials: list[str] = Field(list(MATERIALS), min_length=1, description="class names in index order; hits of other materials are skipped")
+    actions: list[str] = Field([], description="keep only these actions (e.g. ['hit']); empty keeps all")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training videos held out for validation (by video)")
+    seed: int = Field(0, description="seed of the validation split")
+    skip_missing: bool = Field(False, description="skip listed videos whose files are missing instead of failing")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One row of a times file."""
+
+    row: int
+    time: float
+    material: str
+    action: str
+    reaction: str
+
+
+def read_times(path: Path) -> list[Hit]:
+    """Rows of a ``{id}_times.txt``: ``time material [action [reaction]]``, whitespace separated."""
+    hits = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise AvgenError(f"cannot read hit annotations '{path}': {exc.strerror or exc}") from exc
+    for row, line in enumerate(lines):
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#"):
+            continue
+        try:
+            time = float(fields[0])
+        except ValueError:
+            continue  # a header line
+        action = fields[2] if len(fields) > 2 else ""
+        reaction = fields[3] if len(fields) > 3 else ""
+        hits.append(Hit(row, time, fields[1], action, reaction))
+    return hits
+
+
+def read_ids(path: Path) -> list[str]:
+    """Video ids listed one per line (suffixes like ``_denoised.mp4`` are tolerated)."""
+    ids = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        name = Path(name).name
+        for suffix in (".mp4", ".wav", ".txt"):
+            name = name.removesuffix(suffix)
+        for suffix in ("_denoised", "_times", "_mic"):
+            name = name.removesuffix(suffix)
+        ids.append(name)
+    return list(dict.fromkeys(ids))
+
+
+class GreatestHits(MediaClips):
+    """Clips of the Greatest Hits layout; validation carved from training videos."""
+
+    def __init__(self, params: GreatestHitsParams) -> None:
+        self.params = params
+        self.root = Path(params.root)
+        self.class_names = [normalize_material(m) for m in params.materials]
+        self.sample_rate = params.sample_rate
+        self.clip_seconds = params.clip_seconds
+        self._splits: dict[str, list[Clip]] | None = None
+
+    def prepare(self, progress=None) -> None:
+        """Check that the folder and split lists exist."""
+        if not self.root.is_dir():
+            raise AvgenError(
+                f"Greatest Hits folder '{self.root}' does not exist; put {{id}}_denoised.mp4, {{id}}_denoised.wav, "
+                f"{{id}}_times.txt, train.txt and test.txt there (see docs/datasets.md) or set data.root"
+            )
+        for name in ("train.txt", "test.txt"):
+            if not (self.root / name).is_file():
+                raise AvgenError(f"Greatest Hits folder '{self.root}' has no {name}; it lists the video ids of that split, one per line")
+
+    def clips(self, split: str) -> list[Clip]:
+        """Clips of 'train', 'val' or 'test'."""
+        if split not in SPLITS:
+            raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        if self._splits is None:
+            self._splits = self._build_splits()
+        return list(self._splits[split])
+
+    def _build_splits(self) -> dict[str, list[Clip]]:
+        self.prepare()
+        train_ids = read_ids(self.root / "train.txt")
+        test_ids = read_ids(self.root / "test.txt")
+        overlap = sorted(set(train_ids) & set(test_ids))
+        if overlap:
+            raise AvgenError(f"video '{overlap[0]}' is listed in both train.txt and test.txt of '{self.root}'; list each video once")
+        val_ids = carve(train_ids, self.params.val_fraction, self.params.seed)
+        return {
+            "train": self._video_clips([v for v in train_ids if v not in val_ids]),
+            "val": self._video_clips([v for v in train_ids if v in val_ids]),
+            "test": self._video_clips(test_ids),
+        }
+
+    def _video_clips(self, video_ids: list[str]) -> list[Clip]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        actions = {a.lower() for a in self.params.actions}
+        clips = []
+        for vid in video_ids:
+            video = self.root / f"{vid}_denoised.mp4"
+            audio = self.root / f"{vid}_denoised.wav"
+            times = self.root / f"{vid}_times.txt"
+            missing = [p for p in (video, audio, times) if not p.is_file()]
+            if missing:
+                if self.params.skip_missing:
+                    continue
+                raise AvgenError(f"Greatest Hits video '{vid}' is listed but '{missing[0]}' is missing; add it or set data.skip_missing = true")
+            source_id = fingerprint(video, audio, times)
+            for hit in read_times(times):
+                label = index.get(normalize_material(hit.material))
+                if label is None or (actions and hit.action.lower() not in actions):
+                    continue
+                clips.append(Clip(
+                    id=f"{vid}_{hit.row:04d}", label=label, video=video, audio=audio,
+                    start=max(0.0, hit.time + self.params.offset), duration=self.params.clip_seconds,
+                    group=vid, fingerprint=source_id,
+                ))
+        return clips
+
+
+def make_greatest_hits(params: GreatestHitsParams, **context) -> GreatestHits:
+    return GreatestHits(params)
