@@ -1,0 +1,352 @@
+"""The report stage: ``report.html`` (self-contained, opens from disk) and ``report.md`` of a run.
+
+Both hold the metrics table (every value exactly as in ``metrics.json``), the figures, the
+example clips (spectrograms of ground truth / raw / exemplar and audio players) and the
+recipe. Anything a run lacks (no generator, no figures, no metrics yet) is left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avgen.atomic import atomic_path, write_text
+
+SOUND_KINDS: tuple[tuple[str, str], ...] = (("real", "ground truth"), ("raw", "raw sound"), ("exemplar", "exemplar sound"))
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: left; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.paper td { color: #555; font-style: italic; background: #fafafa; }
+figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: .9em; color: #555; }
+.clip { border: 1px solid #ddd; border-radius: 6px; padding: .6em; margin: .8em 0; }
+.players { display: flex; gap: 1em; flex-wrap: wrap; } .players div { font-size: .9em; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+# ---------------------------------------------------------------- shared helpers (also used by `avgen compare`)
+
+
+def format_number(value: Any) -> str:
+    """A metric value as text that parses back to exactly the same number (Python's shortest repr)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML document with the report style."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in path, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_name(run_dir: Path) -> str:
+    """The recipe's [run] name, else the directory name."""
+    recipe = read_recipe(run_dir)
+    name = recipe.get("run", {}).get("name") if isinstance(recipe.get("run"), dict) else None
+    return str(name) if name else Path(run_dir).resolve().name
+
+
+def read_recipe(run_dir: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+# ---------------------------------------------------------------- what a run directory holds
+
+
+@dataclass
+class ExampleClip:
+    """One example test clip: its sounds (kind -> wav path, relative to the run) and labels."""
+
+    id: str
+    label: str
+    predicted: str | None
+    exemplar_id: str | None
+    sounds: dict[str, str] = field(default_factory=dict)
+    spectrogram: str | None = None  # relative path of the side-by-side PNG
+
+
+@dataclass
+class RunContents:
+    run_dir: Path
+    name: str
+    recipe_text: str | None
+    environment: Any
+    dataset: Any
+    metrics: dict[str, Any]
+    figures: list[str]  # relative paths, loss curve first
+    per_class: Any
+    examples: list[ExampleClip]
+
+
+def collect(run_dir: Path) -> RunContents:
+    """Read what the report shows from a run directory; missing parts become empty."""
+    recipe_path = run_dir / "recipe.toml"
+    metrics = read_json(run_dir / "metrics.json")
+    figures_dir = run_dir / "figures"
+    figures = sorted(p.relative_to(run_dir).as_posix() for p in figures_dir.glob("*.png")) if figures_dir.is_dir() else []
+    figures.sort(key=lambda p: (not p.endswith("/loss_curve.png"), not Path(p).stem.startswith("confusion"), p))
+    return RunContents(
+        run_dir=run_dir,
+        name=run_name(run_dir),
+        recipe_text=recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None,
+        environment=read_json(run_dir / "environment.json"),
+        dataset=read_json(run_dir / "dataset.json"),
+        metrics=metrics if isinstance(metrics, dict) else {},
+        figures=figures,
+        per_class=read_json(figures_dir / "classifier_per_class.json"),
+        examples=_examples(run_dir),
+    )
+
+
+def _examples(run_dir: Path) -> list[ExampleClip]:
+    index = read_json(run_dir / "generated" / "index.json")
+    if not isinstance(index, dict):
+        return []
+    by_id = {c.get("id"): c for c in index.get("clips", []) if isinstance(c, dict)}
+    class_names = (read_json(run_dir / "dataset.json") or {}).get("class_names") or []
+    out = []
+    for clip_id in index.get("examples", []):
+        clip = by_id.get(clip_id, {})
+        predicted = clip.get("predicted")
+        sounds = {}
+        for kind, _ in SOUND_KINDS:
+            rel = f"generated/real/{clip_id}.wav" if kind == "real" else clip.get(kind, f"generated/{kind}/{clip_id}.wav")
+            if (run_dir / rel).is_file():
+                sounds[kind] = rel
+        if not sounds:
+            continue
+        out.append(ExampleClip(
+            id=str(clip_id),
+            label=str(clip.get("class") if clip.get("class") is not None else clip.get("label", "?")),
+            predicted=(class_names[predicted] if isinstance(predicted, int) and 0 <= predicted < len(class_names)
+                       else None if predicted is None else str(predicted)),
+            exemplar_id=clip.get("exemplar_id"),
+            sounds=sounds,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------- spectrograms
+
+
+def spectrogram_db(wave: Any, n_fft: int = 1024, hop: int = 256) -> Any:
+    """Log-magnitude STFT in dB [bins, frames] of a mono waveform (torch.stft, Hann window)."""
+    import torch
+
+    x = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
+    if x.numel() <= n_fft // 2:
+        x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.numel()))
+    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), center=True, pad_mode="constant", return_complex=True)
+    return (20.0 * torch.log10(spec.abs().clamp_min(1e-6))).numpy()
+
+
+def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
+    """Ground truth / raw / exemplar spectrograms side by side as one PNG; returns its relative path."""
+    import soundfile as sf
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = []
+    for kind, title in SOUND_KINDS:
+        if kind in clip.sounds:
+            wave, rate = sf.read(str(run_dir / clip.sounds[kind]), dtype="float32", always_2d=True)
+            panels.append((title, spectrogram_db(wave.mean(axis=1)), rate, len(wave)))
+    top = max(float(p[1].max()) for p in panels)
+    fig = Figure(figsize=(4.0 * len(panels), 3.0))
+    FigureCanvasAgg(fig)
+    for i, (title, db, rate, length) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
+                          extent=(0.0, length / rate, 0.0, rate / 2000.0))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("time (s)")
+        if i == 0:
+            ax.set_ylabel("frequency (kHz)")
+    fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.01, label="dB")
+    rel = f"figures/examples/{_safe_name(clip.id)}.png"
+    with atomic_path(run_dir / rel) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return rel
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "clip"
+
+
+# ---------------------------------------------------------------- writers
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(metric component, key, value) in metrics.json order."""
+    rows = []
+    for component, values in metrics.items():
+        if isinstance(values, dict):
+            rows.extend((component, key, value) for key, value in values.items())
+        else:
+            rows.append((component, "", values))
+    return rows
+
+
+def _caption(rel: str) -> str:
+    return Path(rel).stem.replace("_", " ")
+
+
+def render_html(c: RunContents) -> str:
+    e = html.escape
+    parts = [f"<h1>avgen run: {e(c.name)}</h1>"]
+    if isinstance(c.dataset, dict):
+        splits = ", ".join(f"{e(str(k))} {e(str(v))}" for k, v in (c.dataset.get("splits") or {}).items())
+        parts.append(f"<p>dataset <b>{e(str(c.dataset.get('name', '?')))}</b>, "
+                     f"{len(c.dataset.get('class_names') or [])} classes; clips: {splits}</p>")
+    parts.append("<h2>Metrics</h2>")
+    rows = metric_rows(c.metrics)
+    if rows:
+        body = "".join(
+            f"<tr><td>{e(comp)}</td><td>{e(key)}</td>"
+            f"<td class=\"num\" data-key=\"{e(comp)}/{e(key)}\">{e(format_number(value))}</td></tr>"
+            for comp, key, value in rows
+        )
+        parts.append(f"<table id=\"metrics\"><tr><th>metric</th><th>key</th><th>value</th></tr>{body}</table>")
+    else:
+        parts.append("<p>No metrics yet (run the evaluate stage).</p>")
+    parts.append(_per_class_html(c.per_class))
+    if c.figures:
+        parts.append("<h2>Figures</h2>")
+        parts.extend(
+            f"<figure><img src=\"{data_uri(c.run_dir / rel, 'image/png')}\" alt=\"{e(_caption(rel))}\">"
+            f"<figcaption>{e(_caption(rel))}</figcaption></figure>"
+            for rel in c.figures
+        )
+    if c.examples:
+        parts.append("<h2>Example clips</h2>")
+        for clip in c.examples:
+            parts.append(f"<div class=\"clip\"><h3>{e(clip.id)}</h3><p>{e(_clip_line(clip))}</p>")
+            if clip.spectrogram:
+                parts.append(f"<img src=\"{data_uri(c.run_dir / clip.spectrogram, 'image/png')}\" "
+                             f"alt=\"spectrograms of {e(clip.id)}\" style=\"max-width:100%\">")
+            players = "".join(
+                f"<div>{e(title)}<br><audio controls preload=\"none\" src=\"{data_uri(c.run_dir / clip.sounds[kind], 'audio/wav')}\">"
+                "</audio></div>"
+                for kind, title in SOUND_KINDS if kind in clip.sounds
+            )
+            parts.append(f"<div class=\"players\">{players}</div></div>")
+    if c.recipe_text is not None:
+        parts.append(f"<h2>Recipe</h2><pre>{e(c.recipe_text)}</pre>")
+    if c.environment is not None:
+        parts.append(f"<h2>Environment</h2><pre>{e(json.dumps(c.environment, indent=2))}</pre>")
+    return html_page(f"avgen run: {c.name}", "\n".join(p for p in parts if p))
+
+
+def _clip_line(clip: ExampleClip) -> str:
+    text = f"class: {clip.label}"
+    if clip.predicted is not None:
+        text += f"; predicted class: {clip.predicted}"
+    if clip.exemplar_id:
+        text += f"; exemplar: training clip {clip.exemplar_id}"
+    return text
+
+
+def _per_class_html(per_class: Any) -> str:
+    table = _per_class_table(per_class)
+    if table is None:
+        return ""
+    header, rows = table
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<h3>Sound classifier accuracy per class</h3><table id=\"per-class\"><tr>{head}</tr>{body}</table>"
+
+
+def _per_class_table(per_class: Any) -> tuple[list[str], list[list[str]]] | None:
+    if not isinstance(per_class, dict) or not isinstance(per_class.get("per_class_accuracy"), dict):
+        return None
+    acc = per_class["per_class_accuracy"]
+    kinds = list(acc)
+    names = per_class.get("class_names") or (list(acc[kinds[0]]) if kinds else [])
+    rows = [[name] + ["-" if acc[k].get(name) is None else format_number(acc[k][name]) for k in kinds] for name in names]
+    return ["class"] + kinds, rows
+
+
+def render_markdown(c: RunContents) -> str:
+    lines = [f"# avgen run: {c.name}", ""]
+    if isinstance(c.dataset, dict):
+        splits = ", ".join(f"{k} {v}" for k, v in (c.dataset.get("splits") or {}).items())
+        lines += [f"dataset **{c.dataset.get('name', '?')}**, {len(c.dataset.get('class_names') or [])} classes; clips: {splits}", ""]
+    lines += ["## Metrics", ""]
+    rows = metric_rows(c.metrics)
+    if rows:
+        lines += ["| metric | key | value |", "|---|---|---:|"]
+        lines += [f"| {_md(comp)} | {_md(key)} | {format_number(value)} |" for comp, key, value in rows]
+    else:
+        lines.append("No metrics yet (run the evaluate stage).")
+    table = _per_class_table(c.per_class)
+    if table is not None:
+        header, body = table
+        lines += ["", "### Sound classifier accuracy per class", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in body]
+    if c.figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{_caption(rel)}]({rel})" for rel in c.figures]
+    if c.examples:
+        lines += ["", "## Example clips"]
+        for clip in c.examples:
+            lines += ["", f"### {_md(clip.id)}", "", _md(_clip_line(clip)), ""]
+            if clip.spectrogram:
+                lines += [f"![spectrograms of {_md(clip.id)}]({clip.spectrogram})", ""]
+            lines += [f"- {title}: <audio controls src=\"{clip.sounds[kind]}\"></audio> [{clip.sounds[kind]}]({clip.sounds[kind]})"
+                      for kind, title in SOUND_KINDS if kind in clip.sounds]
+    if c.recipe_text is not None:
+        lines += ["", "## Recipe", "", "```toml", c.recipe_text.rstrip(), "```"]
+    if c.environment is not None:
+        lines += ["", "## Environment", "", "```json", json.dumps(c.environment, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    """Write report.html (self-contained) and report.md (relative links) into run_dir."""
+    run_dir = Path(run_dir)
+    contents = collect(run_dir)
+    for clip in contents.examples:
+        clip.spectrogram = write_spectrograms(run_dir, clip)
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    write_text(html_path, render_html(contents))
+    write_text(md_path, render_markdown(contents))
+    return html_path, md_path
