@@ -18,7 +18,6 @@ import av
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from avgen.atomic import atomic_path
 from avgen.errors import AvgenError
@@ -275,7 +274,9 @@ def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     """Band-limited resampling along the last dimension (torchaudio's sinc interpolation)."""
     if orig_rate == new_rate:
         return wave
-    return AF.resample(wave, int(orig_rate), int(new_rate))
+    import torchaudio.functional  # imported on first use: it is slow to import
+
+    return torchaudio.functional.resample(wave, int(orig_rate), int(new_rate))
 
 
 def fit_length(wave: torch.Tensor, length: int) -> torch.Tensor:

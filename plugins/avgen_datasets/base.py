@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from avgen import media
 from avgen.errors import AvgenError
 from avgen.protocols import Clip
 
@@ -33,12 +32,16 @@ class MediaClips:
 
     def load_frames(self, clip: Clip, fps: float, size: int) -> torch.Tensor:
         """Frames of the clip at fps, size x size: uint8 [N, size, size, 3], N = round(duration * fps)."""
+        from avgen import media
+
         if clip.video is None:
             raise AvgenError(f"clip '{clip.id}' has no video file; this dataset is audio-only")
         return media.read_frames(clip.video, fps, size, start=clip.start, duration=clip.duration)
 
     def load_audio(self, clip: Clip) -> torch.Tensor:
         """Mono float32 [round(duration * sample_rate)], zero-padded if the file ends early."""
+        from avgen import media
+
         source = clip.audio if clip.audio is not None else clip.video
         wave, _ = media.read_audio(source, sample_rate=self.sample_rate, start=clip.start, duration=clip.duration)
         return wave

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,6 @@ def count_clips(root: Path, classes: int) -> dict[str, int]:
 
     dataset = GreatestHits(GreatestHitsParams(root=root, materials=list(MATERIALS[:classes])))
     return {split: len(dataset.clips(split)) for split in ("train", "val", "test")}
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 @click.group("data")
@@ -47,13 +41,10 @@ def synth(out: Path, videos: int | None, seed: int | None, classes: int | None, 
     try:
         settings = SynthesisParams(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        _fail(f"avgen data synth: {format_validation_error(exc)}")
+        raise AvgenError(f"avgen data synth: {format_validation_error(exc)}") from None
     began = time.perf_counter()
-    try:
-        wrote = synthesize(out, settings)
-        counts = count_clips(out, settings.classes)
-    except AvgenError as exc:
-        _fail(str(exc))
+    wrote = synthesize(out, settings)
+    counts = count_clips(out, settings.classes)
     seconds = time.perf_counter() - began
     summary = ", ".join(f"{split} {n}" for split, n in counts.items())
     verb = f"wrote {settings.videos} videos in {seconds:.1f} s" if wrote else "already up to date"

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import zoom
-from scipy.signal import lfilter
+import torch
 
 # Shared colours: the groups {carpet, cloth}, {ceramic, drywall, paper}, {dirt, wood},
 # {glass, water}, {grass, leaf}, {gravel, metal, rock} and {plastic, plastic-bag}.
@@ -84,9 +83,18 @@ class Segment:
 def value_noise(rng: np.random.Generator, size: int, scale_y: float, scale_x: float) -> np.ndarray:
     """Smooth noise in about [-1, 1]: a coarse random grid upsampled bilinearly."""
     gy, gx = max(2, int(size / scale_y) + 2), max(2, int(size / scale_x) + 2)
-    grid = rng.standard_normal((gy, gx)).astype(np.float32)
-    out = zoom(grid, (size / (gy - 1) + 1e-3, size / (gx - 1) + 1e-3), order=1)[:size, :size]
+    grid = torch.from_numpy(rng.standard_normal((1, 1, gy, gx)).astype(np.float32))
+    out = torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True)[0, 0].numpy()
     return out / (np.abs(out).max() + 1e-6)
+
+
+def lowpass_noise(rng: np.random.Generator, n: int, alpha: float) -> np.ndarray:
+    """White noise through a one-pole low-pass y[t] = a x[t] + (1 - a) y[t-1] (applied in the frequency domain), peak 1."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    omega = np.linspace(0, np.pi, spectrum.size)
+    spectrum *= alpha / (1 - (1 - alpha) * np.exp(-1j * omega))
+    noise = np.fft.irfft(spectrum, n).astype(np.float32)
+    return noise / (np.abs(noise).max() + 1e-6)
 
 
 def texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -269,8 +277,7 @@ def impact(material: str, action: Action, sample_rate: int, rng: np.random.Gener
     wave /= max(len(look.modes), 1)
     burst_len = 0.004 + 0.02 * (1 - look.brightness)
     alpha = 0.15 + 0.8 * look.brightness * (0.7 + 0.3 * action.force)  # harder hits sound brighter
-    noise = lfilter([alpha], [1, alpha - 1], rng.standard_normal(n)).astype(np.float32)
-    noise /= np.abs(noise).max() + 1e-6
+    noise = lowpass_noise(rng, n, alpha)
     wave += look.noise * noise * np.exp(-t / burst_len)
     for _ in range(look.grains):
         start = int(rng.uniform(0.002, 0.08) * sample_rate)
@@ -292,8 +299,7 @@ def scratch(material: str, action: Action, sample_rate: int, rng: np.random.Gene
         end = min(n, start + piece.size)
         wave[start:end] += piece[: end - start]
     alpha = 0.1 + 0.8 * look.brightness
-    friction = lfilter([alpha], [1, alpha - 1], rng.standard_normal(drag)).astype(np.float32)
-    friction /= np.abs(friction).max() + 1e-6
+    friction = lowpass_noise(rng, drag, alpha)
     envelope = np.sin(np.pi * np.arange(drag) / drag) * (1 + 0.5 * np.sin(2 * np.pi * 25 * np.arange(drag) / sample_rate))
     wave[:drag] += 0.12 * action.force * friction * envelope
     return wave

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,9 @@ from avgen.errors import AvgenError
 
 from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
-from avgen_datasets.synthesis import Action, SceneRenderer, Segment, render_audio
+
+if TYPE_CHECKING:
+    from avgen_datasets.synthesis import Segment
 
 GENERATOR_VERSION = "1"
 MANIFEST = "synthetic_hits.json"
@@ -61,6 +63,8 @@ class SyntheticHitsParams(SynthesisParams):
 
 def plan_segments(settings: SynthesisParams, materials: list[str], rng: np.random.Generator) -> list[Segment]:
     """Segments of one video with their actions at frame-aligned times, at least 0.5 s apart."""
+    from avgen_datasets.synthesis import Action, Segment
+
     length = settings.video_seconds / settings.segments
     segments = []
     for i, material in enumerate(materials):
@@ -103,6 +107,8 @@ def times_text(segments: list[Segment]) -> str:
 
 def write_video_files(root: Path, settings: SynthesisParams, number: int, vid: str, materials: list[str]) -> None:
     """Write one video's mp4, wav and times file; seeded by (seed, number) alone."""
+    from avgen_datasets.synthesis import SceneRenderer, render_audio
+
     rng = np.random.default_rng([settings.seed, number])
     segments = plan_segments(settings, materials, rng)
     wave = render_audio(segments, settings.video_seconds, settings.audio_rate, rng)

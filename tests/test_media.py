@@ -1,0 +1,185 @@
+"""avgen.media: windowed frame decoding, audio reading/resampling, wav writing, muxing, bad media."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from avgen import media
+from avgen.errors import AvgenError
+
+FPS = 30
+STEP = 4  # grey level per frame: frame i is filled with (i * STEP) % 256
+
+
+def write_grey_video(path: Path, frames: int, fps: int = FPS, size: int = 32, wave: np.ndarray | None = None, rate: int = 16000) -> Path:
+    """An mp4 (PyAV, lossless x264) whose frame i is uniformly grey (i * STEP) % 256; optional AAC track."""
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv444p"
+        video.options = {"qp": "0", "preset": "ultrafast"}
+        audio = None
+        if wave is not None:
+            audio = out.add_stream("aac", rate=rate)
+            audio.layout = "mono"
+        for i in range(frames):
+            grey = np.full((size, size, 3), (i * STEP) % 256, np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(grey, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if audio is not None:
+            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+            for packet in [*audio.encode(frame), *audio.encode(None)]:
+                out.mux(packet)
+    return path
+
+
+def frame_indices(frames: torch.Tensor) -> list[int]:
+    return [int(round(v / STEP)) for v in frames[:, 0, 0, 0].tolist()]
+
+
+def test_read_frames_window_picks_the_frame_on_screen(tmp_path):
+    path = write_grey_video(tmp_path / "v.mp4", frames=60)
+    frames = media.read_frames(path, fps=10, size=16, start=1.0, duration=0.5)
+    assert frames.shape == (5, 16, 16, 3) and frames.dtype == torch.uint8
+    # times 1.0, 1.1, ... 1.4 s at 30 fps -> frames 30, 33, 36, 39, 42
+    assert frame_indices(frames) == [30, 33, 36, 39, 42]
+    # a frame rate above the video's repeats frames; (height, width) sizes are honoured
+    frames = media.read_frames(path, fps=60, size=(8, 12), start=0.5, duration=0.1)
+    assert frames.shape == (6, 8, 12, 3)
+    assert frame_indices(frames) == [15, 15, 16, 16, 17, 17]
+
+
+def test_read_frames_past_the_end_repeats_the_last_frame(tmp_path):
+    path = write_grey_video(tmp_path / "v.mp4", frames=30)
+    frames = media.read_frames(path, fps=30, size=None, start=0.9, duration=0.3)
+    assert frames.shape == (9, 32, 32, 3)
+    assert frame_indices(frames) == [27, 28, 29, 29, 29, 29, 29, 29, 29]
+    whole = media.read_frames(path, fps=15)
+    assert frame_indices(whole) == list(range(0, 30, 2))
+
+
+def test_probe_reports_streams(tmp_path):
+    info = media.probe(write_grey_video(tmp_path / "v.mp4", frames=45))
+    assert info.has_video and not info.has_audio
+    assert info.fps == pytest.approx(30) and (info.width, info.height) == (32, 32)
+    assert info.duration == pytest.approx(1.5, abs=0.04)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.full(8000, 0.1, np.float32), 16000)
+    info = media.probe(wav)
+    assert info.has_audio and not info.has_video and info.duration == pytest.approx(0.5) and info.sample_rate == 16000
+
+
+def test_read_audio_window_matches_the_file_and_pads(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-0.5, 0.5, (2, 44100)).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(path, data.T, 44100, subtype="FLOAT")
+    wave, rate = media.read_audio(path, start=0.25, duration=0.5)
+    assert rate == 44100 and wave.dtype == torch.float32
+    np.testing.assert_allclose(wave.numpy(), data[:, 11025:33075].mean(axis=0), atol=1e-6)
+    stereo, _ = media.read_audio(path, mono=False, start=0.9, duration=0.2)
+    assert stereo.shape == (2, 8820)
+    np.testing.assert_allclose(stereo[:, :4410].numpy(), data[:, 39690:], atol=1e-6)
+    assert torch.count_nonzero(stereo[:, 4410:]) == 0  # padded past the end
+
+
+def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
+    t = np.arange(48000) / 48000
+    path = tmp_path / "tone.wav"
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 1000 * t), 48000, subtype="FLOAT")
+    wave, rate = media.read_audio(path, sample_rate=8000, duration=1.0)
+    assert rate == 8000 and wave.shape == (8000,)
+    spectrum = np.abs(np.fft.rfft(wave.numpy()))
+    assert np.argmax(spectrum) == 1000  # 1 Hz bins
+    assert wave[1000:7000].abs().max().item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_write_wav_round_trip(tmp_path):
+    wave = torch.linspace(-0.9, 0.9, 2205)
+    path = media.write_wav(tmp_path / "out" / "w.wav", wave, 22050)
+    data, rate = sf.read(path, dtype="float32")
+    assert rate == 22050
+    np.testing.assert_allclose(data, wave.numpy(), atol=1 / 32767 + 1e-6)
+
+
+def test_mux_copies_video_and_adds_audio(tmp_path):
+    video = write_grey_video(tmp_path / "v.mp4", frames=60)  # 2 s
+    wav = tmp_path / "s.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 22050), 22050)  # exactly 2 s
+    out = media.mux_audio(video, wav, tmp_path / "muxed.mp4")
+    with av.open(str(out)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        audio = c.streams.audio[0]
+        assert audio.codec_context.name == "aac" and audio.codec_context.sample_rate == 22050
+        samples = sum(f.samples for f in c.decode(audio))
+    assert samples / 22050 == pytest.approx(2.0, abs=0.05)
+    wave, rate = media.read_audio(out, start=0.5, duration=1.0)
+    assert wave.shape == (22050,) and wave.abs().max() == pytest.approx(0.3, abs=0.05)
+
+    def packets(path):
+        with av.open(str(path)) as c:
+            return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+
+    assert packets(out) == packets(video)  # the picture was copied, not re-encoded
+    both = media.mux_audio(out, wav, tmp_path / "both.mp4", keep_original_audio=True)
+    with av.open(str(both)) as c:
+        assert len(c.streams.audio) == 2
+
+
+@pytest.fixture
+def bad_media(tmp_path):
+    good = write_grey_video(tmp_path / "good.mp4", frames=30)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    audio_only = tmp_path / "audio_only.wav"
+    sf.write(audio_only, np.full(1600, 0.2, np.float32), 16000)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(1600, np.float32), 16000)
+    empty_wav = tmp_path / "no_samples.wav"
+    sf.write(empty_wav, np.zeros(0, np.float32), 16000)
+    return {"good": good, "truncated": truncated, "empty": empty, "junk": junk,
+            "audio_only": audio_only, "silent": silent, "empty_wav": empty_wav}
+
+
+@pytest.mark.parametrize(
+    "name, read",
+    [
+        ("truncated", "frames"),
+        ("empty", "frames"),
+        ("empty", "audio"),
+        ("junk", "frames"),
+        ("junk", "audio"),
+        ("good", "audio"),  # an mp4 without an audio stream
+        ("audio_only", "frames"),  # a file without a video stream
+        ("silent", "audio"),
+        ("empty_wav", "audio"),
+    ],
+)
+def test_bad_media_gives_one_line_naming_the_file(bad_media, name, read):
+    path = bad_media[name]
+    with pytest.raises(AvgenError) as info:
+        if read == "frames":
+            media.read_frames(path, fps=10, size=16)
+        else:
+            media.read_audio(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(AvgenError, match="does not exist"):
+        media.probe(tmp_path / "nope.mp4")
