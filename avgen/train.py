@@ -1,0 +1,454 @@
+"""The fit stage: a model-agnostic training loop with checkpoints, resume, a NaN stop and DDP.
+
+Each epoch's shuffle order and dropout randomness come from (seed, epoch), and the optimiser
+state is checkpointed, so a resumed run ends with the same weights as an uninterrupted one.
+Under ``torchrun`` every rank takes its slice of the same global batch; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor, nn
+
+from avgen import atomic
+from avgen.errors import AvgenError
+from avgen.recipe import TrainParams
+
+OPTIMIZER_PREFIX = "__optimizer__."  # optimiser tensors share the checkpoint file with the weights
+STATE_KEY = "avgen_state"  # safetensors metadata key holding the checkpoint's JSON state
+
+
+@dataclass
+class WeightedLoss:
+    """One term of the objective: total = sum of weight * fn(outputs, batch)."""
+
+    name: str
+    weight: float
+    fn: Any  # fn(outputs, batch) -> scalar tensor, a mean over the batch; fn.needs_wave
+
+
+@dataclass
+class FitResult:
+    """Where the checkpoints are and how training went."""
+
+    best_path: Path
+    last_path: Path
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+
+
+def fit(
+    *,
+    model: nn.Module,
+    losses: list[WeightedLoss],
+    train: dict[str, Tensor],
+    val: dict[str, Tensor] | None,
+    params: TrainParams,
+    run_dir: Path,
+    seed: int,
+    device: torch.device,
+    representation: Any = None,
+    meta: dict | None = None,
+    console: Any = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` (resuming from run_dir/checkpoints/last.* when present)."""
+    losses = _unique_names(losses)
+    needs_wave = any(getattr(loss.fn, "needs_wave", False) for loss in losses)
+    size = _check_split(train, "train", needs_wave)
+    if val is not None:
+        _check_split(val, "val", needs_wave)
+    if needs_wave and representation is None:
+        raise AvgenError("fit: a loss needs the decoded waveform but no representation was given")
+    rank, world, device = _distributed(device)
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
+    console = console if console is not None else _stderr_console()
+
+    model.to(device)
+    if getattr(model, "uses_base_samples", False):
+        model.set_base_samples(train["rep"], train["label"])
+    if needs_wave and hasattr(representation, "to"):
+        representation.to(device)
+    optimizer = _make_optimizer(model, params)
+    info = {"format": 1, "seed": seed, "train": params.model_dump(mode="json"), "meta": meta or {}}
+    state = {"epoch": 0, "history": [], "best_value": None, "best_epoch": 0, "stale": 0, "stopped_early": False}
+    resuming = last_path.exists()
+    if world > 1:
+        dist.barrier()  # every rank has decided whether to resume before rank 0 writes anything
+    if resuming:
+        state = _resume(last_path, model, optimizer)
+        console.print(f"resuming from {last_path} (epoch {state['epoch']})")
+    elif rank == 0:  # epoch 0: the initial weights, so a NaN in epoch 1 still leaves a good checkpoint
+        _save(last_path, model, {**info, **state}, optimizer)
+    trained = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    use_amp = params.amp and device.type == "cuda"
+    if params.amp and not use_amp:
+        console.print("amp: mixed precision is only used on CUDA; training in float32")
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    step = _Step(trained, losses, params, representation, needs_wave, device, use_amp, amp_dtype)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[terms]}"))
+    with Progress(*columns, console=console, disable=rank != 0) as progress:
+        task = progress.add_task("train", total=None, terms="")
+        for epoch in range(state["epoch"] + 1, params.epochs + 1):
+            if state["stopped_early"]:
+                break
+            started = time.perf_counter()
+            lr = learning_rate(params, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(derive_seed(seed, epoch, "dropout", rank))
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, "order")))
+            batches = list(_batches(order, params.batch_size, rank, world))
+            progress.reset(task, total=len(batches), description=f"epoch {epoch}/{params.epochs}", terms="")
+            trained.train()
+            sums, seen = torch.zeros(len(losses) + 1, dtype=torch.float64), 0
+            for number, (local, global_size) in enumerate(batches, start=1):
+                batch = _take(train, local, device)
+                total, logged = step.forward(batch, share=len(local) / global_size, world=world, teacher=params.teacher_forcing)
+                if not torch.isfinite(logged).all():
+                    _plot_if_main(rank, state["history"], run_dir)
+                    raise AvgenError(_nan_message(logged, losses, epoch, number, last_path, state["epoch"]))
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if params.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                sums += logged.double().cpu() * global_size
+                seen += global_size
+                progress.update(task, advance=1, terms=_format_terms(sums / seen, losses))
+            train_terms = _as_terms(sums / max(seen, 1), losses)
+            val_terms = None
+            if val is not None:
+                val_terms = _as_terms(_validate(step, model, val, params.batch_size, rank, world, device), losses)
+                if not all(math.isfinite(v) for v in val_terms.values()):
+                    raise AvgenError(f"validation loss became nan at epoch {epoch}; the last good checkpoint is kept at {last_path}")
+            value = (val_terms or train_terms)["total"]
+            improved = state["best_value"] is None or value < state["best_value"]
+            entry = {"epoch": epoch, "lr": lr, "train": train_terms, "val": val_terms, "best": improved,
+                     "seconds": round(time.perf_counter() - started, 3)}
+            state["history"].append(entry)
+            state["epoch"] = epoch
+            if improved:
+                state.update(best_value=value, best_epoch=epoch, stale=0)
+            else:
+                state["stale"] += 1
+            state["stopped_early"] = 0 < params.early_stopping <= state["stale"]
+            if rank == 0:
+                if improved:
+                    _save(best_path, model, {**info, **state})
+                _save(last_path, model, {**info, **state}, optimizer)
+                atomic.write_json(Path(run_dir) / "history.json", state["history"])
+                console.print(_epoch_line(entry, params.epochs))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, entry)
+    if rank == 0:
+        if not best_path.exists():  # no epoch ran (epochs = 0): the initial weights are the best we have
+            _save(best_path, model, {**info, **state})
+        atomic.write_json(Path(run_dir) / "history.json", state["history"])
+        plot_loss_curve(state["history"], Path(run_dir) / "figures" / "loss_curve.png")
+        if state["stopped_early"]:
+            console.print(f"early stopping: no improvement for {params.early_stopping} epochs")
+    if world > 1:
+        dist.barrier()
+    return FitResult(best_path, last_path, state["history"], state["best_epoch"], state["stopped_early"])
+
+
+class _Step:
+    """One forward pass and the weighted loss terms of a batch."""
+
+    def __init__(self, model, losses, params, representation, needs_wave, device, use_amp, amp_dtype) -> None:
+        self.model, self.losses, self.params = model, losses, params
+        self.representation, self.needs_wave = representation, needs_wave
+        self.device, self.use_amp, self.amp_dtype = device, use_amp, amp_dtype
+
+    def terms(self, model: nn.Module, batch: dict[str, Tensor], teacher: bool) -> tuple[Tensor, Tensor]:
+        """(total, [total, term1, term2, ...]) for this rank's examples."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            if teacher:
+                outputs = dict(model(batch["features"], labels=batch["label"]))
+            else:
+                outputs = dict(model(batch["features"]))
+            if self.needs_wave:
+                wave = batch["wave"]
+                outputs["wave"] = self.representation.decode(
+                    outputs["rep"].float(), phase=self.params.decode_phase, reference=wave, length=wave.shape[-1]
+                )
+            values = [loss.fn(outputs, batch).float().reshape(()) for loss in self.losses]
+        total = sum(loss.weight * value for loss, value in zip(self.losses, values))
+        return total, torch.stack([total, *values]).detach()
+
+    def forward(self, batch: dict[str, Tensor], share: float, world: int, teacher: bool) -> tuple[Tensor, Tensor]:
+        """The loss to back-propagate (scaled so DDP's gradient mean is the global-batch mean) and the logged terms."""
+        total, logged = self.terms(self.model, batch, teacher)
+        logged = logged * share
+        if world > 1:
+            dist.all_reduce(logged)
+        return total * (share * world), logged
+
+
+@torch.no_grad()
+def _validate(step: _Step, model: nn.Module, data: dict[str, Tensor], batch_size: int, rank: int, world: int, device: torch.device) -> Tensor:
+    """Mean loss terms over the whole split; each rank evaluates a contiguous shard."""
+    model.eval()
+    shard = torch.tensor_split(torch.arange(len(data["features"])), world)[rank]
+    sums = torch.zeros(len(step.losses) + 2, dtype=torch.float64, device=device)
+    for start in range(0, len(shard), batch_size):
+        index = shard[start : start + batch_size]
+        _, logged = step.terms(model, _take(data, index, device), teacher=False)
+        sums[:-1] += logged.double() * len(index)
+        sums[-1] += len(index)
+    if world > 1:
+        dist.all_reduce(sums)
+    return (sums[:-1] / sums[-1].clamp_min(1)).cpu()
+
+
+# ---------------------------------------------------------------- schedule, order, data
+
+
+def learning_rate(params: TrainParams, epoch: int) -> float:
+    """The learning rate of a 1-based epoch under the recipe's schedule."""
+    if params.schedule == "cosine":
+        return params.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(params.epochs, 1)))
+    if params.schedule == "step":
+        return params.lr * params.gamma ** ((epoch - 1) // params.step_size)
+    return params.lr
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, epoch, 'order'); the same parts give the same seed."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _batches(order: Tensor, batch_size: int, rank: int, world: int) -> Iterator[tuple[Tensor, int]]:
+    """(this rank's indices, global batch size) for each global batch of the epoch's order."""
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        if len(batch) < world:  # too few to give every rank an example (DDP only): dropped
+            return
+        yield torch.tensor_split(batch, world)[rank], len(batch)
+
+
+def _take(data: dict[str, Tensor], index: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """The rows ``index`` of every tensor, on ``device``, floats as float32."""
+    out = {}
+    for key, value in data.items():
+        rows = value[index]
+        out[key] = rows.to(device, torch.float32 if rows.is_floating_point() else rows.dtype, non_blocking=True)
+    return out
+
+
+def _check_split(data: dict[str, Tensor], name: str, needs_wave: bool) -> int:
+    required = ["features", "rep", "label"] + (["wave"] if needs_wave else [])
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise AvgenError(f"fit: the {name} split lacks {', '.join(missing)}; it needs {', '.join(required)}")
+    sizes = {key: len(value) for key, value in data.items()}
+    if len(set(sizes.values())) != 1:
+        raise AvgenError(f"fit: the {name} split's tensors differ in length: {sizes}")
+    if sizes["features"] == 0:
+        raise AvgenError(f"fit: the {name} split is empty; check the dataset's {name} clips")
+    return sizes["features"]
+
+
+def _unique_names(losses: list[WeightedLoss]) -> list[WeightedLoss]:
+    if not losses:
+        raise AvgenError('fit: the recipe has no [[loss]]; add one, e.g. [[loss]] name = "spec_smooth_l1"')
+    seen: dict[str, int] = {}
+    out = []
+    for loss in losses:
+        seen[loss.name] = seen.get(loss.name, 0) + 1
+        name = loss.name if seen[loss.name] == 1 else f"{loss.name}.{seen[loss.name]}"
+        out.append(WeightedLoss(name, float(loss.weight), loss.fn))
+    return out
+
+
+def _make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise AvgenError("fit: the generator has no trainable parameters")
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
+    return torch.optim.Adam(trainable, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _save(path: Path, model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Weights (+ optimiser tensors) and the JSON state in one safetensors file, plus a readable .json copy."""
+    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
+    if optimizer is not None:
+        optimizer_tensors, state["optimizer"] = _flatten_optimizer(optimizer)
+        tensors.update(optimizer_tensors)
+    text = json.dumps(state, default=_json_default)
+    atomic.write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: text}))
+    atomic.write_text(path.with_suffix(".json"), json.dumps(json.loads(text), indent=2) + "\n")
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """(model state dict, JSON state with epoch, history, meta) of a ``.safetensors`` checkpoint (or its ``.json``)."""
+    tensors, state = _read(Path(path).with_suffix(".safetensors"))
+    return {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}, state
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], dict]:
+    if not path.is_file():
+        raise AvgenError(f"checkpoint {path} not found; train first (avgen run RECIPE)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {}).get(STATE_KEY, "{}"))
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise AvgenError(f"checkpoint {path} cannot be read ({exc}); delete it or start over with --fresh") from None
+    return tensors, state
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    tensors, state = _read(path)
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise AvgenError(f"checkpoint {path} does not match this model ({str(exc).splitlines()[0]}); start over with --fresh") from None
+    keys = ("epoch", "history", "best_value", "best_epoch", "stale", "stopped_early")
+    return {key: state[key] for key in keys}
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Optimiser state tensors under OPTIMIZER_PREFIX names; the rest as JSON."""
+    full = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in full["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = value.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": full["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    entries = [(k[len(OPTIMIZER_PREFIX) :], v) for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)]
+    for name, value in entries + list(info["scalars"].items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    return str(obj)
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _as_terms(values: Tensor, losses: list[WeightedLoss]) -> dict[str, float]:
+    names = ["total"] + [loss.name for loss in losses]
+    return {name: float(v) for name, v in zip(names, values.tolist())}
+
+
+def _format_terms(values: Tensor, losses: list[WeightedLoss]) -> str:
+    return "  ".join(f"{name} {v:.4g}" for name, v in _as_terms(values, losses).items())
+
+
+def _epoch_line(entry: dict, epochs: int) -> str:
+    line = f"epoch {entry['epoch']}/{epochs}  train " + "  ".join(f"{k} {v:.4g}" for k, v in entry["train"].items())
+    if entry["val"] is not None:
+        line += "  |  val " + "  ".join(f"{k} {v:.4g}" for k, v in entry["val"].items())
+    return line + ("  *" if entry["best"] else "")
+
+
+def _nan_message(logged: Tensor, losses: list[WeightedLoss], epoch: int, step: int, last: Path, good_epoch: int) -> str:
+    names = ["total"] + [loss.name for loss in losses]
+    bad = [(n, v) for n, v in zip(names, logged.tolist()) if not math.isfinite(v)]
+    term = next((n for n, _ in bad if n != "total"), "total")
+    kind = "nan" if math.isnan(bad[0][1]) else "inf"
+    return (f"training loss became {kind} at epoch {epoch}, step {step} (term {term}); "
+            f"the last good checkpoint is kept at {last} (epoch {good_epoch}); lower [train] lr or set grad_clip")
+
+
+def _plot_if_main(rank: int, history: list[dict], run_dir: Path) -> None:
+    if rank == 0 and history:
+        plot_loss_curve(history, Path(run_dir) / "figures" / "loss_curve.png")
+
+
+def plot_loss_curve(history: list[dict], path: Path) -> None:
+    """Total train/val loss and each term per epoch, as a PNG (matplotlib, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    total_ax, terms_ax = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    for split, style in (("train", "-"), ("val", "--")):
+        rows = [h[split] for h in history if h.get(split)]
+        if not rows:
+            continue
+        xs = [h["epoch"] for h in history if h.get(split)]
+        total_ax.plot(xs, [r["total"] for r in rows], style, marker="o", label=f"{split} total")
+        for name in [k for k in rows[0] if k != "total"]:
+            terms_ax.plot(xs, [r[name] for r in rows], style, marker=".", label=f"{split} {name}")
+    for ax, title in ((total_ax, "weighted total"), (terms_ax, "loss terms (unweighted)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if epochs:
+            ax.legend(fontsize="small")
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
