@@ -28,6 +28,11 @@ class OnsetParams(BaseModel):
     hop: int = Field(default=512, ge=1, description="STFT hop of the onset envelope (samples)")
     n_mels: int = Field(default=128, ge=1, description="mel bands the spectral flux is averaged over")
     top_db: float = Field(default=80.0, gt=0, description="log-mel floor below the clip's maximum (dB)")
+    min_strength: float = Field(
+        default=1.0, ge=0,
+        description="the envelope is scaled by max(its peak, this) (dB of mean rise): a clip whose sound never rises "
+        "this much (silence, a steady tone) has no onset instead of amplified numerical noise",
+    )
     delta: float = Field(default=0.3, ge=0, description="peak threshold above the local mean of the normalized envelope (CondFoleyGen: 0.3)")
     pre_max: float = Field(default=0.03, ge=0, description="a peak is the maximum of the envelope this far back (s)")
     post_max: float = Field(default=0.0, ge=0, description="... and this far ahead (s)")
@@ -89,16 +94,34 @@ def peak_pick(env: np.ndarray, pre_max: int, post_max: int, pre_avg: int, post_a
     return np.asarray(peaks, dtype=np.int64)
 
 
+def first_reliable_frame(p: OnsetParams) -> int:
+    """First envelope frame whose flux compares two STFT windows that lie wholly inside the clip.
+
+    Earlier frames see the zero padding before the clip, so any clip that starts with sound
+    would get a spurious onset there (librosa's onset_detect reports one at n_fft/2 + hop).
+    """
+    first_full_window = -(-p.n_fft // (2 * p.hop))  # ceil(n_fft / (2 hop))
+    return first_full_window + 1 + p.n_fft // (2 * p.hop)
+
+
 def detect_onsets(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> list[np.ndarray]:
-    """Onset positions in samples, one int array per clip (envelope normalized to [0, 1] per clip)."""
-    env = onset_envelope(waves, sample_rate, p).cpu().double().numpy()
+    """Onset positions in samples, one int array per clip.
+
+    Peaks are picked on the reliable part of the envelope (see first_reliable_frame),
+    normalized to [0, 1] per clip as librosa.onset.onset_detect does (but see min_strength).
+    """
+    first = first_reliable_frame(p)
+    env = onset_envelope(waves, sample_rate, p).cpu().double().numpy()[:, first:]
     frames = lambda seconds: int(seconds * sample_rate // p.hop)  # noqa: E731
     out = []
     for e in env:
+        if e.size == 0:
+            out.append(np.zeros(0, dtype=np.int64))
+            continue
         e = e - e.min()
-        e = e / (e.max() + 1e-12)
+        e = e / max(e.max(), p.min_strength, 1e-12)
         peaks = peak_pick(e, frames(p.pre_max), frames(p.post_max), frames(p.pre_avg), frames(p.post_avg), p.delta, frames(p.wait))
-        out.append(np.minimum(peaks * p.hop, waves.shape[-1] - 1))
+        out.append(np.minimum((peaks + first) * p.hop, waves.shape[-1] - 1))
     return out
 
 
