@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -20,33 +18,12 @@ from avgen.protocols import Dataset
 
 from avgen_datasets.materials import MATERIALS
 
-FPS = 30
-STEP = 4  # frame i of a test video is grey (i * STEP) % 256
+from test_media import STEP, write_grey_video  # the same grey-ramp videos (frame i is grey i * STEP)
 
 
 def write_video(path: Path, seconds: float, size: int = 32, wave: np.ndarray | None = None, rate: int = 16000) -> Path:
-    """An mp4 written directly with PyAV: grey frames encoding their index, optional AAC sound."""
-    with av.open(str(path), "w", format="mp4") as out:
-        video = out.add_stream("libx264", rate=FPS)
-        video.width = video.height = size
-        video.pix_fmt = "yuv444p"
-        video.options = {"qp": "0", "preset": "ultrafast"}
-        audio = None
-        if wave is not None:
-            audio = out.add_stream("aac", rate=rate)
-            audio.layout = "mono"
-        for i in range(int(round(seconds * FPS))):
-            grey = np.full((size, size, 3), (i * STEP) % 256, np.uint8)
-            for packet in video.encode(av.VideoFrame.from_ndarray(grey, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        if audio is not None:
-            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-            for packet in [*audio.encode(frame), *audio.encode(None)]:
-                out.mux(packet)
-    return path
+    """A 30 fps grey-ramp mp4 written with PyAV, with optional AAC sound."""
+    return write_grey_video(path, frames=int(round(seconds * 30)), size=size, wave=wave, rate=rate)
 
 
 def clicks(times: list[float], seconds: float, rate: int) -> np.ndarray:

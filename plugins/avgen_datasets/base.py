@@ -25,10 +25,29 @@ def fingerprint(*paths: Path | None) -> str:
     return "|".join(parts)
 
 
+SPLITS = ("train", "val", "test")
+
+
 class MediaClips:
-    """load_frames / load_audio for clips that point at media files (stateless, so worker-safe)."""
+    """clips / load_frames / load_audio for clips that point at media files (worker-safe: no open handles)."""
 
     sample_rate: int
+    _splits: dict[str, list[Clip]] | None = None
+
+    def prepare(self, progress=None) -> None:  # pragma: no cover - every dataset overrides it
+        raise NotImplementedError
+
+    def _build_splits(self) -> dict[str, list[Clip]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def clips(self, split: str) -> list[Clip]:
+        """Clips of 'train', 'val' or 'test' (the splits are built once, after prepare)."""
+        if split not in SPLITS:
+            raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        if self._splits is None:
+            self.prepare()
+            self._splits = self._build_splits()
+        return list(self._splits[split])
 
     def load_frames(self, clip: Clip, fps: float, size: int) -> torch.Tensor:
         """Frames of the clip at fps, size x size: uint8 [N, size, size, 3], N = round(duration * fps)."""

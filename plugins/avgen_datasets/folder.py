@@ -15,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from avgen.errors import AvgenError
 from avgen.protocols import Clip
 
-from avgen_datasets.base import MediaClips, fingerprint
+from avgen_datasets.base import SPLITS, MediaClips, fingerprint
 
-SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
@@ -46,7 +45,6 @@ class Folder(MediaClips):
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds
         self.class_names = self._class_dirs() if self.root.is_dir() else []
-        self._splits: dict[str, list[Clip]] | None = None
 
     def _class_dirs(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -58,15 +56,6 @@ class Folder(MediaClips):
         self.class_names = self._class_dirs()
         if not self.class_names:
             raise AvgenError(f"video folder '{self.root}' has no class sub-folders; put videos in '{self.root}/<class_name>/'")
-
-    def clips(self, split: str) -> list[Clip]:
-        """Clips of 'train', 'val' or 'test'."""
-        if split not in SPLITS:
-            raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-        if self._splits is None:
-            self.prepare()
-            self._splits = self._build_splits()
-        return list(self._splits[split])
 
     def _build_splits(self) -> dict[str, list[Clip]]:
         splits: dict[str, list[Clip]] = {s: [] for s in SPLITS}

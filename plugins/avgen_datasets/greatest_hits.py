@@ -19,7 +19,6 @@ from avgen_datasets.base import MediaClips, fingerprint
 from avgen_datasets.materials import MATERIALS, normalize_material
 from avgen_datasets.splits import carve
 
-SPLITS = ("train", "val", "test")
 
 
 class GreatestHitsParams(BaseModel):
@@ -95,7 +94,6 @@ class GreatestHits(MediaClips):
         self.class_names = [normalize_material(m) for m in params.materials]
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds
-        self._splits: dict[str, list[Clip]] | None = None
 
     def prepare(self, progress=None) -> None:
         """Check that the folder and split lists exist."""
@@ -108,16 +106,7 @@ class GreatestHits(MediaClips):
             if not (self.root / name).is_file():
                 raise AvgenError(f"Greatest Hits folder '{self.root}' has no {name}; it lists the video ids of that split, one per line")
 
-    def clips(self, split: str) -> list[Clip]:
-        """Clips of 'train', 'val' or 'test'."""
-        if split not in SPLITS:
-            raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-        if self._splits is None:
-            self._splits = self._build_splits()
-        return list(self._splits[split])
-
     def _build_splits(self) -> dict[str, list[Clip]]:
-        self.prepare()
         train_ids = read_ids(self.root / "train.txt")
         test_ids = read_ids(self.root / "test.txt")
         overlap = sorted(set(train_ids) & set(test_ids))

@@ -20,7 +20,6 @@ from avgen.protocols import Clip
 from avgen_datasets.base import MediaClips, fingerprint
 from avgen_datasets.splits import carve
 
-SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
@@ -60,7 +59,6 @@ class Vig(MediaClips):
         self.clip_seconds = params.clip_seconds
         self.class_names = list(params.classes)
         self._rows: list[dict[str, Any]] | None = None
-        self._splits: dict[str, list[Clip]] | None = None
         if not self.class_names and (self.root / params.labels_file).is_file():
             self.class_names = sorted({row["label"] for row in self._read_labels()})
 
@@ -97,15 +95,6 @@ class Vig(MediaClips):
                 rows.append({"ytid": fields[0], "start_text": fields[1], "start": start, "end": end, "label": label})
         self._rows = rows
         return rows
-
-    def clips(self, split: str) -> list[Clip]:
-        """Clips of 'train', 'val' or 'test'."""
-        if split not in SPLITS:
-            raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-        if self._splits is None:
-            self.prepare()
-            self._splits = self._build_splits()
-        return list(self._splits[split])
 
     def _build_splits(self) -> dict[str, list[Clip]]:
         rows = self._read_labels()
