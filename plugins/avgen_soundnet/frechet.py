@@ -42,6 +42,24 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return float(max(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * trace_root, 0.0))
 
 
+def frechet_distance_of_features(x: np.ndarray, y: np.ndarray) -> float:
+    """Frechet distance between the Gaussians fitted to features x [N1, C] and y [N2, C] (unbiased covariances).
+
+    With C1 = A^T A and C2 = B^T B (A, B the centred features over sqrt(N - 1)), tr((C1 C2)^1/2) is the sum of
+    the singular values of A B^T [N1, N2]: exact and cheap when there are fewer clips than channels.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError("the Frechet distance needs at least 2 feature vectors per set")
+    if x.shape[0] * y.shape[0] > x.shape[1] ** 2:
+        return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+    a = (x - x.mean(0)) / np.sqrt(x.shape[0] - 1)
+    b = (y - y.mean(0)) / np.sqrt(y.shape[0] - 1)
+    trace_root = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    diff = x.mean(0) - y.mean(0)
+    return float(max(diff @ diff + (a * a).sum() + (b * b).sum() - 2 * trace_root, 0.0))
+
+
 def pooled_features(model: SoundNet8, waves: torch.Tensor, sample_rate: int, layer: str, batch_size: int,
                     device: torch.device) -> np.ndarray:
     """Time-averaged SoundNet features [N, C] (float64) of waveforms [N, T]."""
@@ -77,9 +95,8 @@ class SoundNetFrechet:
         model = load_soundnet8()
         extract = dict(sample_rate=ctx.sample_rate, layer=self.params.layer, batch_size=self.params.batch_size,
                        device=ctx.device)
-        real = gaussian_stats(pooled_features(model, ctx.real_waves, **extract))
-        return {f"fd_{source}": frechet_distance(*gaussian_stats(pooled_features(model, ctx.generated[source], **extract)),
-                                                  *real)
+        real = pooled_features(model, ctx.real_waves, **extract)
+        return {f"fd_{source}": frechet_distance_of_features(pooled_features(model, ctx.generated[source], **extract), real)
                 for source in present}
 
 
