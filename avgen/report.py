@@ -185,8 +185,9 @@ def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
             wave, rate = sf.read(str(run_dir / clip.sounds[kind]), dtype="float32", always_2d=True)
             panels.append((title, spectrogram_db(wave.mean(axis=1)), rate, len(wave)))
     top = max(float(p[1].max()) for p in panels)
-    fig = Figure(figsize=(4.0 * len(panels), 3.0))
+    fig = Figure(figsize=(4.0 * len(panels), 3.2))
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.18, top=0.88, wspace=0.25)
     for i, (title, db, rate, length) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
@@ -195,7 +196,7 @@ def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
         ax.set_xlabel("time (s)")
         if i == 0:
             ax.set_ylabel("frequency (kHz)")
-    fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.01, label="dB")
+    fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.02, label="dB")
     rel = f"figures/examples/{_safe_name(clip.id)}.png"
     with atomic_path(run_dir / rel) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -24,8 +24,8 @@ log = logging.getLogger("avgen.eval.onset")
 class OnsetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_fft: int = Field(default=2048, ge=16, description="STFT window of the onset envelope (samples)")
-    hop: int = Field(default=512, ge=1, description="STFT hop of the onset envelope (samples)")
+    window: float = Field(default=2048 / 22050, gt=0, description="STFT window of the onset envelope (s); librosa's 2048 samples at 22 050 Hz")
+    hop: float = Field(default=512 / 22050, gt=0, description="STFT hop of the onset envelope (s); librosa's 512 samples at 22 050 Hz")
     n_mels: int = Field(default=128, ge=1, description="mel bands the spectral flux is averaged over")
     top_db: float = Field(default=80.0, gt=0, description="log-mel floor below the clip's maximum (dB)")
     min_strength: float = Field(
@@ -52,6 +52,11 @@ class OnsetParams(BaseModel):
 # ---------------------------------------------------------------- detection
 
 
+def frame_sizes(p: OnsetParams, sample_rate: int) -> tuple[int, int]:
+    """(n_fft, hop) in samples at this sample rate."""
+    return max(16, round(p.window * sample_rate)), max(1, round(p.hop * sample_rate))
+
+
 def onset_envelope(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> torch.Tensor:
     """Spectral flux [B, F]: mean over mel bands of the rise of the log-mel spectrogram, per frame.
 
@@ -59,18 +64,18 @@ def onset_envelope(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> tor
     seeing an onset half a window early).
     """
     waves = waves.float()
-    window = torch.hann_window(p.n_fft, device=waves.device)
-    n_fft = p.n_fft
+    n_fft, hop = frame_sizes(p, sample_rate)
+    window = torch.hann_window(n_fft, device=waves.device)
     if waves.shape[-1] <= n_fft // 2:  # reflect padding needs a longer signal
         waves = torch.nn.functional.pad(waves, (0, n_fft // 2 + 1 - waves.shape[-1]))
-    spec = torch.stft(waves, n_fft, p.hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    spec = torch.stft(waves, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
     power = spec.abs().pow(2)  # [B, n_fft/2+1, F]
     fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, p.n_mels, sample_rate, norm="slaney", mel_scale="slaney")
     mel = torch.einsum("bkf,km->bmf", power, fbank.to(power.device))
     db = 10.0 * torch.log10(mel.clamp_min(1e-10))
     db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - p.top_db)
     flux = (db[:, :, 1:] - db[:, :, :-1]).clamp_min(0).mean(dim=1)  # [B, F-1], rise into frame f+1
-    shift = 1 + n_fft // (2 * p.hop)
+    shift = 1 + n_fft // (2 * hop)
     env = torch.nn.functional.pad(flux, (shift, 0))[:, : db.shape[-1]]
     return env
 
@@ -94,14 +99,14 @@ def peak_pick(env: np.ndarray, pre_max: int, post_max: int, pre_avg: int, post_a
     return np.asarray(peaks, dtype=np.int64)
 
 
-def first_reliable_frame(p: OnsetParams) -> int:
+def first_reliable_frame(n_fft: int, hop: int) -> int:
     """First envelope frame whose flux compares two STFT windows that lie wholly inside the clip.
 
     Earlier frames see the zero padding before the clip, so any clip that starts with sound
     would get a spurious onset there (librosa's onset_detect reports one at n_fft/2 + hop).
     """
-    first_full_window = -(-p.n_fft // (2 * p.hop))  # ceil(n_fft / (2 hop))
-    return first_full_window + 1 + p.n_fft // (2 * p.hop)
+    first_full_window = -(-n_fft // (2 * hop))  # ceil(n_fft / (2 hop))
+    return first_full_window + 1 + n_fft // (2 * hop)
 
 
 def detect_onsets(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> list[np.ndarray]:
@@ -110,9 +115,10 @@ def detect_onsets(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> list
     Peaks are picked on the reliable part of the envelope (see first_reliable_frame),
     normalized to [0, 1] per clip as librosa.onset.onset_detect does (but see min_strength).
     """
-    first = first_reliable_frame(p)
+    n_fft, hop = frame_sizes(p, sample_rate)
+    first = first_reliable_frame(n_fft, hop)
     env = onset_envelope(waves, sample_rate, p).cpu().double().numpy()[:, first:]
-    frames = lambda seconds: int(seconds * sample_rate // p.hop)  # noqa: E731
+    frames = lambda seconds: int(seconds * sample_rate // hop)  # noqa: E731
     out = []
     for e in env:
         if e.size == 0:
@@ -121,7 +127,7 @@ def detect_onsets(waves: torch.Tensor, sample_rate: int, p: OnsetParams) -> list
         e = e - e.min()
         e = e / max(e.max(), p.min_strength, 1e-12)
         peaks = peak_pick(e, frames(p.pre_max), frames(p.post_max), frames(p.pre_avg), frames(p.post_avg), p.delta, frames(p.wait))
-        out.append(np.minimum((peaks + first) * p.hop, waves.shape[-1] - 1))
+        out.append(np.minimum((peaks + first) * hop, waves.shape[-1] - 1))
     return out
 
 
