@@ -19,6 +19,7 @@ from avgen_audio.params import CochleagramParams
 from avgen_audio.spectral import SpectralRepresentation
 
 DEFAULT_HIGH_HZ = 10000.0
+TINY_POWER = 1e-20  # keeps power strictly positive (multiplicative updates, sqrt gradient)
 
 
 def hz_to_erb_number(hz: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def erb_filterbank(n_bands: int, low_hz: float, high_hz: float, n_fft: int, samp
 
 
 class CochleagramRepresentation(SpectralRepresentation):
-    """Compressed ERB band envelopes [B, n_bands, F]; decode = filterbank pseudo-inverse + Griffin-Lim."""
+    """Compressed ERB band envelopes [B, n_bands, F]; decode = filterbank pseudo-inverse (NNLS-refined) + Griffin-Lim."""
 
     def __init__(self, params: CochleagramParams) -> None:
         super().__init__(params)
@@ -69,8 +70,13 @@ class CochleagramRepresentation(SpectralRepresentation):
     def to_magnitude(self, rep: torch.Tensor) -> torch.Tensor:
         p = self.params
         energy = expand(rep, p.compression, p.log_offset, p.exponent).square()
-        power = torch.matmul(self.band_power_pinv, energy).clamp_min(0.0)
-        return torch.sqrt(power + 1e-20)
+        power = torch.matmul(self.band_power_pinv, energy).clamp_min(0.0) + TINY_POWER
+        # Clamping the pseudo-inverse breaks band_power @ power == energy; multiplicative
+        # NNLS steps (Lee & Seung) restore much of it while keeping the power non-negative.
+        target = torch.matmul(self.band_power.T, energy)
+        for _ in range(self.params.inverse_iter):
+            power = power * target / (torch.matmul(self.band_power.T, torch.matmul(self.band_power, power)) + TINY_POWER)
+        return torch.sqrt(power)
 
 
 def make_cochleagram(params: CochleagramParams, **context: object) -> CochleagramRepresentation:

@@ -12,9 +12,9 @@ import torch.nn.functional as nnf
 from scipy.signal import get_window
 
 
-def make_window(name: str, n_fft: int) -> torch.Tensor:
-    """The periodic ('fftbins') window librosa and nnAudio use, as float32 [n_fft]."""
-    return torch.from_numpy(np.asarray(get_window(name, n_fft, fftbins=True), dtype=np.float32))
+def make_window(name: str, n_fft: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The periodic ('fftbins') window librosa and nnAudio use, [n_fft]."""
+    return torch.from_numpy(np.asarray(get_window(name, n_fft, fftbins=True), dtype=np.float64)).to(dtype)
 
 
 def num_frames(num_samples: int, n_fft: int, hop: int, center: bool) -> int:

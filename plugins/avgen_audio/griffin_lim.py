@@ -54,7 +54,7 @@ def griffin_lim_phase(
             phase[begin:end] = _iterate(
                 magnitude[begin:end], phase[begin:end], window, hop, center, pad_mode, n_iter, momentum, length
             )
-    return phase
+    return phase.clone()  # a normal tensor again, usable in autograd graphs
 
 
 def _iterate(

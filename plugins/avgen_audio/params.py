@@ -49,6 +49,9 @@ class CochleagramParams(SpectralParams):
     high_hz: float | None = Field(
         None, gt=0.0, description="Centre frequency (Hz) of the highest band; default min(10 000, sample_rate / 2)."
     )
+    inverse_iter: int = Field(
+        30, ge=0, description="Non-negative least-squares (multiplicative) refinements of the filterbank pseudo-inverse on decode."
+    )
     compression: Literal["none", "log", "power"] = Field(
         "power", description="Envelope compression: power (McDermott & Simoncelli, exponent 0.3), log or none."
     )

@@ -39,6 +39,12 @@ class SpectralRepresentation(nn.Module):
         self.register_buffer("window", fourier.make_window(params.window, params.n_fft), persistent=False)
         self.nnaudio_stft = _nnaudio_stft(params) if params.backend == "nnaudio" else None
 
+    def _apply(self, fn, recurse=True):  # .to()/.double(): rebuild the window exactly in the new dtype
+        super()._apply(fn, recurse)
+        exact = fourier.make_window(self.params.window, self.n_fft, torch.float64)
+        self.window = exact.to(device=self.window.device, dtype=self.window.dtype)
+        return self
+
     @property
     def bins(self) -> int:
         """K, the number of STFT bins (n_fft // 2 + 1)."""
