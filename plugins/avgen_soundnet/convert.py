@@ -79,29 +79,32 @@ def read_source(path: Path, origin: str) -> Source:
     return Source(path, sha256_file(path), npy, hashlib.sha256(npy).hexdigest(), objects, places, origin)
 
 
-def _member(names: list[str], suffix: str, path: Path) -> str:
-    hits = [n for n in names if n.endswith(suffix) and n.count("/") == suffix.count("/") + 1]
-    if not hits:
-        raise AvgenError(f"{path} holds no {suffix}; give the {SDIST_NAME} sdist or its {NPY_MEMBER}")
-    return hits[0]
+def _find(names: list[str], member: str) -> str | None:
+    """The archive entry '<top folder>/<member>', if any."""
+    return next((n for n in names if n.endswith(member) and n.count("/") == member.count("/") + 1), None)
+
+
+def _require(names: list[str], path: Path) -> str:
+    found = _find(names, NPY_MEMBER)
+    if found is None:
+        raise AvgenError(f"{path} holds no {NPY_MEMBER}; give the {SDIST_NAME} sdist or its {NPY_MEMBER}")
+    return found
 
 
 def _read_tar(path: Path) -> tuple[bytes, str | None]:
     with tarfile.open(path) as tar:
         names = tar.getnames()
-        npy_file = tar.extractfile(_member(names, NPY_MEMBER, path))
-        npy = npy_file.read() if npy_file else b""
-        init = [n for n in names if n.endswith(NAMES_MEMBER) and n.count("/") == NAMES_MEMBER.count("/") + 1]
-        init_file = tar.extractfile(init[0]) if init else None
-        return npy, init_file.read().decode("utf-8") if init_file else None
+        npy_file = tar.extractfile(_require(names, path))
+        init = _find(names, NAMES_MEMBER)
+        init_file = tar.extractfile(init) if init else None
+        return (npy_file.read() if npy_file else b""), (init_file.read().decode("utf-8") if init_file else None)
 
 
 def _read_zip(path: Path) -> tuple[bytes, str | None]:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-        npy = zf.read(_member(names, NPY_MEMBER, path))
-        init = [n for n in names if n.endswith(NAMES_MEMBER) and n.count("/") == NAMES_MEMBER.count("/") + 1]
-        return npy, zf.read(init[0]).decode("utf-8") if init else None
+        init = _find(names, NAMES_MEMBER)
+        return zf.read(_require(names, path)), (zf.read(init).decode("utf-8") if init else None)
 
 
 def parse_class_names(source_code: str, path: Path) -> tuple[list[str], list[str]]:
