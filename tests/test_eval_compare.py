@@ -1,0 +1,98 @@
+"""`avgen compare` through the real CLI, and compare_runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avgen_eval.compare import PAPER_RESULTS, compare_runs
+
+
+def make_run(root: Path, name: str, dataset: str, metrics: dict) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "recipe.toml").write_text(f'[run]\nname = "{name}"\n')
+    (run / "dataset.json").write_text(json.dumps({"name": dataset, "class_names": ["a", "b"], "splits": {"train": 4, "test": 2}}))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+POCAN = {"recall_at_k": {"R@1": 0.41234, "R@5": 0.6, "R@10": 0.75}, "sound_classifier": {"acc_real": 0.9, "acc_raw": 0.456789},
+         "log_spectral_distance": {"lsd_raw": 1.5}}
+OWENS = {"recall_at_k": {"R@1": 0.2, "R@5": 0.4, "R@10": 0.5}, "sound_classifier": {"acc_real": 0.9, "acc_raw": 0.25}}
+
+
+def avgen_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "avgen", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_compare_runs_adds_paper_rows_for_greatest_hits(tmp_path):
+    a = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)
+    b = make_run(tmp_path, "owens_ghd", "greatest_hits", OWENS)
+    rows = compare_runs([a, b])
+    assert [r["model"] for r in rows[:2]] == ["pocan_ghd", "owens_ghd"]
+    assert rows[0]["metrics"]["recall_at_k/R@1"] == 0.41234 and rows[0]["source"] == "run"
+    paper = [r for r in rows if r["source"] == "paper"]
+    assert len(paper) == len(PAPER_RESULTS["greatest_hits"]) == 5
+    pocan = next(r for r in paper if r["model"].startswith("POCAN"))
+    assert pocan["metrics"] == pytest.approx({"recall_at_k/R@1": 0.3302, "recall_at_k/R@5": 0.5719, "recall_at_k/R@10": 0.6553,
+                                              "sound_classifier/acc_raw": 0.3632, "sound_classifier/acc_real": 0.5134})
+
+
+def test_no_paper_rows_for_other_datasets(tmp_path):
+    rows = compare_runs([make_run(tmp_path, "quick", "synthetic_hits", OWENS)])
+    assert [r["source"] for r in rows] == ["run"]
+    vig = compare_runs([make_run(tmp_path, "v", "vig", OWENS)])
+    assert [r["model"] for r in vig if r["source"] == "paper"] == [m for m, _ in PAPER_RESULTS["vig"]]
+
+
+def run_main(*args: str) -> int:
+    """The CLI entry point in this process (fast); returns its exit code."""
+    from avgen.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_avgen_compare_cli(tmp_path):
+    a = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)
+    b = make_run(tmp_path, "owens_ghd", "greatest_hits", OWENS)
+    out = tmp_path / "table.html"
+    proc = avgen_cli("compare", str(a), str(b), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("pocan_ghd", "owens_ghd", "POCAN (res+spec)", "0.4123", "45.68", "0.3302", "36.32", "51.34"):
+        assert text in proc.stdout, text
+    assert "log_spectral_distance/lsd_raw" in proc.stdout
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "0.4123" in page and "45.68" in page and "0.5719" in page
+    assert "log_spectral_distance/lsd_raw" in page and "1.5000" in page
+
+    missing = avgen_cli("compare", str(a), str(tmp_path / "nope"), cwd=tmp_path)
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in missing.stderr
+
+
+def test_compare_json_default_output_help_and_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    a = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)
+    assert run_main("compare", str(a), "--json") == 0
+    assert json.loads(capsys.readouterr().out)[0]["metrics"]["sound_classifier/acc_raw"] == 0.456789
+    assert (tmp_path / "compare.html").is_file()  # the default output
+
+    empty = tmp_path / "not_evaluated"
+    empty.mkdir()
+    assert run_main("compare", str(empty)) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json" in err and len(err.strip().splitlines()) == 1
+
+    assert run_main("compare", "--help") == 0
+    assert "Table 2/3" in capsys.readouterr().out
+    assert run_main("compare") == 2  # RUN_DIRS is required
