@@ -74,12 +74,16 @@ def topk_cosine(
 
 def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of each row of one chunk, taking the lowest indices among ties at the k-th value."""
-    k = min(k, scores.shape[1])
-    values, indices = torch.topk(scores, k, dim=1)
-    kth = values[:, -1:]
-    # topk may pick any of several entries tied at the k-th value; redo those rows exactly.
-    tied_rows = ((scores == kth).sum(dim=1) > (values == kth).sum(dim=1)).nonzero().flatten()
-    if tied_rows.numel():
+    width = scores.shape[1]
+    k = min(k, width)
+    # one extra candidate tells whether entries tied with the k-th value were left out
+    values, indices = torch.topk(scores, min(k + 1, width), dim=1)
+    if values.shape[1] > k:
+        tied_rows = (values[:, k] == values[:, k - 1]).nonzero().flatten()
+        values, indices = values[:, :k], indices[:, :k]
+    else:
+        tied_rows = torch.zeros(0, dtype=torch.long)
+    if tied_rows.numel():  # topk may pick any of the tied entries: redo those rows exactly
         sub = scores[tied_rows]
         order = torch.sort(sub, dim=1, descending=True, stable=True).indices[:, :k]
         values[tied_rows] = sub.gather(1, order)
