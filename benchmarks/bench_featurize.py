@@ -1,0 +1,161 @@
+"""Frame featurization speed as a fraction of the machine's fp32 matmul rate, measured in the same run.
+
+    python benchmarks/bench_featurize.py [--device cpu|cuda] [--batch 32] [--repeats 3] [--threads N]
+                                         [--models resnet50,alexnet,efficientnet_lite0] [--compile]
+
+For each encoder at 224 px: FLOPs per frame (torch.utils.flop_counter), then frames/s of the CNN in
+eager NCHW, channels-last, channels-last + bf16 autocast (with its feature error against fp32) and
+(with --compile) torch.compile'd channels-last, and of the full ``encode()`` (uint8 frames in, features out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import avgen
+from avgen.errors import AvgenError
+
+BF16_MIN_COSINE = 0.999  # bf16 features are used only when every frame's cosine to fp32 is above this
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops(device: torch.device, repeats: int) -> float:
+    """fp32 FLOP/s of a large square sgemm (2 n^3 FLOPs)."""
+    n = 4096 if device.type == "cuda" else 2048
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the CNN runs
+    seconds = timed(lambda: a @ b, device, max(repeats, 5))
+    return 2 * n**3 / seconds
+
+
+def flops_per_frame(model: torch.nn.Module, size: int, device: torch.device) -> float:
+    """Multiply-adds x 2 of one 224 px frame through the CNN, counted by FlopCounterMode."""
+    x = torch.zeros(1, 3, size, size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def build(name: str, device: torch.device) -> tuple[object, str]:
+    """The encoder with ImageNet weights when available offline, else random weights (timing is the same)."""
+    try:
+        return avgen.create("encoder", name, context={"device": device}), "ImageNet"
+    except AvgenError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return avgen.create("encoder", name, context={"device": device}, weights="none"), "random"
+
+
+def bench_model(name: str, device: torch.device, batch: int, repeats: int, matmul: float, use_compile: bool) -> list[str]:
+    encoder, weights = build(name, device)
+    model = encoder.model
+    size = encoder.input_size
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=g)
+    images_cl = encoder.preprocess(frames)  # normalised, channels-last
+    images_nchw = images_cl.contiguous()
+    flops = flops_per_frame(model, size, device)
+    rows: list[tuple[str, float, str]] = []
+
+    def run(label: str, fn: Callable[[], torch.Tensor], note: str = "") -> None:
+        seconds = timed(fn, device, repeats)
+        rows.append((label, batch / seconds, note))
+
+    with torch.inference_mode():
+        model.to(memory_format=torch.contiguous_format)
+        run("eager NCHW fp32", lambda: model(images_nchw))
+        model.to(memory_format=torch.channels_last)
+        run("channels-last fp32", lambda: model(images_cl))
+        reference = model(images_cl).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            bf16 = model(images_cl).float()
+        cosine = float(F.cosine_similarity(bf16, reference, dim=1).min())
+        rel = float((bf16 - reference).norm() / reference.norm())
+        bf16_ok = cosine >= BF16_MIN_COSINE
+        verdict = f"min cosine to fp32 {cosine:.5f}, rel. L2 error {rel:.4f}: " + ("usable" if bf16_ok else "NOT usable")
+
+        def autocast_bf16() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return model(images_cl)
+
+        run("channels-last bf16 autocast", autocast_bf16, verdict)
+    if use_compile:
+        start = time.perf_counter()
+        compiled = torch.compile(model)
+        with torch.inference_mode():
+            compiled(images_cl)
+        compile_s = time.perf_counter() - start
+        with torch.inference_mode():
+            run("torch.compile channels-last fp32", lambda: compiled(images_cl), f"compile {compile_s:.0f} s")
+            if bf16_ok:
+                def compiled_bf16() -> torch.Tensor:
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        return compiled(images_cl)
+
+                start = time.perf_counter()
+                compiled_bf16()
+                run("torch.compile channels-last bf16", compiled_bf16, f"compile {time.perf_counter() - start:.0f} s")
+    encoder.batch_size = batch
+    run("encode() uint8 -> features, fp32", lambda: encoder.encode(frames), "includes normalisation + copy to CPU")
+    encoder.precision = "bf16"
+    run("encode() uint8 -> features, bf16", lambda: encoder.encode(frames), "precision = 'bf16'")
+
+    lines = [f"{name}: {flops / 1e9:.2f} GFLOP/frame at {size} px, {encoder.dim}-d, {weights} weights, batch {batch}"]
+    for label, fps, note in rows:
+        fraction = fps * flops / matmul
+        lines.append(f"  {label:36s} {fps:8.1f} frames/s  {fraction * 100:6.1f} % of fp32 matmul  {note}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--models", default="resnet50,alexnet,efficientnet_lite0")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (minutes of compiling on 2 cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    matmul = matmul_flops(device, args.repeats)
+    print(f"{name}: fp32 matmul {matmul / 1e9:.1f} GFLOP/s")
+    for model_name in args.models.split(","):
+        for line in bench_model(model_name, device, args.batch, args.repeats, matmul, args.compile):
+            print(line, flush=True)
+    print(f"fp32 matmul again at the end: {matmul_flops(device, args.repeats) / 1e9:.1f} GFLOP/s (load drift check)")
+
+
+if __name__ == "__main__":
+    main()
