@@ -173,17 +173,17 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
     """
-    from avgen.recipe import load_recipe
+    from avgen.recipe import load_recipes
     from avgen.runner import Run, resolve_device
 
     paths = _expand_recipes(recipes)
-    loaded = [load_recipe(p, overrides) for p in paths]  # validate all before running any
+    loaded = [r for p in paths for r in load_recipes(p, overrides)]  # validate all before running any
     run_dirs = []
     for recipe in loaded:
         if out is not None:
             recipe.run.out = out
         dev = resolve_device(device or recipe.run.device)
-        run_dir = recipe.run.out / recipe.run.name
+        run_dir = recipe.run.out / recipe.run.group / recipe.run.name
         if run_dir in run_dirs:
             raise AvgenError(f"two recipes write the same run directory {run_dir}; give each a different run.name")
         run_dirs.append(run_dir)
@@ -191,7 +191,18 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
         Run(recipe, run_dir, dev, console=err_console, num_workers=workers).execute(only=only, fresh=fresh)
         console.print(f"run directory: {run_dir}")
     if len(run_dirs) > 1:
+        _compare(click.get_current_context(), run_dirs)
+
+
+def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:
+    """The comparison table of several runs (``avgen compare`` when a plugin provides it)."""
+    command = ctx.find_root().command.get_command(ctx, "compare")
+    if command is None:
         _print_comparison(run_dirs)
+        return
+    parents = {d.parent for d in run_dirs}
+    where = (parents.pop() if len(parents) == 1 else Path(".")) / "compare.html"
+    ctx.invoke(command, run_dirs=tuple(run_dirs), output=where, as_json=False)
 
 
 def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:

