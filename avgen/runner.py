@@ -442,6 +442,7 @@ class Run:
             feature_dim=int(train.features.shape[-1]), rep_dim=int(train.rep.shape[1]),
             steps=int(train.rep.shape[2]), num_classes=len(self.dataset.class_names),
         )
+        torch.manual_seed(self.recipe.run.seed)  # the initial weights depend on the seed only
         model = get_component("generator", spec.name).build(spec.params, shape=shape)
         return model.to(self.device), shape
 

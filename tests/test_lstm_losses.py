@@ -47,13 +47,13 @@ def test_spec_smooth_l1_sums_per_clip_then_averages(beta):
     g = torch.Generator().manual_seed(3)
     predicted = torch.randn(3, 4, 5, generator=g) * 2
     target = torch.randn(3, 4, 5, generator=g)
-    loss = avgen.create("loss", "spec_smooth_l1", beta=beta)
+    loss = avgen.create("loss", "spec_smooth_l1", beta=beta, reduction="sum_per_clip_mean")
     assert loss.needs_wave is False
     diff = (predicted - target).tolist()
     per_clip = [sum(smooth_l1_by_hand(v, beta) for row in clip for v in row) for clip in diff]
     value = loss({"rep": predicted}, {"rep": target})
     assert value.item() == pytest.approx(sum(per_clip) / 3, rel=1e-5)
-    mean = avgen.create("loss", "spec_smooth_l1", beta=beta, reduction="mean")({"rep": predicted}, {"rep": target})
+    mean = avgen.create("loss", "spec_smooth_l1", beta=beta)({"rep": predicted}, {"rep": target})  # default: mean
     assert mean.item() == pytest.approx(sum(per_clip) / 60, rel=1e-5)
     torch.testing.assert_close(mean, F.smooth_l1_loss(predicted, target, beta=beta))
 
@@ -61,7 +61,7 @@ def test_spec_smooth_l1_sums_per_clip_then_averages(beta):
 def test_spec_smooth_l1_gradient_and_shape_check():
     predicted = torch.tensor([[[0.5, 3.0]]], requires_grad=True)
     target = torch.zeros(1, 1, 2)
-    loss = avgen.create("loss", "spec_smooth_l1")
+    loss = avgen.create("loss", "spec_smooth_l1", reduction="sum_per_clip_mean")
     loss({"rep": predicted}, {"rep": target}).backward()
     torch.testing.assert_close(predicted.grad, torch.tensor([[[0.5, 1.0]]]))  # x inside, sign(x) outside
     with pytest.raises(AvgenError, match="differ"):

@@ -26,8 +26,10 @@ class SmoothL1Params(BaseModel):
 
     beta: float = Field(1.0, gt=0, description="where the loss turns from quadratic to linear (paper: 1)")
     reduction: Literal["sum_per_clip_mean", "mean"] = Field(
-        "sum_per_clip_mean",
-        description="'sum_per_clip_mean': sum over bins and frames, mean over clips (the paper's sum); 'mean': mean over all values",
+        "mean",
+        description="'mean': mean over all values (default; TensorFlow's huber_loss default, and the only one under "
+                    "which lambda = 50 leaves the class loss any say, see docs/generators.md); 'sum_per_clip_mean': "
+                    "sum over bins and frames as Eq. 6 is written, mean over clips",
     )
 
 

@@ -32,9 +32,9 @@ class PerceptualParams(BaseModel):
                            "instead of stopping with the fetch command",
     )
     reduction: Literal["sum_per_clip_mean", "mean"] = Field(
-        "sum_per_clip_mean",
-        description="'sum_per_clip_mean': sum over channels and steps, mean over clips (the paper's norm); "
-                    "'mean': mean over all values",
+        "mean",
+        description="'mean': mean over all values (default, as spec_smooth_l1); 'sum_per_clip_mean': sum over "
+                    "channels and steps as Eq. 7 is written, mean over clips",
     )
 
 
