@@ -189,9 +189,25 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
         run_dirs.append(run_dir)
         err_console.print(f"[bold]avgen run[/bold] {recipe.source} -> {run_dir} on {dev}")
         Run(recipe, run_dir, dev, console=err_console, num_workers=workers).execute(only=only, fresh=fresh)
-        console.print(f"run directory: {run_dir}")
-    if len(run_dirs) > 1:
+        if _rank() == 0:
+            console.print(f"run directory: {run_dir}")
+    _leave_process_group()
+    if len(run_dirs) > 1 and _rank() == 0:
         _compare(click.get_current_context(), run_dirs)
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def _leave_process_group() -> None:
+    """Tear down the torchrun process group, if a run joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:

@@ -6,6 +6,7 @@ finished stages, so running the same recipe again continues after the last one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -39,9 +40,11 @@ log = logging.getLogger("avgen")
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise AvgenError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -205,6 +208,9 @@ class Run:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        self.rank, self.world = _join_process_group(self.device)
+        if self.rank != 0:
+            self.console = Console(stderr=True, quiet=True)
         self.dir = RunDir(self.run_dir)
         self._dataset: Any = None
         self._representation: Any = None
@@ -243,24 +249,46 @@ class Run:
     # ---- driver
 
     def execute(self, only: str | None = None, fresh: bool = False) -> dict[str, Any]:
-        """Run every stage not yet done (or just ``only``); returns the ledger."""
-        with self.dir.lock():
-            self._start(fresh)
+        """Run every stage not yet done (or just ``only``); returns the ledger.
+
+        Under ``torchrun`` every rank featurizes its shard and trains; rank 0 alone holds the
+        lock, writes the run directory and runs prepare, generate, evaluate and report.
+        """
+        main = self.rank == 0
+        with self.dir.lock() if main else contextlib.nullcontext():
+            if main:
+                self._start(fresh)
+            self._barrier()
             stages = STAGES if only is None else (only,)
             for stage in stages:
                 if only is None and self.dir.done(stage):
                     self.console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
                     continue
-                if only is not None:
-                    self.dir.forget_from(stage) if stage != "report" else None
+                if only is not None and main and stage != "report":
+                    self.dir.forget_from(stage)
                 started = time.perf_counter()
                 self.console.rule(f"[bold]{stage}")
                 log.info("stage %s started", stage)
-                info = getattr(self, f"stage_{stage}")() or {}
+                info = {}
+                if main or stage in ("featurize", "fit"):
+                    info = getattr(self, f"stage_{stage}")() or {}
+                elif stage == "prepare":
+                    self._barrier()  # rank 0 makes the data available first
+                    self.dataset.prepare(None)
+                if main and stage == "prepare":
+                    self._barrier()
                 seconds = time.perf_counter() - started
-                self.dir.mark(stage, seconds, info)
+                if main:
+                    self.dir.mark(stage, seconds, info)
+                self._barrier()
                 log.info("stage %s done in %.1f s %s", stage, seconds, json.dumps(info, default=str))
             return self.dir.ledger()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _start(self, fresh: bool) -> None:
         resolved = self.recipe.to_toml_dict()
@@ -302,6 +330,13 @@ class Run:
 
     def stage_featurize(self) -> dict[str, Any]:
         stats: dict[str, Any] = {}
+        if self.world > 1:  # each rank fills the per-clip cache for its shard, then all read it back
+            for split in SPLITS:
+                clips = self.dataset.clips(split)
+                keys = self._clip_keys(clips)
+                mine = [i for i in range(len(clips)) if i % self.world == self.rank]
+                self._encode_clips(split, [clips[i] for i in mine], [keys[i] for i in mine], *self._sizes())
+            self._barrier()
         for split in SPLITS:
             data, info = self._featurize_split(split)
             self._splits[split] = data
@@ -315,17 +350,10 @@ class Run:
         return self._splits[split]
 
     def _featurize_split(self, split: str) -> tuple[SplitData, dict[str, Any]]:
-        dataset, encoder, rep = self.dataset, self.encoder, self.representation
+        dataset, rep = self.dataset, self.representation
         clips = dataset.clips(split)
-        rate = self.sample_rate
-        samples = round(dataset.clip_seconds * rate)
-        frames = max(1, round(dataset.clip_seconds * encoder.fps)) if encoder is not None else 0
-        enc_id = None
-        if encoder is not None:
-            spec = self.recipe.encoder
-            enc_id = (spec.name, spec.params, get_component("encoder", spec.name).version, frames)
-        audio_id = (self.recipe.data.name, self.recipe.data.params, get_component("dataset", self.recipe.data.name).version, rate)
-        keys = [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
+        samples, frames = self._sizes()
+        keys = self._clip_keys(clips)
         split_key = cache_key("split", keys)
         cached = self.cache.get(split_key)
         info: dict[str, Any] = {"clips": len(clips), "encoded": 0, "from_cache": 0}
@@ -339,7 +367,8 @@ class Run:
             tensors = {"wave": wave}
             if features is not None:
                 tensors["features"] = features
-            self.cache.put(split_key, tensors)
+            if self.rank == 0:
+                self.cache.put(split_key, tensors)
         _check_finite(wave, clips, "audio")
         if features is not None:
             _check_finite(features, clips, "visual features")
@@ -351,6 +380,22 @@ class Run:
             f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache)"
         )
         return SplitData(clips, wave, label, features, reps), info
+
+    def _sizes(self) -> tuple[int, int]:
+        """(samples per clip at the run's rate, frames per clip at the encoder's fps)."""
+        seconds = self.dataset.clip_seconds
+        frames = max(1, round(seconds * self.encoder.fps)) if self.encoder is not None else 0
+        return round(seconds * self.sample_rate), frames
+
+    def _clip_keys(self, clips: list[Clip]) -> list[str]:
+        """Cache keys of each clip's features and waveform (everything that produced them)."""
+        enc_id = None
+        if self.encoder is not None:
+            spec = self.recipe.encoder
+            enc_id = (spec.name, spec.params, get_component("encoder", spec.name).version, self._sizes()[1])
+        data = self.recipe.data
+        audio_id = (data.name, data.params, get_component("dataset", data.name).version, self.sample_rate)
+        return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
 
     def _encode_rep(self, wave: torch.Tensor, batch: int = 256) -> torch.Tensor:
         rep = self.representation
@@ -499,6 +544,18 @@ class Run:
         html, md = write_report(self.run_dir)
         self.console.print(f"report: {html}")
         return {"html": str(html), "md": str(md)}
+
+
+def _join_process_group(device: torch.device) -> tuple[int, int]:
+    """(rank, world size): joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _clip_id(clip: Clip) -> tuple[Any, ...]:
