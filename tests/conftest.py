@@ -35,6 +35,18 @@ def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one torch thread: tiny models gain nothing from threads, and on a
+    busy 2-core machine two oversubscribed OpenMP threads run them many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def example_plugin() -> None:
     """The example plugin must be installed (README's test command and .ci/run install it)."""

@@ -55,14 +55,7 @@ def context(tmp_path, train, test, generated, dataset_hash="synthetic-tones-v1",
 SMALL = dict(channels=[16, 32, 32, 64, 64], epochs=8, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The development machine is shared by several processes: two oversubscribed threads run
-    these small convolutions ~20x slower than one, so train on one thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_classifier_well_above_chance_and_cached(tmp_path, monkeypatch):

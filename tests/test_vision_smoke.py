@@ -19,13 +19,7 @@ OURS = [c.name for c in avgen.list_components("encoder") if c.plugin == "vision"
 _built: dict[str, Encoder] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny 32 px inputs run faster on one thread than with two threads syncing per layer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def build(name: str, **params) -> Encoder:
