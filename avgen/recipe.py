@@ -133,8 +133,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> list[Recipe]:
     """A recipe, or one recipe per ``[[variant]]`` entry (run in ``<out>/<name>/<variant>``).
 
-    A variant names itself and replaces whole sections of the base recipe, e.g.
-    ``[[variant]] name = "owens"  generator = {name = "owens_lstm"}``.
+    A variant names itself and sets sections of the base recipe: a table naming another
+    component (or a list such as ``loss``) replaces the section, any other table is merged
+    into it, e.g. ``[[variant]] name = "owens"  generator = {name = "owens_lstm"}``.
     """
     raw, path, text = _read(path, overrides)
     variants = raw.pop("variant", None)
@@ -158,10 +159,10 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         names.add(name)
         merged = copy.deepcopy(raw)
         for key, value in variant.items():
-            if key == "run" and isinstance(value, dict):
-                merged.setdefault("run", {}).update(value)
-            else:
-                merged[key] = value
+            base = merged.get(key)
+            same_component = isinstance(base, dict) and isinstance(value, dict) and \
+                value.get("name", base.get("name")) == base.get("name")
+            merged[key] = {**base, **value} if same_component else value
         merged.setdefault("run", {})
         merged["run"] = {**merged["run"], "name": name, "group": group.name}
         recipes.append(validate_recipe(merged, path, text))

@@ -105,10 +105,12 @@ def test_variants_expand_into_one_recipe_each(tmp_path: Path, example_plugin: No
 
     text = GOOD + '\n[[variant]]\nname = "small"\nrepresentation = { name = "mel", n_mels = 8 }\n' \
                   '\n[[variant]]\nname = "base"\n'
-    small, base = load_recipes(write(tmp_path, text), ["train.epochs=3"])
+    small, base = load_recipes(write(tmp_path, text), ["train.epochs=3", "train.lr=0.5",
+                                                       "variant.small.train.epochs=7"])
     assert (small.run.group, small.run.name, base.run.name) == ("t", "small", "base")
     assert small.representation.params["n_mels"] == 8 and base.representation.params["n_mels"] == 16
-    assert small.train.epochs == 3 and base.train.epochs == 3
+    assert small.train.epochs == 7 and base.train.epochs == 3
+    assert small.train.lr == 0.5  # merged into the base's [train], not replacing it
     with pytest.raises(RecipeError, match="unique name"):
         load_recipes(write(tmp_path, GOOD + '\n[[variant]]\nname = "a"\n[[variant]]\nname = "a"\n'))
 
