@@ -176,6 +176,9 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
     from avgen.recipe import load_recipes
     from avgen.runner import Run, resolve_device
 
+    import time
+
+    started = time.perf_counter()
     paths = _expand_recipes(recipes)
     loaded = [r for p in paths for r in load_recipes(p, overrides)]  # validate all before running any
     run_dirs = []
@@ -194,6 +197,8 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
     _leave_process_group()
     if len(run_dirs) > 1 and _rank() == 0:
         _compare(click.get_current_context(), run_dirs)
+    if _rank() == 0:
+        err_console.print(f"total time: {time.perf_counter() - started:.1f} s")
 
 
 def _rank() -> int:
