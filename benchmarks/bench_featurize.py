@@ -11,7 +11,6 @@ eager NCHW, channels-last, channels-last + bf16 autocast (with its feature error
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 from typing import Callable
@@ -21,27 +20,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import avgen
+from _timing import timed  # benchmarks/_timing.py
 from avgen.errors import AvgenError
 
 BF16_MIN_COSINE = 0.999  # bf16 features are used only when every frame's cosine to fp32 is above this
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_flops(device: torch.device, repeats: int) -> float:

@@ -12,8 +12,6 @@ on the weight values, so without them it times a randomly initialised SoundNet8 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,27 +19,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from avgen.errors import AvgenError
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
+from _timing import timed  # benchmarks/_timing.py
 
 BATCH, SAMPLES = 40, 11025  # 40 clips of 0.5 s at 22 050 Hz
 DESIGN_SECONDS = 0.1  # DESIGN.md's expected forward + backward time on 2 quiet cores
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of fn() after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_flops(device: torch.device, repeats: int) -> float:
