@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from rich.console import Console
@@ -29,7 +29,7 @@ from avgen.atomic import write_json, write_text
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
 from avgen.protocols import Clip, EvalContext, GeneratorShape
-from avgen.recipe import Recipe, TrainParams
+from avgen.recipe import Recipe
 from avgen.registry import get_component
 
 STAGES: tuple[str, ...] = ("prepare", "featurize", "fit", "generate", "evaluate", "report")
