@@ -78,15 +78,21 @@ def synthesis_gain(window: torch.Tensor, count: int, hop: int, start: int, lengt
     return (gain * keep).to(window.dtype)
 
 
+def synthesis_span(n_fft: int, hop: int, count: int, center: bool, length: int | None) -> tuple[int, int]:
+    """(first kept sample, signal length) of an inverse STFT of ``count`` frames (librosa's default length)."""
+    start = n_fft // 2 if center else 0
+    if length is None:
+        length = hop * (count - 1) if center else n_fft + hop * (count - 1)
+    return start, length
+
+
 def istft(
     spec: torch.Tensor, window: torch.Tensor, hop: int, center: bool, length: int | None = None
 ) -> torch.Tensor:
     """Inverse of :func:`stft`: complex [B, F, K] -> [B, T], like librosa.istft; differentiable."""
     n_fft = window.shape[0]
     count = spec.shape[1]
-    start = n_fft // 2 if center else 0
-    if length is None:
-        length = hop * (count - 1) if center else n_fft + hop * (count - 1)
+    start, length = synthesis_span(n_fft, hop, count, center, length)
     frames = torch.fft.irfft(spec, n=n_fft, dim=-1) * window
     gain = synthesis_gain(window, count, hop, start, length)
     signal = overlap_add(frames, hop) * gain

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from avgen_audio.fourier import overlap_add, synthesis_gain
+from avgen_audio.fourier import overlap_add, synthesis_gain, synthesis_span
 
 CPU_CHUNK_FRAMES = 256  # frames per chunk on CPU: keeps a chunk's spectra in cache
 
@@ -71,9 +71,7 @@ def _iterate(
     """The Griffin-Lim loop on one chunk; returns the final unit phase."""
     n_fft = window.shape[0]
     count = magnitude.shape[1]
-    start = n_fft // 2 if center else 0
-    if length is None:
-        length = hop * (count - 1) if center else n_fft + hop * (count - 1)
+    start, length = synthesis_span(n_fft, hop, count, center, length)
     gain = synthesis_gain(window, count, hop, start, length)
     reflect = center and pad_mode == "reflect"
     if reflect:  # re-pad by reflection after trimming; needs the trimmed signal
