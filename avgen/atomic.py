@@ -1,31 +1,99 @@
-"""Atomic file writes: write to a temporary file beside the target, fsync, then rename."""
+"""Atomic file writes: write to a temporary file beside the target, fsync, then rename.
+
+A crash, kill -9 or full disk leaves either the old file or the new one, never half of one.
+A write that fails (disk full, read-only folder, quota) removes its temporary file and raises
+``AvgenError`` naming the path, so the CLI prints one line and the previous file stays intact.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from avgen.errors import AvgenError
+
+TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside the target
+
+# Reasons shown for OS errors while writing; the first four only ever come from writes.
+_REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EIO: "I/O error"}
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+class WriteError(AvgenError):
+    """A file could not be written (disk full, no permission, read-only file system)."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path`` atomically, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+    except OSError as exc:  # raised by the caller's writer; a read error of some input passes through
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in _WRITE_ONLY_ERRNOS or exc.filename in (str(tmp_path), tmp_path):
+            raise _write_error(path, exc) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    try:
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as exc:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
+        raise
+    _fsync_folder(path.parent)
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    reason = _REASONS.get(exc.errno or 0, "write failed")
+    detail = exc.strerror or str(exc)
+    return WriteError(f"cannot write {path}: {reason} ({detail}); the previous file, if any, is kept; "
+                      "free space or fix the folder's permissions, then rerun the same command to resume")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (best effort: some file systems refuse to fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files under ``folder`` left by a process killed mid-write (``.<name>.<random>.tmp``)."""
+    return sorted(p for p in Path(folder).rglob(f".*{TEMP_SUFFIX}") if p.is_file())
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Delete the leftovers of killed writers; call only while no other process writes there (a held run lock)."""
+    found = stale_temp_files(folder) if Path(folder).is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -1,8 +1,8 @@
 """Content-addressed feature cache: tensors keyed by a hash of everything that produced them.
 
 Entries are safetensors files written atomically (temp file + rename), so concurrent runs
-can share the cache and a half-written entry is never read: a file that fails to load is
-treated as a miss, removed and rebuilt.
+can share the cache and a half-written entry is never read: a file that fails to load, or whose
+tensors no longer match the SHA-256 stored in it, is treated as a miss, removed and rebuilt.
 """
 
 from __future__ import annotations
@@ -16,12 +16,36 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 
-from avgen.atomic import atomic_path
+from avgen.atomic import TEMP_SUFFIX, atomic_path
 from avgen.paths import cache_dir
 
 log = logging.getLogger("avgen.cache")
+DIGEST_KEY = "avgen_sha256"  # safetensors metadata key: tensor_digest() of the file's tensors
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; ValueError when its tensors do not match its stored digest."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    expected = meta.get(DIGEST_KEY)
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise ValueError(f"its tensors do not match the SHA-256 recorded in it ({expected[:16]}...)")
+    return tensors, meta
 
 
 def cache_key(*parts: Any) -> str:
@@ -49,8 +73,8 @@ class FeatureCache:
             self.misses += 1
             return None
         try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # truncated or foreign file: rebuild it
+            tensors, _ = read_verified(path)
+        except Exception as exc:  # truncated, damaged or foreign file: rebuild it
             log.warning("cache entry %s is unreadable (%s); rebuilding it", path, exc)
             path.unlink(missing_ok=True)
             self.misses += 1
@@ -61,14 +85,17 @@ class FeatureCache:
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str] | None = None) -> Path:
         """Store tensors under key atomically; returns the entry's path."""
         path = self.path(key)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        data = safetensors_bytes(tensors, metadata={**(meta or {}), DIGEST_KEY: tensor_digest(tensors)})
         with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(meta or {}))
+            tmp.write_bytes(data)  # a Python write, so a full disk is an OSError that atomic_path reports
         return path
 
     def info(self) -> dict[str, Any]:
-        """Number of entries and bytes used."""
-        files = [p for p in self.root.glob("*/*.safetensors")]
-        return {"root": str(self.root), "entries": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        """Number of entries, bytes used, and temporary files left by killed writers (``cache clear`` removes them)."""
+        files = _sizes(self.root.glob("*/*.safetensors"))
+        temps = _sizes(self.root.glob(f"*/.*{TEMP_SUFFIX}"))
+        return {"root": str(self.root), "entries": len(files), "bytes": sum(files.values()), "temp_files": len(temps)}
 
     def clear(self) -> int:
         """Delete every entry; returns how many were removed."""
@@ -78,3 +105,14 @@ class FeatureCache:
                 count += sum(1 for _ in sub.glob("*.safetensors"))
                 shutil.rmtree(sub, ignore_errors=True)
         return count
+
+
+def _sizes(paths: Any) -> dict[Path, int]:
+    """Size of each path that still exists (another process may remove an entry while we look)."""
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[path] = path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return sizes

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import write_json, write_text
+from avgen.atomic import remove_stale_temp_files, write_json, write_text
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
 from avgen.protocols import Clip, EvalContext, GeneratorShape
@@ -307,6 +307,8 @@ class Run:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _attach_log(self.run_dir / "log.txt")
+        if removed := remove_stale_temp_files(self.run_dir):  # left by a killed process; we hold the lock
+            log.info("removed %d temporary files left by an interrupted write", removed)
         write_text(self.run_dir / "recipe.toml", dump_toml(resolved))
         write_json(self.run_dir / "environment.json", environment_record(self.recipe.run.seed, self.device))
         ledger = self.dir.ledger()

@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from avgen import atomic
+from avgen.cache import DIGEST_KEY, read_verified, tensor_digest
 from avgen.errors import AvgenError
 from avgen.recipe import TrainParams
 
@@ -322,7 +322,7 @@ def _save(path: Path, model: nn.Module, state: dict, optimizer: torch.optim.Opti
         optimizer_tensors, state["optimizer"] = _flatten_optimizer(optimizer)
         tensors.update(optimizer_tensors)
     text = json.dumps(state, default=_json_default)
-    atomic.write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: text}))
+    atomic.write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: text, DIGEST_KEY: tensor_digest(tensors)}))
     atomic.write_text(path.with_suffix(".json"), json.dumps(json.loads(text), indent=2) + "\n")
 
 
@@ -333,14 +333,20 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and JSON state of a checkpoint: safetensors only (nothing is unpickled), checked against its SHA-256."""
     if not path.is_file():
         raise AvgenError(f"checkpoint {path} not found; train first (avgen run RECIPE)")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            state = json.loads((f.metadata() or {}).get(STATE_KEY, "{}"))
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise AvgenError(f"checkpoint {path} cannot be read ({exc}); delete it or start over with --fresh") from None
+        tensors, meta = read_verified(path)
+        if STATE_KEY not in meta:
+            raise ValueError(f"no {STATE_KEY} metadata")
+        state = json.loads(meta[STATE_KEY])
+        if not isinstance(state, dict):
+            raise ValueError("its state is not a JSON object")
+    except Exception as exc:  # a pickle, truncated or edited bytes: safetensors raises its own error types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AvgenError(f"checkpoint {path} is not a valid avgen checkpoint ({reason}); "
+                         "it is not loaded; start over with --fresh") from None
     return tensors, state
 
 
@@ -353,6 +359,9 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> d
     except (RuntimeError, KeyError, ValueError) as exc:
         raise AvgenError(f"checkpoint {path} does not match this model ({str(exc).splitlines()[0]}); start over with --fresh") from None
     keys = ("epoch", "history", "best_value", "best_epoch", "stale", "stopped_early")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise AvgenError(f"checkpoint {path} lacks the training state {', '.join(missing)}; start over with --fresh")
     return {key: state[key] for key in keys}
 
 
