@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avgen.retrieval import chunk_size_for, time_average, topk_cosine
+from avgen.retrieval import CosineIndex, RunningCandidates, RunningTopK, bf16_cosine_bound, chunk_size_for, time_average, topk_cosine
 
 
 def reference_topk(query: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,3 +94,104 @@ def test_time_average_is_mean_over_frames():
     np.testing.assert_allclose(time_average(reps).numpy(), expected)
     with pytest.raises(ValueError):
         time_average(torch.zeros(2, 3))
+
+
+def clustered(rng: np.random.Generator, rows: int, dim: int, classes: int = 5) -> np.ndarray:
+    """Rows around a few class centres, as time-averaged spectra of a few materials are."""
+    centres = rng.standard_normal((classes, dim))
+    return (centres[rng.integers(0, classes, rows)] + rng.standard_normal((rows, dim))).astype(np.float32)
+
+
+def test_running_topk_skips_rows_without_changing_the_result():
+    # later chunks whose best score only ties the k-th best must not displace the lower index
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 4, size=(6, 40)).astype(np.float32)  # many exact ties
+    best = RunningTopK(6, 5)
+    for start in range(0, 40, 8):
+        best.update(torch.from_numpy(scores[:, start : start + 8]), start)
+    for row in range(6):
+        order = np.lexsort((np.arange(40), -scores[row]))[:5]
+        assert best.indices[row].tolist() == order.tolist()
+        assert best.scores[row].tolist() == scores[row, order].tolist()
+
+
+def test_running_candidates_keep_the_highest_scores_and_a_true_floor():
+    rng = np.random.default_rng(9)
+    scores = rng.standard_normal((7, 300)).astype(np.float32)
+    scores[:, 100:110] = scores[:, :10]  # duplicates: either copy may be kept
+    kept = RunningCandidates(7, 12)
+    for start in range(0, 300, 25):
+        kept.update(torch.from_numpy(scores[:, start : start + 25]), start)
+    for row in range(7):
+        expected = np.sort(scores[row])[::-1][:12]
+        got = scores[row, kept.indices[row].numpy()]
+        np.testing.assert_array_equal(np.sort(got)[::-1], expected)  # the kept indices hold the 12 highest values
+        np.testing.assert_array_equal(np.sort(kept.scores[row].numpy())[::-1], expected)
+        assert len(set(kept.indices[row].tolist())) == 12
+        assert kept.floor[row] == expected[-1]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("k", [1, 10])
+def test_cosine_index_matches_brute_force(precision, k):
+    rng = np.random.default_rng(5)
+    bank, query = clustered(rng, 3000, 64), clustered(rng, 37, 64)
+    index = CosineIndex(torch.from_numpy(bank), precision=precision, chunk_size=500, rerank=32)
+    scores, indices = index.search(torch.from_numpy(query), k)
+    ref_scores, ref_idx = reference_topk(query.astype(np.float64), bank.astype(np.float64), k)
+    np.testing.assert_array_equal(indices.numpy(), ref_idx)
+    np.testing.assert_allclose(scores.numpy(), ref_scores, atol=1e-5)
+    if precision == "bf16":  # clustered data with spread-out scores: the bf16 pass proves most queries
+        assert index.fallbacks < len(query) // 2
+
+
+def test_cosine_index_bf16_falls_back_when_it_cannot_prove():
+    # Positive vectors near one direction (like magnitude spectra): the top cosines differ by less
+    # than bf16 can resolve, so every query goes back to fp32 and the answer is still exact.
+    rng = np.random.default_rng(6)
+    bank = (1.0 + 0.3 * rng.random((2000, 32))).astype(np.float32)
+    query = (1.0 + 0.3 * rng.random((9, 32))).astype(np.float32)
+    index = CosineIndex(torch.from_numpy(bank), precision="bf16", chunk_size=300, rerank=8)
+    _, indices = index.search(torch.from_numpy(query), 5)
+    assert index.fallbacks == len(query)
+    np.testing.assert_array_equal(indices.numpy(), reference_topk(query.astype(np.float64), bank.astype(np.float64), 5)[1])
+
+
+def test_cosine_index_bf16_exact_ties_go_to_lower_index():
+    rng = np.random.default_rng(7)
+    base = rng.choice([-1.0, 1.0], size=(40, 16))
+    bank = np.concatenate([base, base[::-1], 3.0 * base[:10]]).astype(np.float32)
+    query = base[:6].astype(np.float32)
+    index = CosineIndex(torch.from_numpy(bank), precision="bf16", chunk_size=7, rerank=4)
+    _, indices = index.search(torch.from_numpy(query), 6)
+    np.testing.assert_array_equal(indices.numpy(), reference_topk(query.astype(np.float64), bank.astype(np.float64), 6)[1])
+
+
+def test_bf16_bound_holds_for_every_pair():
+    # the bound on the true cosine from a bf16 score, checked against float64 over all pairs
+    rng = np.random.default_rng(8)
+    q = torch.from_numpy(rng.standard_normal((50, 300))).float()
+    b = torch.from_numpy(rng.standard_normal((2000, 300))).float()
+    q, b = q / q.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    q16, b16 = q.bfloat16(), b.bfloat16()
+    approx = (q16 @ b16.T).float()
+    true = q.double() @ b.double().T
+    q_round = (q - q16.float()).norm(dim=1, keepdim=True)
+    b_round = float((b - b16.float()).norm(dim=1).max())
+    bound = bf16_cosine_bound(approx, q_round, b_round, 300).double()
+    assert bool((true <= bound).all())
+    assert float((bound - true).max()) < 0.02  # and it is tight enough to prove anything
+
+
+def test_cosine_index_prenormalized_and_small_banks():
+    bank = torch.randn(30, 8)
+    normalized = bank / bank.norm(dim=1, keepdim=True)
+    query = torch.randn(4, 8)
+    expected = topk_cosine(query, bank, k=5)
+    for index in (CosineIndex(normalized, normalized=True), CosineIndex(bank, precision="bf16", rerank=64)):
+        scores, indices = index.search(query, 5)  # k + rerank >= bank size: plain fp32 scan
+        assert torch.equal(indices, expected[1])
+        torch.testing.assert_close(scores, expected[0])
+    assert len(CosineIndex(bank)) == 30
+    with pytest.raises(ValueError):
+        CosineIndex(bank, precision="fp16")

@@ -1,0 +1,21 @@
+"""avgen plugin: approximate cosine retrieval with faiss, and recall@K measured through it."""
+
+from __future__ import annotations
+
+import avgen
+
+from avgen_faiss.index import FaissIndex, FaissParams, build_index
+from avgen_faiss.metric import RecallAtKFaiss, RecallFaissParams
+
+__all__ = ["FaissIndex", "FaissParams", "RecallAtKFaiss", "RecallFaissParams", "build_index"]
+
+
+@avgen.hookimpl
+def register_metrics(register):
+    register(
+        "recall_at_k_faiss",
+        lambda params, **_: RecallAtKFaiss(params),
+        params=RecallFaissParams,
+        summary="R@K with the exemplars retrieved by a faiss index (IVF-Flat or HNSW) instead of the exact search",
+        card={"library": "faiss (MIT)", "paper": "POCAN (Chen et al. 2018), Sec. 5.1; Johnson et al. 2019 (faiss)"},
+    )

@@ -1,0 +1,82 @@
+"""A faiss index over L2-normalised rows, searched by inner product (= cosine)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+ADD_CHUNK = 65536  # rows normalised and added at a time, so the bank is never copied whole
+
+
+class FaissParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: Literal["ivf_flat", "hnsw", "flat"] = Field(
+        default="ivf_flat", description="ivf_flat: k-means cells, scan nprobe of them; hnsw: graph; flat: exact scan")
+    nlist: int = Field(default=0, ge=0, description="ivf_flat cells (0: 4 sqrt(bank rows), at most rows / 39 so k-means has 39 rows a cell)")
+    nprobe: int = Field(default=32, ge=1, description="ivf_flat cells scanned per query (more: higher recall, slower)")
+    train_per_list: int = Field(default=40, ge=1, description="ivf_flat k-means training rows per cell (a random sample)")
+    hnsw_m: int = Field(default=32, ge=2, description="hnsw links per node")
+    ef_construction: int = Field(default=80, ge=1, description="hnsw candidate list size while building")
+    ef_search: int = Field(default=128, ge=1, description="hnsw candidate list size while searching (>= k)")
+    threads: int = Field(default=0, ge=0, description="faiss OpenMP threads (0: faiss's default)")
+    seed: int = Field(default=0, description="seed of the training sample and of k-means")
+
+
+class FaissIndex:
+    """A built faiss index: ``search(queries, k)`` -> (cosine scores [N, k], bank indices [N, k]) as torch tensors."""
+
+    def __init__(self, index: faiss.Index, size: int, params: FaissParams) -> None:
+        self.index, self.size, self.params = index, size, params
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best first; an index of -1 (score -inf) where the probed cells held fewer than k rows."""
+        k = min(int(k), self.size)
+        if self.params.threads:
+            faiss.omp_set_num_threads(self.params.threads)
+        q = _normalized_numpy(queries)
+        scores, indices = self.index.search(q, k)
+        scores = torch.from_numpy(scores)
+        indices = torch.from_numpy(indices).long()
+        return scores.masked_fill(indices < 0, -math.inf), indices
+
+
+def build_index(bank: torch.Tensor, params: FaissParams | None = None, **settings) -> FaissIndex:
+    """Index the rows of ``bank`` [M, D] for cosine search (``settings`` are FaissParams fields)."""
+    params = FaissParams(**{**(params.model_dump() if params is not None else {}), **settings})
+    if bank.dim() != 2 or bank.shape[0] == 0:
+        raise ValueError(f"build_index expects a non-empty bank [M, D], got shape {tuple(bank.shape)}")
+    if params.threads:
+        faiss.omp_set_num_threads(params.threads)
+    rows, dim = bank.shape
+    if params.index == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif params.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+        index.hnsw.efSearch = params.ef_search
+    else:
+        nlist = min(params.nlist or max(1, min(round(4 * math.sqrt(rows)), rows // 39)), rows)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = params.seed
+        sample = np.random.default_rng(params.seed).choice(rows, min(rows, nlist * params.train_per_list), replace=False)
+        index.train(_normalized_numpy(bank[torch.from_numpy(np.sort(sample))]))
+        index.nprobe = min(params.nprobe, nlist)
+    for start in range(0, rows, ADD_CHUNK):
+        index.add(_normalized_numpy(bank[start : start + ADD_CHUNK]))
+    return FaissIndex(index, rows, params)
+
+
+def _normalized_numpy(x: torch.Tensor) -> np.ndarray:
+    """A float32 C-contiguous copy with unit-norm rows (all-zero rows stay zero)."""
+    out = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy(), dtype=np.float32).copy()
+    faiss.normalize_L2(out)
+    return out
