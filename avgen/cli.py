@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Console
@@ -166,13 +167,54 @@ def _field_row(name: str, field: Any) -> tuple[str, str, str, str]:
               help="Run only this stage (again).")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
               help="DataLoader worker processes for decoding video.")
-def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
-            device: str | None, only: str | None, workers: int) -> None:
+@click.option("--strict", is_flag=True,
+              help="Stop at the first unreadable media file instead of skipping its clips (skipped.txt lists them).")
+@click.pass_context
+def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
+            device: str | None, only: str | None, workers: int, strict: bool) -> None:
     """Run one or more RECIPES (TOML files, or folders of them) through every stage.
 
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
     """
+    with _one_line_errors(ctx):
+        _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict)
+
+
+class UserError(click.ClickException):
+    """A user's mistake as click sees it: ``error: <one line>`` on stderr and exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err_console.print(f"[red]error:[/red] {escape(self.message)}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _one_line_errors(ctx: click.Context) -> Iterator[None]:
+    """AvgenError and pydantic errors become a one-line UserError (also under click's CliRunner);
+    ``avgen --debug`` keeps the original exception and its traceback."""
+    from pydantic import ValidationError
+
+    from avgen.registry import format_validation_error
+
+    try:
+        yield
+    except (AvgenError, ValidationError) as exc:
+        if (ctx.find_root().obj or {}).get("debug"):
+            raise
+        text = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise UserError(_single_line(text)) from exc
+
+
+def _single_line(text: str) -> str:
+    """The text with every line break (\\n, \\r, U+2028, ...) written as an escape, so it stays one line."""
+    return "".join(repr(ch)[1:-1] if ch.splitlines() != [ch] else ch for ch in text)  # a break splits itself
+
+
+def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
+                 device: str | None, only: str | None, workers: int, strict: bool) -> None:
+    """Validate every recipe and build its data and representation, then run them one by one."""
     from avgen.recipe import load_recipes
     from avgen.runner import Run, resolve_device
 
@@ -181,7 +223,7 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
     started = time.perf_counter()
     paths = _expand_recipes(recipes)
     loaded = [r for p in paths for r in load_recipes(p, overrides)]  # validate all before running any
-    run_dirs = []
+    runs, run_dirs = [], []
     for recipe in loaded:
         if out is not None:
             recipe.run.out = out
@@ -190,10 +232,15 @@ def run_cmd(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | N
         if run_dir in run_dirs:
             raise AvgenError(f"two recipes write the same run directory {run_dir}; give each a different run.name")
         run_dirs.append(run_dir)
-        err_console.print(f"[bold]avgen run[/bold] {recipe.source} -> {run_dir} on {dev}")
-        Run(recipe, run_dir, dev, console=err_console, num_workers=workers).execute(only=only, fresh=fresh)
+        runs.append(Run(recipe, run_dir, dev, console=err_console, num_workers=workers, strict=strict))
+    for run in runs:  # errors of the data and representation settings come before any run directory exists
+        run.preflight()
+    for run in runs:
+        err_console.print(f"[bold]avgen run[/bold] {escape(str(run.recipe.source))} -> {escape(str(run.run_dir))} "
+                          f"on {run.device}")
+        run.execute(only=only, fresh=fresh)
         if _rank() == 0:
-            console.print(f"run directory: {run_dir}")
+            console.print(f"run directory: {run.run_dir}", markup=False)
     _leave_process_group()
     if len(run_dirs) > 1 and _rank() == 0:
         _compare(click.get_current_context(), run_dirs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +27,15 @@ PathLike = str | os.PathLike[str]
 
 # Extensions read with soundfile (libsndfile); everything else goes through PyAV.
 SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".aif", ".aiff", ".au"}
+
+# Media that ends this much earlier than its header says it lasts is truncated or corrupt.
+TRUNCATION_TOLERANCE = 0.1  # seconds
+# Audio windows missing less than this at their end are padded without a warning.
+PAD_WARNING_SECONDS = 0.005
+
+
+class MediaWarning(UserWarning):
+    """Media was used after a repair (e.g. an audio window padded with silence); names the file."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,7 @@ def _decode_at(container, stream, targets: list[float], path: Path, height, widt
         except av.FFmpegError:
             container.seek(0)
     rate = float(stream.average_rate or stream.guessed_rate or 30)
+    header_end = _stream_end(stream)
     out: list[np.ndarray] = []
     previous = None  # (time, frame)
     previous_rgb: np.ndarray | None = None
@@ -171,9 +182,23 @@ def _decode_at(container, stream, targets: list[float], path: Path, height, widt
     if previous is None and not out:
         raise AvgenError(f"video '{path}' has no decodable frames at {start:.3f} s; the file may be corrupt or shorter than that")
     if len(out) < len(targets):  # the video ended early: hold its last frame
+        last_time = previous.time if previous is not None and previous.time is not None else None
+        if last_time is not None and header_end is not None and \
+                min(targets[-1], header_end) - last_time > max(TRUNCATION_TOLERANCE, 2 / rate):
+            raise AvgenError(
+                f"video '{path}' has no frames after {last_time:.3f} s although its header says it lasts "
+                f"{header_end:.3f} s; the file is truncated or corrupt"
+            )
         last = previous_rgb if previous_rgb is not None else (_rgb(previous, height, width) if previous is not None else out[-1])
         out.extend([last] * (len(targets) - len(out)))
     return out
+
+
+def _stream_end(stream) -> float | None:
+    """Where a stream's header says it ends (seconds), or None when it does not say."""
+    if not stream.duration or not stream.time_base:
+        return None
+    return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
 
 
 def _rgb(frame: av.VideoFrame, height: int | None, width: int | None) -> np.ndarray:
@@ -192,7 +217,8 @@ def read_audio(
 
     The wave is [T] when ``mono`` (channels averaged) else [C, T]. With ``sample_rate`` it is
     resampled; with ``duration`` it is exactly round(duration * rate) samples, zero-padded when
-    the file ends early. A missing audio stream, no samples, or digital silence (unless
+    the file ends early (with a ``MediaWarning`` naming the file). A missing audio stream, no
+    samples, audio that stops before its header says it ends, or digital silence (unless
     ``allow_silent``) raises AvgenError.
     """
     path = _check_file(path)
@@ -200,11 +226,14 @@ def read_audio(
         raise AvgenError(f"audio window of '{path}' starts before 0 s (start={start}); use start >= 0")
     if _is_soundfile(path):
         wave, rate = _read_soundfile(path, start, duration)
+        header_end = None
     else:
-        wave, rate = _read_av_audio(path, start, duration)
+        wave, rate, header_end = _read_av_audio(path, start, duration)
     if wave.shape[1] == 0:
         where = f" at {start:.3f} s" if start > 0 else ""
         raise AvgenError(f"audio of '{path}' has no samples{where}; the file is empty, truncated or shorter than the window")
+    if duration is not None:
+        _check_window(path, wave.shape[1] / rate, start, duration, header_end)
     tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     if mono:
         tensor = tensor.mean(dim=0)
@@ -216,6 +245,21 @@ def read_audio(
     if not allow_silent and not bool(tensor.abs().amax() > 0):
         raise AvgenError(f"audio of '{path}' is silent (all zeros) in the requested window; check the file or its audio track")
     return tensor, rate
+
+
+def _check_window(path: Path, got: float, start: float, duration: float, header_end: float | None) -> None:
+    """Audio that covers ``got`` of ``duration`` seconds: an error when truncated, a warning when padded."""
+    ends = start + got
+    if header_end is not None and min(start + duration, header_end) - ends > TRUNCATION_TOLERANCE:
+        raise AvgenError(
+            f"audio of '{path}' stops at {ends:.3f} s although its header says it lasts {header_end:.3f} s; "
+            "the file is truncated or corrupt"
+        )
+    if duration - got > PAD_WARNING_SECONDS:
+        warnings.warn(MediaWarning(
+            f"audio of '{path}' ends at {ends:.3f} s, inside the {duration:.3f} s window from {start:.3f} s; "
+            f"padded with {duration - got:.3f} s of silence"
+        ), stacklevel=3)
 
 
 def _read_soundfile(path: Path, start: float, duration: float | None) -> tuple[np.ndarray, int]:
@@ -233,12 +277,14 @@ def _read_soundfile(path: Path, start: float, duration: float | None) -> tuple[n
     return data.T, rate
 
 
-def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np.ndarray, int]:
+def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np.ndarray, int, float | None]:
+    """(channels x samples, rate, where the header says the audio ends) of a window, via PyAV."""
     with _open(path) as container:
         if not container.streams.audio:
             raise AvgenError(f"media file '{path}' has no audio stream; give a file with sound or a separate wav")
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
+        header_end = _stream_end(stream)
         if start > 0 and stream.time_base:
             try:
                 container.seek(int(max(start - 0.1, 0) / stream.time_base), stream=stream, backward=True)
@@ -261,13 +307,13 @@ def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np
             if not chunks:
                 raise AvgenError(f"cannot decode audio of '{path}': {_reason(exc)}; the file may be corrupt") from exc
     if not chunks:
-        return np.zeros((1, 0), np.float32), rate
+        return np.zeros((1, 0), np.float32), rate, header_end
     data = np.concatenate(chunks, axis=1)
     skip = max(0, int(round((start - (first_time or 0.0)) * rate)))
     data = data[:, skip:]
     if duration is not None:
         data = data[:, : int(round(duration * rate))]
-    return data, rate
+    return data, rate, header_end
 
 
 def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:

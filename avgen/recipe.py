@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -15,6 +16,7 @@ from avgen.registry import format_validation_error, get_component
 
 COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator"}
 LIST_SECTIONS = {"loss": "loss", "metric": "metric"}
+MAX_LOSS_WEIGHT = 1e6
 
 
 class _Strict(BaseModel):
@@ -43,14 +45,14 @@ class TrainParams(_Strict):
 
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, gt=0, le=10, description="learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="weight decay")
     batch_size: int = Field(40, ge=1, le=1_000_000, description="global batch size (paper: 40)")
     epochs: int = Field(30, ge=0, le=100_000, description="training epochs")
     schedule: Literal["none", "cosine", "step"] = Field("none", description="learning-rate schedule")
-    step_size: int = Field(10, ge=1, description="epochs per decay for schedule='step'")
+    step_size: int = Field(10, ge=1, le=100_000, description="epochs per decay for schedule='step'")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor for schedule='step'")
-    early_stopping: int = Field(0, ge=0, description="stop after this many epochs without val improvement (0: off)")
-    grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this value (0: off)")
+    early_stopping: int = Field(0, ge=0, le=100_000, description="stop after this many epochs without val improvement (0: off)")
+    grad_clip: float = Field(0.0, ge=0, le=1e6, description="clip the gradient norm to this value (0: off)")
     amp: bool = Field(False, description="mixed precision (bf16/fp16 autocast) on CUDA")
     teacher_forcing: bool = Field(False, description="use the true class's base sample in training (paper: off)")
     decode_phase: Literal["given", "griffin_lim", "zero", "random"] = Field(
@@ -241,6 +243,9 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: 
             raise RecipeError(f"{_where(source, text, key)}: unknown section [{key}]; sections are {allowed}")
     if "data" not in raw:
         raise RecipeError(f"{source}: missing section [data] (e.g. [data] name = \"synthetic_hits\")")
+    for key, value in _numbers(raw):
+        if not math.isfinite(value):
+            raise RecipeError(f"{_where(source, text, key)}: {key} = {value}; numbers in a recipe must be finite")
     resolved: dict[str, Any] = {}
     for section, value in raw.items():
         if section in COMPONENT_SECTIONS:
@@ -257,12 +262,30 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: 
         else:
             resolved[section] = value
     resolved["source"] = source
+    if resolved.get("generator") is not None:
+        missing = [f"[{s}]" for s in ("encoder", "representation") if resolved.get(s) is None]
+        missing += ["[[loss]]"] if not resolved.get("loss") else []
+        if missing:
+            raise RecipeError(f"{_where(source, text, 'generator')}: [generator] needs an [encoder], a [representation] "
+                              f"and at least one [[loss]]; missing: {', '.join(missing)}")
     try:
         return Recipe.model_validate(resolved)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise RecipeError(f"{_where(source, text, key)}: {format_validation_error(exc)}") from None
+
+
+def _numbers(node: Any, key: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) of every float in a raw recipe, lists and tables included."""
+    if isinstance(node, float):
+        yield key, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{key}.{i}")
 
 
 def _component(kind: str, section: str, value: Any, source: Path, text: str | None, weighted: bool = False) -> ComponentSpec:
@@ -275,8 +298,9 @@ def _component(kind: str, section: str, value: Any, source: Path, text: str | No
     weight = 1.0
     if weighted:
         weight = values.pop("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise RecipeError(f"{_where(source, text, section + '.weight')}: weight must be a number >= 0 (got {weight!r})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= MAX_LOSS_WEIGHT:
+            raise RecipeError(f"{_where(source, text, section + '.weight')}: {section}.weight must be a number from 0 to "
+                              f"{MAX_LOSS_WEIGHT:g} (got {weight!r})")
     try:
         component = get_component(kind, name)
     except AvgenError as exc:

@@ -165,8 +165,19 @@ class SplitData:
         return out
 
 
+@dataclass
+class LoadedClip:
+    """A decoded clip, or why it could not be decoded (``problem``), plus media warnings (``notes``)."""
+
+    index: int
+    frames: torch.Tensor | None = None
+    wave: torch.Tensor | None = None
+    problem: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 class _ClipLoader(torch.utils.data.Dataset):
-    """Decodes frames and audio of clips (runs in DataLoader workers)."""
+    """Decodes frames and audio of clips (runs in DataLoader workers); a bad file becomes a problem, not a crash."""
 
     def __init__(self, dataset: Any, clips: list[Clip], fps: float | None, size: int | None, frames: int) -> None:
         self.dataset, self.clips, self.fps, self.size, self.frames = dataset, clips, fps, size, frames
@@ -174,13 +185,33 @@ class _ClipLoader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    def __getitem__(self, i: int) -> LoadedClip:
+        import warnings
+
+        from avgen.media import MediaWarning
+
         clip = self.clips[i]
-        frames = None
-        if self.fps is not None:
-            frames = fit_frame_count(self.dataset.load_frames(clip, self.fps, self.size), self.frames, clip)
-        wave = self.dataset.load_audio(clip)
-        return i, frames, wave
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MediaWarning)
+            try:
+                frames = None
+                if self.fps is not None:
+                    frames = fit_frame_count(self.dataset.load_frames(clip, self.fps, self.size), self.frames, clip)
+                wave = self.dataset.load_audio(clip)
+                if not bool(torch.isfinite(wave).all()):
+                    raise AvgenError(f"audio of '{clip.audio or clip.video}' contains NaN or inf")
+            except (AvgenError, OSError) as exc:
+                return LoadedClip(i, problem=clip_problem(clip, exc))
+        notes = [str(w.message) for w in caught if issubclass(w.category, MediaWarning)]
+        return LoadedClip(i, frames, wave, notes=notes)
+
+
+def clip_problem(clip: Clip, exc: BaseException) -> str:
+    """One line naming the clip, its file and what is wrong with it."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    source = clip.video or clip.audio
+    where = f" ({source})" if source is not None and str(source) not in message else ""
+    return f"clip {clip.id}{where}: {message}"
 
 
 def fit_frame_count(frames: torch.Tensor, count: int, clip: Clip) -> torch.Tensor:
@@ -206,6 +237,7 @@ class Run:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     cache: FeatureCache = field(default_factory=FeatureCache)
     num_workers: int = 0
+    strict: bool = False  # stop at the first unreadable clip instead of skipping it
 
     def __post_init__(self) -> None:
         self.rank, self.world = _join_process_group(self.device)
@@ -216,6 +248,7 @@ class Run:
         self._representation: Any = None
         self._encoder: Any = None
         self._splits: dict[str, SplitData] = {}
+        self._skipped: dict[str, list[str]] = {}  # split -> why each skipped clip was skipped
 
     # ---- components (built on first use)
 
@@ -245,6 +278,10 @@ class Run:
     def sample_rate(self) -> int:
         rep = self.representation
         return int(rep.sample_rate) if rep is not None else int(self.dataset.sample_rate)
+
+    def preflight(self) -> None:
+        """Build the dataset and representation now, so their errors come before the run directory exists."""
+        _ = self.dataset, self.representation
 
     # ---- driver
 
@@ -295,16 +332,20 @@ class Run:
         recipe_id = cache_key(resolved)
         existing = self.dir.ledger() if self.dir.ledger_path.is_file() else None
         if fresh and self.run_dir.exists():
-            for name in ("stages.json", "metrics.json", "history.json", "report.html", "report.md", "dataset.json"):
+            for name in ("stages.json", "metrics.json", "history.json", "report.html", "report.md", "dataset.json",
+                         "skipped.txt"):
                 (self.run_dir / name).unlink(missing_ok=True)
             for sub in ("checkpoints", "generated", "figures"):
                 _remove_tree(self.run_dir / sub)
             existing = None
         elif existing is not None and existing.get("recipe_id") not in (None, recipe_id):
-            raise AvgenError(
-                f"{self.run_dir}: holds a run of a different recipe (or different --set values); "
-                "add --fresh to start it over or choose another --out"
-            )
+            if _finished_beyond_prepare(existing):
+                raise AvgenError(
+                    f"{self.run_dir}: holds a run of a different recipe (or different --set values); "
+                    "add --fresh to start it over or choose another --out"
+                )
+            existing = None  # an earlier attempt that failed before featurize finished: start over
+            self.dir.ledger_path.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _attach_log(self.run_dir / "log.txt")
         if removed := remove_stale_temp_files(self.run_dir):  # left by a killed process; we hold the lock
@@ -339,10 +380,13 @@ class Run:
                 mine = [i for i in range(len(clips)) if i % self.world == self.rank]
                 self._encode_clips(split, [clips[i] for i in mine], [keys[i] for i in mine], *self._sizes())
             self._barrier()
+        self._skipped.clear()
         for split in SPLITS:
             data, info = self._featurize_split(split)
             self._splits[split] = data
             stats[split] = info
+        if self.rank == 0:
+            self._write_skipped()
         return stats
 
     def split(self, split: str) -> SplitData:
@@ -363,13 +407,19 @@ class Run:
             info["from_cache"] = len(clips)
             features, wave = cached.get("features"), cached["wave"]
         else:
-            features, wave, encoded = self._encode_clips(split, clips, keys, samples, frames)
+            features, wave, encoded, problems, notes = self._encode_clips(split, clips, keys, samples, frames)
             info["encoded"] = encoded
-            info["from_cache"] = len(clips) - encoded
-            tensors = {"wave": wave}
-            if features is not None:
-                tensors["features"] = features
-            if self.rank == 0:
+            info["from_cache"] = len(clips) - encoded - len(problems)
+            if notes:
+                info["padded"] = len(notes)
+                self._report_padded(split, notes)
+            if problems:  # a split with skipped clips is not cached whole: its bad files are retried next time
+                clips = self._drop_bad_clips(split, clips, problems)
+                info["skipped"] = len(problems)
+            elif self.rank == 0:
+                tensors = {"wave": wave}
+                if features is not None:
+                    tensors["features"] = features
                 self.cache.put(split_key, tensors)
         _check_finite(wave, clips, "audio")
         if features is not None:
@@ -378,10 +428,44 @@ class Run:
         reps = None
         if rep is not None and len(clips):
             reps = self._encode_rep(wave)
+        skipped = f", {info['skipped']} skipped: see skipped.txt" if info.get("skipped") else ""
         self.console.print(
-            f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache)"
+            f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache{skipped})",
+            markup=False,
         )
         return SplitData(clips, wave, label, features, reps), info
+
+    def _drop_bad_clips(self, split: str, clips: list[Clip], problems: dict[int, str]) -> list[Clip]:
+        """The clips left after skipping unreadable ones; warns, remembers them for skipped.txt."""
+        first = problems[min(problems)]
+        if len(problems) == len(clips):
+            raise AvgenError(f"all {len(clips)} clips of the {split} split are unreadable; the first: {first}")
+        messages = [problems[i] for i in sorted(problems)]
+        self._skipped[split] = messages
+        for message in messages[:5]:
+            self.console.print(f"warning: skipped {message}", markup=False, highlight=False, soft_wrap=True)
+        if len(messages) > 5:
+            self.console.print(f"warning: skipped {len(messages) - 5} more {split} clips", markup=False)
+        for message in messages:
+            log.warning("skipped %s", message)
+        return [clip for i, clip in enumerate(clips) if i not in problems]
+
+    def _report_padded(self, split: str, notes: dict[int, list[str]]) -> None:
+        """One line for the clips whose audio was padded (each note goes to the log)."""
+        first = notes[min(notes)][0]
+        more = f" (and {len(notes) - 1} more {split} clips, see log.txt)" if len(notes) > 1 else ""
+        self.console.print(f"warning: {first}{more}", markup=False, highlight=False, soft_wrap=True)
+        for note in (n for i in sorted(notes) for n in notes[i]):
+            log.warning("%s", note)
+
+    def _write_skipped(self) -> None:
+        """skipped.txt: one line per skipped clip (split, then why), or no file when none was skipped."""
+        path = self.run_dir / "skipped.txt"
+        lines = [f"{split}\t{message}" for split in SPLITS for message in self._skipped.get(split, [])]
+        if lines:
+            write_text(path, "\n".join(lines) + "\n")
+        else:
+            path.unlink(missing_ok=True)
 
     def _sizes(self) -> tuple[int, int]:
         """(samples per clip at the run's rate, frames per clip at the encoder's fps)."""
@@ -408,10 +492,14 @@ class Run:
         return torch.cat(out)
 
     def _encode_clips(self, split: str, clips: list[Clip], keys: list[str], samples: int, frames: int
-                      ) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, int, dict[int, str], dict[int, list[str]]]:
+        """(features, waves) of the readable clips, how many were encoded now, problems and media
+        warnings by clip index. With ``strict`` the first unreadable clip is an error."""
         encoder = self.encoder
         feats: list[torch.Tensor | None] = [None] * len(clips)
         waves: list[torch.Tensor | None] = [None] * len(clips)
+        problems: dict[int, str] = {}
+        notes: dict[int, list[str]] = {}
         todo = []
         for i, key in enumerate(keys):
             entry = self.cache.get(key)
@@ -430,13 +518,24 @@ class Run:
             with progress_bar(self.console) as progress:
                 task = progress.add_task(f"featurize {split}", total=len(todo))
                 for batch in loader:
-                    idx = [todo[j] for j, _, _ in batch]
+                    good = []
+                    for item in batch:
+                        i = todo[item.index]
+                        if item.problem is None:
+                            good.append((i, item))
+                            if item.notes:
+                                notes[i] = item.notes
+                        elif self.strict:
+                            raise AvgenError(f"{item.problem} (--strict stops at the first unreadable clip; "
+                                             "without it such clips are skipped)")
+                        else:
+                            problems[i] = item.problem
                     batch_feats = None
-                    if encoder is not None:
-                        stacked = torch.cat([f for _, f, _ in batch])
-                        batch_feats = encoder.encode(stacked).float().cpu().reshape(len(batch), frames, -1)
-                    for k, (i, (_, _, wave)) in enumerate(zip(idx, batch)):
-                        wave = self._to_rate(wave.float(), samples, clips[i])
+                    if encoder is not None and good:
+                        stacked = torch.cat([item.frames for _, item in good])
+                        batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
+                    for k, (i, item) in enumerate(good):
+                        wave = self._to_rate(item.wave.float(), samples, clips[i])
                         waves[i] = wave
                         entry = {"wave": wave}
                         if batch_feats is not None:
@@ -444,9 +543,10 @@ class Run:
                             entry["features"] = feats[i]
                         self.cache.put(keys[i], entry)
                     progress.advance(task, len(batch))
-        wave = torch.stack(waves) if clips else torch.zeros(0, samples)
-        features = torch.stack(feats) if encoder is not None and clips else None
-        return features, wave, len(todo)
+        kept = [i for i in range(len(clips)) if i not in problems]
+        wave = torch.stack([waves[i] for i in kept]) if kept else torch.zeros(0, samples)
+        features = torch.stack([feats[i] for i in kept]) if encoder is not None and kept else None
+        return features, wave, len(todo) - len(problems), problems, notes
 
     def _to_rate(self, wave: torch.Tensor, samples: int, clip: Clip) -> torch.Tensor:
         src = int(self.dataset.sample_rate)
@@ -560,11 +660,18 @@ def _join_process_group(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _finished_beyond_prepare(ledger: dict[str, Any]) -> bool:
+    """Whether a ledger records a finished stage whose results depend on more than the data."""
+    return any(info.get("status") == "done" for stage, info in ledger.get("stages", {}).items() if stage != "prepare")
+
+
 def _clip_id(clip: Clip) -> tuple[Any, ...]:
     return (clip.id, str(clip.video), str(clip.audio), round(clip.start, 6), round(clip.duration, 6), clip.fingerprint)
 
 
 def _check_finite(x: torch.Tensor, clips: list[Clip], what: str) -> None:
+    if x.shape[0] == 0:  # an empty split (e.g. val_fraction = 0)
+        return
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bad.any():
         i = int(bad.nonzero()[0])

@@ -26,12 +26,12 @@ class FolderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Path = Field(Path("data/videos"), description="folder with one sub-folder of videos per class")
-    start: float = Field(0.0, ge=0, description="seconds into each file where its clip starts")
-    clip_seconds: float = Field(2.0, gt=0, description="length of each clip in seconds (shorter files are padded)")
-    sample_rate: int = Field(22050, gt=0, description="sample rate of the waveforms load_audio returns (resampled)")
+    start: float = Field(0.0, ge=0, le=86_400, description="seconds into each file where its clip starts")
+    clip_seconds: float = Field(2.0, ge=0.01, le=600, description="length of each clip in seconds (shorter files are padded)")
+    sample_rate: int = Field(22050, ge=1000, le=384_000, description="sample rate of the waveforms load_audio returns (resampled)")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of each class's files used for validation")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="fraction of each class's files used for testing")
-    seed: int = Field(0, description="seed of the split")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the split")
 
 
 class Folder(MediaClips):

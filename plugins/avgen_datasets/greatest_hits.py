@@ -27,13 +27,13 @@ class GreatestHitsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Path = Field(Path("data/greatest_hits"), description="folder holding {id}_denoised.mp4/.wav, {id}_times.txt, train.txt, test.txt")
-    clip_seconds: float = Field(0.5, gt=0, description="length of each clip in seconds")
-    offset: float = Field(-0.1, description="clip start relative to the hit time in seconds (negative: starts before the hit)")
-    sample_rate: int = Field(22050, gt=0, description="sample rate of the waveforms load_audio returns (resampled)")
+    clip_seconds: float = Field(0.5, ge=0.01, le=600, description="length of each clip in seconds")
+    offset: float = Field(-0.1, ge=-600, le=600, description="clip start relative to the hit time in seconds (negative: starts before the hit)")
+    sample_rate: int = Field(22050, ge=1000, le=384_000, description="sample rate of the waveforms load_audio returns (resampled)")
     materials: list[str] = Field(list(MATERIALS), min_length=1, description="class names in index order; hits of other materials are skipped")
     actions: list[str] = Field([], description="keep only these actions (e.g. ['hit']); empty keeps all")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training videos held out for validation (by video)")
-    seed: int = Field(0, description="seed of the validation split")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the validation split")
     skip_missing: bool = Field(False, description="skip listed videos whose files are missing instead of failing")
 
 

@@ -39,14 +39,14 @@ class SynthesisParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    videos: int = Field(24, ge=2, description="number of videos to generate")
-    seed: int = Field(0, description="seed of the generator (same seed, same files)")
+    videos: int = Field(24, ge=2, le=100_000, description="number of videos to generate")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the generator (same seed, same files)")
     classes: int = Field(17, ge=1, le=len(MATERIALS), description="number of materials used (the first K of the 17)")
     fps: int = Field(30, ge=1, le=120, description="frame rate of the written videos")
     size: int = Field(128, ge=32, le=1024, multiple_of=2, description="width and height of the written videos in pixels")
-    video_seconds: float = Field(10.0, gt=1, description="length of each video in seconds")
-    segments: int = Field(4, ge=1, description="surfaces shown per video (one material each)")
-    audio_rate: int = Field(22050, ge=8000, description="sample rate of the written wav files")
+    video_seconds: float = Field(10.0, gt=1, le=3600, description="length of each video in seconds")
+    segments: int = Field(4, ge=1, le=1000, description="surfaces shown per video (one material each)")
+    audio_rate: int = Field(22050, ge=8000, le=192_000, description="sample rate of the written wav files")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of videos listed in test.txt")
     none_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of contacts annotated with material None (skipped by the loader)")
 
@@ -55,9 +55,9 @@ class SyntheticHitsParams(SynthesisParams):
     """Generator settings plus where to write and how the Greatest Hits loader cuts clips."""
 
     root: Path = Field(Path("data/synthetic_hits"), description="folder to write (relative to the working directory) and read")
-    clip_seconds: float = Field(0.5, gt=0, description="length of each clip in seconds")
-    offset: float = Field(-0.1, description="clip start relative to the hit time in seconds")
-    sample_rate: int = Field(22050, gt=0, description="sample rate of the waveforms load_audio returns")
+    clip_seconds: float = Field(0.5, ge=0.01, le=600, description="length of each clip in seconds")
+    offset: float = Field(-0.1, ge=-600, le=600, description="clip start relative to the hit time in seconds")
+    sample_rate: int = Field(22050, ge=1000, le=384_000, description="sample rate of the waveforms load_audio returns")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training videos held out for validation")
 
 

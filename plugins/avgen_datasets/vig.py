@@ -30,11 +30,11 @@ class VigParams(BaseModel):
 
     root: Path = Field(Path("data/vig"), description="folder with labels.csv, train.txt, test.txt and the {YTID}_{start} clips")
     labels_file: str = Field("labels.csv", description="CSV of YTID,start_seconds,end_seconds,label inside root")
-    clip_seconds: float = Field(10.0, gt=0, description="seconds read from the start of each clip file")
-    sample_rate: int = Field(8000, gt=0, description="sample rate of the waveforms load_audio returns (resampled)")
+    clip_seconds: float = Field(10.0, ge=0.01, le=600, description="seconds read from the start of each clip file")
+    sample_rate: int = Field(8000, ge=1000, le=384_000, description="sample rate of the waveforms load_audio returns (resampled)")
     classes: list[str] = Field([], description="class names in index order; empty: the sorted labels of the CSV")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training YouTube videos held out for validation")
-    seed: int = Field(0, description="seed of the validation split")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the validation split")
     skip_missing: bool = Field(False, description="skip listed clips whose files are missing instead of failing")
 
 
