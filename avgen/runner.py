@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from avgen import __version__
 from avgen.atomic import remove_stale_temp_files, write_json, write_text
+from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
 from avgen.protocols import Clip, EvalContext, GeneratorShape
@@ -578,7 +579,15 @@ class Run:
             params=self.recipe.train, run_dir=self.run_dir, seed=self.recipe.run.seed, device=self.device,
             representation=self.representation, meta=self.checkpoint_meta(shape), console=self.console,
         )
-        return {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
+        info = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
+        best = next((e["val"] for e in result.history if e["epoch"] == result.best_epoch), None)
+        if best:
+            baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes)
+            info.update(val=best, baseline_val=baseline)
+            line = compare_line(best, baseline, result.best_epoch)
+            if line:
+                self.console.print(line, markup=False, highlight=False)
+        return info
 
     def build_generator(self) -> tuple[torch.nn.Module, GeneratorShape]:
         spec = self.recipe.generator

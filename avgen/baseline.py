@@ -1,0 +1,49 @@
+"""The trivial baseline a generator must beat: predict the training mean for every clip.
+
+Its outputs are the global mean training representation (``rep``) and the training class
+frequencies (``probs``); each loss of the recipe that can score them is evaluated on the
+validation split, so a run can print its own val losses next to the baseline's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from avgen.errors import AvgenError
+
+
+def mean_predictor_outputs(train: dict[str, Tensor], count: int, num_classes: int) -> dict[str, Tensor]:
+    """Outputs of a model that ignores the video: the mean rep and the class prior, ``count`` times."""
+    rep = train["rep"].float().mean(0, keepdim=True).expand(count, *train["rep"].shape[1:])
+    labels = train["label"][train["label"] >= 0].long()
+    prior = torch.bincount(labels, minlength=num_classes).float() if labels.numel() else torch.ones(num_classes)
+    probs = (prior / prior.sum()).expand(count, num_classes)
+    return {"rep": rep, "residual": rep, "probs": probs}
+
+
+def baseline_losses(losses: list[Any], train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int) -> dict[str, float]:
+    """{loss name: value} of the mean predictor on ``val`` for every loss that scores it without audio."""
+    outputs = mean_predictor_outputs(train, int(val["rep"].shape[0]), num_classes)
+    scores: dict[str, float] = {}
+    for loss in losses:
+        if getattr(loss.fn, "needs_wave", False):
+            continue  # e.g. a perceptual loss: it would need the decoded mean waveform
+        try:
+            with torch.no_grad():
+                scores[loss.name] = float(loss.fn(outputs, val))
+        except (AvgenError, KeyError):
+            continue  # the loss needs an output the mean predictor does not have
+    return scores
+
+
+def compare_line(best: dict[str, float], baseline: dict[str, float], epoch: int) -> str:
+    """'val at epoch 12: spec_smooth_l1 0.0792 vs 0.0901 for the training mean (-12.1 %)'."""
+    parts = []
+    for name, value in baseline.items():
+        if name in best:
+            change = 100.0 * (best[name] - value) / value if value else float("nan")
+            parts.append(f"{name} {best[name]:.4g} vs {value:.4g} for the training mean ({change:+.1f} %)")
+    return f"val at epoch {epoch}: " + "; ".join(parts) if parts else ""
