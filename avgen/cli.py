@@ -318,7 +318,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
     """Generate the sound of each VIDEO with a trained run; writes <stem>.avgen.wav and <stem>.avgen.mp4."""
     import time
 
-    from avgen.generate import generate_for_video, load_trained
+    from avgen.generate import exemplar_bank, generate_for_video, load_trained
     from avgen.media import mux_audio, write_wav
     from avgen.runner import progress_bar, resolve_device
 
@@ -332,7 +332,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
     started = time.perf_counter()
     recipe, encoder, representation, model, meta = load_trained(run_dir, dev)
     err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
-    bank = _exemplar_bank(recipe, run_dir, dev, representation) if not raw else None
+    bank = exemplar_bank(recipe, run_dir, dev, console=err_console) if not raw else None
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=len(videos))
         for video in videos:
@@ -349,15 +349,6 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
                                    + (f"; classes: {classes}" if classes else ""), markup=False)
             progress.advance(task)
             console.print(str(mp4))
-
-
-def _exemplar_bank(recipe: Any, run_dir: Path, device: Any, representation: Any) -> tuple[Any, Any]:
-    """Time-averaged training representations and waves (from the feature cache, or the dataset)."""
-    from avgen.retrieval import time_average
-    from avgen.runner import Run
-
-    train = Run(recipe, run_dir, device, console=err_console).split("train")
-    return time_average(train.rep), train.wave
 
 
 # ---------------------------------------------------------------- cache

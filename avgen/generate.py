@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,16 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
     return recipe, encoder, representation, model.to(device).eval(), meta
 
 
+def exemplar_bank(recipe: Any, run_dir: Path, device: torch.device, console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset)."""
+    from avgen.retrieval import time_average
+    from avgen.runner import Run
+
+    extra = {"console": console} if console is not None else {}
+    train = Run(recipe, Path(run_dir), device, **extra).split("train")
+    return time_average(train.rep), train.wave
+
+
 def window_starts(duration: float, window: float, hop: float) -> list[float]:
     """Starts of windows of length ``window`` every ``hop`` seconds covering [0, duration]."""
     if duration <= window:
@@ -187,7 +198,9 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
         raise AvgenError(f"{video}: zero-length video")
     hop = clip * hop_fraction
     starts = window_starts(duration, clip, hop)
+    clock = _Clock()
     features = video_features(encoder, video, max(duration, clip))
+    clock.lap("features")
     frames_per_clip = max(1, round(clip * encoder.fps))
     if features.shape[0] < frames_per_clip:
         features = torch.cat([features, features[-1:].expand(frames_per_clip - features.shape[0], -1)])
@@ -197,6 +210,7 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
         windows.append(features[first:first + frames_per_clip])
     windows_t = torch.stack(windows)
     outputs = predict(model, windows_t, device, batch=batch)
+    clock.lap("generator")
     samples = round(clip * rate)
     pieces = None if exemplar_bank is not None else decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
     if exemplar_bank is not None:  # the nearest training clip of each window (paper Eq. 8)
@@ -205,13 +219,29 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
         bank_reps, bank_waves = exemplar_bank
         _, nearest = topk_cosine(time_average(outputs["rep"]), bank_reps, 1)
         pieces = bank_waves[nearest[:, 0]]
+    clock.lap("exemplar" if exemplar_bank is not None else "decode")
     wave = overlap_add(pieces, [round(s * rate) for s in starts], round(duration * rate))
     peak = float(wave.abs().max())
     if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
         wave = wave / peak
     names = meta.get("class_names") or []
-    summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate}
+    clock.lap("mix")
+    summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate,
+                               "timings": clock.laps}
     if "probs" in outputs and names:
         top = outputs["probs"].mean(0).topk(min(3, len(names)))
         summary["classes"] = {names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
     return wave, summary
+
+
+class _Clock:
+    """Seconds spent in each named phase, in order (``laps``)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now

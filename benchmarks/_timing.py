@@ -25,3 +25,24 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_flops(device: torch.device, repeats: int) -> float:
+    """fp32 FLOP/s of a large square sgemm (2 n^3 FLOPs), the machine's practical peak."""
+    n = 4096 if device.type == "cuda" else 2048
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the models run
+    return 2 * n**3 / timed(lambda: a @ b, device, max(repeats, 5))
+
+
+def counted_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one fn() call (forward and backward if it does both), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())

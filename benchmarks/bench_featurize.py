@@ -20,24 +20,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import avgen
-from _timing import timed  # benchmarks/_timing.py
+from _timing import matmul_flops, timed  # benchmarks/_timing.py
 from avgen.errors import AvgenError
 
 BF16_MIN_COSINE = 0.999  # bf16 features are used only when every frame's cosine to fp32 is above this
-
-
-
-
-def matmul_flops(device: torch.device, repeats: int) -> float:
-    """fp32 FLOP/s of a large square sgemm (2 n^3 FLOPs)."""
-    n = 4096 if device.type == "cuda" else 2048
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the CNN runs
-    seconds = timed(lambda: a @ b, device, max(repeats, 5))
-    return 2 * n**3 / seconds
 
 
 def flops_per_frame(model: torch.nn.Module, size: int, device: torch.device) -> float:

@@ -14,35 +14,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from avgen.errors import AvgenError
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
-from _timing import timed  # benchmarks/_timing.py
+from _timing import counted_flops, matmul_flops, timed  # benchmarks/_timing.py
 
 BATCH, SAMPLES = 40, 11025  # 40 clips of 0.5 s at 22 050 Hz
 DESIGN_SECONDS = 0.1  # DESIGN.md's expected forward + backward time on 2 quiet cores
-
-
-
-
-def matmul_flops(device: torch.device, repeats: int) -> float:
-    """fp32 FLOP/s of a 2048^3 sgemm (2 n^3 FLOPs), the machine's practical peak."""
-    n = 2048
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g).to(device), torch.randn(n, n, generator=g).to(device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as SoundNet runs
-    return 2 * n**3 / timed(lambda: a @ b, device, max(repeats, 5))
-
-
-def counted_flops(fn) -> float:
-    """FLOPs of one fn() call (forward and backward), counted by FlopCounterMode."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return float(counter.get_total_flops())
 
 
 def main() -> None:
