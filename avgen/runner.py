@@ -203,6 +203,8 @@ class _ClipLoader(torch.utils.data.Dataset):
                     raise AvgenError(f"audio of '{clip.audio or clip.video}' contains NaN or inf")
             except (AvgenError, OSError) as exc:
                 return LoadedClip(i, problem=clip_problem(clip, exc))
+        for other in (w for w in caught if not issubclass(w.category, MediaWarning)):  # not ours: pass them on
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
         notes = [str(w.message) for w in caught if issubclass(w.category, MediaWarning)]
         return LoadedClip(i, frames, wave, notes=notes)
 
