@@ -1,4 +1,4 @@
-"""Datasets: greatest_hits, vig (AudioSet-style), folder, synthetic_hits; and `avgen data synth`."""
+"""Datasets: greatest_hits, vig (AudioSet-style), folder, synthetic_hits, synthetic_stream; and `avgen data synth`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from avgen_datasets.folder import FolderParams, make_folder
 from avgen_datasets.greatest_hits import GreatestHitsParams, make_greatest_hits
 from avgen_datasets.materials import MATERIALS
 from avgen_datasets.synthetic_hits import SyntheticHitsParams, make_synthetic_hits
+from avgen_datasets.synthetic_stream import SyntheticStreamParams, make_synthetic_stream
 from avgen_datasets.vig import VigParams, make_vig
 
 GHD_CARD = {
@@ -34,6 +35,9 @@ def register_datasets(register):
     register("synthetic_hits", make_synthetic_hits, params=SyntheticHitsParams,
              summary="seeded procedural stick-hitting videos written in the Greatest Hits layout (the default)",
              card={"classes": len(MATERIALS), "clip_seconds": 0.5, "sample_rate": 22050, "license": "generated (MIT)"})
+    register("synthetic_stream", make_synthetic_stream, params=SyntheticStreamParams,
+             summary="synthetic_hits-style clips rendered on demand, no files (VIG-sized by default: 16 000 x 10 s at 8 kHz)",
+             card={"classes": len(MATERIALS), "clip_seconds": 10.0, "sample_rate": 8000, "license": "generated (MIT)"})
 
 
 @hookimpl
