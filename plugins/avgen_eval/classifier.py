@@ -35,10 +35,10 @@ class ClassifierParams(BaseModel):
     channels: list[int] = Field(default=[16, 32, 64, 128, 256], description="output channels of the 5 conv layers")
     kernels: list[int] = Field(default=[64, 32, 16, 8, 4], description="kernel sizes of the 5 conv layers (samples)")
     strides: list[int] = Field(default=[8, 4, 4, 2, 2], description="strides of the 5 conv layers")
-    epochs: int = Field(default=30, ge=1, description="training epochs over the real training clips")
-    batch_size: int = Field(default=64, ge=1, description="training batch size")
-    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate")
-    seed: int = Field(default=0, description="seed of initialization and shuffling (the classifier is deterministic)")
+    epochs: int = Field(default=30, ge=1, le=100000, description="training epochs over the real training clips")
+    batch_size: int = Field(default=64, ge=1, le=100000, description="training batch size")
+    lr: float = Field(default=1e-3, gt=0, le=10.0, description="Adam learning rate")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seed of initialization and shuffling (the classifier is deterministic)")
     cache: bool = Field(default=True, description="reuse a trained classifier for the same dataset hash and params")
 
 

@@ -24,9 +24,9 @@ log = logging.getLogger("avgen.eval.onset")
 class OnsetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    window: float = Field(default=2048 / 22050, gt=0, description="STFT window of the onset envelope (s); librosa's 2048 samples at 22 050 Hz")
-    hop: float = Field(default=512 / 22050, gt=0, description="STFT hop of the onset envelope (s); librosa's 512 samples at 22 050 Hz")
-    n_mels: int = Field(default=128, ge=1, description="mel bands the spectral flux is averaged over")
+    window: float = Field(default=2048 / 22050, gt=0, le=10.0, description="STFT window of the onset envelope (s); librosa's 2048 samples at 22 050 Hz")
+    hop: float = Field(default=512 / 22050, gt=0, le=10.0, description="STFT hop of the onset envelope (s); librosa's 512 samples at 22 050 Hz")
+    n_mels: int = Field(default=128, ge=1, le=4096, description="mel bands the spectral flux is averaged over")
     top_db: float = Field(default=80.0, gt=0, description="log-mel floor below the clip's maximum (dB)")
     min_strength: float = Field(
         default=1.0, ge=0,

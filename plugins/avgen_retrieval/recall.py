@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,7 +17,7 @@ log = logging.getLogger("avgen.retrieval")
 class RecallParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ks: list[int] = Field(default=[1, 5, 10], description="cut-offs K; reported as R@K")
+    ks: list[Annotated[int, Field(ge=1, le=100000)]] = Field(default=[1, 5, 10], min_length=1, max_length=100, description="cut-offs K; reported as R@K")
 
     @field_validator("ks")
     @classmethod

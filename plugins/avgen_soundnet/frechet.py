@@ -20,7 +20,7 @@ class FrechetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: BodyLayer = Field("conv7", description="SoundNet layer whose time-averaged features are compared")
-    batch_size: int = Field(32, ge=1, description="clips per SoundNet forward pass")
+    batch_size: int = Field(32, ge=1, le=100000, description="clips per SoundNet forward pass")
     sources: list[Literal["raw", "exemplar"]] = Field(
         ["raw", "exemplar"], description="generated audio to score (each present one gives fd_<source>)"
     )

