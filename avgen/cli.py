@@ -49,6 +49,11 @@ class AvgenGroup(click.Group):
         self._load_plugin_commands()
         return super().list_commands(ctx)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command's AvgenError / pydantic error becomes one line and exit 2 (also under CliRunner)."""
+        with _one_line_errors(ctx):
+            return super().invoke(ctx)
+
 
 @click.group(cls=AvgenGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="avgen")
@@ -177,8 +182,7 @@ def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str,
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
     """
-    with _one_line_errors(ctx):
-        _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict)
+    _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict)
 
 
 class UserError(click.ClickException):
@@ -387,20 +391,26 @@ def cache_clear(yes: bool) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+INTERRUPTED = "interrupted; finished stages and checkpoints are kept, rerun the same command to resume"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2 (``--debug`` shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="avgen", standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            err_console.print(INTERRUPTED)
+        else:
+            err_console.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished stages and checkpoints are kept, rerun the same command to resume")
+        err_console.print(INTERRUPTED)
         sys.exit(130)
     except AvgenError as exc:
         if debug:

@@ -146,15 +146,16 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
 
 
 def overlap_add(pieces: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
-    """Hann-weighted overlap-add of [W, L] pieces at sample offsets, normalised by the summed weights."""
-    length = pieces.shape[1]
+    """Hann-weighted overlap-add of [W, ..., L] pieces at offsets along the last axis, normalised by
+    the summed weights: [..., total]. Used for waveforms (samples) and representations (frames)."""
+    length = pieces.shape[-1]
     weight = torch.hann_window(length, periodic=False, dtype=torch.float64).clamp_min(1e-3)
-    out = torch.zeros(max(total, starts[-1] + length), dtype=torch.float64)
-    norm = torch.zeros_like(out)
+    out = torch.zeros(*pieces.shape[1:-1], max(total, starts[-1] + length), dtype=torch.float64)
+    norm = torch.zeros(out.shape[-1], dtype=torch.float64)
     for piece, start in zip(pieces.double(), starts):
-        out[start:start + length] += piece * weight
+        out[..., start:start + length] += piece * weight
         norm[start:start + length] += weight
-    return (out / norm.clamp_min(1e-8))[:total].float()
+    return (out / norm.clamp_min(1e-8))[..., :total].float()
 
 
 def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0) -> torch.Tensor:
@@ -196,7 +197,10 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     duration = float(info.duration)
     if duration <= 0:
         raise AvgenError(f"{video}: zero-length video")
-    hop = clip * hop_fraction
+    samples, total = round(clip * rate), round(duration * rate)
+    frame_hop = getattr(representation, "hop_length", None) if exemplar_bank is None else None
+    step = max(1, round(clip * hop_fraction * rate / frame_hop)) if frame_hop else 0  # window hop in rep frames
+    hop = step * frame_hop / rate if frame_hop else clip * hop_fraction
     starts = window_starts(duration, clip, hop)
     clock = _Clock()
     features = video_features(encoder, video, max(duration, clip))
@@ -211,21 +215,26 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     windows_t = torch.stack(windows)
     outputs = predict(model, windows_t, device, batch=batch)
     clock.lap("generator")
-    samples = round(clip * rate)
-    pieces = None if exemplar_bank is not None else decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
     if exemplar_bank is not None:  # the nearest training clip of each window (paper Eq. 8)
         from avgen.retrieval import time_average, topk_cosine
 
         bank_reps, bank_waves = exemplar_bank
         _, nearest = topk_cosine(time_average(outputs["rep"]), bank_reps, 1)
-        pieces = bank_waves[nearest[:, 0]]
-    clock.lap("exemplar" if exemplar_bank is not None else "decode")
-    wave = overlap_add(pieces, [round(s * rate) for s in starts], round(duration * rate))
+        clock.lap("exemplar")
+        wave = overlap_add(bank_waves[nearest[:, 0]], [round(s * rate) for s in starts], total)
+    elif frame_hop:  # merge the windows' frames into one representation, then one decode with one phase
+        merged = overlap_add(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
+        clock.lap("mix")
+        wave = decode(representation, merged[None], recipe.eval.phase, total, device)[0]
+    else:  # a representation without frame hop: decode each window and overlap-add the sound
+        pieces = decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
+        clock.lap("decode")
+        wave = overlap_add(pieces, [round(s * rate) for s in starts], total)
+    clock.lap("decode" if frame_hop else "mix")
     peak = float(wave.abs().max())
     if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
         wave = wave / peak
     names = meta.get("class_names") or []
-    clock.lap("mix")
     summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate,
                                "timings": clock.laps}
     if "probs" in outputs and names:

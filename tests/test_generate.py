@@ -98,6 +98,17 @@ def test_overlap_add_reconstructs_a_constant_and_matches_by_hand() -> None:
     torch.testing.assert_close(out[2:4].double(), expected_mid, rtol=1e-6, atol=1e-6)
 
 
+def test_overlap_add_of_spectrogram_frames_is_per_bin() -> None:
+    """[W, D, F] windows merge along frames exactly as each bin's row would on its own."""
+    reps = torch.rand(4, 3, 22, generator=torch.Generator().manual_seed(0))
+    merged = overlap_add(reps, [0, 11, 22, 33], 50)
+    assert merged.shape == (3, 50)
+    for b in range(3):
+        torch.testing.assert_close(merged[b], overlap_add(reps[:, b], [0, 11, 22, 33], 50))
+    # frames covered by one window only are that window's frames
+    torch.testing.assert_close(merged[:, :11], reps[0, :, :11])
+
+
 def test_generate_raw_on_a_synthetic_video(trained_run: Path, tmp_path: Path) -> None:
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(tmp_path),
