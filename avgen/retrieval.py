@@ -84,7 +84,7 @@ class CosineIndex:
         precision: str = "fp32",
         normalized: bool = False,
         chunk_size: int | None = None,
-        rerank: int = 32,
+        rerank: int = 64,
     ) -> None:
         if bank.dim() != 2:
             raise ValueError(f"CosineIndex expects a bank [M, D], got shape {tuple(bank.shape)}")
@@ -142,6 +142,8 @@ class RunningCandidates:
     ``floor`` [N] is the lowest kept score: every row not kept scored at most that.
     """
 
+    GROUP = 64  # columns per group whose maximum is checked against the floor before any top-k
+
     def __init__(self, num_queries: int, size: int, device: torch.device | str = "cpu") -> None:
         self.size = size
         self.scores = torch.empty(num_queries, 0, device=device)
@@ -150,24 +152,48 @@ class RunningCandidates:
 
     def update(self, chunk_scores: torch.Tensor, offset: int) -> None:
         """Merge the scores [N, C] of bank rows offset..offset+C-1."""
-        if self.scores.shape[1] < self.size:
-            rows = torch.arange(chunk_scores.shape[0], device=chunk_scores.device)
+        n, width = chunk_scores.shape
+        if self.scores.shape[1] < self.size:  # still filling up: every row takes its chunk top-k
+            rows, columns = torch.arange(n, device=chunk_scores.device), None
+            values = chunk_scores
+        elif width % self.GROUP:
+            rows, columns = (~(chunk_scores.amax(dim=1).float() <= self.floor)).nonzero().flatten(), None  # NaN too
+            values = chunk_scores[rows]
         else:
-            rows = (~(chunk_scores.amax(dim=1).float() <= self.floor)).nonzero().flatten()  # NaN rows too
-            if not rows.numel():
-                return
-        top_scores, top_indices = torch.topk(chunk_scores[rows], min(self.size, chunk_scores.shape[1]), dim=1, sorted=False)
+            rows, columns = self._groups_above_floor(chunk_scores)
+            values = chunk_scores[rows.unsqueeze(1), columns]
+        if not rows.numel():
+            return
+        top_scores, top = torch.topk(values, min(self.size, values.shape[1]), dim=1, sorted=False)
+        top_indices = (top if columns is None else columns.gather(1, top)) + offset
         scores = torch.cat([self.scores[rows], top_scores.float()], dim=1)
-        indices = torch.cat([self.indices[rows], top_indices + offset], dim=1)
+        indices = torch.cat([self.indices[rows], top_indices], dim=1)
         if scores.shape[1] > self.size:
             scores, keep = torch.topk(scores, self.size, dim=1, sorted=False)
             indices = indices.gather(1, keep)
         if scores.shape[1] == self.scores.shape[1]:
             self.scores[rows], self.indices[rows] = scores, indices
-        else:  # still filling up: every row grows together
+        else:  # filling up: every row grows together
             self.scores, self.indices = scores, indices
         if self.scores.shape[1] == self.size:
             self.floor[rows] = scores.amin(dim=1)
+
+    def _groups_above_floor(self, chunk_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows with a score above their floor, the columns of their groups that hold one [R, G * GROUP]).
+
+        One cheap max per group of columns spares the top-k the columns that cannot enter.
+        """
+        n, width = chunk_scores.shape
+        groups = width // self.GROUP  # group j holds columns j, j + groups, j + 2 groups, ... (a fast strided max)
+        group_max = chunk_scores.view(n, self.GROUP, groups).amax(dim=1).float()
+        above = ~(group_max <= self.floor.unsqueeze(1))  # NaN too
+        counts = above.sum(dim=1)
+        rows = counts.nonzero().flatten()
+        if not rows.numel():
+            return rows, torch.empty(0, 0, dtype=torch.long, device=chunk_scores.device)
+        chosen = torch.topk(above[rows].float(), int(counts[rows].max()), dim=1).indices  # every group above, padded
+        steps = torch.arange(self.GROUP, device=chunk_scores.device) * groups
+        return rows, (chosen.unsqueeze(2) + steps).reshape(rows.numel(), -1)
 
 
 def bf16_cosine_bound(approx: torch.Tensor, query_rounding: torch.Tensor | float, bank_rounding: float, dim: int) -> torch.Tensor:

@@ -117,12 +117,13 @@ def test_running_topk_skips_rows_without_changing_the_result():
 
 def test_running_candidates_keep_the_highest_scores_and_a_true_floor():
     rng = np.random.default_rng(9)
-    scores = rng.standard_normal((7, 300)).astype(np.float32)
-    scores[:, 100:110] = scores[:, :10]  # duplicates: either copy may be kept
+    scores = rng.standard_normal((7, 1000)).astype(np.float32)
+    scores[:, 600:610] = scores[:, :10]  # duplicates: either copy may be kept
+    scores[3, 700:] = np.nan  # a NaN row must not stop the others
     kept = RunningCandidates(7, 12)
-    for start in range(0, 300, 25):
-        kept.update(torch.from_numpy(scores[:, start : start + 25]), start)
-    for row in range(7):
+    for start in range(0, 1000, 128):  # chunks of 2 column groups, then a ragged one
+        kept.update(torch.from_numpy(scores[:, start : start + 128]), start)
+    for row in (0, 1, 2, 4, 5, 6):
         expected = np.sort(scores[row])[::-1][:12]
         got = scores[row, kept.indices[row].numpy()]
         np.testing.assert_array_equal(np.sort(got)[::-1], expected)  # the kept indices hold the 12 highest values
@@ -136,7 +137,7 @@ def test_running_candidates_keep_the_highest_scores_and_a_true_floor():
 def test_cosine_index_matches_brute_force(precision, k):
     rng = np.random.default_rng(5)
     bank, query = clustered(rng, 3000, 64), clustered(rng, 37, 64)
-    index = CosineIndex(torch.from_numpy(bank), precision=precision, chunk_size=500, rerank=32)
+    index = CosineIndex(torch.from_numpy(bank), precision=precision, chunk_size=512, rerank=32)
     scores, indices = index.search(torch.from_numpy(query), k)
     ref_scores, ref_idx = reference_topk(query.astype(np.float64), bank.astype(np.float64), k)
     np.testing.assert_array_equal(indices.numpy(), ref_idx)
