@@ -55,7 +55,7 @@ name = "spec_smooth_l1"
 weight = 50.0
 
 [train]
-epochs = 20
+epochs = {epochs}
 batch_size = 8
 
 [[metric]]
@@ -64,6 +64,8 @@ name = "mean_energy"
 [[metric]]
 name = "recall_at_k"
 """
+
+EPOCHS = 12
 
 # Same thread count in every process: CPU kernels are bitwise reproducible for a fixed thread count.
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -75,7 +77,7 @@ _references: dict[tuple[str, ...], Path] = {}
 def write_recipe(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.toml"
-    path.write_text(RECIPE)
+    path.write_text(RECIPE.format(epochs=EPOCHS))
     return path
 
 

@@ -98,7 +98,7 @@ def test_two_runs_sharing_one_cache_at_once_both_finish_with_the_same_result(tmp
     """Two processes featurize into one empty cache at the same time (different run dirs); both finish alike."""
     reference_home = reference_run(tmp_path_factory).parents[1] / "home"
     recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
-    procs = {name: start_cli(run_args(recipe, out, f"run.name={name}", "train.epochs=3"), home, tmp_path / f"{name}.err")
+    procs = {name: start_cli(run_args(recipe, out, f"run.name={name}", "train.epochs=1"), home, tmp_path / f"{name}.err")
              for name in ("first", "second")}
     for name, proc in procs.items():
         assert proc.wait(timeout=600) == 0, (tmp_path / f"{name}.err").read_text()[-3000:]
@@ -267,7 +267,7 @@ def fail_write(after: int, name_prefix: str):
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tmp_path_factory, capsys, monkeypatch,
                                                                      one_thread, example_plugin):
-    """The 4th write of last.safetensors (epoch 3) fails halfway: exit 2, one line, epoch 2 kept, resume matches."""
+    """The 4th write of last.safetensors (epoch 3 of 12) fails halfway: exit 2, one line, epoch 2 kept, resume matches."""
     reference = reference_run(tmp_path_factory)
     monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
     writer, calls = fail_write(after=4, name_prefix=".last.safetensors.")
