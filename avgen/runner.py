@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import remove_stale_temp_files, write_json, write_text
+from avgen.atomic import TEMP_SUFFIX, remove_stale_temp_files, write_json, write_text
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
+from avgen.mapped import RowWriter, map_safetensors, map_verified, scratch_file
 from avgen.protocols import Clip, EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.registry import get_component
@@ -149,7 +151,11 @@ def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
 
 @dataclass
 class SplitData:
-    """One split's clips and their tensors (features may be None without an encoder)."""
+    """One split's clips and their tensors (features may be None without an encoder).
+
+    After featurize the tensors are views of memory-mapped files (the cached split entry, and a
+    scratch file for ``rep``), so a split larger than RAM costs page cache, not heap.
+    """
 
     clips: list[Clip]
     wave: torch.Tensor  # [M, T] at the representation's sample rate
@@ -164,6 +170,88 @@ class SplitData:
         if self.rep is not None:
             out["rep"] = self.rep
         return out
+
+
+class _SplitRows:
+    """A split's rows (wave, features) written into a file as they arrive, in clip order.
+
+    The file is a temporary beside the split's cache entry (renamed into place by ``finish`` when
+    every clip was readable and ``publish``), or an unnamed scratch file; either way ``finish``
+    returns memory-mapped views, so the split is never held in the heap.
+    """
+
+    def __init__(self, target: Path | None, scratch_dir: Path, count: int, samples: int, publish: bool) -> None:
+        self.target, self.scratch_dir, self.count, self.samples = target, scratch_dir, count, samples
+        self.publish = publish and target is not None
+        self.file: Any = None
+        self.tmp_path: Path | None = None
+        self.writer: RowWriter | None = None
+        self.published, self.nbytes = False, 0
+
+    def put(self, i: int, wave: torch.Tensor, features: torch.Tensor | None) -> None:
+        try:
+            if self.writer is None:
+                self._open(features)
+            self.writer.write("wave", i, wave[None])
+            if features is not None:
+                self.writer.write("features", i, features[None])
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _open(self, features: torch.Tensor | None) -> None:
+        specs = {"wave": (torch.float32, (self.count, self.samples))}
+        if features is not None:
+            specs["features"] = (torch.float32, (self.count, *features.shape))
+        if self.publish:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX, dir=self.target.parent)
+            self.file, self.tmp_path = os.fdopen(fd, "w+b"), Path(name)
+        else:
+            self.file = scratch_file(self.scratch_dir)
+        self.writer = RowWriter(self.file, specs)
+        self.nbytes = self.writer.size
+
+    def finish(self, problems: dict[int, str]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(features, wave) of the readable clips, mapped; publishes the split entry when nothing was skipped."""
+        if self.writer is None:  # no clip, or none readable
+            return None, torch.zeros(0, self.samples)
+        try:
+            if problems:
+                return self._compact([i for i in range(self.count) if i not in problems])
+            self.writer.finish(digest=self.publish)
+            if self.publish:
+                os.fsync(self.file.fileno())
+                os.replace(self.tmp_path, self.target)
+                self.tmp_path, self.published = None, True
+        except OSError as exc:
+            raise self._error(exc) from exc
+        tensors, _ = map_safetensors(self.file)
+        return tensors.get("features"), tensors["wave"]
+
+    def _compact(self, kept: list[int], chunk: int = 256) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The rows ``kept`` copied chunk by chunk into a scratch file (a split with skipped clips is not cached)."""
+        full, _ = map_safetensors(self.file)
+        with scratch_file(self.scratch_dir) as out:
+            writer = RowWriter(out, {name: (t.dtype, (len(kept), *t.shape[1:])) for name, t in full.items()})
+            for start in range(0, len(kept), chunk):
+                index = torch.tensor(kept[start:start + chunk], dtype=torch.long)
+                for name, tensor in full.items():
+                    writer.write(name, start, tensor[index])
+            writer.finish(digest=False)
+            tensors, _ = map_safetensors(out)
+        return tensors.get("features"), tensors["wave"]
+
+    def _error(self, exc: OSError) -> AvgenError:
+        where = self.target if self.target is not None else self.scratch_dir
+        return AvgenError(f"cannot write the featurized split to {where}: {exc.strerror or exc}; "
+                          "free space on that disk (or set AVGEN_CACHE elsewhere), then rerun to resume")
+
+    def close(self) -> None:
+        """Close the file; an unpublished temporary is removed (mapped views stay valid)."""
+        if self.file is not None:
+            self.file.close()
+        if self.tmp_path is not None:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -241,6 +329,7 @@ class Run:
     cache: FeatureCache = field(default_factory=FeatureCache)
     num_workers: int = 0
     strict: bool = False  # stop at the first unreadable clip instead of skipping it
+    clip_entry_limit: int = 256 << 20  # bytes: a larger split keeps only its split entry once that is written
 
     def __post_init__(self) -> None:
         self.rank, self.world = _join_process_group(self.device)
@@ -381,13 +470,17 @@ class Run:
                 clips = self.dataset.clips(split)
                 keys = self._clip_keys(clips)
                 mine = [i for i in range(len(clips)) if i % self.world == self.rank]
-                self._encode_clips(split, [clips[i] for i in mine], [keys[i] for i in mine], *self._sizes())
+                self._encode_clips(split, [clips[i] for i in mine], [keys[i] for i in mine], *self._sizes(), assemble=False)
             self._barrier()
         self._skipped.clear()
-        for split in SPLITS:
-            data, info = self._featurize_split(split)
-            self._splits[split] = data
-            stats[split] = info
+        for turn in (0, 1) if self.world > 1 else (0,):  # rank 0 writes the split entries, then the others map them
+            if (self.rank == 0) == (turn == 0):
+                for split in SPLITS:
+                    data, info = self._featurize_split(split)
+                    self._splits[split] = data
+                    stats[split] = info
+            if turn == 0:
+                self._barrier()
         if self.rank == 0:
             self._write_skipped()
         return stats
@@ -404,13 +497,14 @@ class Run:
         samples, frames = self._sizes()
         keys = self._clip_keys(clips)
         split_key = cache_key("split", keys)
-        cached = self.cache.get(split_key)
+        cached = self._mapped_entry(split_key)
         info: dict[str, Any] = {"clips": len(clips), "encoded": 0, "from_cache": 0}
         if cached is not None:
             info["from_cache"] = len(clips)
             features, wave = cached.get("features"), cached["wave"]
         else:
-            features, wave, encoded, problems, notes = self._encode_clips(split, clips, keys, samples, frames)
+            features, wave, encoded, problems, notes = self._encode_clips(split, clips, keys, samples, frames,
+                                                                          split_key=split_key)
             info["encoded"] = encoded
             info["from_cache"] = len(clips) - encoded - len(problems)
             if notes:
@@ -419,11 +513,6 @@ class Run:
             if problems:  # a split with skipped clips is not cached whole: its bad files are retried next time
                 clips = self._drop_bad_clips(split, clips, problems)
                 info["skipped"] = len(problems)
-            elif self.rank == 0:
-                tensors = {"wave": wave}
-                if features is not None:
-                    tensors["features"] = features
-                self.cache.put(split_key, tensors)
         _check_finite(wave, clips, "audio")
         if features is not None:
             _check_finite(features, clips, "visual features")
@@ -486,70 +575,112 @@ class Run:
         audio_id = (data.name, data.params, get_component("dataset", data.name).version, self.sample_rate)
         return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
 
-    def _encode_rep(self, wave: torch.Tensor, batch: int = 256) -> torch.Tensor:
-        rep = self.representation
-        out = []
-        with torch.no_grad():  # not inference_mode: these are training targets
-            for i in range(0, wave.shape[0], batch):
-                out.append(rep.encode(wave[i:i + batch].to(self.device)).float().cpu())
-        return torch.cat(out)
+    def _mapped_entry(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The cache entry under key as memory-mapped tensors, or None (a corrupt entry is removed: a miss)."""
+        path = self.cache.path(key)
+        if not path.is_file():
+            self.cache.misses += 1
+            return None
+        try:
+            tensors, _ = map_verified(path)
+        except Exception as exc:  # truncated, damaged or foreign file: rebuild it
+            log.warning("cache entry %s is unreadable (%s); rebuilding it", path, exc)
+            path.unlink(missing_ok=True)
+            self.cache.misses += 1
+            return None
+        self.cache.hits += 1
+        return tensors
 
-    def _encode_clips(self, split: str, clips: list[Clip], keys: list[str], samples: int, frames: int
+    def _encode_rep(self, wave: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """The representation of every row of ``wave``, written batch by batch to a mapped scratch file."""
+        rep = self.representation
+        with scratch_file(self.cache.root) as file:
+            writer = None
+            with torch.no_grad():  # not inference_mode: these are training targets
+                for i in range(0, wave.shape[0], batch):
+                    out = rep.encode(wave[i:i + batch].to(self.device)).float().cpu()
+                    if writer is None:
+                        writer = RowWriter(file, {"rep": (torch.float32, (wave.shape[0], *out.shape[1:]))})
+                    writer.write("rep", i, out)
+            writer.finish(digest=False)
+            return map_safetensors(file)[0]["rep"]
+
+    def _encode_clips(self, split: str, clips: list[Clip], keys: list[str], samples: int, frames: int,
+                      split_key: str | None = None, assemble: bool = True
                       ) -> tuple[torch.Tensor | None, torch.Tensor, int, dict[int, str], dict[int, list[str]]]:
         """(features, waves) of the readable clips, how many were encoded now, problems and media
-        warnings by clip index. With ``strict`` the first unreadable clip is an error."""
+        warnings by clip index. With ``strict`` the first unreadable clip is an error.
+
+        Each clip is stored in its own cache entry as soon as it is encoded (so a killed run resumes
+        where it stopped) and, with ``assemble``, written as a row of the split file; the tensors
+        returned are views of that file's memory map. Without problems rank 0 publishes the file
+        as the split's cache entry ``split_key``; a split over ``clip_entry_limit`` bytes then drops
+        its per-clip entries. Without ``assemble`` only the per-clip entries are filled (torchrun shards).
+        """
         encoder = self.encoder
-        feats: list[torch.Tensor | None] = [None] * len(clips)
-        waves: list[torch.Tensor | None] = [None] * len(clips)
         problems: dict[int, str] = {}
         notes: dict[int, list[str]] = {}
-        todo = []
-        for i, key in enumerate(keys):
-            entry = self.cache.get(key)
-            if entry is not None and (encoder is None or "features" in entry):
-                waves[i], feats[i] = entry["wave"], entry.get("features")
-            else:
-                todo.append(i)
-        if todo:
-            loader = torch.utils.data.DataLoader(
-                _ClipLoader(self.dataset, [clips[i] for i in todo],
-                            encoder.fps if encoder is not None else None,
-                            encoder.input_size if encoder is not None else None, frames),
-                batch_size=8, num_workers=self.num_workers, collate_fn=list,
-                persistent_workers=False,
-            )
-            with progress_bar(self.console) as progress:
-                task = progress.add_task(f"featurize {split}", total=len(todo))
-                for batch in loader:
-                    good = []
-                    for item in batch:
-                        i = todo[item.index]
-                        if item.problem is None:
-                            good.append((i, item))
-                            if item.notes:
-                                notes[i] = item.notes
-                        elif self.strict:
-                            raise AvgenError(f"{item.problem} (--strict stops at the first unreadable clip; "
-                                             "without it such clips are skipped)")
-                        else:
-                            problems[i] = item.problem
-                    batch_feats = None
-                    if encoder is not None and good:
-                        stacked = torch.cat([item.frames for _, item in good])
-                        batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
-                    for k, (i, item) in enumerate(good):
-                        wave = self._to_rate(item.wave.float(), samples, clips[i])
-                        waves[i] = wave
-                        entry = {"wave": wave}
-                        if batch_feats is not None:
-                            feats[i] = batch_feats[k].clone()
-                            entry["features"] = feats[i]
-                        self.cache.put(keys[i], entry)
-                    progress.advance(task, len(batch))
-        kept = [i for i in range(len(clips)) if i not in problems]
-        wave = torch.stack([waves[i] for i in kept]) if kept else torch.zeros(0, samples)
-        features = torch.stack([feats[i] for i in kept]) if encoder is not None and kept else None
+        rows = _SplitRows(self.cache.path(split_key) if split_key else None, self.cache.root, len(clips), samples,
+                          publish=self.rank == 0) if assemble else None
+        try:
+            todo = []
+            for i, key in enumerate(keys):
+                entry = self.cache.get(key)
+                if entry is not None and (encoder is None or "features" in entry):
+                    if rows is not None:
+                        rows.put(i, entry["wave"], entry.get("features"))
+                else:
+                    todo.append(i)
+            if todo:
+                self._encode_todo(split, clips, keys, todo, samples, frames, rows, problems, notes)
+            features, wave = rows.finish(problems) if rows is not None else (None, torch.zeros(0, samples))
+        finally:
+            if rows is not None:
+                rows.close()
+        if rows is not None and rows.published and rows.nbytes > self.clip_entry_limit:
+            for key in keys:  # the split entry now holds them; keeping both would double the disk used
+                self.cache.path(key).unlink(missing_ok=True)
         return features, wave, len(todo) - len(problems), problems, notes
+
+    def _encode_todo(self, split: str, clips: list[Clip], keys: list[str], todo: list[int], samples: int, frames: int,
+                     rows: _SplitRows | None, problems: dict[int, str], notes: dict[int, list[str]]) -> None:
+        """Decode and encode the clips ``todo``: per-clip cache entries, rows, problems and notes."""
+        encoder = self.encoder
+        loader = torch.utils.data.DataLoader(
+            _ClipLoader(self.dataset, [clips[i] for i in todo],
+                        encoder.fps if encoder is not None else None,
+                        encoder.input_size if encoder is not None else None, frames),
+            batch_size=8, num_workers=self.num_workers, collate_fn=list,
+            persistent_workers=False,
+        )
+        with progress_bar(self.console) as progress:
+            task = progress.add_task(f"featurize {split}", total=len(todo))
+            for batch in loader:
+                good = []
+                for item in batch:
+                    i = todo[item.index]
+                    if item.problem is None:
+                        good.append((i, item))
+                        if item.notes:
+                            notes[i] = item.notes
+                    elif self.strict:
+                        raise AvgenError(f"{item.problem} (--strict stops at the first unreadable clip; "
+                                         "without it such clips are skipped)")
+                    else:
+                        problems[i] = item.problem
+                batch_feats = None
+                if encoder is not None and good:
+                    stacked = torch.cat([item.frames for _, item in good])
+                    batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
+                for k, (i, item) in enumerate(good):
+                    wave = self._to_rate(item.wave.float(), samples, clips[i])
+                    entry = {"wave": wave}
+                    if batch_feats is not None:
+                        entry["features"] = batch_feats[k].clone()
+                    self.cache.put(keys[i], entry)
+                    if rows is not None:
+                        rows.put(i, wave, entry.get("features"))
+                progress.advance(task, len(batch))
 
     def _to_rate(self, wave: torch.Tensor, samples: int, clip: Clip) -> torch.Tensor:
         src = int(self.dataset.sample_rate)
@@ -680,12 +811,14 @@ def _clip_id(clip: Clip) -> tuple[Any, ...]:
     return (clip.id, str(clip.video), str(clip.audio), round(clip.start, 6), round(clip.duration, 6), clip.fingerprint)
 
 
-def _check_finite(x: torch.Tensor, clips: list[Clip], what: str) -> None:
-    if x.shape[0] == 0:  # an empty split (e.g. val_fraction = 0)
-        return
-    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    if bad.any():
-        i = int(bad.nonzero()[0])
+def _check_finite(x: torch.Tensor, clips: list[Clip], what: str, chunk: int = 256) -> None:
+    """AvgenError naming the first clip whose row of ``x`` holds NaN or inf (checked ``chunk`` rows at a time)."""
+    for start in range(0, x.shape[0], chunk):  # an empty split (e.g. val_fraction = 0) has nothing to check
+        part = x[start:start + chunk]
+        bad = ~torch.isfinite(part.reshape(part.shape[0], -1)).all(dim=1)
+        if not bad.any():
+            continue
+        i = start + int(bad.nonzero()[0])
         raise AvgenError(f"clip {clips[i].id} ({clips[i].audio or clips[i].video}): {what} contain NaN or inf; "
                          "fix or remove the file")
 
