@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="avgen", standalone_mode=False)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            err_console.print(INTERRUPTED)
+            err_console.print(INTERRUPTED, soft_wrap=True)
         else:
             err_console.print("aborted")
         sys.exit(130)
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print(INTERRUPTED)
+        err_console.print(INTERRUPTED, soft_wrap=True)
         sys.exit(130)
     except AvgenError as exc:
         if debug:

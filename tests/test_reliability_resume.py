@@ -104,8 +104,6 @@ def test_ctrl_c_during_fit_stops_cleanly_and_resuming_gives_the_same_result(tmp_
     assert_same_result(out / "tiny", reference)
 
 
-@pytest.mark.xfail(strict=True, reason="avgen/cli.py main(): click (standalone_mode=False) turns Ctrl-C into "
-                   "click.Abort, so 'aborted' is printed instead of the resume hint; reported to the lead")
 def test_ctrl_c_prints_the_resume_hint(tmp_path, monkeypatch, capsys):
     from avgen.cli import main
 
