@@ -24,16 +24,26 @@ def mean_predictor_outputs(train: dict[str, Tensor], count: int, num_classes: in
     return {"rep": rep, "residual": rep, "probs": probs}
 
 
-def baseline_losses(losses: list[Any], train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int) -> dict[str, float]:
-    """{loss name: value} of the mean predictor on ``val`` for every loss that scores it without audio."""
-    outputs = mean_predictor_outputs(train, int(val["rep"].shape[0]), num_classes)
+def baseline_losses(losses: list[Any], train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int,
+                    batch_size: int = 256) -> dict[str, float]:
+    """{loss name: value} of the mean predictor on ``val`` for every loss that scores it without audio.
+
+    Scored ``batch_size`` clips at a time and averaged weighted by clip count, as fit validates.
+    """
+    count = int(val["rep"].shape[0])
+    outputs = mean_predictor_outputs(train, count, num_classes)
     scores: dict[str, float] = {}
     for loss in losses:
         if getattr(loss.fn, "needs_wave", False):
             continue  # e.g. a perceptual loss: it would need the decoded mean waveform
         try:
             with torch.no_grad():
-                scores[loss.name] = float(loss.fn(outputs, val))
+                total = 0.0
+                for start in range(0, count, batch_size):
+                    part = slice(start, start + batch_size)
+                    rows = {k: v[part] for k, v in outputs.items()}
+                    total += float(loss.fn(rows, {k: v[part] for k, v in val.items()})) * len(range(count)[part])
+                scores[loss.name] = total / max(count, 1)
         except (AvgenError, KeyError):
             continue  # the loss needs an output the mean predictor does not have
     return scores
