@@ -94,7 +94,12 @@ def generate_split(run: "Run") -> dict[str, Any]:
 def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
     """The generate stage's tensors, or {} when the run has no generator."""
     path = Path(run_dir) / OUTPUTS
-    return load_file(str(path)) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise AvgenError(f"{path}: unreadable ({exc}); rerun the generate stage: avgen run RECIPE --only generate") from exc
 
 
 # ---------------------------------------------------------------- avgen generate: any video -> sound
@@ -123,7 +128,11 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
     representation = representation.to(device) if hasattr(representation, "to") else representation
     shape = GeneratorShape(**meta["shape"])
     model = get_component("generator", recipe.generator.name).build(recipe.generator.params, shape=shape)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AvgenError(f"{ckpt}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
     return recipe, encoder, representation, model.to(device).eval(), meta
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,8 @@ from pathlib import Path
 import av
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from avgen.generate import overlap_add, window_starts
 from conftest import error_lines, run_avgen
@@ -130,7 +134,7 @@ def test_generate_exemplar_to_a_file(trained_run: Path, tmp_path: Path) -> None:
     assert abs(audio_seconds(out)[1] - video_seconds(video)) < 0.1
 
 
-@pytest.mark.parametrize("case", ["missing", "not_media", "no_model"])
+@pytest.mark.parametrize("case", ["missing", "not_media", "no_model", "weights_do_not_fit"])
 def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: str) -> None:
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     run = trained_run
@@ -139,13 +143,25 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
     elif case == "not_media":
         video = tmp_path / "bytes.mp4"
         video.write_bytes(b"this is not a video" * 100)
-    else:
+    elif case == "no_model":
         run = tmp_path / "empty_run"
         run.mkdir()
+    else:  # a valid checkpoint whose recipe says hidden = 24 while its weights were trained with 16
+        run = tmp_path / "changed_run"
+        shutil.copytree(trained_run, run)
+        best = run / "checkpoints" / "best.safetensors"
+        with safe_open(str(best), "pt") as f:
+            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        state = json.loads(metadata["avgen_state"])
+        state["meta"]["recipe"]["generator"]["hidden"] = 24
+        metadata["avgen_state"] = json.dumps(state)
+        save_file(tensors, str(best), metadata=metadata)
     proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path))
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert lines[-1].startswith("error:") and "Traceback" not in proc.stderr
+    if case == "weights_do_not_fit":
+        assert "do not fit can_lstm" in lines[-1] and len(lines) == 1
 
 
 @pytest.fixture(scope="session")
