@@ -15,6 +15,7 @@ every query must be multiplied with every bank row).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import threading
@@ -121,7 +122,7 @@ def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_
     single_repeats = args.repeats if rows <= 100_000 else 1
     print(f"\nbank {rows} x {args.dim} fp32 ({bank_mb:.0f} MB, made in {time.perf_counter() - started:.1f} s), "
           f"{n} queries, k={args.k}, chunk {chunk} rows")
-    exact_scores, exact = topk_cosine(queries, bank, args.k, chunk, bank_normalized=True)
+    _, exact = topk_cosine(queries, bank, args.k, chunk, bank_normalized=True)
     same, square = matmul_rates(queries, bank, chunk, device, args.repeats)
     if "exact" in args.backend:
         search = lambda q: topk_cosine(q, bank, args.k, chunk, bank_normalized=True)  # noqa: E731
@@ -160,15 +161,12 @@ def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_
             time_search(f"faiss nprobe/ef {nprobe}: recall@{args.k} {overlap(found, exact):.3f}",
                         lambda q: index.search(q, args.k), queries, None, same, torch.device("cpu"),
                         args.repeats, single_repeats)
-        del index
-    del bank, exact_scores
+        del index  # free its memory before the next size
 
 
 def load_faiss_plugin():
     """avgen_faiss (installed, or from examples/avgen-faiss), or None when faiss is missing."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("faiss") is None:
         return None
     if str(FAISS_PACKAGE) not in sys.path:
         sys.path.insert(0, str(FAISS_PACKAGE))

@@ -24,18 +24,14 @@ from avgen.retrieval import time_average, topk_cosine  # noqa: E402
 from avgen_faiss import RecallAtKFaiss, RecallFaissParams, build_index  # noqa: E402
 from avgen_faiss.metric import _with_missing_as_misses, top_k_overlap  # noqa: E402
 from avgen_retrieval.recall import recall_at_k  # noqa: E402
-
-
-def clustered(rng: np.random.Generator, rows: int, dim: int = 64, classes: int = 17) -> torch.Tensor:
-    centres = rng.standard_normal((classes, dim))
-    return torch.from_numpy((centres[rng.integers(0, classes, rows)] + rng.standard_normal((rows, dim))).astype(np.float32))
+from test_retrieval import clustered  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(bank [6000, 64], queries [50, 64], exact top-10 indices) on clustered data."""
     rng = np.random.default_rng(0)
-    both = clustered(rng, 6050)
+    both = torch.from_numpy(clustered(rng, 6050, 64, classes=17))
     bank, queries = both[:6000], both[6000:]
     return bank, queries, topk_cosine(queries, bank, 10)[1]
 

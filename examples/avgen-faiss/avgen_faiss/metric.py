@@ -14,7 +14,7 @@ from avgen_retrieval.recall import RecallParams, recall_at_k
 log = logging.getLogger("avgen.faiss")
 
 
-class RecallFaissParams(RecallParams, FaissParams):
+class RecallFaissParams(FaissParams, RecallParams):
     """recall_at_k's cut-offs plus the faiss index settings."""
 
 
