@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from avgen.retrieval import CosineIndex, chunk_size_for, l2_normalize, topk_cosine
-from _timing import sync, timed  # benchmarks/_timing.py
+from _timing import matmul_flops, sync, timed  # benchmarks/_timing.py
 
 FAISS_PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "avgen-faiss"
 GENERATE_ROWS = 65536
@@ -74,18 +74,15 @@ def clustered_bank(rows: int, dim: int, classes: int, seed: int, device: torch.d
 
 
 def matmul_rates(query: torch.Tensor, bank: torch.Tensor, chunk: int, device: torch.device, repeats: int) -> tuple[float, float]:
-    """(FLOP/s of the search's own matmuls without top-k, FLOP/s of a 2048^3 sgemm)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
+    """(FLOP/s of the search's own matmuls without top-k, FLOP/s of a large square sgemm)."""
+    square = matmul_flops(device, repeats)  # also turns TF32 off on CUDA: true fp32
 
     def same_shapes() -> None:
         for start in range(0, bank.shape[0], chunk):
             query @ bank[start : start + chunk].T
 
-    n = 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     flops = 2 * query.shape[0] * bank.shape[0] * bank.shape[1]
-    return flops / timed(same_shapes, device, repeats), 2 * n**3 / timed(lambda: a @ b, device, max(repeats, 5))
+    return flops / timed(same_shapes, device, repeats), square
 
 
 def overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
@@ -130,7 +127,7 @@ def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_
         after, square_after = matmul_rates(queries, bank, chunk, device, args.repeats)
         same, square = max(same, after), max(square, square_after)  # the less disturbed of the two
     print(f"  fp32 matmul (best of before and after): {same / 1e9:.0f} GFLOP/s in the search's shapes "
-          f"({flops / same / n * 1e3:.2f} ms/query is the exact-search limit), {square / 1e9:.0f} GFLOP/s as a 2048^3 sgemm")
+          f"({flops / same / n * 1e3:.2f} ms/query is the exact-search limit), {square / 1e9:.0f} GFLOP/s as a square sgemm")
     if "exact" in args.backend:
         time_search("exact fp32 (topk_cosine)", search, queries, flops, same, device, args.repeats, single_repeats,
                     seconds=seconds)
