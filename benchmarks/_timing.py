@@ -46,3 +46,14 @@ def counted_flops(fn: Callable[[], object]) -> float:
     with counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def record(bench: str, **values: float) -> None:
+    """Append {"bench": ..., values} as a JSON line to $AVGEN_BENCH_JSON (for the slow regression test)."""
+    import json
+    import os
+
+    path = os.environ.get("AVGEN_BENCH_JSON")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"bench": bench, **{k: float(v) for k, v in values.items()}}) + "\n")

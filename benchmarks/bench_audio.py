@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import avgen
+from _timing import record  # benchmarks/_timing.py
 
 SR = 22050
 SAMPLES = 11025  # 0.5 s
@@ -99,6 +100,7 @@ def main() -> None:
     print(f"avgen stft (torch.fft encode): {t_ours_torch:7.2f} s   ({t_lib_loop / t_ours_torch:.2f}x librosa clip by clip, {t_lib_batch / t_ours_torch:.2f}x batched)")
     print(f"librosa, clip by clip:        {t_lib_loop:7.2f} s   ratio {t_lib_loop / t_ours:5.2f}x")
     print(f"librosa, one batched call:    {t_lib_batch:7.2f} s   ratio {t_lib_batch / t_ours:5.2f}x")
+    record("audio", librosa_loop_ratio=t_lib_loop / t_ours, librosa_batch_ratio=t_lib_batch / t_ours)
 
     print("\n== agreement with librosa ==")
     reference = np.abs(librosa.stft(clips.astype(np.float64)))

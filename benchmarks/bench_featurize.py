@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import avgen
-from _timing import matmul_flops, timed  # benchmarks/_timing.py
+from _timing import matmul_flops, record, timed  # benchmarks/_timing.py
 from avgen.errors import AvgenError
 
 BF16_MIN_COSINE = 0.999  # bf16 features are used only when every frame's cosine to fp32 is above this
@@ -112,6 +112,7 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, use_c
         lines.append(f"  {label:36s} {fps:8.1f} frames/s  {fraction * 100:6.1f} % of fp32 matmul  {note}")
     best_fp32 = max(fps for label, fps, _ in rows if "fp32" in label and "encode()" not in label)
     lines.append(f"  best fp32 CNN rate: {best_fp32 * flops / matmul * 100:.1f} % of the fp32 matmul rate (target >= 50 %)")
+    record("featurize", **{f"{name}_fraction_of_matmul": best_fp32 * flops / matmul})
     return lines
 
 

@@ -94,6 +94,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from avgen.generate import exemplar_bank, generate_for_video, load_trained
+    from _timing import record  # benchmarks/_timing.py
     from avgen.media import probe
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +118,7 @@ def main() -> None:
             seconds, timings = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
             rtf = seconds / duration
             phases = ", ".join(f"{k} {v:.3f} s" for k, v in timings.items())
+            record("generate", **{f"{mode}_rtf": rtf})
             print(f"{mode:9s} {seconds:6.3f} s  RTF {rtf:.3f}  target {TARGET_RTF} -> {TARGET_RTF / rtf:.2f}x the target "
                   f"(median of {args.repeats}; {phases}; spread {statistics.pstdev(r[0] for r in runs):.3f} s)")
 

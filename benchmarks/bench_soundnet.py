@@ -18,7 +18,7 @@ import torch
 from avgen.errors import AvgenError
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
-from _timing import counted_flops, matmul_flops, timed  # benchmarks/_timing.py
+from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py
 
 BATCH, SAMPLES = 40, 11025  # 40 clips of 0.5 s at 22 050 Hz
 DESIGN_SECONDS = 0.1  # DESIGN.md's expected forward + backward time on 2 quiet cores
@@ -71,6 +71,7 @@ def main() -> None:
         print(f"  {label:<48}{seconds[label] * 1e3:8.1f} ms  {flops[label] / 1e9:6.1f} GFLOP  "
               f"{achieved / 1e9:6.0f} GFLOP/s = {100 * achieved / rate:5.1f} % of fp32 matmul")
     backward = seconds["forward + backward to the waveform:"]
+    record("soundnet", forward_backward_seconds=backward)
     print(f"forward + backward: {backward * 1e3:.1f} ms vs DESIGN.md's {DESIGN_SECONDS * 1e3:.0f} ms: {DESIGN_SECONDS / backward:.2f}x the expected speed")
 
 

@@ -26,7 +26,7 @@ from avgen.errors import AvgenError
 from avgen.protocols import GeneratorShape
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
-from _timing import counted_flops, matmul_flops, timed  # benchmarks/_timing.py
+from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py
 
 BATCH, FEATURE_DIM, BINS, STEPS, CLASSES, SAMPLES = 40, 2048, 1025, 22, 17, 11025
 LAMBDA, MU = 50.0, 100.0  # paper Eq. 1
@@ -105,6 +105,7 @@ def main() -> None:
         print(f"  {label:36s} {seconds * 1e3:8.1f} ms  {flops / 1e9:6.2f} GFLOP  "
               f"{flops / seconds / 1e9:6.1f} GFLOP/s = {100 * flops / seconds / peak:5.1f} % of fp32 matmul")
     step = times["whole step (incl. Adam)"]
+    record("train", step_seconds=step, soundnet_seconds=times["SoundNet perceptual, fwd+bwd"])
     shares = ", ".join(f"{label.split(',')[0]} {100 * t / step:.0f} %" for label, t in list(times.items())[:3])
     print(f"share of the step: {shares}; {BATCH / step:.0f} clips/s, one GHD epoch (~20 k training clips) "
           f"in {20000 / BATCH * step / 60:.1f} min")

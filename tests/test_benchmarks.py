@@ -1,0 +1,53 @@
+"""Performance regressions: each benchmark, run small, must stay above half of its DESIGN.md target.
+
+Slow (minutes) and meaningful only on a quiet machine: `python -m pytest -m slow tests/test_benchmarks.py`.
+Each benchmark appends its ratios as JSON lines to $AVGEN_BENCH_JSON (benchmarks/_timing.record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(tmp_path: Path, script: str, *args: str, timeout: float = 1800) -> dict[str, float]:
+    """Run benchmarks/SCRIPT ARGS; the values it recorded."""
+    out = tmp_path / "bench.jsonl"
+    env = {**os.environ, "AVGEN_BENCH_JSON": str(out)}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=BENCHMARKS, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    values: dict[str, float] = {}
+    for line in out.read_text().splitlines():
+        values.update({k: v for k, v in json.loads(line).items() if k != "bench"})
+    return values
+
+
+def test_stft_griffin_lim_stays_above_half_of_3x_librosa(tmp_path):
+    values = run_bench(tmp_path, "bench_audio.py", "--clips", "128", "--repeats", "2")
+    assert values["librosa_loop_ratio"] >= 1.5, values
+
+
+def test_resnet50_features_stay_above_half_of_50_percent_of_matmul(tmp_path):
+    values = run_bench(tmp_path, "bench_featurize.py", "--models", "resnet50", "--repeats", "2")
+    assert values["resnet50_fraction_of_matmul"] >= 0.25, values
+
+
+def test_soundnet_forward_backward_stays_under_twice_0_1_s(tmp_path):
+    values = run_bench(tmp_path, "bench_soundnet.py", "--repeats", "3")
+    assert values["forward_backward_seconds"] <= 0.2, values
+
+
+def test_generate_real_time_factor_stays_under_twice_0_1(tmp_path):
+    values = run_bench(tmp_path, "bench_generate.py", "--repeats", "2")
+    assert values["raw_rtf"] <= 0.2 and values["exemplar_rtf"] <= 0.2, values
