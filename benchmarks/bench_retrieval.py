@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from avgen.retrieval import CosineIndex, chunk_size_for, l2_normalize, topk_cosine
-from _timing import matmul_flops, sync, timed  # benchmarks/_timing.py
+from _timing import matmul_flops, record, sync, timed  # benchmarks/_timing.py
 
 FAISS_PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "avgen-faiss"
 GENERATE_ROWS = 65536
@@ -91,8 +91,9 @@ def overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def time_search(name: str, search: Callable[[torch.Tensor], object], queries: torch.Tensor, flops: float | None,
-                rate: float, device: torch.device, repeats: int, single_repeats: int, seconds: float = 0.0) -> None:
-    """Print ms/query and queries/s for the batch, its matmul-rate fraction (exact search), one query's latency.
+                rate: float, device: torch.device, repeats: int, single_repeats: int, seconds: float = 0.0) -> float:
+    """Print ms/query and queries/s for the batch, its matmul-rate fraction (exact search), one query's latency;
+    return the batch seconds per query.
 
     ``seconds``: the batch time when already measured (then one call here gives the memory peak).
     """
@@ -106,6 +107,7 @@ def time_search(name: str, search: Callable[[torch.Tensor], object], queries: to
     achieved = f"{flops / seconds / 1e9:5.0f} GFLOP/s = {flops / seconds / rate:6.1%} of matmul" if flops else " " * 34
     print(f"  {name:<38} {per_query * 1e3:7.2f} ms/query {1 / per_query:8.0f} queries/s  {achieved}  "
           f"1 query {single * 1e3:7.1f} ms  search memory +{memory.extra_mb:.0f} MB")
+    return per_query
 
 
 def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_module) -> None:
@@ -129,8 +131,10 @@ def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_
     print(f"  fp32 matmul (best of before and after): {same / 1e9:.0f} GFLOP/s in the search's shapes "
           f"({flops / same / n * 1e3:.2f} ms/query is the exact-search limit), {square / 1e9:.0f} GFLOP/s as a square sgemm")
     if "exact" in args.backend:
-        time_search("exact fp32 (topk_cosine)", search, queries, flops, same, device, args.repeats, single_repeats,
-                    seconds=seconds)
+        per_query = time_search("exact fp32 (topk_cosine)", search, queries, flops, same, device, args.repeats,
+                                single_repeats, seconds=seconds)
+        record("retrieval", **{f"exact_fp32_{rows}_ms_per_query": per_query * 1e3,
+                               f"exact_limit_{rows}_ms_per_query": flops / same / n * 1e3})
         if device.type == "cpu" or torch.cuda.is_bf16_supported():
             with PeakMemory() as memory:
                 index = CosineIndex(bank, normalized=True, precision="bf16", chunk_size=args.chunk_size or None,
@@ -139,8 +143,9 @@ def bench_size(rows: int, args: argparse.Namespace, device: torch.device, faiss_
             agree = float((found == exact).all(dim=1).float().mean())
             print(f"  bf16 copy: +{memory.extra_mb:.0f} MB; {index.fallbacks}/{n} queries fell back to fp32, "
                   f"{agree:.1%} identical to the fp32 top-{args.k}")
-            time_search(f"exact bf16 + proof (rerank {args.rerank})", lambda q: index.search(q, args.k),
-                        queries, flops, same, device, args.repeats, single_repeats)
+            per_query = time_search(f"exact bf16 + proof (rerank {args.rerank})", lambda q: index.search(q, args.k),
+                                    queries, flops, same, device, args.repeats, single_repeats)
+            record("retrieval", **{f"exact_bf16_{rows}_ms_per_query": per_query * 1e3})
             del index
     if "faiss" in args.backend and faiss_module is not None:
         with PeakMemory() as memory:

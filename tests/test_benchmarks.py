@@ -51,3 +51,9 @@ def test_soundnet_forward_backward_stays_under_twice_0_1_s(tmp_path):
 def test_generate_real_time_factor_stays_under_twice_0_1(tmp_path):
     values = run_bench(tmp_path, "bench_generate.py", "--repeats", "2")
     assert values["raw_rtf"] <= 0.2 and values["exemplar_rtf"] <= 0.2, values
+
+
+def test_exact_retrieval_at_100k_stays_within_twice_the_matmul_limit(tmp_path):
+    """Exact search is bound by its matmul (DESIGN: < 10 ms/query at 1 M); at 100 k it must stay near that bound."""
+    values = run_bench(tmp_path, "bench_retrieval.py", "--sizes", "100000", "--backend", "exact")
+    assert values["exact_fp32_100000_ms_per_query"] <= 2 * values["exact_limit_100000_ms_per_query"], values
