@@ -191,9 +191,10 @@ def check_flat(small: dict, large: dict, allowed: float) -> None:
 
 
 def test_featurize_and_fit_heap_does_not_grow_with_the_dataset(tmp_path):
-    """200 vs 800 clips of 1 s at 8 kHz: 4x the data (waves + STFTs), the heap grows by well under a tenth of it."""
-    small, large = bench(tmp_path, "200,800", 1.0)
-    check_flat(small, large, allowed=0.1)
+    """200 vs 800 clips of 2 s at 8 kHz: +149 MiB of waves + STFTs. Holding splits in the heap (as before the
+    memory maps) grew RssAnon by 0.9x that; now it grows by a few MiB of allocator noise."""
+    small, large = bench(tmp_path, "200,800", 2.0)
+    check_flat(small, large, allowed=0.25)
 
 
 @pytest.mark.slow

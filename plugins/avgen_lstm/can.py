@@ -70,10 +70,11 @@ def class_means(reps: torch.Tensor, labels: torch.Tensor, shape: GeneratorShape)
     sums = torch.zeros(num_classes + 1, *expected, dtype=torch.float64, device=reps.device)
     counts = torch.zeros(num_classes + 1, dtype=torch.float64, device=reps.device)
     slot = torch.where(labels < 0, num_classes, labels)  # unlabelled clips go to an extra slot
-    for start in range(0, reps.shape[0], 1024):
-        chunk = reps[start : start + 1024].to(torch.float64)
-        sums.index_add_(0, slot[start : start + 1024], chunk)
-        counts.index_add_(0, slot[start : start + 1024], torch.ones(chunk.shape[0], dtype=torch.float64, device=reps.device))
+    rows = max(1, (64 << 20) // (8 * expected[0] * expected[1]))  # float64 chunks of about 64 MiB
+    for start in range(0, reps.shape[0], rows):
+        chunk = reps[start : start + rows].to(torch.float64)
+        sums.index_add_(0, slot[start : start + rows], chunk)
+        counts.index_add_(0, slot[start : start + rows], torch.ones(chunk.shape[0], dtype=torch.float64, device=reps.device))
     global_mean = sums.sum(0) / counts.sum()
     means = sums[:num_classes] / counts[:num_classes].clamp_min(1)[:, None, None]
     missing = (counts[:num_classes] == 0).nonzero().flatten().tolist()
