@@ -54,3 +54,17 @@ def example_plugin() -> None:
         import avgen_plugin_example  # noqa: F401
     except ImportError:
         pytest.fail("the example plugin is not installed: pip install -e examples/avgen-plugin-example")
+
+
+def avgen_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, list[str]]:
+    """Run the real CLI entry point in this process: (exit code, stdout, non-empty stderr lines)."""
+    from avgen.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip()]

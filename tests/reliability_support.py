@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_avgen
+from conftest import avgen_in_process, run_avgen
 
 # The tones dataset and mean_color encoder come from the example plugin; everything else is built in.
 RECIPE = """
@@ -108,21 +108,9 @@ def start_cli(args: list[str], home: Path, stderr: Path) -> subprocess.Popen[str
 
 
 def cli_in_process(capsys, *args: str) -> tuple[int, list[str], str]:
-    """Run the real CLI entry point in this process: (exit code, non-empty stderr lines, stdout).
-
-    Set AVGEN_HOME with monkeypatch and use the ``one_thread`` fixture, so results match the subprocess runs.
-    """
-    from avgen.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, [line for line in err.splitlines() if line.strip()], out
-
+    """The real CLI in this process: (exit code, non-empty stderr lines, stdout)."""
+    code, out, err = avgen_in_process(capsys, *args)
+    return code, err, out
 
 def reference_run(tmp_path_factory, *overrides: str) -> Path:
     """An uninterrupted run of the tiny recipe with ``overrides`` (one per pytest session); its run directory."""

