@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--encoder-precision", choices=["fp32", "bf16"],
+                        help="time the encoder at this precision instead of the run's (what a recipe with "
+                             "[encoder] precision = 'bf16' would give; its features differ slightly from fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,9 +107,12 @@ def main() -> None:
         started = time.perf_counter()
         recipe, encoder, representation, model, meta = load_trained(run_dir, device)
         load_seconds = time.perf_counter() - started
+        if args.encoder_precision:
+            encoder.precision = args.encoder_precision
         bank = exemplar_bank(recipe, run_dir, device)
         duration = probe(video).duration
-        print(f"video {video} ({duration:.1f} s), run {run_dir}, {args.threads} threads, {args.device}; "
+        print(f"video {video} ({duration:.1f} s), run {run_dir}, {args.threads} threads, {args.device}, "
+              f"encoder {recipe.encoder.name} at {encoder.fps} fps in {encoder.precision}; "
               f"model load {load_seconds:.2f} s (not counted)")
         for mode, kwargs in (("raw", {}), ("exemplar", {"exemplar_bank": bank})):
             generate_for_video(video, recipe, encoder, representation, model, meta, device, **kwargs)  # warm-up
