@@ -715,7 +715,8 @@ class Run:
         info = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
         best = next((e["val"] for e in result.history if e["epoch"] == result.best_epoch), None)
         if best:
-            baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes)
+            baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes,
+                                       batch_size=self.recipe.train.batch_size)
             info.update(val=best, baseline_val=baseline)
             line = compare_line(best, baseline, result.best_epoch)
             if line:

@@ -6,8 +6,12 @@ memory-mapped split and representation files: reclaimable, bounded by the page c
 parent reports the child's ru_maxrss, clips/s, the bytes on disk (cache entries + the mapped
 scratch representation) and how peak RssAnon changes from the smallest to the largest size.
 
-    python benchmarks/bench_scale.py                        # 1k, 4k, 16k clips of 10 s at 8 kHz
-    python benchmarks/bench_scale.py --sizes 200,800 --clip-seconds 1
+    python benchmarks/bench_scale.py                  # 1k, 4k, 16k (VIG size) clips of 10 s at 8 kHz: ~11 min on
+                                                      # 2 quiet cores, needs ~15 GiB free disk (see --tmp)
+    python benchmarks/bench_scale.py --sizes 200,800 --clip-seconds 2
+
+Encoder: the example plugin's mean_color (per-frame colour mean/std, 6-d; 1 fps, 32 px), so the
+cost is data synthesis, I/O and the LSTM, not a CNN.
 """
 
 from __future__ import annotations
@@ -135,8 +139,8 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"{args.input_size} px), stft {args.n_fft}/{args.hop_length}, can_lstm, {args.epochs} epoch(s), "
              f"{args.workers} loader workers, {args.threads} torch threads",
              "| clips | featurize clips/s | fit clips/s | on disk (MiB) | peak RssAnon (MiB) | peak RssFile (MiB) "
-             "| ru_maxrss (MiB) | ru_maxrss / on disk |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ru_maxrss (MiB) | ru_maxrss / on disk | ru_maxrss - on disk (MiB) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         disk = r["cache_bytes"] + r["rep_scratch_bytes"]
         anon = max(p.get("RssAnon", 0) for p in r["peaks"].values())
@@ -144,7 +148,7 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         train_clips = r["clips"] * 0.8 * args.epochs
         lines.append(f"| {r['clips']} | {r['clips'] / r['seconds']['featurize']:.1f} | {train_clips / r['seconds']['fit']:.1f} "
                      f"| {disk / mib:.0f} | {anon / mib:.0f} | {file / mib:.0f} | {r['ru_maxrss'] / mib:.0f} "
-                     f"| {r['ru_maxrss'] / max(disk, 1):.3f} |")
+                     f"| {r['ru_maxrss'] / max(disk, 1):.3f} | {(r['ru_maxrss'] - disk) / mib:.0f} |")
     first, last = results[0], results[-1]
     anon = [max(p.get("RssAnon", 0) for p in r["peaks"].values()) for r in (first, last)]
     disk = [r["cache_bytes"] + r["rep_scratch_bytes"] for r in (first, last)]

@@ -70,7 +70,7 @@ def class_means(reps: torch.Tensor, labels: torch.Tensor, shape: GeneratorShape)
     sums = torch.zeros(num_classes + 1, *expected, dtype=torch.float64, device=reps.device)
     counts = torch.zeros(num_classes + 1, dtype=torch.float64, device=reps.device)
     slot = torch.where(labels < 0, num_classes, labels)  # unlabelled clips go to an extra slot
-    rows = max(1, (64 << 20) // (8 * expected[0] * expected[1]))  # float64 chunks of about 64 MiB
+    rows = max(1, (16 << 20) // (8 * expected[0] * expected[1]))  # float64 chunks of about 16 MiB
     for start in range(0, reps.shape[0], rows):
         chunk = reps[start : start + rows].to(torch.float64)
         sums.index_add_(0, slot[start : start + rows], chunk)
