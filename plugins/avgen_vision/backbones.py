@@ -28,6 +28,7 @@ class Backbone:
     mean: tuple[float, ...] = IMAGENET_MEAN  # the architecture's own default; cards of built-ins override it
     std: tuple[float, ...] = IMAGENET_STD
     convert: Callable[[StateDict], StateDict] = field(default=lambda state: state)  # foreign key names -> ours
+    cpu_batch: int = 16  # frames per CPU forward pass; larger batches push activations out of the cache
 
 
 def torchvision_resnet(arch: str, weights_file: str) -> Backbone:
@@ -38,7 +39,8 @@ def torchvision_resnet(arch: str, weights_file: str) -> Backbone:
     dim = model.fc.in_features
     model.fc = nn.Identity()
     url = TORCHVISION_URL + weights_file
-    return Backbone(model, dim, ("fc.",), lambda: torchvision_imagenet(url, f"encoder '{arch}'"))
+    # CPU batch: 8 frames ran ResNet-50 at 19.6 f/s, 64 at 14.6 (2 threads, docs/benchmarks.md)
+    return Backbone(model, dim, ("fc.",), lambda: torchvision_imagenet(url, f"encoder '{arch}'"), cpu_batch=8)
 
 
 def torchvision_alexnet(weights_file: str) -> Backbone:
@@ -48,7 +50,8 @@ def torchvision_alexnet(weights_file: str) -> Backbone:
     model = torchvision.models.alexnet(weights=None)
     model.classifier = model.classifier[:6]  # Dropout, fc6, ReLU, Dropout, fc7, ReLU (fc8 removed)
     url = TORCHVISION_URL + weights_file
-    return Backbone(model, 4096, ("classifier.6.",), lambda: torchvision_imagenet(url, "encoder 'alexnet'"))
+    # CPU batch: AlexNet's fc layers gain from large batches (64 frames: 195 f/s, 8: 107)
+    return Backbone(model, 4096, ("classifier.6.",), lambda: torchvision_imagenet(url, "encoder 'alexnet'"), cpu_batch=64)
 
 
 def timm_backbone(name: str, what: str) -> Backbone:
@@ -91,4 +94,5 @@ def efficientnet_lite0() -> Backbone:
 
     backbone.imagenet = imagenet
     backbone.convert = convert
+    backbone.cpu_batch = 4  # depthwise convs are memory bound: 4 frames ran at 94 f/s, 64 at 41.5
     return backbone

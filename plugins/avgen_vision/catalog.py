@@ -109,6 +109,7 @@ def make_factory(spec: EncoderSpec) -> Callable[..., FrameEncoder]:
         return FrameEncoder(
             backbone.model, dim=backbone.dim, fps=params.fps, input_size=params.input_size, mean=mean, std=std,
             device=device, batch_size=params.batch_size, precision=params.precision, weights_source=source,
+            cpu_batch=backbone.cpu_batch,
         )
 
     factory.__name__ = f"make_{spec.name}"

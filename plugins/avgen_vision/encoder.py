@@ -34,6 +34,7 @@ class FrameEncoder:
         batch_size: int = 0,
         precision: str = "fp32",
         weights_source: str = "",
+        cpu_batch: int = MAX_BATCH["cpu"],
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
@@ -42,6 +43,7 @@ class FrameEncoder:
         self.input_size = input_size
         self.batch_size = batch_size
         self.precision = precision
+        self.cpu_batch = cpu_batch  # the automatic batch on CPU is at most this (the backbone's best)
         self.weights_source = weights_source  # for the run report: where the weights came from
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -54,7 +56,7 @@ class FrameEncoder:
             raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
         count = frames.shape[0]
         out = torch.empty(count, self.dim, dtype=torch.float32)
-        step = self.batch_size or auto_batch_size(self.device, self.input_size)
+        step = self.batch_size or auto_batch_size(self.device, self.input_size, self.cpu_batch)
         with torch.inference_mode():
             for start in range(0, count, step):
                 batch = self.preprocess(frames[start : start + step])
@@ -77,11 +79,12 @@ class FrameEncoder:
         return contextlib.nullcontext()
 
 
-def auto_batch_size(device: torch.device, input_size: int) -> int:
-    """Frames per forward pass so that one batch's activations fit a quarter of the free memory."""
+def auto_batch_size(device: torch.device, input_size: int, cpu_batch: int = MAX_BATCH["cpu"]) -> int:
+    """Frames per forward pass so that one batch's activations fit a quarter of the free memory
+    (on CPU also at most ``cpu_batch``, the size that keeps the backbone's activations in cache)."""
     per_frame = ACTIVATION_FLOATS_PER_PIXEL * input_size * input_size * 4
     budget = int(free_memory_bytes(device) * MEMORY_SHARE)
-    cap = MAX_BATCH.get(device.type, MAX_BATCH["cpu"])
+    cap = min(cpu_batch, MAX_BATCH["cpu"]) if device.type == "cpu" else MAX_BATCH.get(device.type, MAX_BATCH["cpu"])
     return max(1, min(cap, budget // per_frame))
 
 
