@@ -66,14 +66,21 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The tensors stored under key, or None (a corrupt entry is removed and counts as a miss)."""
+    def get(self, key: str, mapped: bool = False) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under key, or None (a corrupt entry is removed and counts as a miss).
+
+        ``mapped``: views of a read-only memory map of the file instead of tensors in RAM.
+        """
         path = self.path(key)
         if not path.is_file():
             self.misses += 1
             return None
+        if mapped:
+            from avgen.mapped import map_verified as reader  # avgen.mapped imports this module
+        else:
+            reader = read_verified
         try:
-            tensors, _ = read_verified(path)
+            tensors, _ = reader(path)
         except Exception as exc:  # truncated, damaged or foreign file: rebuild it
             log.warning("cache entry %s is unreadable (%s); rebuilding it", path, exc)
             path.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from avgen.atomic import TEMP_SUFFIX, remove_stale_temp_files, write_json, write
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
-from avgen.mapped import RowWriter, map_safetensors, map_verified, scratch_file
+from avgen.mapped import RowWriter, map_safetensors, scratch_file
 from avgen.protocols import Clip, EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.registry import get_component
@@ -497,7 +497,7 @@ class Run:
         samples, frames = self._sizes()
         keys = self._clip_keys(clips)
         split_key = cache_key("split", keys)
-        cached = self._mapped_entry(split_key)
+        cached = self.cache.get(split_key, mapped=True)
         info: dict[str, Any] = {"clips": len(clips), "encoded": 0, "from_cache": 0}
         if cached is not None:
             info["from_cache"] = len(clips)
@@ -574,22 +574,6 @@ class Run:
         data = self.recipe.data
         audio_id = (data.name, data.params, get_component("dataset", data.name).version, self.sample_rate)
         return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
-
-    def _mapped_entry(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The cache entry under key as memory-mapped tensors, or None (a corrupt entry is removed: a miss)."""
-        path = self.cache.path(key)
-        if not path.is_file():
-            self.cache.misses += 1
-            return None
-        try:
-            tensors, _ = map_verified(path)
-        except Exception as exc:  # truncated, damaged or foreign file: rebuild it
-            log.warning("cache entry %s is unreadable (%s); rebuilding it", path, exc)
-            path.unlink(missing_ok=True)
-            self.cache.misses += 1
-            return None
-        self.cache.hits += 1
-        return tensors
 
     def _encode_rep(self, wave: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """The representation of every row of ``wave``, written batch by batch to a mapped scratch file."""
