@@ -65,8 +65,10 @@ def train_small_run(folder: Path) -> Path:
     recipe = folder / "bench_generate.toml"
     recipe.write_text(RECIPE.format(root=folder / "data"))
     print(f"training a small run in {folder} (pass --run DIR to use your own) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "avgen", "run", str(recipe), "--out", str(folder / "runs"),
-                    "--only", "fit"], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "avgen", "run", str(recipe), "--out", str(folder / "runs")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training the small run failed:\n{done.stderr[-3000:]}")
     return folder / "runs" / "bench_generate"
 
 
