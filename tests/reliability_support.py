@@ -143,11 +143,15 @@ def wait_for_log(run_dir: Path, text: str, count: int, proc: subprocess.Popen, t
 
 
 def checkpoint_epoch(run_dir: Path) -> int | None:
-    """The epoch of checkpoints/last (the readable .json copy), or None before fit wrote one."""
-    path = run_dir / "checkpoints" / "last.json"
+    """The epoch of checkpoints/last.safetensors (the state a resume reads; the .json copy is written
+    after it, so a kill between the two leaves the .json one epoch behind), or None before fit wrote one."""
+    from safetensors import safe_open
+
+    path = run_dir / "checkpoints" / "last.safetensors"
     try:
-        return int(json.loads(path.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        with safe_open(str(path), "pt") as f:
+            return int(json.loads(f.metadata()["avgen_state"])["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
