@@ -231,3 +231,19 @@ def test_every_registered_spec_has_mean_std_and_weights_on_its_card():
     for spec in catalog.SPECS:
         card = avgen.get_component("encoder", spec.name).card
         assert {"mean", "std", "weights", "license", "input_size", "fps", "feature_dim"} <= set(card)
+
+
+def test_an_unreachable_hub_fails_at_once_instead_of_retrying(monkeypatch):
+    """Offline, the Hugging Face download is not attempted (it retries for ~30 s, logging each try)."""
+    import time
+
+    from avgen_vision.weights import _check_reachable
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.perf_counter()
+    with pytest.raises(OSError):
+        _check_reachable("avgen-test.invalid")  # RFC 2606: .invalid never resolves
+    assert time.perf_counter() - started < 10
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    _check_reachable("avgen-test.invalid")  # behind a proxy the client finds the way; nothing to check

@@ -122,6 +122,7 @@ def _timm_from_hf(hub_id: str, what: str) -> tuple[StateDict, str]:
         if isinstance(cached, str) and Path(cached).is_file():
             return load_state_dict_file(Path(cached), what), cached
     try:
+        _check_reachable("huggingface.co")  # offline, hf_hub_download would retry for ~30 s, logging each try
         path = hf_hub_download(hub_id, "model.safetensors")
     except Exception as exc:  # offline mode, no network, no such file
         raise AvgenError(
@@ -131,6 +132,18 @@ def _timm_from_hf(hub_id: str, what: str) -> tuple[StateDict, str]:
             "and set weights = '/path/to/model.safetensors'"
         ) from exc
     return load_state_dict_file(Path(path), what), path
+
+
+def _check_reachable(host: str, timeout: float = 5.0) -> None:
+    """Raise OSError at once when ``host``:443 cannot be reached directly (no DNS, no route, refused).
+    Behind a proxy the download client knows the way, so there is nothing to check here."""
+    import os
+    import socket
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    with socket.create_connection((host, 443), timeout=timeout):
+        pass
 
 
 def _first_line(exc: BaseException) -> str:
