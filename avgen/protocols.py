@@ -110,6 +110,7 @@ class EvalContext:
     real_reps: torch.Tensor | None = None  # [N, D, F]
     train_labels: torch.Tensor | None = None  # long [M]
     train_waves: Any = None  # callable () -> float [M, T], loaded on demand
+    train_bank: Any = None  # callable () -> float [M, D]: time-averaged training reps, the retrieval bank (Eq. 8)
     predicted_reps: torch.Tensor | None = None  # [N, D, F] the generator's s'
     generated: dict[str, torch.Tensor] = field(default_factory=dict)  # "raw"/"exemplar" -> [N, T]
     retrieved: torch.Tensor | None = None  # long [N, K] training-clip indices, best first

@@ -755,12 +755,13 @@ class Run:
         split = self.recipe.eval.split
         test, train = self.split(split), self.split("train")
         from avgen.generate import load_generated
+        from avgen.retrieval import time_average
 
         generated = load_generated(self.run_dir)
         return EvalContext(
             run_dir=self.run_dir, sample_rate=self.sample_rate, class_names=list(self.dataset.class_names),
             test_ids=[c.id for c in test.clips], test_labels=test.label, real_waves=test.wave, real_reps=test.rep,
-            train_labels=train.label, train_waves=lambda: train.wave,
+            train_labels=train.label, train_waves=lambda: train.wave, train_bank=lambda: time_average(train.rep),
             predicted_reps=generated.get("rep"), generated={k: generated[k] for k in ("raw", "exemplar") if k in generated},
             retrieved=generated.get("retrieved"), representation=self.representation, device=self.device,
             extra={"dataset_hash": cache_key(self.recipe.data.name, self.recipe.data.params, [c.id for c in train.clips]),

@@ -93,8 +93,8 @@ def test_metric_equals_recall_at_k_of_the_exact_search(tmp_path):
     exact = topk_cosine(time_average(predicted), bank, 10)[1]
     ctx = EvalContext(run_dir=tmp_path, sample_rate=22050, class_names=[str(i) for i in range(6)],
                       test_ids=[str(i) for i in range(30)], test_labels=test_labels, real_waves=test_waves,
-                      train_labels=train_labels, train_waves=lambda: train_waves, predicted_reps=predicted,
-                      retrieved=exact, representation=rep)
+                      train_labels=train_labels, train_waves=lambda: train_waves, train_bank=lambda: bank,
+                      predicted_reps=predicted, retrieved=exact, representation=rep)
     params = RecallFaissParams(ks=[1, 5, 10], index="ivf_flat", nlist=4, nprobe=4, train_per_list=40)
     out = RecallAtKFaiss(params).compute(ctx)
     assert {k: out[k] for k in ("R@1", "R@5", "R@10")} == recall_at_k(exact, train_labels, test_labels, [1, 5, 10])

@@ -25,10 +25,10 @@ class RecallAtKFaiss:
         self.params = params
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        if ctx.predicted_reps is None or ctx.train_labels is None or ctx.train_waves is None or ctx.representation is None:
+        if ctx.predicted_reps is None or ctx.train_labels is None or ctx.train_bank is None:
             log.info("recall_at_k_faiss: no generated representations or training clips in this run; skipped")
             return {}
-        index = build_index(training_bank(ctx), FaissParams(**self.params.model_dump(include=set(FaissParams.model_fields))))
+        index = build_index(ctx.train_bank(), FaissParams(**self.params.model_dump(include=set(FaissParams.model_fields))))
         k = max(self.params.ks)
         _, retrieved = index.search(time_average(ctx.predicted_reps), k)
         out = recall_at_k(*_with_missing_as_misses(retrieved, ctx.train_labels), ctx.test_labels, self.params.ks)
@@ -36,16 +36,6 @@ class RecallAtKFaiss:
             kk = min(k, ctx.retrieved.shape[1], retrieved.shape[1])
             out[f"exact_overlap@{kk}"] = round(top_k_overlap(retrieved[:, :kk], ctx.retrieved[:, :kk]), 6)
         return out
-
-
-def training_bank(ctx: EvalContext, batch: int = 256) -> torch.Tensor:
-    """Time-averaged representations of the training clips [M, D], encoded as the runner encodes them."""
-    waves = ctx.train_waves()
-    parts = []
-    with torch.no_grad():
-        for start in range(0, waves.shape[0], batch):
-            parts.append(time_average(ctx.representation.encode(waves[start : start + batch].to(ctx.device)).float().cpu()))
-    return torch.cat(parts)
 
 
 def top_k_overlap(found: torch.Tensor, exact: torch.Tensor) -> float:
