@@ -38,14 +38,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
     except OSError as exc:  # raised by the caller's writer; a read error of some input passes through
         tmp_path.unlink(missing_ok=True)
         if exc.errno in _WRITE_ONLY_ERRNOS or exc.filename in (str(tmp_path), tmp_path):
-            raise _write_error(path, exc) from exc
+            raise write_error(path, exc) from exc
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -57,12 +57,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise _write_error(path, exc) from exc
+            raise write_error(path, exc) from exc
         raise
     _fsync_folder(path.parent)
 
 
-def _write_error(path: Path, exc: OSError) -> WriteError:
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one-line error for an OS error while writing ``path`` (the CLI prints it, exit 2)."""
     reason = _REASONS.get(exc.errno or 0, "write failed")
     detail = exc.strerror or str(exc)
     return WriteError(f"cannot write {path}: {reason} ({detail}); the previous file, if any, is kept; "

@@ -42,7 +42,7 @@ def baseline_losses(losses: list[Any], train: dict[str, Tensor], val: dict[str, 
                 for start in range(0, count, batch_size):
                     part = slice(start, start + batch_size)
                     rows = {k: v[part] for k, v in outputs.items()}
-                    total += float(loss.fn(rows, {k: v[part] for k, v in val.items()})) * len(range(count)[part])
+                    total += float(loss.fn(rows, {k: v[part] for k, v in val.items()})) * min(batch_size, count - start)
                 scores[loss.name] = total / max(count, 1)
         except (AvgenError, KeyError):
             continue  # the loss needs an output the mean predictor does not have

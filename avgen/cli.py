@@ -243,19 +243,14 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
         err_console.print(f"[bold]avgen run[/bold] {escape(str(run.recipe.source))} -> {escape(str(run.run_dir))} "
                           f"on {run.device}")
         run.execute(only=only, fresh=fresh)
-        if _rank() == 0:
+        if run.rank == 0:
             console.print(f"run directory: {run.run_dir}", markup=False)
     _leave_process_group()
-    if len(run_dirs) > 1 and _rank() == 0:
+    if runs and runs[0].rank != 0:  # under torchrun only rank 0 compares and reports
+        return
+    if len(run_dirs) > 1:
         _compare(click.get_current_context(), run_dirs)
-    if _rank() == 0:
-        err_console.print(f"total time: {time.perf_counter() - started:.1f} s")
-
-
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
+    err_console.print(f"total time: {time.perf_counter() - started:.1f} s")
 
 
 def _leave_process_group() -> None:

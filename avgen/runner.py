@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import TEMP_SUFFIX, remove_stale_temp_files, write_json, write_text
+from avgen.atomic import TEMP_SUFFIX, WriteError, remove_stale_temp_files, write_error, write_json, write_text
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
@@ -241,10 +241,8 @@ class _SplitRows:
             tensors, _ = map_safetensors(out)
         return tensors.get("features"), tensors["wave"]
 
-    def _error(self, exc: OSError) -> AvgenError:
-        where = self.target if self.target is not None else self.scratch_dir
-        return AvgenError(f"cannot write the featurized split to {where}: {exc.strerror or exc}; "
-                          "free space on that disk (or set AVGEN_CACHE elsewhere), then rerun to resume")
+    def _error(self, exc: OSError) -> WriteError:
+        return write_error(self.target if self.target is not None else self.scratch_dir, exc)
 
     def close(self) -> None:
         """Close the file; an unpublished temporary is removed (mapped views stay valid)."""
