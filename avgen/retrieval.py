@@ -1,39 +1,110 @@
-"""Exact cosine top-K retrieval over a large bank, chunked so memory stays bounded.
+"""Exact cosine top-K retrieval over a large bank, chunked so memory stays bounded, the same on every machine.
 
 Used for the exemplar sound (paper Eq. 8): the query is the time-averaged s', the bank the
-time-averaged representations of the training clips. ``topk_cosine`` is one call;
-``CosineIndex`` normalizes the bank once for repeated searches and can take a bfloat16
-first pass whose answers are proved exact (or recomputed in fp32).
+time-averaged representations of the training clips.
+
+What "exact" and "deterministic" mean here: a bank row's score is the float64 cosine of the
+query and the row as given, every sum taken in one fixed order (``fixed_order_sum``), so it is a
+function of the inputs alone: the same on every CPU, BLAS kernel, thread count, GPU and chunk
+size. Rows are ranked by that score, descending, ties to the lower bank index. The fast fp32 (or
+bf16) matmul scan over unit rows only picks candidates; their scores are recomputed in float64,
+and a per-query proof from the scan's rounding-error bound shows that no other row can reach the
+k-th score. A query the proof cannot settle (more near-ties than the candidate list holds) is
+searched again with a score threshold, so the answer never depends on how the matmul rounded.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch memory per chunk (scores + normalized bank rows)
 MAX_CHUNK_ROWS = 4096  # bank rows per matmul: bigger blocks fall out of cache (3x slower at 65 536 rows, 1025-d)
+RESCORE_BUDGET = 64 * 2**20  # bytes of float64 scratch per block of rescored candidates
+DEFAULT_RERANK = 16  # candidates kept beyond k by the fp32 scan and rescored in float64
 BF16_ROUNDING = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest even)
 FP32_ROUNDING = 2.0**-24
+FP64_ROUNDING = 2.0**-53
 
 
-def time_average(reps: torch.Tensor) -> torch.Tensor:
-    """[N, D, F] -> [N, D]: the mean over frames (the averaged spectrum of paper Eq. 8)."""
+def fixed_order_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim in one fixed pairwise order (halves added elementwise): [..., D] -> [...].
+
+    Elementwise IEEE additions in a fixed order round the same way on every machine, unlike a
+    reduction kernel whose order follows the vector width and thread count.
+    """
+    if x.shape[-1] == 0:
+        return x.new_zeros(x.shape[:-1])
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        summed = x[..., :half] + x[..., half : 2 * half]
+        if x.shape[-1] % 2:  # an odd count: the last term joins the first pair
+            summed[..., 0] += x[..., -1]
+        x = summed
+    return x[..., 0]
+
+
+def time_average(reps: torch.Tensor, rows_per_block: int | None = None) -> torch.Tensor:
+    """[N, D, F] -> float32 [N, D]: the mean over frames (the averaged spectrum of paper Eq. 8), the same on every machine.
+
+    Summed in float64 in a fixed order, ``rows_per_block`` clips at a time (default: 32 MiB of float64).
+    """
     if reps.dim() != 3:
         raise ValueError(f"time_average expects [N, D, F], got shape {tuple(reps.shape)}")
-    return reps.float().mean(dim=2)
+    out = torch.empty(reps.shape[:2], dtype=torch.float32, device=reps.device)
+    frames = max(1, reps.shape[2])
+    rows_per_block = rows_per_block or max(1, 2**22 // max(1, reps.shape[1] * frames))
+    for start in range(0, reps.shape[0], rows_per_block):
+        block = reps[start : start + rows_per_block].to(torch.float64)
+        out[start : start + block.shape[0]] = (fixed_order_sum(block) / frames).float()
+    return out
 
 
-def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero, so their cosine is 0)."""
-    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """float32 rows scaled to unit L2 norm (all-zero rows stay zero), the same on every machine.
+
+    The norm is taken in float64 in a fixed order and each entry rounded once to float32, so a
+    row and its copies (also scaled by a power of two) give bit-identical unit vectors.
+    """
+    x64 = x.to(torch.float64)
+    norm = fixed_order_sum(x64 * x64).sqrt().unsqueeze(-1)
+    return torch.where(norm > 0, x64 / norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0).float()
+
+
+def exact_cosine(query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """float64 cosines [N, C] of query rows [N, D] with their candidate rows [N, C, D], summed in a fixed order.
+
+    Products of float32 numbers are exact in float64, so the only roundings are those of the
+    fixed-order sums, the square root and the division: the same on every machine. Zero rows score
+    0; a NaN score becomes -inf (ranked last).
+    """
+    q = query.to(torch.float64)
+    r = rows.to(torch.float64)
+    dot = fixed_order_sum(r * q.unsqueeze(1))
+    norms = fixed_order_sum(q * q).sqrt().unsqueeze(1) * fixed_order_sum(r * r).sqrt()
+    cos = torch.where(norms > 0, dot / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return cos.nan_to_num(nan=-float("inf"))
+
+
+def fp32_score_error(dim: int) -> float:
+    """Bound on |fp32 matmul score of the ``l2_normalize`` rows - exact_cosine of the rows|, in any summation order.
+
+    The dot product's roundings (at most dim in a row, whatever the order: gamma_dim) plus ``rescore_error``.
+    """
+    return dim * FP32_ROUNDING * 1.01 + rescore_error(dim)
+
+
+def rescore_error(dim: int) -> float:
+    """Bound on |exact dot of two l2_normalize rows - exact_cosine of the rows|: each unit entry within 2^-24, the float64 sums."""
+    return 4 * FP32_ROUNDING * 1.01 + 4 * dim * FP64_ROUNDING
 
 
 def chunk_size_for(num_queries: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, normalize: bool = True) -> int:
     """Bank rows per chunk so the score block [N, C] (and the normalized rows [C, D]) fit the budget."""
-    bytes_per_row = 4 * num_queries + (4 * dim if normalize else 0)
+    bytes_per_row = 4 * num_queries + (12 * dim if normalize else 0)
     return max(1, min(MAX_CHUNK_ROWS, memory_budget // max(1, bytes_per_row)))
 
 
@@ -45,12 +116,14 @@ def topk_cosine(
     *,
     bank_normalized: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    rerank: int = DEFAULT_RERANK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact cosine top-K of each query row among the bank rows: (scores [N, k], indices [N, k]).
 
-    Best first; ties go to the lower bank index; k is clipped to the bank size. The bank is
-    scanned in chunks of ``chunk_size`` rows (default: from ``memory_budget``), one matmul each.
-    Pass ``bank_normalized=True`` when the bank rows already have unit norm to skip that copy.
+    Best first by the float64 score (module docstring), ties to the lower bank index; k is clipped
+    to the bank size. The bank is scanned in chunks of ``chunk_size`` rows (default: from
+    ``memory_budget``), one fp32 matmul each, keeping ``k + rerank`` candidates per query. Pass
+    ``bank_normalized=True`` when the rows already are ``l2_normalize`` output to skip that step.
     """
     _check_shapes(query, bank)
     n, m = query.shape[0], bank.shape[0]
@@ -59,11 +132,99 @@ def topk_cosine(
         return _empty(n, k, query.device)
     if chunk_size is None:
         chunk_size = chunk_size_for(n, bank.shape[1], memory_budget, normalize=not bank_normalized)
-    best = RunningTopK(n, k, query.device)
-    q = l2_normalize(query.float())
-    for start, rows in _chunks(bank, chunk_size, query.device, torch.float32):
-        best.update(q @ (rows if bank_normalized else l2_normalize(rows)).T, start)
-    return best.scores, best.indices
+    return _BankSearch(bank, chunk_size, bank_normalized).search(query, l2_normalize(query), k, rerank)
+
+
+class _BankSearch:
+    """The exact search over one bank: fp32 scan for candidates, float64 rescoring, proof, threshold rescan.
+
+    ``bank`` is scanned (its rows made unit unless ``normalized``); ``source`` (default: the bank)
+    holds the rows as given, which the float64 rescoring reads.
+    """
+
+    def __init__(self, bank: torch.Tensor, chunk_size: int, normalized: bool, source: torch.Tensor | None = None) -> None:
+        self.bank, self.chunk_size, self.normalized = bank, max(1, int(chunk_size)), normalized
+        self.source = bank if source is None else source
+
+    def unit_chunks(self, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+        for start, rows in _chunks(self.bank, self.chunk_size, device, torch.float32):
+            yield start, rows if self.normalized else l2_normalize(rows)
+
+    def rows(self, indices: torch.Tensor) -> torch.Tensor:
+        """The source rows at ``indices`` (any shape) -> [*indices.shape, D], on the indices' device."""
+        return self.source[indices.to(self.source.device)].to(indices.device)
+
+    def search(self, query: torch.Tensor, q: torch.Tensor, k: int, rerank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k for the query rows [N, D] as given and ``q``, their ``l2_normalize`` output."""
+        m = self.bank.shape[0]
+        size = min(m, k + max(0, int(rerank)))
+        if size == m:  # a small bank: every row is a candidate
+            everything = torch.arange(m, device=q.device).expand(q.shape[0], m)
+            scores, indices = rescore(query, everything, self.rows, k)
+            return scores.float(), indices
+        found = RunningCandidates(q.shape[0], size, q.device)
+        with exact_matmul(q.device):
+            for start, rows in self.unit_chunks(q.device):
+                found.update(scan_scores(q, rows), start)
+        scores, indices = rescore(query, found.indices, self.rows, k)
+        # every row left out scored at most floor in fp32, so its float64 score is at most floor + error
+        proven = found.floor.double() + fp32_score_error(q.shape[1]) < scores[:, k - 1]
+        return self.settle(query, q, scores, indices, proven, k)
+
+    def settle(self, query: torch.Tensor, q: torch.Tensor, scores: torch.Tensor, indices: torch.Tensor, proven: torch.Tensor,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search again every query whose candidates could not be proved complete; float32 scores out."""
+        unproven = (~proven).nonzero().flatten().tolist()
+        if unproven:
+            # a row of the true top-k scores at least the candidates' k-th in float64, so at least that minus the error in fp32
+            floors = scores[unproven, k - 1] - fp32_score_error(q.shape[1])
+            for i, hits in zip(unproven, self.rows_above(q[unproven], floors)):
+                scores[i], indices[i] = rescore(query[i : i + 1], hits.unsqueeze(0), self.rows, k)
+        return scores.float(), indices
+
+    def rows_above(self, q: torch.Tensor, floors: torch.Tensor) -> list[torch.Tensor]:
+        """For each query row, the indices of the bank rows whose fp32 score reaches its floor (float64 [N])."""
+        thresholds = torch.nextafter(floors.float(), torch.tensor(-float("inf"), device=floors.device)).unsqueeze(1)
+        found: list[list[torch.Tensor]] = [[] for _ in range(q.shape[0])]
+        with exact_matmul(q.device):
+            for start, rows in self.unit_chunks(q.device):
+                query_rows, columns = (scan_scores(q, rows) >= thresholds).nonzero(as_tuple=True)
+                for i in query_rows.unique().tolist():
+                    found[i].append(columns[query_rows == i] + start)
+        return [torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=q.device) for parts in found]
+
+
+def scan_scores(q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The scan's matmul [N, C]: any rounding within ``fp32_score_error`` (bf16: ``bf16_cosine_bound``) gives the same answer."""
+    return q @ rows.T
+
+
+def rescore(q: torch.Tensor, candidates: torch.Tensor, rows: Callable[[torch.Tensor], torch.Tensor],
+            k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best candidates of each query by float64 ``exact_cosine``, ties to the lower index: (float64 scores, indices).
+
+    ``candidates`` long [N, C] holds distinct bank indices per row (-1: no candidate, kept last with
+    score -inf); ``rows(indices)`` gives those rows as given. Memory stays within ``RESCORE_BUDGET``
+    (blocks of queries, then of candidates).
+    """
+    n, width = candidates.shape
+    dim = q.shape[1]
+    k = min(k, width)
+    per_candidate = 24 * (1 << max(0, dim - 1).bit_length())  # float64 rows, products and the first halving
+    if width * per_candidate > RESCORE_BUDGET:  # many candidates (a threshold rescan): blocks of columns
+        step = max(1, RESCORE_BUDGET // per_candidate)
+        best_scores = torch.empty(n, 0, dtype=torch.float64, device=q.device)
+        best = torch.empty(n, 0, dtype=torch.long, device=q.device)
+        for start in range(0, width, step):
+            part = candidates[:, start : start + step]
+            scores, indices = rescore(q, part, rows, k)
+            best_scores, best = _merge(torch.cat([best_scores, scores], 1), torch.cat([best, indices], 1), k)
+        return best_scores, best
+    block = max(1, RESCORE_BUDGET // max(1, width * per_candidate))
+    present = candidates.clamp_min(0)
+    scores = torch.cat([exact_cosine(q[i : i + block], rows(present[i : i + block]))
+                        for i in range(0, n, block)]) if n else torch.empty(0, width, dtype=torch.float64)
+    return _merge(scores.masked_fill(candidates < 0, -float("inf")), candidates, k)
 
 
 class CosineIndex:
@@ -71,10 +232,9 @@ class CosineIndex:
 
     ``precision="bf16"`` adds a bfloat16 copy of the bank for a first pass (about 2x the fp32
     matmul rate on CPUs with AVX512-BF16/AMX) that keeps ``k + rerank`` candidates per query and
-    rescores them in fp32. A query's answer is kept only when the bf16 error bound proves that no
-    other bank row can reach its k-th score; otherwise that query is searched again in fp32
-    (``fallbacks`` counts them). The rescoring sums in another order than the scan, so two cosines
-    within fp32 rounding (~1e-7) of each other may come out in the other order.
+    rescores them in float64. A query's answer is kept only when the bf16 error bound proves that
+    no other bank row can reach its k-th score; otherwise that query is searched again in fp32
+    (``fallbacks`` counts them). Either way the answer is the exact, machine-independent one.
     """
 
     def __init__(
@@ -91,6 +251,7 @@ class CosineIndex:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"CosineIndex precision must be 'fp32' or 'bf16', got {precision!r}")
         self.precision, self.chunk_size, self.rerank = precision, chunk_size, max(0, int(rerank))
+        self.source = bank  # the rows as given, rescored in float64 (kept by reference, not copied)
         self.bank = bank.float() if normalized else _normalized_copy(bank)
         self.bank_bf16: torch.Tensor | None = None
         self.bank_rounding = 0.0  # largest ||b - bf16(b)|| over the bank rows
@@ -106,33 +267,36 @@ class CosineIndex:
         _check_shapes(query, self.bank)
         self.fallbacks = 0
         k = min(int(k), len(self))
-        n, chunk = query.shape[0], self.chunk_size or chunk_size_for(query.shape[0], self.bank.shape[1], normalize=False)
-        if self.bank_bf16 is None or n == 0 or k <= 0 or k + self.rerank >= len(self):
-            return topk_cosine(query, self.bank, k, chunk, bank_normalized=True)
-        q = l2_normalize(query.to(self.bank.device, torch.float32))
-        scores, indices, proven = self._search_bf16(q, k, chunk)
+        n = query.shape[0]
+        if n == 0 or k <= 0:
+            return _empty(n, k, query.device)
+        chunk = self.chunk_size or chunk_size_for(n, self.bank.shape[1], normalize=False)
+        exact = _BankSearch(self.bank, chunk, normalized=True, source=self.source)
+        query = query.to(self.bank.device)
+        q = l2_normalize(query)
+        if self.bank_bf16 is None or k + self.rerank >= len(self):
+            return exact.search(query, q, k, DEFAULT_RERANK)
+        scores, indices, proven = self._search_bf16(query, q, k, chunk, exact.rows)
         unproven = (~proven).nonzero().flatten()
         self.fallbacks = int(unproven.numel())
+        scores = scores.float()
         if self.fallbacks:
-            scores[unproven], indices[unproven] = topk_cosine(q[unproven], self.bank, k, chunk, bank_normalized=True)
+            scores[unproven], indices[unproven] = exact.search(query[unproven], q[unproven], k, DEFAULT_RERANK)
         return scores, indices
 
-    def _search_bf16(self, q: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """bf16 pass + fp32 rescoring of the candidates: (scores, indices, proven [N] bool)."""
+    def _search_bf16(self, query: torch.Tensor, q: torch.Tensor, k: int, chunk: int,
+                     fetch: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """bf16 pass + float64 rescoring of the candidates: (float64 scores, indices, proven [N] bool)."""
         approx = RunningCandidates(q.shape[0], k + self.rerank, q.device)
         q16 = q.bfloat16()
-        with _fp32_accumulation(q.device):
+        with exact_matmul(q.device):
             for start, rows in _chunks(self.bank_bf16, chunk, q.device, torch.bfloat16):
-                approx.update(q16 @ rows.T, start)
-        candidates = approx.indices
-        exact = torch.cat([torch.bmm(self.bank[c], qi.unsqueeze(2)).squeeze(2)
-                           for c, qi in zip(candidates.split(64), q.split(64))])
-        scores, indices = _merge(exact, candidates, k)
+                approx.update(scan_scores(q16, rows), start)
+        scores, indices = rescore(query, approx.indices, fetch, k)
         query_rounding = (q - q16.float()).norm(dim=1) * 1.01
-        # every row left out has a bf16 score <= approx.floor, so its true cosine is at most bound
-        bound = bf16_cosine_bound(approx.floor, query_rounding, self.bank_rounding, q.shape[1])
-        # proven: each of them scores below the k-th best, whatever the fp32 summation order
-        proven = scores[:, k - 1] - 2 * _summation_error(q.shape[1]) > bound
+        # every row left out has a bf16 score <= approx.floor, so its cosine is at most bound
+        bound = bf16_cosine_bound(approx.floor, query_rounding, self.bank_rounding, q.shape[1]).double()
+        proven = bound + rescore_error(q.shape[1]) < scores[:, k - 1]
         return scores, indices, proven
 
 
@@ -212,32 +376,6 @@ def _summation_error(dim: int) -> float:
     return dim * FP32_ROUNDING * 1.01
 
 
-class RunningTopK:
-    """The k best (score descending, index ascending) of each query row, fed chunk by chunk in index order."""
-
-    def __init__(self, num_queries: int, k: int, device: torch.device | str = "cpu") -> None:
-        self.k = k
-        self.scores = torch.empty(num_queries, 0, device=device)
-        self.indices = torch.empty(num_queries, 0, dtype=torch.long, device=device)
-
-    def update(self, chunk_scores: torch.Tensor, offset: int) -> None:
-        """Merge the scores [N, C] of bank rows offset..offset+C-1 (after every earlier row)."""
-        if self.scores.shape[1] < self.k:
-            self.scores, self.indices = self._merged(chunk_scores.float(), offset)
-            return
-        # a later row enters only with a score above the k-th best: a tie goes to the earlier, lower index
-        rows = (~(chunk_scores.amax(dim=1) <= self.scores[:, -1])).nonzero().flatten()  # NaN rows too
-        if rows.numel():
-            self.scores[rows], self.indices[rows] = self._merged(chunk_scores[rows].float(), offset, rows)
-
-    def _merged(self, chunk_scores: torch.Tensor, offset: int, rows: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        best_scores = self.scores if rows is None else self.scores[rows]
-        best_indices = self.indices if rows is None else self.indices[rows]
-        top_scores, top_indices = _chunk_topk(chunk_scores, self.k)
-        return _merge(torch.cat([best_scores, top_scores], dim=1), torch.cat([best_indices, top_indices + offset], dim=1), self.k)
-
-
 def _check_shapes(query: torch.Tensor, bank: torch.Tensor) -> None:
     if query.dim() != 2 or bank.dim() != 2 or query.shape[1] != bank.shape[1]:
         raise ValueError(f"cosine search expects query [N, D] and bank [M, D], got {tuple(query.shape)} and {tuple(bank.shape)}")
@@ -274,36 +412,23 @@ def _bf16_copy(bank: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 @contextlib.contextmanager
-def _fp32_accumulation(device: torch.device) -> Iterator[None]:
-    """bf16 matmuls accumulate in fp32 (cuBLAS may otherwise reduce in bf16, which the error bound excludes)."""
-    if device.type != "cuda":
-        yield
-        return
-    flag = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+def exact_matmul(device: torch.device) -> Iterator[None]:
+    """fp32 matmuls in full fp32 (no TF32 or bf16 shortcuts) and bf16 matmuls accumulated in fp32.
+
+    The error bounds above assume both; a user's ``torch.set_float32_matmul_precision("medium")``
+    or cuBLAS's reduced-precision bf16 reduction would break them.
+    """
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    bf16_flag = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction if device.type == "cuda" else None
+    if bf16_flag is not None:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = flag
-
-
-def _chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row of one chunk, taking the lowest indices among ties at the k-th value."""
-    width = scores.shape[1]
-    k = min(k, width)
-    # one extra candidate tells whether entries tied with the k-th value were left out
-    values, indices = torch.topk(scores, min(k + 1, width), dim=1)
-    if values.shape[1] > k:
-        tied_rows = (values[:, k] == values[:, k - 1]).nonzero().flatten()
-        values, indices = values[:, :k], indices[:, :k]
-    else:
-        tied_rows = torch.zeros(0, dtype=torch.long)
-    if tied_rows.numel():  # topk may pick any of the tied entries: redo those rows exactly
-        sub = scores[tied_rows]
-        order = torch.sort(sub, dim=1, descending=True, stable=True).indices[:, :k]
-        values[tied_rows] = sub.gather(1, order)
-        indices[tied_rows] = order
-    return values, indices
+        torch.set_float32_matmul_precision(precision)
+        if bf16_flag is not None:
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = bf16_flag
 
 
 def _merge(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@
 
 The bank is random but clustered (``--classes`` centres + unit noise, 1025-d like the time-averaged
 STFT), generated and L2-normalised in chunks. For each size it times a batch of queries with
-``avgen.retrieval.topk_cosine`` (exact, fp32), ``CosineIndex(precision="bf16")`` (bf16 pass, fp32
+``avgen.retrieval.topk_cosine`` (exact, fp32), ``CosineIndex(precision="bf16")`` (bf16 pass, float64
 rescoring, exact unless a query falls back) and, when faiss and examples/avgen-faiss are present,
 an IVF-Flat index at each ``--nprobe`` with its recall@k against the exact top-k. The exact search
 is set against a plain fp32 matmul of the same shapes measured in the same run (the physical limit:
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--backend", nargs="+", choices=["exact", "faiss"], default=["exact", "faiss"])
     parser.add_argument("--chunk-size", type=int, default=0, help="bank rows per matmul (0: the library default)")
-    parser.add_argument("--rerank", type=int, default=64, help="extra bf16 candidates rescored in fp32 per query")
+    parser.add_argument("--rerank", type=int, default=64, help="extra bf16 candidates rescored in float64 per query")
     parser.add_argument("--faiss-index", choices=["ivf_flat", "hnsw", "flat"], default="ivf_flat")
     parser.add_argument("--nlist", type=int, default=1024,
                         help="IVF cells, at most rows / 39 (0: the plugin's 4 sqrt(rows); 1024 keeps the 1 M build short on 2 cores)")

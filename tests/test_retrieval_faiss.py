@@ -113,3 +113,26 @@ def test_plugin_is_found_through_its_entry_point(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     rows = {c["name"]: c for c in json.loads(proc.stdout)["components"]}
     assert rows["recall_at_k_faiss"]["plugin"] == "faiss" and rows["recall_at_k"]["plugin"] != "faiss"
+
+
+def test_flat_index_gives_the_exact_answer_ties_included(data):
+    # exact duplicates and +-1 rows: faiss's own order among ties follows its kernels; the rescored order does not
+    bank, queries, _ = data
+    rng = np.random.default_rng(1)
+    signs = torch.from_numpy(rng.choice([-1.0, 1.0], size=(40, 64)).astype(np.float32))
+    tied = torch.cat([bank[:500], signs, bank[:100], signs, 2 * signs])
+    asked = torch.cat([queries[:10], signs[:10]])
+    for rerank in (0, 4, 16):
+        scores, found = build_index(tied, index="flat", rerank=rerank).search(asked, 10)
+        exact_scores, exact = topk_cosine(asked, tied, 10)
+        assert torch.equal(found, exact)
+        torch.testing.assert_close(scores, exact_scores, atol=0, rtol=0)
+
+
+def test_approximate_indexes_order_their_candidates_by_index_on_ties(data):
+    bank, queries, _ = data
+    tied = torch.cat([bank[:2000], bank[:2000]])  # every row twice: the copy with the lower index comes first
+    for kind in ("ivf_flat", "hnsw"):
+        _, found = build_index(tied, index=kind, nlist=16, nprobe=16, ef_search=64).search(queries, 10)
+        for row in found.tolist():  # each copy found comes right after its original
+            assert all(i - 2000 in row and row.index(i - 2000) == row.index(i) - 1 for i in row if i >= 2000)

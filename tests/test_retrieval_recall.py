@@ -14,11 +14,15 @@ from avgen.retrieval import topk_cosine
 
 
 def brute_force_recall(query: np.ndarray, bank: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray, k: int) -> float:
-    """For each test row: rank every bank row by float64 cosine (ties to lower index), look at the first k."""
-    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
-    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    """For each test row: rank every bank row by float64 cosine (ties to lower index), look at the first k.
+
+    The dot products of the integer-valued rows are exact in float64 whatever the summation order, and
+    dividing them by the norms afterwards keeps exact ties tied (normalizing first would round them apart).
+    """
+    query, bank = query.astype(np.float64), bank.astype(np.float64)
+    norms = np.linalg.norm(query, axis=1, keepdims=True) * np.linalg.norm(bank, axis=1)
     hits = 0
-    for i, row in enumerate(qn @ bn.T):
+    for i, row in enumerate((query @ bank.T) / norms):
         order = np.lexsort((np.arange(len(row)), -row))[:k]
         hits += int(np.any(train_labels[order] == test_labels[i]))
     return hits / len(query)

@@ -1,4 +1,8 @@
-"""A faiss index over L2-normalised rows, searched by inner product (= cosine)."""
+"""A faiss index over L2-normalised rows, searched by inner product (= cosine).
+
+faiss finds ``k + rerank`` candidates; avgen's float64 rescoring orders them (ties to the lower
+index), so the order never depends on faiss's kernels. For ``flat`` the answer is avgen's exact one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import faiss
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from avgen.retrieval import fp32_score_error, rescore, topk_cosine
 
 ADD_CHUNK = 65536  # rows normalised and added at a time, so the bank is never copied whole
 
@@ -24,6 +30,7 @@ class FaissParams(BaseModel):
     hnsw_m: int = Field(default=32, ge=2, description="hnsw links per node")
     ef_construction: int = Field(default=80, ge=1, description="hnsw candidate list size while building")
     ef_search: int = Field(default=128, ge=1, description="hnsw candidate list size while searching (>= k)")
+    rerank: int = Field(default=16, ge=0, le=4096, description="extra faiss candidates rescored in float64 per query")
     threads: int = Field(default=0, ge=0, description="faiss OpenMP threads (0: faiss's default)")
     seed: int = Field(default=0, description="seed of the training sample and of k-means")
 
@@ -31,22 +38,30 @@ class FaissParams(BaseModel):
 class FaissIndex:
     """A built faiss index: ``search(queries, k)`` -> (cosine scores [N, k], bank indices [N, k]) as torch tensors."""
 
-    def __init__(self, index: faiss.Index, size: int, params: FaissParams) -> None:
-        self.index, self.size, self.params = index, size, params
+    def __init__(self, index: faiss.Index, bank: torch.Tensor, params: FaissParams) -> None:
+        self.index, self.bank, self.size, self.params = index, bank, bank.shape[0], params
 
     def __len__(self) -> int:
         return self.size
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best first; an index of -1 (score -inf) where the probed cells held fewer than k rows."""
+        """Best first by avgen's float64 cosine, ties to the lower index; -1 (score -inf) where the
+        probed cells held fewer than k rows."""
         k = min(int(k), self.size)
         if self.params.threads:
             faiss.omp_set_num_threads(self.params.threads)
-        q = _normalized_numpy(queries)
-        scores, indices = self.index.search(q, k)
-        scores = torch.from_numpy(scores)
-        indices = torch.from_numpy(indices).long()
-        return scores.masked_fill(indices < 0, -math.inf), indices
+        queries = queries.detach().cpu()
+        approx, found = self.index.search(_normalized_numpy(queries), min(self.size, k + self.params.rerank))
+        found = torch.from_numpy(found).long()
+        scores, indices = rescore(queries, found, lambda i: self.bank[i], k)
+        if self.params.index == "flat" and found.shape[1] < self.size:  # prove it exact, as avgen's own scan does
+            # faiss normalises in fp32 (norm error up to dim/2 ulps): twice avgen's bound covers its scores
+            floor = torch.from_numpy(approx[:, -1]).double()
+            unproven = (floor + 2 * fp32_score_error(self.bank.shape[1]) >= scores[:, k - 1]).nonzero().flatten()
+            if unproven.numel():
+                exact_scores, exact_indices = topk_cosine(queries[unproven], self.bank, k)
+                scores[unproven], indices[unproven] = exact_scores.double(), exact_indices
+        return scores.float().masked_fill(indices < 0, -math.inf), indices
 
 
 def build_index(bank: torch.Tensor, params: FaissParams | None = None, **settings) -> FaissIndex:
@@ -72,7 +87,7 @@ def build_index(bank: torch.Tensor, params: FaissParams | None = None, **setting
         index.nprobe = min(params.nprobe, nlist)
     for start in range(0, rows, ADD_CHUNK):
         index.add(_normalized_numpy(bank[start : start + ADD_CHUNK]))
-    return FaissIndex(index, rows, params)
+    return FaissIndex(index, bank, params)
 
 
 def _normalized_numpy(x: torch.Tensor) -> np.ndarray:
