@@ -18,7 +18,7 @@ def register_representations(register):
         make_stft,
         params=StftParams,
         summary="Magnitude STFT (Hann 2048 / hop 512, centred) on nnAudio; Griffin-Lim or given-phase ISTFT decode",
-        card={"dim": "n_fft // 2 + 1", "paper": "POCAN (Zhou et al.), Griffin & Lim 1984, Perraudin et al. 2013", "library": "nnAudio 0.3.4"},
+        card={"dim": "n_fft // 2 + 1", "paper": "POCAN (Chen et al. 2018), Griffin & Lim 1984, Perraudin et al. 2013", "library": "nnAudio 0.3.4"},
     )
     register(
         "cochleagram",

@@ -8,7 +8,7 @@ from avgen_lstm.can import CanLSTM, make_can_lstm
 from avgen_lstm.losses import ClassNll, ClassNllParams, SmoothL1Params, SpecSmoothL1, make_class_nll, make_spec_smooth_l1
 from avgen_lstm.owens import OwensLSTM, make_owens_lstm
 
-PAPER = "Zhou et al. 2018 (POCAN), arXiv:1808.01014"
+PAPER = "Chen et al. 2018 (POCAN), ECCV 2018 Workshops (MULA), doi:10.1007/978-3-030-11024-6_43"
 OWENS = "Owens et al. 2016, Visually Indicated Sounds, CVPR"
 
 __all__ = ["CanLSTM", "CanParams", "ClassNll", "LstmParams", "OwensLSTM", "SpecSmoothL1"]

@@ -15,7 +15,7 @@ from avgen_vision.params import DEFAULT_FPS, EncoderParams, TimmParams
 from avgen_vision.weights import load_into, load_state_dict_file, warn_random_weights
 
 RANDOM_INIT_SEED = 0  # weights = 'none' gives the same random CNN every time
-POCAN = "Zhou et al. 2018 (POCAN), arXiv:1808.01014, section 4.3: 'res' = ResNet-200, 'alex' = AlexNet fc7"
+POCAN = "Chen et al. 2018 (POCAN), ECCV 2018 Workshops (MULA), doi:10.1007/978-3-030-11024-6_43, section 4.3: 'res' = ResNet-200, 'alex' = AlexNet fc7"
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision code); weights trained on ImageNet, see its terms of use"
 # TensorFlow's EfficientNet-Lite preprocessing (efficientnet_lite_builder.py): (x - 127) / 128.
 LITE_MEAN = (127.0 / 255,) * 3
