@@ -26,7 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import TEMP_SUFFIX, WriteError, remove_stale_temp_files, write_error, write_json, write_text
+from avgen.atomic import (
+    TEMP_SUFFIX, WriteError, folder_error, remove_stale_temp_files, write_error, write_json, write_text,
+)
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
@@ -97,8 +99,12 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold ``run.lock`` for the duration; a second process on the same run dir is refused."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / "run.lock", "a+")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / "run.lock", "a+")
+        except OSError as exc:  # a read-only file system, no permission, a file where a folder should be
+            raise folder_error(self.path, "the run directory", exc,
+                               "choose a writable folder with --out (or run.out in the recipe)") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,0 +1,101 @@
+"""Bad input found by trying it (issue 16): each case is one line on stderr and exit code 2, or a
+warning and a count, never a traceback or a silent wrong result.
+
+Unwritable folders (a run directory, the cache), bad annotation rows of Greatest Hits and VIG,
+a misspelled kind in `avgen list`, and an untrained model (train.epochs = 0). A full disk while
+`avgen generate` writes its wav is tested in test_generate.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from pathlib import Path
+
+import pytest
+
+from conftest import avgen_in_process, error_lines, run_avgen
+
+TONES = '[run]\nname = "tiny"\n\n[data]\nname = "tones"\nclasses = 2\nclips_per_class = 4\n'
+
+
+def one_error_line(lines: list[str]) -> str:
+    """The run's single 'error:' line, which comes last (a run may print its header line first)."""
+    errors = [line for line in lines if line.startswith(("error:", "internal error:"))]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+# ---------------------------------------------------------------- folders that cannot be written
+
+
+def test_an_out_folder_below_a_regular_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
+                                                                example_plugin: None) -> None:
+    """--out below a regular file (ENOTDIR, which stops root too): one line naming the run directory and --out."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    out = tmp_path / "a_file" / "runs"
+    proc = run_avgen("run", str(recipe), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(error_lines(proc))
+    assert line.startswith(f"error: cannot write the run directory {out / 'tiny'}: part of its path is a file, "
+                           "not a folder") and "--out" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_read_only_file_system_under_out_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              example_plugin: None) -> None:
+    """EROFS (injected: root writes everywhere else) when the run directory is made: one line, exit 2."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    out = tmp_path / "readonly"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:
+        if self == out or out in self.parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(out))
+    monkeypatch.undo()
+    assert code == 2, lines
+    line = one_error_line(lines)
+    assert line.startswith(f"error: cannot write the run directory {out / 'tiny'}: read-only file system "
+                           "(Read-only file system); choose a writable folder with --out"), line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("variable", ["AVGEN_CACHE", "AVGEN_HOME"])
+@pytest.mark.parametrize("command", ["run", "cache"])
+def test_a_cache_or_home_variable_pointing_at_a_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path, variable: str,
+                                                                       command: str, example_plugin: None) -> None:
+    """AVGEN_CACHE / AVGEN_HOME naming a regular file (FileExistsError): one line naming the variable and the path."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    args = ("run", str(recipe), "--out", str(tmp_path / "runs")) if command == "run" else ("cache", "info")
+    proc = run_avgen(*args, env={variable: str(a_file)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    what = "the cache folder" if variable == "AVGEN_CACHE" else "the avgen home folder"
+    assert lines[0].startswith(f"error: cannot write {what} {a_file}: it is a file, not a folder"), lines
+    assert f"{variable} points there" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, avgen_home: Path) -> None:
+    """No AVGEN_CACHE, but $AVGEN_HOME/cache is a regular file: the line names it and AVGEN_CACHE."""
+    avgen_home.mkdir(parents=True)
+    (avgen_home / "cache").write_text("not a folder\n")
+    proc = run_avgen("cache", "info")
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        f"error: cannot write the cache folder {avgen_home / 'cache'}: it is a file, not a folder (File exists); "
+        "it is $AVGEN_HOME/cache: make it a writable folder or set AVGEN_CACHE to one"]
