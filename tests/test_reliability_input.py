@@ -99,3 +99,80 @@ def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, 
     assert error_lines(proc) == [
         f"error: cannot write the cache folder {avgen_home / 'cache'}: it is a file, not a folder (File exists); "
         "it is $AVGEN_HOME/cache: make it a writable folder or set AVGEN_CACHE to one"]
+
+
+# ---------------------------------------------------------------- annotation rows with a bad time
+
+
+@pytest.mark.parametrize("bad", [["inf"], ["nan", "-0.500000"]], ids=["inf", "nan_or_negative"])
+def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and_counted(tmp_path: Path, avgen_home: Path,
+                                                                                         bad: list[str]) -> None:
+    """A hit time of inf (was an OverflowError), nan or below 0 (were silently clips at t = 0): each row is
+    skipped with a warning naming the file and line, listed in skipped.txt and counted in stages.json."""
+    import json
+
+    import soundfile as sf
+
+    from test_datasets import clicks, write_video
+
+    root = tmp_path / "ghd"
+    root.mkdir()
+    rows = {"2015-01-01-10-00-00": ["0.500000 wood hit static", *(f"{t} metal hit static" for t in bad),
+                                    "1.000000 tile hit static"],
+            "2015-01-02-09-00-00": ["0.400000 wood hit static", f"{bad[-1]} glass hit static"]}
+    for vid in rows:
+        write_video(root / f"{vid}_denoised.mp4", seconds=2.0)
+        sf.write(root / f"{vid}_denoised.wav", clicks([0.5, 1.0], 2.0, 16000), 16000)
+        (root / f"{vid}_times.txt").write_text("\n".join(rows[vid]) + "\n")
+    (root / "train.txt").write_text("2015-01-01-10-00-00\n")
+    (root / "test.txt").write_text("2015-01-02-09-00-00\n")
+    recipe = tmp_path / "ghd.toml"
+    recipe.write_text(f'[run]\nname = "ghd"\n\n[data]\nname = "greatest_hits"\nroot = "{root}"\n'
+                      "val_fraction = 0\nsample_rate = 8000\n")
+    out = tmp_path / "runs"
+
+    proc = run_avgen("run", str(recipe), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, test = root / "2015-01-01-10-00-00_times.txt", root / "2015-01-02-09-00-00_times.txt"
+    why = "is not a finite number of seconds >= 0"
+    expected = [f"train\tline {i + 2} of {train}: hit time {float(t)!r} {why}" for i, t in enumerate(bad)]
+    expected.append(f"test\tline 2 of {test}: hit time {float(bad[-1])!r} {why}")
+    assert (out / "ghd" / "skipped.txt").read_text().splitlines() == expected
+    warnings = [line for line in error_lines(proc) if line.startswith("warning: skipped line")]
+    assert warnings == ["warning: skipped " + line.split("\t", 1)[1] for line in expected]
+    prepare = json.loads((out / "ghd" / "stages.json").read_text())["stages"]["prepare"]
+    assert prepare["skipped_rows"] == {"train": len(bad), "test": 1}
+    assert prepare["clips"] == {"train": 2, "val": 0, "test": 1}
+
+
+def test_vig_rows_with_start_or_end_inf_nan_or_negative_are_skipped_and_counted(tmp_path: Path) -> None:
+    """VIG's start/end seconds: inf (was an OverflowError), nan or negative rows are left out of their split and
+    reported by skipped_rows (the runner warns and writes skipped.txt); their labels make no class."""
+    import avgen
+
+    from test_datasets import write_video
+
+    root = tmp_path / "vig"
+    root.mkdir()
+    for stem in ("aaaaaaaaaaa_30", "bbbbbbbbbbb_10", "ccccccccccc_-5", "ddddddddddd_5"):
+        write_video(root / f"{stem}.mp4", 1.0)
+    (root / "labels.csv").write_text(
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+        "aaaaaaaaaaa, 30.000, 40.000, dog\n"
+        "bbbbbbbbbbb, 10.000, inf, cat\n"
+        "ccccccccccc, -5, 5.000, dog\n"
+        "eeeeeeeeeee, nan, 10.000, dog\n"
+        "ddddddddddd, 5.000, 15.000, hammer\n"
+    )
+    (root / "train.txt").write_text("aaaaaaaaaaa_30\nbbbbbbbbbbb\nccccccccccc_-5\neeeeeeeeeee\n")
+    (root / "test.txt").write_text("ddddddddddd_5\n")
+    ds = avgen.create("dataset", "vig", root=root, clip_seconds=1.0, val_fraction=0)
+    assert [c.id for c in ds.clips("train")] == ["aaaaaaaaaaa_30"]
+    assert ds.class_names == ["dog", "hammer"]
+    labels = root / "labels.csv"
+    assert ds.skipped_rows("train") == [
+        f"line 3 of {labels}: start/end seconds '10.000', 'inf' are not finite numbers >= 0",
+        f"line 4 of {labels}: start/end seconds '-5', '5.000' are not finite numbers >= 0",
+        f"line 5 of {labels}: start/end seconds 'nan', '10.000' are not finite numbers >= 0",
+    ]
+    assert ds.skipped_rows("test") == [] and [c.id for c in ds.clips("test")] == ["ddddddddddd_5"]
