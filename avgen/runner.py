@@ -715,6 +715,11 @@ class Run:
             representation=self.representation, meta=self.checkpoint_meta(shape), console=self.console,
         )
         info = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
+        if not result.history:  # train.epochs = 0: the results would pass for a trained model's
+            info["untrained"] = True
+            self.console.print("warning: train.epochs = 0: the model is untrained; generate and evaluate use its initial "
+                               "random weights and the report is marked UNTRAINED", markup=False, highlight=False,
+                               soft_wrap=True)
         best = next((e["val"] for e in result.history if e["epoch"] == result.best_epoch), None)
         if best:
             baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes,

@@ -176,3 +176,31 @@ def test_vig_rows_with_start_or_end_inf_nan_or_negative_are_skipped_and_counted(
         f"line 5 of {labels}: start/end seconds 'nan', '10.000' are not finite numbers >= 0",
     ]
     assert ds.skipped_rows("test") == [] and [c.id for c in ds.clips("test")] == ["ddddddddddd_5"]
+
+
+# ---------------------------------------------------------------- an untrained model
+
+
+def test_train_epochs_0_warns_and_marks_the_report_and_the_ledger_untrained(tmp_path: Path, example_plugin: None) -> None:
+    """--set train.epochs=0 used to write a full report of an untrained model without a word."""
+    import json
+
+    from reliability_support import env_for, run_args, run_cli, write_recipe
+
+    recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
+    proc = run_cli(run_args(recipe, out, "train.epochs=0"), home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("warning: train.epochs = 0: the model is untrained; generate and evaluate use its initial random weights "
+            "and the report is marked UNTRAINED") in error_lines(proc)
+    run_dir = out / "tiny"
+    fit = json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]
+    assert fit["untrained"] is True and fit["epochs"] == 0
+    banner = "UNTRAINED: train.epochs = 0, the generator was never trained"
+    md = (run_dir / "report.md").read_text().splitlines()
+    assert md[0] == "# avgen run: tiny (untrained)" and md[2].startswith(f"**{banner}")
+    page = (run_dir / "report.html").read_text()
+    assert "<title>avgen run: tiny (untrained)</title>" in page and '<p id="untrained"' in page and banner in page
+
+    compare = run_avgen("compare", str(run_dir), "-o", str(tmp_path / "compare.html"), "--json", env=env_for(home))
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert json.loads(compare.stdout)[0]["model"] == "tiny (untrained)"
