@@ -21,7 +21,9 @@ TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside
 
 # Reasons shown for OS errors while writing; the first four only ever come from writes.
 _REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
-            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EIO: "I/O error"}
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EIO: "I/O error",
+            errno.EPERM: "operation not permitted", errno.EEXIST: "it is a file, not a folder",
+            errno.ENOTDIR: "part of its path is a file, not a folder"}
 _WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
@@ -68,6 +70,13 @@ def write_error(path: Path, exc: OSError) -> WriteError:
     detail = exc.strerror or str(exc)
     return WriteError(f"cannot write {path}: {reason} ({detail}); the previous file, if any, is kept; "
                       "free space or fix the folder's permissions, then rerun the same command to resume")
+
+
+def folder_error(folder: Path, what: str, exc: OSError, fix: str) -> WriteError:
+    """The one-line error for a folder that cannot be created or written: names ``what`` and ``folder``, then ``fix``."""
+    reason = _REASONS.get(exc.errno or 0, "cannot create or write it")
+    where = f": {exc.filename}" if exc.filename is not None and Path(exc.filename) != Path(folder) else ""
+    return WriteError(f"cannot write {what} {folder}: {reason} ({exc.strerror or exc}{where}); {fix}")
 
 
 def _fsync_folder(folder: Path) -> None:

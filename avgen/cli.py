@@ -91,6 +91,9 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
             raise AvgenError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
         kind, pattern = None, kind  # `avgen list '*resnet*'`
     components = list_components(_kind(kind) if kind else None, pattern)
+    if not components and kind is None and pattern is not None:  # e.g. a misspelled kind: say so, not an empty table
+        raise AvgenError(f"no component kind or name matches '{pattern}'; kinds are {', '.join(KINDS)} "
+                         "(`avgen list` shows every component)")
     broken = [p for p in get_plugins().info.values() if p.broken]
     if as_json:
         click.echo(json.dumps({

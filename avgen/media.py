@@ -7,6 +7,7 @@ window. Unreadable media raises ``AvgenError`` with one line naming the file.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -342,8 +343,10 @@ def write_wav(path: PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int,
     if data.ndim == 2:
         data = data.T
     path = Path(path)
+    buffer = io.BytesIO()  # libsndfile reports a full disk as "System error."; a Python write raises ENOSPC
+    sf.write(buffer, data, int(sample_rate), subtype=subtype, format="WAV")
     with atomic_path(path) as tmp:
-        sf.write(str(tmp), data, int(sample_rate), subtype=subtype, format="WAV")
+        tmp.write_bytes(buffer.getvalue())
     return path
 
 

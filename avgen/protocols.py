@@ -33,7 +33,11 @@ class Clip:
 
 @runtime_checkable
 class Dataset(Protocol):
-    """Context: ``root`` is not passed; datasets read their location from their Params."""
+    """Context: ``root`` is not passed; datasets read their location from their Params.
+
+    Optional: ``skipped_rows(split) -> list[str]``, the annotation rows left out of a split (one line
+    each saying why, e.g. a time of inf); the runner warns about them and lists them in ``skipped.txt``.
+    """
 
     class_names: list[str]
     sample_rate: int  # of the waveforms load_audio returns

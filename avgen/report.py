@@ -76,6 +76,18 @@ def run_name(run_dir: Path) -> str:
     return str(name) if name else Path(run_dir).resolve().name
 
 
+def is_untrained(run_dir: Path) -> bool:
+    """Whether the run's fit stage trained its generator for no epoch (train.epochs = 0)."""
+    ledger = read_json(Path(run_dir) / "stages.json")
+    stages = ledger.get("stages") if isinstance(ledger, dict) else None
+    fit = stages.get("fit") if isinstance(stages, dict) else None
+    return isinstance(fit, dict) and fit.get("epochs") == 0
+
+
+UNTRAINED = ("UNTRAINED: train.epochs = 0, the generator was never trained; every result below comes from its "
+             "initial random weights")
+
+
 def read_recipe(run_dir: Path) -> dict[str, Any]:
     try:
         return tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
@@ -102,6 +114,7 @@ class ExampleClip:
 class RunContents:
     run_dir: Path
     name: str
+    untrained: bool
     recipe_text: str | None
     environment: Any
     dataset: Any
@@ -121,6 +134,7 @@ def collect(run_dir: Path) -> RunContents:
     return RunContents(
         run_dir=run_dir,
         name=run_name(run_dir),
+        untrained=is_untrained(run_dir),
         recipe_text=recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None,
         environment=read_json(run_dir / "environment.json"),
         dataset=read_json(run_dir / "dataset.json"),
@@ -227,7 +241,9 @@ def _caption(rel: str) -> str:
 
 def render_html(c: RunContents) -> str:
     e = html.escape
-    parts = [f"<h1>avgen run: {e(c.name)}</h1>"]
+    parts = [f"<h1>{e(_title(c))}</h1>"]
+    if c.untrained:
+        parts.append(f"<p id=\"untrained\" style=\"color:#b00;font-weight:bold\">{e(UNTRAINED)}</p>")
     if isinstance(c.dataset, dict):
         splits = ", ".join(f"{e(str(k))} {e(str(v))}" for k, v in (c.dataset.get("splits") or {}).items())
         parts.append(f"<p>dataset <b>{e(str(c.dataset.get('name', '?')))}</b>, "
@@ -268,7 +284,11 @@ def render_html(c: RunContents) -> str:
         parts.append(f"<h2>Recipe</h2><pre>{e(c.recipe_text)}</pre>")
     if c.environment is not None:
         parts.append(f"<h2>Environment</h2><pre>{e(json.dumps(c.environment, indent=2))}</pre>")
-    return html_page(f"avgen run: {c.name}", "\n".join(p for p in parts if p))
+    return html_page(_title(c), "\n".join(p for p in parts if p))
+
+
+def _title(c: RunContents) -> str:
+    return f"avgen run: {c.name}" + (" (untrained)" if c.untrained else "")
 
 
 def _clip_line(clip: ExampleClip) -> str:
@@ -302,7 +322,9 @@ def _per_class_table(per_class: Any) -> tuple[list[str], list[list[str]]] | None
 
 
 def render_markdown(c: RunContents) -> str:
-    lines = [f"# avgen run: {c.name}", ""]
+    lines = [f"# {_title(c)}", ""]
+    if c.untrained:
+        lines += [f"**{UNTRAINED}**", ""]
     if isinstance(c.dataset, dict):
         splits = ", ".join(f"{k} {v}" for k, v in (c.dataset.get("splits") or {}).items())
         lines += [f"dataset **{c.dataset.get('name', '?')}**, {len(c.dataset.get('class_names') or [])} classes; clips: {splits}", ""]

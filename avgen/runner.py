@@ -26,7 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import TEMP_SUFFIX, WriteError, remove_stale_temp_files, write_error, write_json, write_text
+from avgen.atomic import (
+    TEMP_SUFFIX, WriteError, folder_error, remove_stale_temp_files, write_error, write_json, write_text,
+)
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
@@ -97,8 +99,12 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold ``run.lock`` for the duration; a second process on the same run dir is refused."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / "run.lock", "a+")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / "run.lock", "a+")
+        except OSError as exc:  # a read-only file system, no permission, a file where a folder should be
+            raise folder_error(self.path, "the run directory", exc,
+                               "choose a writable folder with --out (or run.out in the recipe)") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -452,14 +458,18 @@ class Run:
         with progress_bar(self.console) as progress:
             self.dataset.prepare(progress)
         counts = {split: len(self.dataset.clips(split)) for split in SPLITS}
+        rows = self._dataset_skipped_rows()
+        self._warn_skipped([message for split in SPLITS for message in rows[split]], "annotation rows")
         if counts["train"] == 0:
             raise AvgenError(f"dataset '{self.recipe.data.name}': the train split has no clips; check its root and split files")
         write_json(self.run_dir / "dataset.json", {
             "name": self.recipe.data.name, "class_names": list(self.dataset.class_names), "splits": counts,
             "sample_rate": self.dataset.sample_rate, "clip_seconds": self.dataset.clip_seconds,
         })
+        self._write_skipped()
         self.console.print("clips: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        return {"clips": counts}
+        skipped = {split: len(rows[split]) for split in SPLITS if rows[split]}
+        return {"clips": counts, **({"skipped_rows": skipped} if skipped else {})}
 
     def stage_featurize(self) -> dict[str, Any]:
         stats: dict[str, Any] = {}
@@ -532,13 +542,22 @@ class Run:
             raise AvgenError(f"all {len(clips)} clips of the {split} split are unreadable; the first: {first}")
         messages = [problems[i] for i in sorted(problems)]
         self._skipped[split] = messages
+        self._warn_skipped(messages, f"{split} clips")
+        return [clip for i, clip in enumerate(clips) if i not in problems]
+
+    def _warn_skipped(self, messages: list[str], what: str) -> None:
+        """A warning for each of the first five skipped items (then a count of the rest); all of them go to the log."""
         for message in messages[:5]:
             self.console.print(f"warning: skipped {message}", markup=False, highlight=False, soft_wrap=True)
         if len(messages) > 5:
-            self.console.print(f"warning: skipped {len(messages) - 5} more {split} clips", markup=False)
+            self.console.print(f"warning: skipped {len(messages) - 5} more {what}", markup=False)
         for message in messages:
             log.warning("skipped %s", message)
-        return [clip for i, clip in enumerate(clips) if i not in problems]
+
+    def _dataset_skipped_rows(self) -> dict[str, list[str]]:
+        """Annotation rows the dataset left out of each split (e.g. a hit time of inf), when it reports them."""
+        report = getattr(self.dataset, "skipped_rows", None)
+        return {split: list(report(split)) if callable(report) else [] for split in SPLITS}
 
     def _report_padded(self, split: str, notes: dict[int, list[str]]) -> None:
         """One line for the clips whose audio was padded (each note goes to the log)."""
@@ -549,9 +568,10 @@ class Run:
             log.warning("%s", note)
 
     def _write_skipped(self) -> None:
-        """skipped.txt: one line per skipped clip (split, then why), or no file when none was skipped."""
+        """skipped.txt: one line per skipped annotation row or clip (split, then why), or no file when none was skipped."""
         path = self.run_dir / "skipped.txt"
-        lines = [f"{split}\t{message}" for split in SPLITS for message in self._skipped.get(split, [])]
+        rows = self._dataset_skipped_rows()
+        lines = [f"{split}\t{message}" for split in SPLITS for message in rows[split] + self._skipped.get(split, [])]
         if lines:
             write_text(path, "\n".join(lines) + "\n")
         else:
@@ -695,6 +715,11 @@ class Run:
             representation=self.representation, meta=self.checkpoint_meta(shape), console=self.console,
         )
         info = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early, "epochs": len(result.history)}
+        if not result.history:  # train.epochs = 0: the results would pass for a trained model's
+            info["untrained"] = True
+            self.console.print("warning: train.epochs = 0: the model is untrained; generate and evaluate use its initial "
+                               "random weights and the report is marked UNTRAINED", markup=False, highlight=False,
+                               soft_wrap=True)
         best = next((e["val"] for e in result.history if e["epoch"] == result.best_epoch), None)
         if best:
             baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes,

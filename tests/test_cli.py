@@ -48,9 +48,25 @@ def test_show_prints_params_table(example_plugin: None) -> None:
 @pytest.mark.parametrize("args, expected", [
     (("show", "mell"), "did you mean 'mel'"),
     (("list", "widgets", "x*"), "unknown component kind 'widgets'"),
+    (("list", "badkind"), "no component kind or name matches 'badkind'"),
     (("run",), "Missing argument"),
 ])
 def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], expected: str, example_plugin: None) -> None:
     proc = run_avgen(*args)
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_list_of_an_unknown_kind_alone_is_one_line_listing_the_kinds(example_plugin: None) -> None:
+    """`avgen list badkind` used to print an empty table (the word read as a name pattern); globs still list."""
+    from avgen.registry import KINDS
+
+    proc = run_avgen("list", "badkind")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert error_lines(proc) == [f"error: no component kind or name matches 'badkind'; kinds are {', '.join(KINDS)} "
+                                 "(`avgen list` shows every component)"]
+    for args in (("encoder", "*resnet*"), ("*resnet*",)):
+        found = json.loads(run_avgen("list", *args, "--json").stdout)["components"]
+        assert found and all("resnet" in c["name"] and c["kind"] == "encoder" for c in found), args
+    table = run_avgen("list", "*resnet*")
+    assert table.returncode == 0 and "resnet50" in table.stdout

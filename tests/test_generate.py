@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -162,6 +164,40 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
     assert lines[-1].startswith("error:") and "Traceback" not in proc.stderr
     if case == "weights_do_not_fit":
         assert "do not fit can_lstm" in lines[-1] and len(lines) == 1
+
+
+def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_output(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full (ENOSPC after half the bytes, injected) and a real write limit (RLIMIT_FSIZE: libsndfile's
+    "System error.") while writing <stem>.avgen.wav: exit 2, one line naming the wav; the earlier wav and mp4 stay whole."""
+    from avgen.atomic import stale_temp_files
+    from conftest import avgen_in_process
+    from test_reliability_files import fail_write
+
+    video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    home = {"AVGEN_HOME": str(trained_run.parents[1] / "home")}
+    args = ["generate", str(video), "--run", str(trained_run), "-o", str(tmp_path)]
+    assert run_avgen(*args, env=home).returncode == 0
+    wav, mp4 = tmp_path / f"{video.stem}.avgen.wav", tmp_path / f"{video.stem}.avgen.mp4"
+    before = {path: path.read_bytes() for path in (wav, mp4)}
+
+    monkeypatch.setenv("AVGEN_HOME", home["AVGEN_HOME"])
+    writer, calls = fail_write(after=1, name_prefix=f".{wav.name}.")
+    monkeypatch.setattr(Path, "write_bytes", writer)
+    code, _, lines = avgen_in_process(capsys, *args)
+    monkeypatch.undo()
+    assert len(calls) == 1 and code == 2, lines
+    assert lines[-1].startswith(f"error: cannot write {wav}: disk full (No space left on device); the previous file")
+    assert [line for line in lines if line.startswith(("error", "internal error"))] == [lines[-1]]
+
+    limit = len(before[wav]) // 2  # the new wav (the same size) cannot be written; nothing else written is that big
+    proc = subprocess.run([sys.executable, "-m", "avgen", *args], env={**os.environ, **home, "NO_COLOR": "1"},
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert lines[-1].startswith(f"error: cannot write {wav}: file too large") and "Traceback" not in proc.stderr
+    assert {path: path.read_bytes() for path in (wav, mp4)} == before and stale_temp_files(tmp_path) == []
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ class MediaClips:
 
     sample_rate: int
     _splits: dict[str, list[Clip]] | None = None
+    _skipped_rows: dict[str, list[str]]  # split -> why each annotation row was left out (filled by _build_splits)
 
     def prepare(self, progress=None) -> None:  # pragma: no cover - every dataset overrides it
         raise NotImplementedError
@@ -46,8 +47,14 @@ class MediaClips:
             raise AvgenError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
         if self._splits is None:
             self.prepare()
+            self._skipped_rows = {name: [] for name in SPLITS}
             self._splits = self._build_splits()
         return list(self._splits[split])
+
+    def skipped_rows(self, split: str) -> list[str]:
+        """Annotation rows left out of ``split`` (a bad time), one line each; the runner warns and lists them in skipped.txt."""
+        self.clips(split)
+        return list(self._skipped_rows[split])
 
     def load_frames(self, clip: Clip, fps: float, size: int) -> torch.Tensor:
         """Frames of the clip at fps, size x size: uint8 [N, size, size, 3], N = round(duration * fps)."""

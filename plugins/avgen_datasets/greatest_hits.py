@@ -7,6 +7,7 @@ Per video ``{id}_denoised.mp4``, ``{id}_denoised.wav`` and ``{id}_times.txt`` (r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +115,12 @@ class GreatestHits(MediaClips):
             raise AvgenError(f"video '{overlap[0]}' is listed in both train.txt and test.txt of '{self.root}'; list each video once")
         val_ids = carve(train_ids, self.params.val_fraction, self.params.seed)
         return {
-            "train": self._video_clips([v for v in train_ids if v not in val_ids]),
-            "val": self._video_clips([v for v in train_ids if v in val_ids]),
-            "test": self._video_clips(test_ids),
+            "train": self._video_clips([v for v in train_ids if v not in val_ids], "train"),
+            "val": self._video_clips([v for v in train_ids if v in val_ids], "val"),
+            "test": self._video_clips(test_ids, "test"),
         }
 
-    def _video_clips(self, video_ids: list[str]) -> list[Clip]:
+    def _video_clips(self, video_ids: list[str], split: str) -> list[Clip]:
         index = {name: i for i, name in enumerate(self.class_names)}
         actions = {a.lower() for a in self.params.actions}
         clips = []
@@ -136,6 +137,10 @@ class GreatestHits(MediaClips):
             for hit in read_times(times):
                 label = index.get(normalize_material(hit.material))
                 if label is None or (actions and hit.action.lower() not in actions):
+                    continue
+                if not math.isfinite(hit.time) or hit.time < 0:  # inf, nan, negative: no place in the video
+                    self._skipped_rows[split].append(
+                        f"line {hit.row + 1} of {times}: hit time {hit.time!r} is not a finite number of seconds >= 0")
                     continue
                 clips.append(Clip(
                     id=f"{vid}_{hit.row:04d}", label=label, video=video, audio=audio,

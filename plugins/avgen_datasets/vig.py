@@ -9,6 +9,7 @@ names ``{YTID}_{start}`` or bare YTIDs.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def _start_names(ytid: str, start: str) -> list[str]:
     try:
         value = float(start)
         names += [f"{ytid}_{int(value)}", f"{ytid}_{value:.3f}", f"{ytid}_{value:g}"]
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, nan, inf
         pass
     return list(dict.fromkeys(names))
 
@@ -60,7 +61,7 @@ class Vig(MediaClips):
         self.class_names = list(params.classes)
         self._rows: list[dict[str, Any]] | None = None
         if not self.class_names and (self.root / params.labels_file).is_file():
-            self.class_names = sorted({row["label"] for row in self._read_labels()})
+            self.class_names = sorted({row["label"] for row in self._read_labels() if not row["problem"]})
 
     def prepare(self, progress: Any = None) -> None:
         """Check that the folder, the CSV and the split lists exist."""
@@ -73,7 +74,7 @@ class Vig(MediaClips):
             if not (self.root / name).is_file():
                 raise AvgenError(f"VIG folder '{self.root}' has no {name}; see docs/datasets.md for the layout")
         if not self.class_names:
-            self.class_names = sorted({row["label"] for row in self._read_labels()})
+            self.class_names = sorted({row["label"] for row in self._read_labels() if not row["problem"]})
 
     def _read_labels(self) -> list[dict[str, Any]]:
         if self._rows is not None:
@@ -92,7 +93,12 @@ class Vig(MediaClips):
                 except ValueError:
                     raise AvgenError(f"{path}:{line_no}: start/end seconds must be numbers, got {fields[1]!r}, {fields[2]!r}") from None
                 label = fields[3].split(",")[0].strip()
-                rows.append({"ytid": fields[0], "start_text": fields[1], "start": start, "end": end, "label": label})
+                problem = None
+                if not all(math.isfinite(x) and x >= 0 for x in (start, end)):  # inf, nan, negative: skipped, not clip 0
+                    problem = (f"line {line_no} of {path}: start/end seconds {fields[1]!r}, {fields[2]!r} "
+                               "are not finite numbers >= 0")
+                rows.append({"ytid": fields[0], "start_text": fields[1], "start": start, "end": end, "label": label,
+                             "problem": problem})
         self._rows = rows
         return rows
 
@@ -126,9 +132,9 @@ class Vig(MediaClips):
             raise AvgenError(f"YouTube video '{sorted(shared)[0]}' has clips in both train.txt and test.txt of '{self.root}'; keep each video in one split")
         val_ids = carve([r["ytid"] for r in train], self.params.val_fraction, self.params.seed)
         return {
-            "train": self._to_clips([r for r in train if r["ytid"] not in val_ids]),
-            "val": self._to_clips([r for r in train if r["ytid"] in val_ids]),
-            "test": self._to_clips(test),
+            "train": self._to_clips([r for r in train if r["ytid"] not in val_ids], "train"),
+            "val": self._to_clips([r for r in train if r["ytid"] in val_ids], "val"),
+            "test": self._to_clips(test, "test"),
         }
 
     def _find_stem(self, row: dict[str, Any]) -> str:
@@ -137,10 +143,13 @@ class Vig(MediaClips):
                 return stem
         return _start_names(row["ytid"], row["start_text"])[0]
 
-    def _to_clips(self, rows: list[dict[str, Any]]) -> list[Clip]:
+    def _to_clips(self, rows: list[dict[str, Any]], split: str) -> list[Clip]:
         index = {name: i for i, name in enumerate(self.class_names)}
         clips = []
         for row in rows:
+            if row["problem"]:
+                self._skipped_rows[split].append(row["problem"])
+                continue
             stem = row["name"]
             video = next((self.root / f"{stem}{ext}" for ext in VIDEO_EXTENSIONS if (self.root / f"{stem}{ext}").is_file()), None)
             wav = self.root / f"{stem}.wav"

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from avgen.atomic import write_text
 from avgen.errors import AvgenError
-from avgen.report import html_page, read_json, run_name
+from avgen.report import html_page, is_untrained, read_json, run_name
 
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [
@@ -66,7 +66,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         for component, values in metrics.items() if isinstance(values, dict)
         for key, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    return {"model": run_name(run_dir), "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat}
+    model = run_name(run_dir) + (" (untrained)" if is_untrained(run_dir) else "")
+    return {"model": model, "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat}
 
 
 def compare_runs(run_dirs: list[Path | str]) -> list[dict[str, Any]]:

@@ -1,0 +1,206 @@
+"""Bad input found by trying it (issue 16): each case is one line on stderr and exit code 2, or a
+warning and a count, never a traceback or a silent wrong result.
+
+Unwritable folders (a run directory, the cache), bad annotation rows of Greatest Hits and VIG,
+a misspelled kind in `avgen list`, and an untrained model (train.epochs = 0). A full disk while
+`avgen generate` writes its wav is tested in test_generate.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from pathlib import Path
+
+import pytest
+
+from conftest import avgen_in_process, error_lines, run_avgen
+
+TONES = '[run]\nname = "tiny"\n\n[data]\nname = "tones"\nclasses = 2\nclips_per_class = 4\n'
+
+
+def one_error_line(lines: list[str]) -> str:
+    """The run's single 'error:' line, which comes last (a run may print its header line first)."""
+    errors = [line for line in lines if line.startswith(("error:", "internal error:"))]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+# ---------------------------------------------------------------- folders that cannot be written
+
+
+def test_an_out_folder_below_a_regular_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
+                                                                example_plugin: None) -> None:
+    """--out below a regular file (ENOTDIR, which stops root too): one line naming the run directory and --out."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    out = tmp_path / "a_file" / "runs"
+    proc = run_avgen("run", str(recipe), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(error_lines(proc))
+    assert line.startswith(f"error: cannot write the run directory {out / 'tiny'}: part of its path is a file, "
+                           "not a folder") and "--out" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_read_only_file_system_under_out_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              example_plugin: None) -> None:
+    """EROFS (injected: root writes everywhere else) when the run directory is made: one line, exit 2."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    out = tmp_path / "readonly"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:
+        if self == out or out in self.parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(out))
+    monkeypatch.undo()
+    assert code == 2, lines
+    line = one_error_line(lines)
+    assert line.startswith(f"error: cannot write the run directory {out / 'tiny'}: read-only file system "
+                           "(Read-only file system); choose a writable folder with --out"), line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("variable", ["AVGEN_CACHE", "AVGEN_HOME"])
+@pytest.mark.parametrize("command", ["run", "cache"])
+def test_a_cache_or_home_variable_pointing_at_a_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path, variable: str,
+                                                                       command: str, example_plugin: None) -> None:
+    """AVGEN_CACHE / AVGEN_HOME naming a regular file (FileExistsError): one line naming the variable and the path."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TONES)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    args = ("run", str(recipe), "--out", str(tmp_path / "runs")) if command == "run" else ("cache", "info")
+    proc = run_avgen(*args, env={variable: str(a_file)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    what = "the cache folder" if variable == "AVGEN_CACHE" else "the avgen home folder"
+    assert lines[0].startswith(f"error: cannot write {what} {a_file}: it is a file, not a folder"), lines
+    assert f"{variable} points there" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, avgen_home: Path) -> None:
+    """No AVGEN_CACHE, but $AVGEN_HOME/cache is a regular file: the line names it and AVGEN_CACHE."""
+    avgen_home.mkdir(parents=True)
+    (avgen_home / "cache").write_text("not a folder\n")
+    proc = run_avgen("cache", "info")
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        f"error: cannot write the cache folder {avgen_home / 'cache'}: it is a file, not a folder (File exists); "
+        "it is $AVGEN_HOME/cache: make it a writable folder or set AVGEN_CACHE to one"]
+
+
+# ---------------------------------------------------------------- annotation rows with a bad time
+
+
+@pytest.mark.parametrize("bad", [["inf"], ["nan", "-0.500000"]], ids=["inf", "nan_or_negative"])
+def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and_counted(tmp_path: Path, avgen_home: Path,
+                                                                                         bad: list[str]) -> None:
+    """A hit time of inf (was an OverflowError), nan or below 0 (were silently clips at t = 0): each row is
+    skipped with a warning naming the file and line, listed in skipped.txt and counted in stages.json."""
+    import json
+
+    import soundfile as sf
+
+    from test_datasets import clicks, write_video
+
+    root = tmp_path / "ghd"
+    root.mkdir()
+    rows = {"2015-01-01-10-00-00": ["0.500000 wood hit static", *(f"{t} metal hit static" for t in bad),
+                                    "1.000000 tile hit static"],
+            "2015-01-02-09-00-00": ["0.400000 wood hit static", f"{bad[-1]} glass hit static"]}
+    for vid in rows:
+        write_video(root / f"{vid}_denoised.mp4", seconds=2.0)
+        sf.write(root / f"{vid}_denoised.wav", clicks([0.5, 1.0], 2.0, 16000), 16000)
+        (root / f"{vid}_times.txt").write_text("\n".join(rows[vid]) + "\n")
+    (root / "train.txt").write_text("2015-01-01-10-00-00\n")
+    (root / "test.txt").write_text("2015-01-02-09-00-00\n")
+    recipe = tmp_path / "ghd.toml"
+    recipe.write_text(f'[run]\nname = "ghd"\n\n[data]\nname = "greatest_hits"\nroot = "{root}"\n'
+                      "val_fraction = 0\nsample_rate = 8000\n")
+    out = tmp_path / "runs"
+
+    proc = run_avgen("run", str(recipe), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, test = root / "2015-01-01-10-00-00_times.txt", root / "2015-01-02-09-00-00_times.txt"
+    why = "is not a finite number of seconds >= 0"
+    expected = [f"train\tline {i + 2} of {train}: hit time {float(t)!r} {why}" for i, t in enumerate(bad)]
+    expected.append(f"test\tline 2 of {test}: hit time {float(bad[-1])!r} {why}")
+    assert (out / "ghd" / "skipped.txt").read_text().splitlines() == expected
+    warnings = [line for line in error_lines(proc) if line.startswith("warning: skipped line")]
+    assert warnings == ["warning: skipped " + line.split("\t", 1)[1] for line in expected]
+    prepare = json.loads((out / "ghd" / "stages.json").read_text())["stages"]["prepare"]
+    assert prepare["skipped_rows"] == {"train": len(bad), "test": 1}
+    assert prepare["clips"] == {"train": 2, "val": 0, "test": 1}
+
+
+def test_vig_rows_with_start_or_end_inf_nan_or_negative_are_skipped_and_counted(tmp_path: Path) -> None:
+    """VIG's start/end seconds: inf (was an OverflowError), nan or negative rows are left out of their split and
+    reported by skipped_rows (the runner warns and writes skipped.txt); their labels make no class."""
+    import avgen
+
+    from test_datasets import write_video
+
+    root = tmp_path / "vig"
+    root.mkdir()
+    for stem in ("aaaaaaaaaaa_30", "bbbbbbbbbbb_10", "ccccccccccc_-5", "ddddddddddd_5"):
+        write_video(root / f"{stem}.mp4", 1.0)
+    (root / "labels.csv").write_text(
+        "# YTID, start_seconds, end_seconds, positive_labels\n"
+        "aaaaaaaaaaa, 30.000, 40.000, dog\n"
+        "bbbbbbbbbbb, 10.000, inf, cat\n"
+        "ccccccccccc, -5, 5.000, dog\n"
+        "eeeeeeeeeee, nan, 10.000, dog\n"
+        "ddddddddddd, 5.000, 15.000, hammer\n"
+    )
+    (root / "train.txt").write_text("aaaaaaaaaaa_30\nbbbbbbbbbbb\nccccccccccc_-5\neeeeeeeeeee\n")
+    (root / "test.txt").write_text("ddddddddddd_5\n")
+    ds = avgen.create("dataset", "vig", root=root, clip_seconds=1.0, val_fraction=0)
+    assert [c.id for c in ds.clips("train")] == ["aaaaaaaaaaa_30"]
+    assert ds.class_names == ["dog", "hammer"]
+    labels = root / "labels.csv"
+    assert ds.skipped_rows("train") == [
+        f"line 3 of {labels}: start/end seconds '10.000', 'inf' are not finite numbers >= 0",
+        f"line 4 of {labels}: start/end seconds '-5', '5.000' are not finite numbers >= 0",
+        f"line 5 of {labels}: start/end seconds 'nan', '10.000' are not finite numbers >= 0",
+    ]
+    assert ds.skipped_rows("test") == [] and [c.id for c in ds.clips("test")] == ["ddddddddddd_5"]
+
+
+# ---------------------------------------------------------------- an untrained model
+
+
+def test_train_epochs_0_warns_and_marks_the_report_and_the_ledger_untrained(tmp_path: Path, example_plugin: None) -> None:
+    """--set train.epochs=0 used to write a full report of an untrained model without a word."""
+    import json
+
+    from reliability_support import env_for, run_args, run_cli, write_recipe
+
+    recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
+    proc = run_cli(run_args(recipe, out, "train.epochs=0"), home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("warning: train.epochs = 0: the model is untrained; generate and evaluate use its initial random weights "
+            "and the report is marked UNTRAINED") in error_lines(proc)
+    run_dir = out / "tiny"
+    fit = json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]
+    assert fit["untrained"] is True and fit["epochs"] == 0
+    banner = "UNTRAINED: train.epochs = 0, the generator was never trained"
+    md = (run_dir / "report.md").read_text().splitlines()
+    assert md[0] == "# avgen run: tiny (untrained)" and md[2].startswith(f"**{banner}")
+    page = (run_dir / "report.html").read_text()
+    assert "<title>avgen run: tiny (untrained)</title>" in page and '<p id="untrained"' in page and banner in page
+
+    compare = run_avgen("compare", str(run_dir), "-o", str(tmp_path / "compare.html"), "--json", env=env_for(home))
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert json.loads(compare.stdout)[0]["model"] == "tiny (untrained)"
