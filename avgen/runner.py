@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from avgen import __version__
-from avgen.atomic import TEMP_SUFFIX, WriteError, remove_stale_temp_files, write_error, write_json, write_text
+from avgen.atomic import TEMP_SUFFIX, WriteError, file_mode, remove_stale_temp_files, write_error, write_json, write_text
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
@@ -220,6 +220,7 @@ class _SplitRows:
                 return self._compact([i for i in range(self.count) if i not in problems])
             self.writer.finish(digest=self.publish)
             if self.publish:
+                os.fchmod(self.file.fileno(), file_mode())
                 os.fsync(self.file.fileno())
                 os.replace(self.tmp_path, self.target)
                 self.tmp_path, self.published = None, True
