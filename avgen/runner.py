@@ -383,7 +383,7 @@ class Run:
         lock, writes the run directory and runs prepare, generate, evaluate and report.
         """
         main = self.rank == 0
-        with self.dir.lock() if main else contextlib.nullcontext():
+        with self.dir.lock() if main else contextlib.nullcontext(), _run_log(self.run_dir / "log.txt", main):
             if main:
                 self._start(fresh)
             self._barrier()
@@ -438,7 +438,6 @@ class Run:
             existing = None  # an earlier attempt that failed before featurize finished: start over
             self.dir.ledger_path.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _attach_log(self.run_dir / "log.txt")
         if removed := remove_stale_temp_files(self.run_dir):  # left by a killed process; we hold the lock
             log.info("removed %d temporary files left by an interrupted write", removed)
         write_text(self.run_dir / "recipe.toml", dump_toml(resolved))
@@ -824,19 +823,22 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-_log_handlers: dict[str, logging.Handler] = {}
-
-
-def _attach_log(path: Path) -> None:
-    """Send the 'avgen' logger to the run's log.txt (once per path)."""
-    key = str(path)
-    if key in _log_handlers:
+@contextmanager
+def _run_log(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send the 'avgen' logger to the run's log.txt while the run executes (then to it no more)."""
+    if not enabled:
+        yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # opened at the first line, after _start
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("avgen").addHandler(handler)
-    logging.getLogger("avgen").setLevel(logging.INFO)
-    _log_handlers[key] = handler
+    logger = logging.getLogger("avgen")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def dump_toml(data: dict[str, Any]) -> str:
