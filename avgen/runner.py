@@ -331,6 +331,7 @@ class Run:
     clip_entry_limit: int = 256 << 20  # bytes: a larger split keeps only its split entry once that is written
 
     def __post_init__(self) -> None:
+        self.recipe = self.recipe.with_absolute_paths()  # the run remembers where its data is, whatever the cwd later
         self.rank, self.world = _join_process_group(self.device)
         if self.rank != 0:
             self.console = Console(stderr=True, quiet=True)
