@@ -56,7 +56,7 @@ class AvgenGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in _BUILTIN:
-            if self._listing and not AvgenGroup._plugins_loaded and name in self._indexed_commands():
+            if AvgenGroup._listing and not AvgenGroup._plugins_loaded and name in self._indexed_commands():
                 return self._indexed_commands()[name]
             self._load_plugin_commands()
         return super().get_command(ctx, name)

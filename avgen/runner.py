@@ -830,7 +830,7 @@ def _run_log(path: Path, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # opened at the first line, after _start
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # opened at the first line: a refused run leaves none
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("avgen")
     logger.addHandler(handler)
