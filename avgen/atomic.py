@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -29,6 +30,31 @@ _WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 class WriteError(AvgenError):
     """A file could not be written (disk full, no permission, read-only file system)."""
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask, read once without changing it (Linux /proc; elsewhere set and restored once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # process-global: done once, at the first write
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open`` under the umask (mkstemp's files are 0600)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode a new folder gets from ``mkdir`` under the umask (mkdtemp's folders are 0700)."""
+    return 0o777 & ~umask()
 
 
 @contextlib.contextmanager
@@ -53,6 +79,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     try:
+        os.chmod(tmp_path, file_mode())  # as any other tool's output, not mkstemp's 0600
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -1,7 +1,8 @@
 """The ``avgen`` command: list and show components, run recipes, manage the cache.
 
 Plugins add commands through the ``register_commands(cli)`` hook; they are loaded only
-when a command that is not built in is asked for (so ``avgen --help`` lists them too).
+when a command that is not built in is asked for. ``avgen --help``, ``list`` and ``show``
+read the component index (``avgen/index.py``), so they import no plugin and no torch.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ _BUILTIN = {"list", "show", "run", "cache", "generate"}
 
 
 class AvgenGroup(click.Group):
-    """A click group that pulls plugin commands in on first need."""
+    """A click group that pulls plugin commands in on first need; --help lists them from the component index."""
 
     _plugins_loaded = False
+    _listing = False  # formatting --help: a plugin command's help text is enough
+    _stand_ins: dict[str, click.Command] | None = None
 
     def _load_plugin_commands(self) -> None:
         if not AvgenGroup._plugins_loaded:
@@ -40,14 +43,36 @@ class AvgenGroup(click.Group):
 
             register_commands(self)
 
+    def _indexed_commands(self) -> dict[str, click.Command]:
+        """Stand-ins (name and help only) for the plugin commands, from the component index."""
+        if AvgenGroup._stand_ins is None:
+            from avgen.index import component_index
+
+            AvgenGroup._stand_ins = {
+                c.name: click.Command(c.name, help=c.help, short_help=c.short_help, hidden=c.hidden,
+                                      deprecated=c.deprecated)
+                for c in component_index().commands if c.name not in _BUILTIN}
+        return AvgenGroup._stand_ins
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in _BUILTIN:
+            if AvgenGroup._listing and not AvgenGroup._plugins_loaded and name in self._indexed_commands():
+                return self._indexed_commands()[name]
             self._load_plugin_commands()
         return super().get_command(ctx, name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load_plugin_commands()
-        return super().list_commands(ctx)
+        if AvgenGroup._plugins_loaded:
+            return super().list_commands(ctx)
+        return sorted(set(super().list_commands(ctx)) | set(self._indexed_commands()))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of --help, without importing the plugins that add commands."""
+        AvgenGroup._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            AvgenGroup._listing = False
 
     def invoke(self, ctx: click.Context) -> Any:
         """Every command's AvgenError / pydantic error becomes one line and exit 2 (also under CliRunner)."""
@@ -83,18 +108,18 @@ def _kind(text: str) -> str | None:
 def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
     """List registered components: KIND (encoder, representation, generator, loss,
     dataset, metric) and a glob PATTERN such as '*resnet*'."""
-    from avgen.plugins import get_plugins
-    from avgen.registry import list_components
+    from avgen.index import component_index
 
     if kind is not None and _kind(kind) is None:
         if pattern is not None:
             raise AvgenError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
         kind, pattern = None, kind  # `avgen list '*resnet*'`
-    components = list_components(_kind(kind) if kind else None, pattern)
+    index = component_index()
+    components = index.all(_kind(kind) if kind else None, pattern)
     if not components and kind is None and pattern is not None:  # e.g. a misspelled kind: say so, not an empty table
         raise AvgenError(f"no component kind or name matches '{pattern}'; kinds are {', '.join(KINDS)} "
                          "(`avgen list` shows every component)")
-    broken = [p for p in get_plugins().info.values() if p.broken]
+    broken = index.broken
     if as_json:
         click.echo(json.dumps({
             "components": [{"kind": c.kind, "name": c.name, "plugin": c.plugin, "summary": c.summary,
@@ -120,19 +145,23 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
     """Show a component's Params (field, type, default, description) and card."""
-    from avgen.plugins import get_registry
-    from avgen.registry import get_component
+    from avgen.index import ComponentInfo, component_index
 
-    found = [get_component(kind, name)] if kind else get_registry().find(name)
+    index = component_index()
+    found = [c for c in index.find(name) if kind in (None, c.kind)]
+    if kind and not found:
+        from avgen.registry import get_component
+
+        found = [ComponentInfo.from_component(get_component(kind, name))]  # the registry's error: close names
     if not found:
-        names = sorted({c.name for c in get_registry().all()})
+        names = sorted({c.name for c in index.components})
         import difflib
 
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise AvgenError(f"no component named '{name}'{hint} (see `avgen list`)")
     for c in found:
-        fields = [_field_row(fname, f) for fname, f in c.params.model_fields.items()]
+        fields = c.params
         if as_json:
             click.echo(json.dumps({"kind": c.kind, "name": c.name, "plugin": c.plugin, "summary": c.summary,
                                    "version": c.version, "card": c.card,
@@ -147,18 +176,11 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
             console.print("no params")
         else:
             console.print(table)
-        if c.card:
+        if c.card_rows:
             card = Table("card", "value")
-            for k, v in c.card.items():
-                card.add_row(str(k), str(v))
+            for k, v in c.card_rows:
+                card.add_row(k, v)
             console.print(card)
-
-
-def _field_row(name: str, field: Any) -> tuple[str, str, str, str]:
-    annotation = field.annotation
-    type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-    default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-    return name, type_name, default, field.description or ""
 
 
 # ---------------------------------------------------------------- run

@@ -137,12 +137,22 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
 
 
 def exemplar_bank(recipe: Any, run_dir: Path, device: torch.device, console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset)."""
+    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset).
+
+    The dataset is read where the run found it (its recorded absolute paths); a missing one is an
+    error, never written anew.
+    """
+    from avgen.recipe import path_params
     from avgen.retrieval import time_average
     from avgen.runner import Run
 
     extra = {"console": console} if console is not None else {}
-    train = Run(recipe, Path(run_dir), device, **extra).split("train")
+    run = Run(recipe, Path(run_dir), device, **extra)
+    for name, path in path_params("dataset", run.recipe.data).items():
+        if not path.exists():
+            raise AvgenError(f"--exemplar needs the training clips of {run_dir}: data.{name} '{path}' is missing; "
+                             "put the dataset back there, or use --raw")
+    train = run.split("train")
     return time_average(train.rep), train.wave
 
 

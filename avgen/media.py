@@ -398,7 +398,8 @@ def mux_audio(
     """Copy ``video``'s picture (no re-encoding) into ``out`` with ``audio`` as AAC.
 
     ``audio`` is a file or a [T]/[C, T] tensor at ``sample_rate``; it is cut to the video's
-    length. With ``keep_original_audio`` the source's first audio track is kept as a second track.
+    length. With ``keep_original_audio`` the source's first audio track is kept as a second track;
+    the generated track comes first and is the default one, so players play it.
     """
     video = _check_file(video)
     if isinstance(audio, torch.Tensor):
@@ -420,11 +421,14 @@ def mux_audio(
         with av.open(str(tmp), mode="w", format="mp4") as target:
             video_in = source.streams.video[0]
             video_out = target.add_stream_from_template(video_in)
-            keep_in = source.streams.audio[0] if keep_original_audio and source.streams.audio else None
-            keep_out = target.add_stream_from_template(keep_in) if keep_in is not None else None
             audio_out = target.add_stream("aac", rate=rate)
             audio_out.layout = "mono" if wave.shape[0] == 1 else "stereo"
             audio_out.bit_rate = bitrate
+            audio_out.disposition = av.stream.Disposition.default
+            keep_in = source.streams.audio[0] if keep_original_audio and source.streams.audio else None
+            keep_out = target.add_stream_from_template(keep_in) if keep_in is not None else None
+            if keep_out is not None:
+                keep_out.disposition = av.stream.Disposition(0)
             _encode_audio(target, audio_out, wave.numpy(), rate)
             copy_streams = [s for s in (video_in, keep_in) if s is not None]
             for packet in source.demux(copy_streams):

@@ -122,6 +122,11 @@ def get_plugins() -> Plugins:
         return _plugins
 
 
+def loaded() -> bool:
+    """Whether this process has loaded the plugins already."""
+    return _plugins is not None
+
+
 def get_registry() -> Registry:
     return get_plugins().registry
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -109,6 +110,24 @@ class Recipe(_Strict):
         out["train"] = _plain(self.train.model_dump())
         out["eval"] = _plain(self.eval.model_dump())
         return out
+
+    def with_absolute_paths(self) -> Recipe:
+        """A copy whose relative path params (e.g. data.root) are absolute, against the working directory now."""
+        recipe = self.model_copy(deep=True)
+        specs = [(kind, getattr(recipe, section)) for section, kind in COMPONENT_SECTIONS.items()]
+        specs += [(kind, spec) for section, kind in LIST_SECTIONS.items() for spec in getattr(recipe, section)]
+        for kind, spec in specs:
+            if spec is not None:
+                for name, path in path_params(kind, spec).items():
+                    if not path.is_absolute():
+                        spec.params[name] = os.path.abspath(path)
+        return recipe
+
+
+def path_params(kind: str, spec: ComponentSpec) -> dict[str, Path]:
+    """The params of a component section that its Params types as paths, by name."""
+    params = get_component(kind, spec.name).validate(spec.params)
+    return {name: value for name in type(params).model_fields if isinstance(value := getattr(params, name), Path)}
 
 
 def _plain(obj: Any) -> Any:

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from avgen import __version__
 from avgen.atomic import (
-    TEMP_SUFFIX, WriteError, folder_error, remove_stale_temp_files, write_error, write_json, write_text,
+    TEMP_SUFFIX, WriteError, file_mode, folder_error, remove_stale_temp_files, write_error, write_json, write_text,
 )
 from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
@@ -226,6 +226,7 @@ class _SplitRows:
                 return self._compact([i for i in range(self.count) if i not in problems])
             self.writer.finish(digest=self.publish)
             if self.publish:
+                os.fchmod(self.file.fileno(), file_mode())
                 os.fsync(self.file.fileno())
                 os.replace(self.tmp_path, self.target)
                 self.tmp_path, self.published = None, True
@@ -336,6 +337,7 @@ class Run:
     clip_entry_limit: int = 256 << 20  # bytes: a larger split keeps only its split entry once that is written
 
     def __post_init__(self) -> None:
+        self.recipe = self.recipe.with_absolute_paths()  # the run remembers where its data is, whatever the cwd later
         self.rank, self.world = _join_process_group(self.device)
         if self.rank != 0:
             self.console = Console(stderr=True, quiet=True)
@@ -388,7 +390,7 @@ class Run:
         lock, writes the run directory and runs prepare, generate, evaluate and report.
         """
         main = self.rank == 0
-        with self.dir.lock() if main else contextlib.nullcontext():
+        with self.dir.lock() if main else contextlib.nullcontext(), _run_log(self.run_dir / "log.txt", main):
             if main:
                 self._start(fresh)
             self._barrier()
@@ -443,7 +445,6 @@ class Run:
             existing = None  # an earlier attempt that failed before featurize finished: start over
             self.dir.ledger_path.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _attach_log(self.run_dir / "log.txt")
         if removed := remove_stale_temp_files(self.run_dir):  # left by a killed process; we hold the lock
             log.info("removed %d temporary files left by an interrupted write", removed)
         write_text(self.run_dir / "recipe.toml", dump_toml(resolved))
@@ -848,19 +849,22 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-_log_handlers: dict[str, logging.Handler] = {}
-
-
-def _attach_log(path: Path) -> None:
-    """Send the 'avgen' logger to the run's log.txt (once per path)."""
-    key = str(path)
-    if key in _log_handlers:
+@contextmanager
+def _run_log(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send the 'avgen' logger to the run's log.txt while the run executes (then to it no more)."""
+    if not enabled:
+        yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # opened at the first line: a refused run leaves none
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("avgen").addHandler(handler)
-    logging.getLogger("avgen").setLevel(logging.INFO)
-    _log_handlers[key] = handler
+    logger = logging.getLogger("avgen")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def dump_toml(data: dict[str, Any]) -> str:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +22,7 @@ def test_version() -> None:
 def test_help_on_every_command() -> None:
     top = run_avgen("--help")
     assert top.returncode == 0
-    commands = [line.split()[0] for line in top.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    commands = commands_of(top.stdout)
     assert {"list", "show", "run", "cache"} <= set(commands)
     for command in commands:
         proc = run_avgen(command, "--help")
@@ -70,3 +74,45 @@ def test_list_of_an_unknown_kind_alone_is_one_line_listing_the_kinds(example_plu
         assert found and all("resnet" in c["name"] and c["kind"] == "encoder" for c in found), args
     table = run_avgen("list", "*resnet*")
     assert table.returncode == 0 and "resnet50" in table.stdout
+
+
+LIGHT_COMMANDS = """
+import contextlib, io, json, sys
+from avgen.cli import main
+
+out = {}
+for args in (["--help"], ["--version"], ["list"], ["list", "--json"], ["show", "stft"], ["show", "tones", "--json"]):
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert not exc.code, (args, exc.code)
+    out[" ".join(args)] = buffer.getvalue()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "avgen_audio", "avgen_vision", "avgen_plugin_example"))
+print(json.dumps({"heavy": heavy, "out": out}))
+"""
+
+
+def test_help_version_list_and_show_import_no_torch(avgen_home: Path, example_plugin: None) -> None:
+    """Once the component index is written (by the first command), these commands import no plugin and no torch,
+    and print what the plugins themselves give (the first run's output is built from the loaded plugins)."""
+    first = {args: run_avgen(*args.split()) for args in ("--help", "list", "list --json", "show stft", "show tones --json")}
+    assert all(p.returncode == 0 for p in first.values()), {a: p.stderr[-500:] for a, p in first.items()}
+    assert (avgen_home / "component-index.json").is_file()
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["heavy"] == []
+    out = result["out"]
+    assert {"compare", "data", "weights"} <= set(commands_of(out["--help"]))  # commands that plugins add
+    assert avgen.__version__ in out["--version"]
+    for args, proc in first.items():
+        assert out[args] == proc.stdout, args
+    for piece in ("n_fft", "int", "2048", "Params", "card"):
+        assert piece in out["show stft"]
+
+
+def commands_of(help_text: str) -> list[str]:
+    return [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]

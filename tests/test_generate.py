@@ -63,11 +63,12 @@ name = "recall_at_k"
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
+    """A trained run whose recipe names its data relative to the working directory, as the shipped recipes do."""
     base = tmp_path_factory.mktemp("gen")
     recipe = base / "tiny.toml"
-    recipe.write_text(RECIPE.format(root=base / "data"))
+    recipe.write_text(RECIPE.format(root="data"))
     env = {"AVGEN_HOME": str(base / "home")}
-    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env=env)
+    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env=env, cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "runs" / "tiny"
 
@@ -134,6 +135,43 @@ def test_generate_exemplar_to_a_file(trained_run: Path, tmp_path: Path) -> None:
                      env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert abs(audio_seconds(out)[1] - video_seconds(video)) < 0.1
+
+
+def test_exemplar_from_another_directory_uses_the_run_data_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
+    """The recipe's data root is relative: generate, run elsewhere, finds the data where the run found it."""
+    base = trained_run.parents[1]
+    video = sorted((base / "data").glob("*_denoised.mp4"))[0]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    entries = sorted((base / "home" / "cache").rglob("*.safetensors"))
+    proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(tmp_path / "out.mp4"), "--exemplar",
+                     env={"AVGEN_HOME": str(base / "home")}, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(elsewhere.iterdir()) == []  # no data synthesized into the working directory
+    assert "featurize train" not in proc.stderr and "(0 featurized, " in proc.stderr  # the training clips: from the cache
+    assert sorted((base / "home" / "cache").rglob("*.safetensors")) == entries
+    assert abs(audio_seconds(tmp_path / "out.mp4")[1] - video_seconds(video)) < 0.1
+
+
+def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
+    """A run that recorded a relative data root (written before runs kept absolute paths), its data not found."""
+    run = tmp_path / "old_run"
+    shutil.copytree(trained_run, run)
+    best = run / "checkpoints" / "best.safetensors"
+    with safe_open(str(best), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    state = json.loads(metadata["avgen_state"])
+    state["meta"]["recipe"]["data"]["root"] = "data"
+    metadata["avgen_state"] = json.dumps(state)
+    save_file(tensors, str(best), metadata=metadata)
+    video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"), "--exemplar",
+                     env={"AVGEN_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert lines[-1].startswith("error: --exemplar needs the training clips") and "Traceback" not in proc.stderr
+    assert f"data.root '{tmp_path / 'data'}' is missing" in lines[-1]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", ["missing", "not_media", "no_model", "weights_do_not_fit"])

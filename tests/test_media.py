@@ -183,3 +183,19 @@ def test_bad_media_gives_one_line_naming_the_file(bad_media, name, read):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(AvgenError, match="does not exist"):
         media.probe(tmp_path / "nope.mp4")
+
+
+def test_mux_keeping_the_original_audio_puts_the_generated_track_first_and_default(tmp_path):
+    """A player plays the first default audio track: that must be the generated sound, not the original."""
+    original = 0.1 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000)
+    video = write_grey_video(tmp_path / "v.mp4", frames=60, wave=original, rate=16000)  # 2 s, 16 kHz AAC
+    wav = tmp_path / "s.wav"
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 440 * np.arange(44100) / 22050), 22050)
+    out = media.mux_audio(video, wav, tmp_path / "both.mp4", keep_original_audio=True)
+    with av.open(str(out)) as c:
+        kinds = [(s.type, s.codec_context.sample_rate if s.type == "audio" else None) for s in c.streams]
+        default = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
+    assert kinds == [("video", None), ("audio", 22050), ("audio", 16000)]  # generated, then the original
+    assert default == [True, False]
+    wave, _ = media.read_audio(out, start=0.5, duration=1.0)  # what a reader takes: the first audio track
+    assert wave.abs().max() == pytest.approx(0.5, abs=0.05)

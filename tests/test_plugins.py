@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,114 @@ def test_pip_installed_plugin_appears_and_is_used(tmp_path: Path) -> None:
     out = json.loads(run_avgen("list", "--json", env=env).stdout)
     mine = {(c["kind"], c["name"]) for c in out["components"] if c["plugin"] == "example"}
     assert {("representation", "mel"), ("metric", "mean_energy"), ("dataset", "tones"), ("encoder", "mean_color")} <= mine
+
+
+# ---------------------------------------------------------------- the component index (avgen/index.py)
+
+WIDGET_INIT = """
+import avgen
+from avgen.registry import NoParams
+from widget_plugin.parts import SUMMARY, widget_command
+
+
+@avgen.hookimpl
+def register_metrics(register):
+    register("widget", lambda p: None, NoParams, summary=SUMMARY)
+
+
+@avgen.hookimpl
+def register_commands(cli):
+    cli.add_command(widget_command)
+"""
+
+WIDGET_PARTS = """
+import click
+
+SUMMARY = {summary!r}
+
+
+@click.command("widget-cmd")
+def widget_command():
+    '''Print the widget's summary.'''
+    click.echo("widget says " + SUMMARY)
+"""
+
+
+def install_widget(site: Path, summary: str) -> None:
+    """An installed-looking plugin package: a metric 'widget' and a command 'widget-cmd'."""
+    fake_distribution(site, "widget-plugin", "widget_plugin", "", ep_name="widget")
+    (site / "widget_plugin.py").unlink()
+    (site / "widget_plugin").mkdir()
+    (site / "widget_plugin" / "__init__.py").write_text(WIDGET_INIT)
+    (site / "widget_plugin" / "parts.py").write_text(WIDGET_PARTS.format(summary=summary))
+
+
+def widgets(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(summaries of the 'widget' metric in `avgen list --json`, commands in `avgen --help`)."""
+    listed = run_avgen("list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    help_text = run_avgen("--help", env=env)
+    assert help_text.returncode == 0, help_text.stderr[-2000:]
+    commands = [line.split()[0] for line in help_text.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    return [c["summary"] for c in json.loads(listed.stdout)["components"] if c["name"] == "widget"], commands
+
+
+def test_the_component_index_follows_plugins_installed_edited_and_removed(tmp_path: Path, avgen_home: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    env = with_path(site)
+    summaries, commands = widgets(env)
+    assert summaries == [] and "widget-cmd" not in commands
+    index = avgen_home / "component-index.json"
+    assert index.is_file()
+
+    install_widget(site, "first")
+    for _ in range(2):  # built from the plugins, then read from the index
+        summaries, commands = widgets(env)
+        assert summaries == ["first"] and "widget-cmd" in commands
+    ran = run_avgen("widget-cmd", env=env)
+    assert ran.returncode == 0 and ran.stdout.strip() == "widget says first"
+
+    (site / "widget_plugin" / "parts.py").write_text(WIDGET_PARTS.format(summary="second edition"))
+    for _ in range(2):
+        assert widgets(env)[0] == ["second edition"]
+
+    shutil.rmtree(site / "widget_plugin")
+    shutil.rmtree(site / "widget-plugin-0.1.dist-info")
+    for _ in range(2):
+        summaries, commands = widgets(env)
+        assert summaries == [] and "widget-cmd" not in commands
+
+
+@pytest.mark.parametrize("damage", ["not json", "truncated", "wrong type", "missing field", "a folder", "home is a file"])
+def test_a_damaged_component_index_never_breaks_the_cli(tmp_path: Path, avgen_home: Path, damage: str) -> None:
+    reference = run_avgen("list", "--json")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    index = avgen_home / "component-index.json"
+    text = index.read_text()
+    data = json.loads(text)
+    env = None
+    if damage == "not json":
+        index.write_bytes(b"\x00\xffnot an index")
+    elif damage == "truncated":
+        index.write_text(text[: len(text) // 2])
+    elif damage == "wrong type":  # the key still matches, a value does not
+        data["components"][0]["name"] = 5
+        index.write_text(json.dumps(data))
+    elif damage == "missing field":
+        del data["components"][0]["params"]
+        index.write_text(json.dumps(data))
+    elif damage == "a folder":
+        index.unlink()
+        index.mkdir()
+    else:
+        home = tmp_path / "home_file"
+        home.write_text("not a folder")
+        env = {"AVGEN_HOME": str(home)}
+    for _ in range(2):
+        proc = run_avgen("list", "--json", env=env)
+        assert proc.returncode == 0 and proc.stdout == reference.stdout, proc.stderr[-2000:]
+        helped = run_avgen("--help", env=env)
+        assert helped.returncode == 0 and "compare" in helped.stdout, helped.stderr[-2000:]
+    if damage not in ("a folder", "home is a file"):
+        assert json.loads(index.read_text())["key"] == data["key"]  # rewritten whole

@@ -13,6 +13,9 @@ import json
 import os
 import pathlib
 import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,6 +246,48 @@ def test_the_source_scan_finds_each_unsafe_pattern():
     )
     found = unsafe_loads(sample, "plugins/sample.py")
     assert sorted(int(line.split(" ", 1)[0].rsplit(":", 1)[1]) for line in found) == [2, 3, 4, 5, 6], found
+
+
+# ---------------------------------------------------------------- file modes
+
+WRITE_EVERY_KIND = """
+import sys
+from pathlib import Path
+
+import torch
+
+from avgen import media
+from avgen.report import write_report
+from avgen.runner import _SplitRows
+from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
+
+out = Path(sys.argv[1])
+synthesize(out / "data", SynthesisParams(videos=2, classes=2, fps=8, size=32, video_seconds=2.0))
+write_report(out / "run")
+wav = media.write_wav(out / "run" / "a.avgen.wav", torch.zeros(22050), 22050)
+media.mux_audio(out / "data" / "synth0000_denoised.mp4", wav, out / "run" / "a.avgen.mp4")
+rows = _SplitRows(out / "cache" / "ab" / "split.safetensors", out / "cache", 1, 4, publish=True)
+rows.put(0, torch.zeros(4), None)
+rows.finish({})
+rows.close()
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
+    """Reports, wavs, mp4s, cache entries and the synthetic data folder get the modes any tool's output gets."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", WRITE_EVERY_KIND, str(out)], capture_output=True, text=True,
+                          timeout=300, umask=umask)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(out.rglob("*"))
+    names = {p.relative_to(out).as_posix() for p in written}
+    assert {"data", "data/synth0000_denoised.mp4", "data/train.txt", "run/report.html", "run/a.avgen.wav",
+            "run/a.avgen.mp4", "cache/ab/split.safetensors"} <= names
+    modes = {p.relative_to(out).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    expected = {name: oct((0o777 if (out / name).is_dir() else 0o666) & ~umask) for name in modes}
+    assert modes == expected
 
 
 # ---------------------------------------------------------------- a full disk

@@ -121,3 +121,17 @@ def test_only_reruns_one_stage(tmp_path: Path, avgen_home: Path, example_plugin:
     after = ledger(tmp_path / "runs" / "tones_example")
     assert after["evaluate"]["finished"] > before["evaluate"]["finished"]
     assert after["featurize"] == before["featurize"] and after["fit"] == before["fit"]
+
+
+def test_each_variant_logs_only_its_own_lines(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
+    recipe = tmp_path / "two.toml"
+    recipe.write_text(RECIPE.read_text() + '\n[[variant]]\nname = "small"\ndata = { clips_per_class = 6 }\n'
+                      '\n[[variant]]\nname = "large"\ndata = { clips_per_class = 10 }\n')
+    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, train in (("small", 12), ("large", 24)):
+        lines = (tmp_path / "runs" / "tones_example" / name / "log.txt").read_text().splitlines()
+        started = [line.split("stage ")[1] for line in lines if line.endswith(" started")]
+        assert started == [f"{stage} started" for stage in ("prepare", "featurize", "fit", "generate", "evaluate", "report")]
+        prepared = [line for line in lines if "stage prepare done" in line]
+        assert len(prepared) == 1 and f'"train": {train},' in prepared[0], name

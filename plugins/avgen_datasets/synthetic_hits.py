@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from avgen import media
-from avgen.atomic import write_json, write_text
+from avgen.atomic import folder_mode, write_json, write_text
 from avgen.errors import AvgenError
 
 from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
@@ -180,6 +180,7 @@ def synthesize(root: Path, settings: SynthesisParams, progress: Any = None) -> b
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
+        os.chmod(staging, folder_mode())  # the dataset folder as mkdir would make it, not mkdtemp's 0700
         with _progress(progress, f"synthesizing {settings.videos} videos into {root}", settings.videos) as advance:
             write_dataset(staging, settings, on_video=advance)
         if root.exists():
