@@ -1,19 +1,39 @@
-"""avgen: visually indicated sound generation with a plugin system."""
+"""avgen: visually indicated sound generation with a plugin system.
+
+Everything a plugin needs is importable from here (``from avgen import Generator, BuildContext``);
+the modules behind these names are private. Names that need torch load on first use, so
+``import avgen`` (and ``avgen --help``) stays light.
+"""
 
 __version__ = "0.1.0"
 
-from avgen.errors import AvgenError, UnknownComponentError  # noqa: E402
-from avgen.registry import KINDS, Component, create, get_component, list_components  # noqa: E402
-from avgen.hookspecs import hookimpl  # noqa: E402
+from importlib import import_module  # noqa: E402
+from typing import Any  # noqa: E402
 
-__all__ = [
-    "KINDS",
-    "AvgenError",
-    "Component",
-    "UnknownComponentError",
-    "__version__",
-    "create",
-    "get_component",
-    "hookimpl",
-    "list_components",
-]
+from avgen.card import KINDS, Card  # noqa: E402
+from avgen.errors import AvgenError, UnknownComponentError  # noqa: E402
+from avgen.hookspecs import hookimpl  # noqa: E402
+from avgen.registry import Component, create, format_validation_error, get_component, list_components  # noqa: E402
+
+# public name -> the private module that defines it, imported on first access
+_LAZY = {
+    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Encoder", "EvalContext", "Generator", "GeneratorShape",
+                     "Loss", "Metric", "Representation", "check_contract"), "avgen.components"),
+    **dict.fromkeys(("atomic_path", "folder_mode", "write_json", "write_text"), "avgen.atomic"),
+    **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),
+    "cache_key": "avgen.cache",
+    "replicate_to_steps": "avgen.sequence",
+    **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
+    **dict.fromkeys(("html_page", "is_untrained", "read_json", "run_name"), "avgen.report"),
+}
+
+__all__ = sorted(["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",
+                  "format_validation_error", "get_component", "hookimpl", "list_components", *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'avgen' has no attribute {name!r}")

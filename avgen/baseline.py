@@ -1,8 +1,9 @@
 """The trivial baseline a generator must beat: predict the training mean for every clip.
 
-Its outputs are the global mean training representation (``rep``) and the training class
-frequencies (``probs``); each loss of the recipe that can score them is evaluated on the
-validation split, so a run can print its own val losses next to the baseline's.
+Its outputs are the generator's ``mean_outputs`` (by default the mean training representation;
+a generator adds what its losses score, e.g. a class prior); each loss of the recipe that can
+score them is evaluated on the validation split, so a run can print its own val losses next to
+the baseline's.
 """
 
 from __future__ import annotations
@@ -15,26 +16,17 @@ from torch import Tensor
 from avgen.errors import AvgenError
 
 
-def mean_predictor_outputs(train: dict[str, Tensor], count: int, num_classes: int) -> dict[str, Tensor]:
-    """Outputs of a model that ignores the video: the mean rep and the class prior, ``count`` times."""
-    rep = train["rep"].float().mean(0, keepdim=True).expand(count, *train["rep"].shape[1:])
-    labels = train["label"][train["label"] >= 0].long()
-    prior = torch.bincount(labels, minlength=num_classes).float() if labels.numel() else torch.ones(num_classes)
-    probs = (prior / prior.sum()).expand(count, num_classes)
-    return {"rep": rep, "residual": rep, "probs": probs}
-
-
-def baseline_losses(losses: list[Any], train: dict[str, Tensor], val: dict[str, Tensor], num_classes: int,
+def baseline_losses(losses: list[Any], generator: Any, train: dict[str, Tensor], val: dict[str, Tensor],
                     batch_size: int = 256) -> dict[str, float]:
     """{loss name: value} of the mean predictor on ``val`` for every loss that scores it without audio.
 
     Scored ``batch_size`` clips at a time and averaged weighted by clip count, as fit validates.
     """
     count = int(val["rep"].shape[0])
-    outputs = mean_predictor_outputs(train, count, num_classes)
+    outputs = generator.mean_outputs(train, count)
     scores: dict[str, float] = {}
     for loss in losses:
-        if getattr(loss.fn, "needs_wave", False):
+        if loss.fn.needs_wave:
             continue  # e.g. a perceptual loss: it would need the decoded mean waveform
         try:
             with torch.no_grad():

@@ -63,7 +63,8 @@ def generate_split(run: "Run") -> dict[str, Any]:
     k = min(run.recipe.eval.top_k, len(train.clips))
     _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
     exemplar = train.wave[retrieved[:, 0]]
-    predicted = outputs["probs"].argmax(-1) if "probs" in outputs else None
+    probabilities = model.class_probabilities(outputs)
+    predicted = probabilities.argmax(-1) if probabilities is not None else None
 
     out_dir = run.run_dir / "generated"
     tensors = {"rep": reps, "raw": raw, "exemplar": exemplar, "retrieved": retrieved}
@@ -107,7 +108,7 @@ def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
     """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone."""
-    from avgen.protocols import GeneratorShape
+    from avgen.components import BuildContext, GeneratorShape
     from avgen.recipe import validate_recipe
     from avgen.registry import get_component
     from avgen.train import load_checkpoint
@@ -123,11 +124,11 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
     recipe = validate_recipe(meta["recipe"], run_dir / "recipe.toml")
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
         raise AvgenError(f"{run_dir}: the run's recipe has no encoder, representation or generator")
-    encoder = get_component("encoder", recipe.encoder.name).build(recipe.encoder.params, device=device)
+    encoder = get_component("encoder", recipe.encoder.name).build(recipe.encoder.params, BuildContext(device=device))
     representation = get_component("representation", recipe.representation.name).build(recipe.representation.params)
-    representation = representation.to(device) if hasattr(representation, "to") else representation
+    representation = representation.to(device)
     shape = GeneratorShape(**meta["shape"])
-    model = get_component("generator", recipe.generator.name).build(recipe.generator.params, shape=shape)
+    model = get_component("generator", recipe.generator.name).build(recipe.generator.params, BuildContext(device=device, shape=shape))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -217,7 +218,7 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     if duration <= 0:
         raise AvgenError(f"{video}: zero-length video")
     samples, total = round(clip * rate), round(duration * rate)
-    frame_hop = getattr(representation, "hop_length", None) if exemplar_bank is None else None
+    frame_hop = representation.frame_hop if exemplar_bank is None else None
     step = max(1, round(clip * hop_fraction * rate / frame_hop)) if frame_hop else 0  # window hop in rep frames
     hop = step * frame_hop / rate if frame_hop else clip * hop_fraction
     starts = window_starts(duration, clip, hop)
@@ -256,8 +257,9 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     names = meta.get("class_names") or []
     summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate,
                                "timings": clock.laps}
-    if "probs" in outputs and names:
-        top = outputs["probs"].mean(0).topk(min(3, len(names)))
+    probabilities = model.class_probabilities(outputs)
+    if probabilities is not None and names:
+        top = probabilities.mean(0).topk(min(3, len(names)))
         summary["classes"] = {names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
     return wave, summary
 

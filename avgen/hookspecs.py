@@ -5,8 +5,8 @@ the ``avgen`` group. Each ``register`` hook receives a callable::
 
     register(name, factory, params=Params, summary="...", card={...}, version="1")
 
-``factory(params, **context)`` builds the component from its validated ``Params``
-instance; ``context`` holds what only the runner knows (see ``avgen/protocols.py``).
+``factory(params, context)`` builds the component from its validated ``Params``
+instance and an ``avgen.BuildContext`` (see ``avgen/components.py``).
 """
 
 from __future__ import annotations

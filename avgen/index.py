@@ -45,8 +45,8 @@ class ComponentInfo:
     @classmethod
     def from_component(cls, c: Any) -> ComponentInfo:
         """The printed form of a registered ``avgen.registry.Component``."""
-        return cls(c.kind, c.name, c.plugin, c.summary, c.version, json.loads(json.dumps(dict(c.card), default=str)),
-                   [[str(k), str(v)] for k, v in c.card.items()],
+        return cls(c.kind, c.name, c.plugin, c.summary, c.version, json.loads(json.dumps(c.card.as_dict(), default=str)),
+                   [[str(k), str(v)] for k, v in c.card.as_dict().items()],
                    [list(field_row(name, f)) for name, f in c.params.model_fields.items()])
 
 

@@ -14,9 +14,8 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from avgen.card import KINDS, Card
 from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError
-
-KINDS: tuple[str, ...] = ("encoder", "representation", "generator", "loss", "dataset", "metric")
 
 
 class NoParams(BaseModel):
@@ -35,15 +34,18 @@ class Component:
     params: type[BaseModel]
     summary: str
     plugin: str
-    card: Mapping[str, Any] = field(default_factory=dict)
+    card: Card = field(default_factory=Card)
     version: str = "1"
 
     def validate(self, values: Mapping[str, Any] | None = None) -> BaseModel:
         """Validate a params mapping with this component's Params (raises pydantic errors)."""
         return self.params.model_validate(dict(values or {}))
 
-    def build(self, params: BaseModel | Mapping[str, Any] | None = None, **context: Any) -> Any:
-        """Build the component from validated params (or a mapping) and runner context."""
+    def build(self, params: BaseModel | Mapping[str, Any] | None = None, context: Any = None) -> Any:
+        """``factory(params, context)`` from validated params (or a mapping) and an ``avgen.BuildContext``,
+        checked against its kind's contract (one AvgenError naming the plugin otherwise)."""
+        from avgen.components import BuildContext, check_contract
+
         if not isinstance(params, BaseModel):
             try:
                 params = self.validate(params)
@@ -51,7 +53,8 @@ class Component:
                 raise AvgenError(
                     f"{self.kind} '{self.name}': {format_validation_error(exc)}"
                 ) from exc
-        return self.factory(params, **context)
+        context = context if isinstance(context, BuildContext) else BuildContext(**dict(context or {}))
+        return check_contract(self.kind, self.factory(params, context), self.name, self.plugin)
 
 
 class Registry:
@@ -68,7 +71,7 @@ class Registry:
         factory: Callable[..., Any],
         params: type[BaseModel] = NoParams,
         summary: str = "",
-        card: Mapping[str, Any] | None = None,
+        card: Card | Mapping[str, Any] | None = None,
         version: str = "1",
     ) -> Component:
         """Add a component; a second component of the same kind and name is an error."""
@@ -84,7 +87,11 @@ class Registry:
                 f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by "
                 f"plugin '{plugin}'; uninstall one or rename its component"
             )
-        component = Component(kind, name, factory, params, summary, plugin, dict(card or {}), version)
+        try:
+            card = card if isinstance(card, Card) else Card.model_validate(dict(card or {}))
+        except ValidationError as exc:
+            raise ValueError(f"{kind} '{name}' from plugin '{plugin}': card: {format_validation_error(exc)}") from exc
+        component = Component(kind, name, factory, params, summary, plugin, card, version)
         self._components[kind][name] = component
         return component
 
@@ -155,8 +162,11 @@ def list_components(kind: str | None = None, pattern: str | None = None) -> list
     return _registry().all(kind, pattern)
 
 
-def create(kind: str, name: str, context: Mapping[str, Any] | None = None, **params: Any) -> Any:
-    """Build a registered component, like ``timm.create_model``; None params are dropped."""
+def create(kind: str, name: str, context: Any = None, **params: Any) -> Any:
+    """Build a registered component, like ``timm.create_model``; None params are dropped.
+
+    ``context`` is an ``avgen.BuildContext`` (or a mapping of its fields).
+    """
     component = get_component(kind, name)
     values = {k: v for k, v in params.items() if v is not None}
-    return component.build(values, **dict(context or {}))
+    return component.build(values, context)

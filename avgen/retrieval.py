@@ -19,7 +19,6 @@ import contextlib
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch memory per chunk (scores + normalized bank rows)
 MAX_CHUNK_ROWS = 4096  # bank rows per matmul: bigger blocks fall out of cache (3x slower at 65 536 rows, 1025-d)

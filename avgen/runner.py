@@ -33,7 +33,7 @@ from avgen.baseline import baseline_losses, compare_line
 from avgen.cache import FeatureCache, cache_key
 from avgen.errors import AvgenError, RunLockedError
 from avgen.mapped import RowWriter, map_safetensors, scratch_file
-from avgen.protocols import Clip, EvalContext, GeneratorShape
+from avgen.components import BuildContext, Clip, EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.registry import get_component
 
@@ -362,14 +362,14 @@ class Run:
         if self._representation is None and self.recipe.representation is not None:
             spec = self.recipe.representation
             rep = get_component("representation", spec.name).build(spec.params)
-            self._representation = rep.to(self.device) if hasattr(rep, "to") else rep
+            self._representation = rep.to(self.device)
         return self._representation
 
     @property
     def encoder(self) -> Any:
         if self._encoder is None and self.recipe.encoder is not None:
             spec = self.recipe.encoder
-            self._encoder = get_component("encoder", spec.name).build(spec.params, device=self.device)
+            self._encoder = get_component("encoder", spec.name).build(spec.params, BuildContext(device=self.device))
         return self._encoder
 
     @property
@@ -379,7 +379,10 @@ class Run:
 
     def preflight(self) -> None:
         """Build the dataset and representation now, so their errors come before the run directory exists."""
-        _ = self.dataset, self.representation
+        _ = self.dataset
+        rep = self.representation
+        if rep is not None:
+            check_phases(self.recipe, rep)
 
     # ---- driver
 
@@ -557,8 +560,7 @@ class Run:
 
     def _dataset_skipped_rows(self) -> dict[str, list[str]]:
         """Annotation rows the dataset left out of each split (e.g. a hit time of inf), when it reports them."""
-        report = getattr(self.dataset, "skipped_rows", None)
-        return {split: list(report(split)) if callable(report) else [] for split in SPLITS}
+        return {split: list(self.dataset.skipped_rows(split)) for split in SPLITS}
 
     def _report_padded(self, split: str, notes: dict[int, list[str]]) -> None:
         """One line for the clips whose audio was padded (each note goes to the log)."""
@@ -705,7 +707,7 @@ class Run:
         model, shape = self.build_generator()
         losses = [
             WeightedLoss(spec.name, spec.weight,
-                         get_component("loss", spec.name).build(spec.params, representation=self.representation))
+                         get_component("loss", spec.name).build(spec.params, BuildContext(device=self.device, representation=self.representation)))
             for spec in self.recipe.loss
         ]
         if not losses:
@@ -723,8 +725,7 @@ class Run:
                                soft_wrap=True)
         best = next((e["val"] for e in result.history if e["epoch"] == result.best_epoch), None)
         if best:
-            baseline = baseline_losses(losses, train.tensors(), val.tensors(), shape.num_classes,
-                                       batch_size=self.recipe.train.batch_size)
+            baseline = baseline_losses(losses, model, train.tensors(), val.tensors(), batch_size=self.recipe.train.batch_size)
             info.update(val=best, baseline_val=baseline)
             line = compare_line(best, baseline, result.best_epoch)
             if line:
@@ -741,7 +742,7 @@ class Run:
             steps=int(train.rep.shape[2]), num_classes=len(self.dataset.class_names),
         )
         torch.manual_seed(self.recipe.run.seed)  # the initial weights depend on the seed only
-        model = get_component("generator", spec.name).build(spec.params, shape=shape)
+        model = get_component("generator", spec.name).build(spec.params, BuildContext(device=self.device, shape=shape))
         return model.to(self.device), shape
 
     def checkpoint_meta(self, shape: GeneratorShape) -> dict[str, Any]:
@@ -798,6 +799,15 @@ class Run:
         html, md = write_report(self.run_dir)
         self.console.print(f"report: {html}")
         return {"html": str(html), "md": str(md)}
+
+
+def check_phases(recipe: Recipe, representation: Any) -> None:
+    """eval.phase must be a phase the representation declares, other than 'given' (generated sound has no reference)."""
+    phases = tuple(representation.phases)
+    name = recipe.representation.name if recipe.representation else "?"
+    if recipe.eval.phase not in phases or recipe.eval.phase == "given":
+        choices = ", ".join(p for p in phases if p != "given") or "none"
+        raise AvgenError(f"{recipe.source}: eval.phase = {recipe.eval.phase!r}: representation '{name}' decodes with {choices}")
 
 
 def _join_process_group(device: torch.device) -> tuple[int, int]:

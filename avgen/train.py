@@ -68,21 +68,23 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on ``train`` (resuming from run_dir/checkpoints/last.* when present)."""
     losses = _unique_names(losses)
-    needs_wave = any(getattr(loss.fn, "needs_wave", False) for loss in losses)
+    needs_wave = any(loss.fn.needs_wave for loss in losses)
     size = _check_split(train, "train", needs_wave)
     if val is not None:
         _check_split(val, "val", needs_wave)
     if needs_wave and representation is None:
         raise AvgenError("fit: a loss needs the decoded waveform but no representation was given")
+    if needs_wave and params.decode_phase not in representation.phases:
+        raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
+                         f"{', '.join(representation.phases)}")
     rank, world, device = _distributed(device)
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
     console = console if console is not None else _stderr_console()
 
     model.to(device)
-    if getattr(model, "uses_base_samples", False):
-        model.set_base_samples(train["rep"], train["label"])
-    if needs_wave and hasattr(representation, "to"):
+    model.prepare(train)
+    if needs_wave:
         representation.to(device)
     optimizer = _make_optimizer(model, params)
     info = {"format": 1, "seed": seed, "train": params.model_dump(mode="json"), "meta": meta or {}}
@@ -95,10 +97,10 @@ def fit(
         console.print(f"resuming from {last_path} (epoch {state['epoch']})")
     elif rank == 0:  # epoch 0: the initial weights, so a NaN in epoch 1 still leaves a good checkpoint
         _save(last_path, model, {**info, **state}, optimizer)
-    trained = model
+    trained: nn.Module = _TrainingForward(model)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids, broadcast_buffers=False)
 
     use_amp = params.amp and device.type == "cuda"
     if params.amp and not use_amp:
@@ -127,7 +129,7 @@ def fit(
             sums, seen = torch.zeros(len(losses) + 1, dtype=torch.float64), 0
             for number, (local, global_size) in enumerate(batches, start=1):
                 batch = _take(train, local, device)
-                total, logged = step.forward(batch, share=len(local) / global_size, world=world, teacher=params.teacher_forcing)
+                total, logged = step.forward(batch, share=len(local) / global_size, world=world)
                 if not torch.isfinite(logged).all():
                     _plot_if_main(rank, state["history"], run_dir)
                     raise AvgenError(_nan_message(logged, losses, epoch, number, last_path, state["epoch"]))
@@ -178,6 +180,17 @@ def fit(
     return FitResult(best_path, last_path, state["history"], state["best_epoch"], state["stopped_early"])
 
 
+class _TrainingForward(nn.Module):
+    """The generator's ``training_outputs(batch)`` as a forward, so that DDP wraps (and synchronises) that call."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.generator.training_outputs(batch)
+
+
 class _Step:
     """One forward pass and the weighted loss terms of a batch."""
 
@@ -186,13 +199,10 @@ class _Step:
         self.representation, self.needs_wave = representation, needs_wave
         self.device, self.use_amp, self.amp_dtype = device, use_amp, amp_dtype
 
-    def terms(self, model: nn.Module, batch: dict[str, Tensor], teacher: bool) -> tuple[Tensor, Tensor]:
-        """(total, [total, term1, term2, ...]) for this rank's examples."""
+    def terms(self, outputs_of: Callable[[dict[str, Tensor]], Any], batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(total, [total, term1, term2, ...]) for this rank's examples; ``outputs_of(batch)`` runs the generator."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            if teacher:
-                outputs = dict(model(batch["features"], labels=batch["label"]))
-            else:
-                outputs = dict(model(batch["features"]))
+            outputs = dict(outputs_of(batch))
             if self.needs_wave:
                 wave = batch["wave"]
                 outputs["wave"] = self.representation.decode(
@@ -202,9 +212,9 @@ class _Step:
         total = sum(loss.weight * value for loss, value in zip(self.losses, values))
         return total, torch.stack([total, *values]).detach()
 
-    def forward(self, batch: dict[str, Tensor], share: float, world: int, teacher: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, batch: dict[str, Tensor], share: float, world: int) -> tuple[Tensor, Tensor]:
         """The loss to back-propagate (scaled so DDP's gradient mean is the global-batch mean) and the logged terms."""
-        total, logged = self.terms(self.model, batch, teacher)
+        total, logged = self.terms(self.model, batch)
         logged = logged * share
         if world > 1:
             dist.all_reduce(logged)
@@ -219,7 +229,7 @@ def _validate(step: _Step, model: nn.Module, data: dict[str, Tensor], batch_size
     sums = torch.zeros(len(step.losses) + 2, dtype=torch.float64, device=device)
     for start in range(0, len(shard), batch_size):
         index = shard[start : start + batch_size]
-        _, logged = step.terms(model, _take(data, index, device), teacher=False)
+        _, logged = step.terms(lambda batch: model(batch["features"]), _take(data, index, device))
         sums[:-1] += logged.double() * len(index)
         sums[-1] += len(index)
     if world > 1:

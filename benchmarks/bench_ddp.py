@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     import avgen
-    from avgen.protocols import GeneratorShape
+    from avgen import GeneratorShape
     from avgen.recipe import TrainParams
     from avgen.train import WeightedLoss, fit
 

@@ -23,7 +23,7 @@ import torch
 
 import avgen
 from avgen.errors import AvgenError
-from avgen.protocols import GeneratorShape
+from avgen import GeneratorShape
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
 from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py

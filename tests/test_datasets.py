@@ -14,7 +14,7 @@ import torch
 
 import avgen
 from avgen.errors import AvgenError
-from avgen.protocols import Dataset
+from avgen import Dataset
 
 from avgen_datasets.materials import MATERIALS
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from avgen_eval.classifier import confusion_matrix
 
 CLASSES = ["low tone", "high tone", "noise burst", "rumble"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from avgen_eval.lsd import log_spectral_distance
 
 

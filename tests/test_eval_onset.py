@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import avgen
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from avgen_eval.onset import OnsetParams, average_precision, detect_onsets, match_clip, onset_envelope, onset_nms
 
 RATE = 22050

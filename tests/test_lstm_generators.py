@@ -9,7 +9,7 @@ import torch
 
 import avgen
 from avgen.errors import AvgenError
-from avgen.protocols import Generator, GeneratorShape
+from avgen import Generator, GeneratorShape
 
 SHAPE = GeneratorShape(feature_dim=12, rep_dim=7, steps=9, num_classes=4)
 
@@ -48,7 +48,7 @@ def can(train_set) -> torch.nn.Module:
 def test_output_shapes(name, options, train_set):
     model = build(name, **options)
     assert isinstance(model, Generator)
-    model.set_base_samples(*train_set)
+    model.prepare({"rep": train_set[0], "label": train_set[1]})
     out = model(torch.randn(5, 3, SHAPE.feature_dim))
     assert out["rep"].shape == (5, SHAPE.rep_dim, SHAPE.steps)
     assert out["residual"].shape == (5, SHAPE.rep_dim, SHAPE.steps)
@@ -132,15 +132,21 @@ def test_soft_output_is_residual_plus_probability_weighted_base(train_set):
         torch.testing.assert_close(out["rep"][b], out["residual"][b] + mix)
 
 
-def test_teacher_forcing_uses_the_true_class_only_in_training(can):
+def test_teacher_forcing_uses_the_true_class_only_in_training(train_set):
     features = torch.randn(4, 3, SHAPE.feature_dim)
     labels = torch.tensor([3, 2, 1, 0])
-    can.train()
-    out = can(features, labels=labels)
-    torch.testing.assert_close(out["rep"] - out["residual"], can.base_samples[labels])
-    can.eval()
-    out = can(features, labels=labels)
-    torch.testing.assert_close(out["rep"] - out["residual"], can.base_samples[out["probs"].argmax(-1)])
+    batch = {"features": features, "label": labels}
+    forced, plain = build("can_lstm", teacher_forcing=True), build("can_lstm")
+    for model in (forced, plain):
+        model.prepare({"rep": train_set[0], "label": train_set[1]})
+    forced.train()
+    out = forced.training_outputs(batch)
+    torch.testing.assert_close(out["rep"] - out["residual"], forced.base_samples[labels])
+    out = plain.train().training_outputs(batch)  # off by default (the paper's setting): the predicted class
+    torch.testing.assert_close(out["rep"] - out["residual"], plain.base_samples[out["probs"].argmax(-1)])
+    forced.eval()
+    out = forced(features, labels=labels)
+    torch.testing.assert_close(out["rep"] - out["residual"], forced.base_samples[out["probs"].argmax(-1)])
 
 
 def test_gradient_reaches_every_parameter(can):
@@ -173,12 +179,12 @@ def test_state_dict_round_trip_carries_the_base_samples(can):
     torch.testing.assert_close(fresh(features)["rep"], can(features)["rep"], rtol=0, atol=0)
 
 
-def test_owens_ignores_base_samples(train_set):
+def test_owens_prepare_changes_nothing_and_it_has_no_class_head(train_set):
     model = build("owens_lstm")
-    assert model.uses_base_samples is False
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.set_base_samples(*train_set)
+    model.prepare({"rep": train_set[0], "label": train_set[1]})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.class_probabilities(model(torch.randn(2, 3, SHAPE.feature_dim))) is None
 
 
 def test_bad_inputs_give_clear_errors(train_set):

@@ -15,8 +15,18 @@ class P(BaseModel):
     size: int = Field(3, ge=1, description="a size")
 
 
-def make(params: P, **context):
-    return {"size": params.size, **context}
+class Sized(avgen.Metric):
+    """A metric that remembers how it was built."""
+
+    def __init__(self, size: int, context: avgen.BuildContext) -> None:
+        self.size, self.context = size, context
+
+    def compute(self, ctx):
+        return {"size": float(self.size)}
+
+
+def make(params: P, context: avgen.BuildContext) -> Sized:
+    return Sized(params.size, context)
 
 
 def test_kinds_are_the_six_of_the_design() -> None:
@@ -25,10 +35,28 @@ def test_kinds_are_the_six_of_the_design() -> None:
 
 def test_register_get_and_build_with_context() -> None:
     reg = Registry()
-    reg.register("encoder", "plug_a", "tiny", make, P, summary="tiny one")
-    comp = reg.get("encoder", "tiny")
-    assert comp.plugin == "plug_a" and comp.summary == "tiny one"
-    assert comp.build({"size": 5}, device="cpu") == {"size": 5, "device": "cpu"}
+    reg.register("metric", "plug_a", "tiny", make, P, summary="tiny one", card={"paper": "none"})
+    comp = reg.get("metric", "tiny")
+    assert comp.plugin == "plug_a" and comp.summary == "tiny one" and comp.card.as_dict() == {"paper": "none"}
+    built = comp.build({"size": 5}, avgen.BuildContext(run_dir=None))
+    assert built.size == 5 and built.context == avgen.BuildContext()
+    assert comp.build({"size": 2}, {"device": "cpu"}).context.device == "cpu"  # a mapping of BuildContext fields
+
+
+def test_a_card_with_an_unknown_key_is_refused_naming_the_plugin() -> None:
+    with pytest.raises(ValueError, match="plug_a.*card: papr: unknown key"):
+        Registry().register("metric", "plug_a", "tiny", make, P, card={"papr": "typo"})
+
+
+def test_an_object_that_breaks_its_kind_contract_is_one_error_naming_the_plugin() -> None:
+    reg = Registry()
+    reg.register("encoder", "plug_b", "half", lambda params, context: Sized(1, context), P)
+    with pytest.raises(AvgenError, match="plugin 'plug_b': encoder 'half' does not follow the contract: no dim, fps, "
+                                         "input_size, encode .subclass avgen.Encoder"):
+        reg.get("encoder", "half").build({})
+    reg.register("generator", "plug_b", "plain", lambda params, context: object(), P)
+    with pytest.raises(AvgenError, match="plugin 'plug_b': generator 'plain'"):
+        reg.get("generator", "plain").build({})
 
 
 def test_duplicate_names_fail_naming_both_plugins() -> None:

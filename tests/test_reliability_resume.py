@@ -21,7 +21,7 @@ import avgen
 from avgen.atomic import stale_temp_files
 from avgen.cache import FeatureCache
 from avgen.errors import AvgenError
-from avgen.protocols import GeneratorShape
+from avgen import GeneratorShape
 from avgen.recipe import TrainParams, load_recipe
 from avgen.runner import Run
 from avgen.train import WeightedLoss, fit, load_checkpoint

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import avgen
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from avgen.report import format_number, spectrogram_db, write_report
 from avgen_eval.figures import save_confusion_matrix
 

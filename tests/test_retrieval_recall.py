@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from avgen.retrieval import topk_cosine
 
 

@@ -12,7 +12,7 @@ import torch
 
 import avgen
 from avgen.errors import AvgenError, UnknownComponentError
-from avgen.protocols import EvalContext
+from avgen import EvalContext
 from soundnet_support import converted_home
 
 RATE = 22050

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import avgen
 from avgen.errors import AvgenError
-from avgen.protocols import GeneratorShape
+from avgen import GeneratorShape
 from avgen.recipe import TrainParams
 from avgen.train import WeightedLoss, derive_seed, fit, learning_rate, load_checkpoint
 
@@ -120,14 +120,14 @@ def test_checkpoints_carry_weights_base_samples_and_meta(data, tmp_path):
 
 def test_resumed_run_ends_with_the_same_weights(data, tmp_path):
     train, val = data
-    params = train_params(epochs=3, schedule="cosine", teacher_forcing=True)
+    params = train_params(epochs=3, schedule="cosine")
 
     def run(run_dir: Path, init_seed: int, stop_after: int | None = None):
         def interrupt(epoch: int, entry: dict) -> None:
             if epoch == stop_after:
                 raise KeyboardInterrupt
 
-        model = make_model("can_lstm", init_seed, hidden=16, dropout=0.3, layers=2)
+        model = make_model("can_lstm", init_seed, hidden=16, dropout=0.3, layers=2, teacher_forcing=True)
         return fit(model=model, losses=losses_for("can_lstm"), train=train, val=val, params=params,
                    run_dir=run_dir, seed=7, device=CPU, on_epoch_end=interrupt)
 
@@ -225,13 +225,15 @@ def test_bad_inputs_are_clear_errors(data, tmp_path):
         fit(model=make_model("owens_lstm"), losses=losses_for("can_lstm"), train=train, **kwargs)
 
 
-class StftRepresentation:
+class StftRepresentation(avgen.Representation):
     """A tiny test-only Representation: magnitude STFT, decoded with the reference's phase."""
 
     sample_rate, n_fft, hop = 8000, 16, 4
     dim = n_fft // 2 + 1
+    phases = ("given",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[str, int | None]] = []
 
     def frames(self, num_samples: int) -> int:
@@ -249,7 +251,7 @@ class StftRepresentation:
         return torch.istft(spec, self.n_fft, self.hop, window=torch.hann_window(self.n_fft), length=length)
 
 
-class WaveL1:
+class WaveL1(avgen.Loss):
     """Mean absolute waveform error; needs the decoded waveform."""
 
     needs_wave = True

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import avgen
-from avgen.protocols import Encoder
+from avgen import Encoder
 
 TIMM_DEFAULT = "resnet50"  # TimmParams.model default
 SIZE = 32  # the smallest input the ResNets and EfficientNets accept: keeps ResNet-152/200-D fast
@@ -57,7 +57,7 @@ def test_encoder_output_shape_dtype_and_protocol(name):
     assert out.shape == (3, encoder.dim) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert out.std() > 0  # not a constant: the frames reach the features
-    card_dim = avgen.get_component("encoder", name).card.get("feature_dim")
+    card_dim = avgen.get_component("encoder", name).card.dim
     if isinstance(card_dim, int):
         assert encoder.dim == card_dim
 
@@ -129,7 +129,7 @@ def test_unknown_timm_model_is_one_clear_error():
 def test_frames_are_normalised_with_the_card_mean_and_std(name):
     encoder = shared(name)
     card = avgen.get_component("encoder", name).card
-    mean, std = card["mean"], card["std"]
+    mean, std = card.mean, card.std
     if isinstance(mean, str):  # the generic timm encoder takes its model's pretrained_cfg
         import timm
 

@@ -77,7 +77,7 @@ def assert_same_features(got: torch.Tensor, expected: torch.Tensor) -> None:
 def test_card_names_the_file_torchvision_downloads(arch):
     url = torchvision.models.get_model_weights(arch).DEFAULT.url
     card = avgen.get_component("encoder", arch).card
-    assert card["weights"].endswith("checkpoints/" + url.rsplit("/", 1)[-1])
+    assert card.weights.endswith("checkpoints/" + url.rsplit("/", 1)[-1])
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -230,7 +230,7 @@ def test_offline_imagenet_errors_name_the_file_and_the_hf_cache_is_used(tmp_path
 def test_every_registered_spec_has_mean_std_and_weights_on_its_card():
     for spec in catalog.SPECS:
         card = avgen.get_component("encoder", spec.name).card
-        assert {"mean", "std", "weights", "license", "input_size", "fps", "feature_dim"} <= set(card)
+        assert {"mean", "std", "weights", "license", "input_size", "fps", "dim"} <= set(card.as_dict())
 
 
 def test_an_unreachable_hub_fails_at_once_instead_of_retrying(monkeypatch):

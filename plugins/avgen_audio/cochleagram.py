@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from avgen.errors import AvgenError
+from avgen import AvgenError, BuildContext
 from avgen_audio.compression import compress, expand
 from avgen_audio.params import CochleagramParams
 from avgen_audio.spectral import SpectralRepresentation
@@ -79,6 +79,6 @@ class CochleagramRepresentation(SpectralRepresentation):
         return torch.sqrt(power)
 
 
-def make_cochleagram(params: CochleagramParams, **context: object) -> CochleagramRepresentation:
+def make_cochleagram(params: CochleagramParams, context: BuildContext) -> CochleagramRepresentation:
     """Factory registered as representation 'cochleagram'."""
     return CochleagramRepresentation(params)

@@ -12,7 +12,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from avgen.errors import AvgenError
+from avgen import AvgenError, Representation
 from avgen_audio import fourier
 from avgen_audio.griffin_lim import griffin_lim_phase, random_phase
 from avgen_audio.params import SpectralParams
@@ -20,10 +20,11 @@ from avgen_audio.params import SpectralParams
 PHASES = ("griffin_lim", "given", "zero", "random")
 
 
-class SpectralRepresentation(nn.Module):
-    """Base of the STFT-based representations; follows avgen.protocols.Representation."""
+class SpectralRepresentation(Representation):
+    """Base of the STFT-based representations (an ``avgen.Representation``)."""
 
     dim: int
+    phases = PHASES
 
     def __init__(self, params: SpectralParams) -> None:
         super().__init__()
@@ -32,6 +33,7 @@ class SpectralRepresentation(nn.Module):
         self.sample_rate = params.sample_rate
         self.n_fft = params.n_fft
         self.hop_length = params.hop_length
+        self.frame_hop = params.hop_length  # frames tile time every hop_length samples
         self.center = params.center
         self.pad_mode = params.pad_mode
         self.n_iter = params.n_iter

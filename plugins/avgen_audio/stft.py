@@ -7,6 +7,7 @@ import torch
 from avgen_audio.compression import compress, expand
 from avgen_audio.params import StftParams
 from avgen_audio.spectral import SpectralRepresentation
+from avgen import BuildContext
 
 
 class StftRepresentation(SpectralRepresentation):
@@ -25,6 +26,6 @@ class StftRepresentation(SpectralRepresentation):
         return expand(rep, p.compression, p.log_offset, p.exponent)
 
 
-def make_stft(params: StftParams, **context: object) -> StftRepresentation:
+def make_stft(params: StftParams, context: BuildContext) -> StftRepresentation:
     """Factory registered as representation 'stft'."""
     return StftRepresentation(params)

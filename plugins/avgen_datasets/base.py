@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from avgen.errors import AvgenError
-from avgen.protocols import Clip
+from avgen import AvgenError, Clip, Dataset
 
 
 def fingerprint(*paths: Path | None) -> str:
@@ -28,7 +27,7 @@ def fingerprint(*paths: Path | None) -> str:
 SPLITS = ("train", "val", "test")
 
 
-class MediaClips:
+class MediaClips(Dataset):
     """clips / load_frames / load_audio for clips that point at media files (worker-safe: no open handles)."""
 
     sample_rate: int

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 
 def count_clips(root: Path, classes: int) -> dict[str, int]:
@@ -35,7 +35,7 @@ def data_group() -> None:
 def synth(out: Path, videos: int | None, seed: int | None, classes: int | None, fps: int | None, size: int | None) -> None:
     """Write a synthetic stick-hitting dataset in the Greatest Hits layout to OUT."""
     from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
-    from avgen.registry import format_validation_error
+    from avgen import format_validation_error
 
     given = {"videos": videos, "seed": seed, "classes": classes, "fps": fps, "size": size}
     try:

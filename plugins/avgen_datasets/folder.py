@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
-from avgen.protocols import Clip
+from avgen import AvgenError, BuildContext, Clip
 
 from avgen_datasets.base import SPLITS, MediaClips, fingerprint
 
@@ -76,5 +75,5 @@ class Folder(MediaClips):
         return splits
 
 
-def make_folder(params: FolderParams, **context: Any) -> Folder:
+def make_folder(params: FolderParams, context: BuildContext) -> Folder:
     return Folder(params)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
-from avgen.protocols import Clip
+from avgen import AvgenError, BuildContext, Clip
 
 from avgen_datasets.base import MediaClips, fingerprint
 from avgen_datasets.materials import MATERIALS, normalize_material
@@ -150,5 +149,5 @@ class GreatestHits(MediaClips):
         return clips
 
 
-def make_greatest_hits(params: GreatestHitsParams, **context) -> GreatestHits:
+def make_greatest_hits(params: GreatestHitsParams, context: BuildContext) -> GreatestHits:
     return GreatestHits(params)

@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import media
-from avgen.atomic import folder_mode, write_json, write_text
-from avgen.errors import AvgenError
+from avgen import AvgenError, BuildContext, folder_mode, media, write_json, write_text
 
 from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
@@ -236,5 +234,5 @@ class SyntheticHits(GreatestHits):
         super().prepare()
 
 
-def make_synthetic_hits(params: SyntheticHitsParams, **context: Any) -> SyntheticHits:
+def make_synthetic_hits(params: SyntheticHitsParams, context: BuildContext) -> SyntheticHits:
     return SyntheticHits(params)

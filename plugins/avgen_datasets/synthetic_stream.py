@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
-from avgen.protocols import Clip
+from avgen import AvgenError, BuildContext, Clip, Dataset
 
 from avgen_datasets.base import SPLITS
 from avgen_datasets.materials import MATERIALS
@@ -38,7 +37,7 @@ class SyntheticStreamParams(BaseModel):
     test_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of clips in the test split")
 
 
-class SyntheticStream:
+class SyntheticStream(Dataset):
     """The Dataset: clips have no files (video and audio are None); frames and audio are rendered per call."""
 
     def __init__(self, params: SyntheticStreamParams) -> None:
@@ -115,5 +114,5 @@ def clip_index(clip: Clip) -> int:
     return int(clip.id[len(ID_PREFIX):])
 
 
-def make_synthetic_stream(params: SyntheticStreamParams, **context: Any) -> SyntheticStream:
+def make_synthetic_stream(params: SyntheticStreamParams, context: BuildContext) -> SyntheticStream:
     return SyntheticStream(params)

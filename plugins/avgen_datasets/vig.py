@@ -15,8 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
-from avgen.protocols import Clip
+from avgen import AvgenError, BuildContext, Clip
 
 from avgen_datasets.base import MediaClips, fingerprint
 from avgen_datasets.splits import carve
@@ -167,5 +166,5 @@ class Vig(MediaClips):
         return clips
 
 
-def make_vig(params: VigParams, **context: Any) -> Vig:
+def make_vig(params: VigParams, context: BuildContext) -> Vig:
     return Vig(params)

@@ -16,11 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from avgen.atomic import atomic_path, write_json
-from avgen.cache import cache_key
-from avgen.errors import AvgenError
-from avgen.paths import cache_dir
-from avgen.protocols import EvalContext
+from avgen import AvgenError, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, write_json
 
 from avgen_eval.figures import save_confusion_matrix
 
@@ -148,7 +144,7 @@ def _train_waves(source: Any) -> torch.Tensor | None:
     return torch.as_tensor(waves)
 
 
-class SoundClassifier:
+class SoundClassifier(Metric):
     """The sound_classifier metric: accuracy on real test audio and on each generated kind."""
 
     def __init__(self, params: ClassifierParams) -> None:
@@ -184,5 +180,5 @@ class SoundClassifier:
         return metrics
 
 
-def make_sound_classifier(params: ClassifierParams, **_: Any) -> SoundClassifier:
+def make_sound_classifier(params: ClassifierParams, context: BuildContext) -> SoundClassifier:
     return SoundClassifier(params)

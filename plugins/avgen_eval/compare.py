@@ -12,9 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from avgen.atomic import write_text
-from avgen.errors import AvgenError
-from avgen.report import html_page, is_untrained, read_json, run_name
+from avgen import AvgenError, html_page, is_untrained, read_json, run_name, write_text
 
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [

@@ -8,7 +8,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from avgen.atomic import atomic_path
+from avgen import atomic_path
 
 
 def save_confusion_matrix(path: Path, counts: torch.Tensor, class_names: list[str], title: str = "") -> Path:

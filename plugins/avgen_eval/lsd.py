@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.protocols import EvalContext
+from avgen import BuildContext, EvalContext, Metric
 
 log = logging.getLogger("avgen.eval.lsd")
 
@@ -38,7 +37,7 @@ def log_spectral_distance(real: torch.Tensor, generated: torch.Tensor, n_fft: in
     return diff.pow(2).mean(dim=1).sqrt().mean(dim=1)
 
 
-class LogSpectralDistance:
+class LogSpectralDistance(Metric):
     """The log_spectral_distance metric: lsd_<kind> per generated kind (lower is closer)."""
 
     def __init__(self, params: LsdParams) -> None:
@@ -55,5 +54,5 @@ class LogSpectralDistance:
         }
 
 
-def make_lsd(params: LsdParams, **_: Any) -> LogSpectralDistance:
+def make_lsd(params: LsdParams, context: BuildContext) -> LogSpectralDistance:
     return LogSpectralDistance(params)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torchaudio.functional as AF
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.protocols import EvalContext
+from avgen import BuildContext, EvalContext, Metric
 
 log = logging.getLogger("avgen.eval.onset")
 
@@ -239,7 +238,7 @@ def compare_onsets(real_waves: torch.Tensor, gen_waves: torch.Tensor, sample_rat
     }
 
 
-class OnsetMetric:
+class OnsetMetric(Metric):
     """The onset metric: per generated kind, onset agreement with the real test audio."""
 
     def __init__(self, params: OnsetParams) -> None:
@@ -256,5 +255,5 @@ class OnsetMetric:
         return out
 
 
-def make_onset(params: OnsetParams, **_: Any) -> OnsetMetric:
+def make_onset(params: OnsetParams, context: BuildContext) -> OnsetMetric:
     return OnsetMetric(params)

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from avgen.sequence import replicate_to_steps
+from avgen import replicate_to_steps
 
 
 class LstmParams(BaseModel):
@@ -28,6 +28,7 @@ class CanParams(LstmParams):
     base: Literal["hard", "soft"] = Field(
         "hard", description="'hard': s' = d + A_argmax(p) (paper Eq. 5); 'soft': s' = d + sum_j p_j A_j"
     )
+    teacher_forcing: bool = Field(False, description="in training, add the true class's base sample (paper: off)")
 
 
 class FrameLSTM(nn.Module):

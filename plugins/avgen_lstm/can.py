@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from avgen.errors import AvgenError
-from avgen.protocols import GeneratorShape
+from avgen import AvgenError, BuildContext, Generator, GeneratorShape
 from avgen_lstm.backbone import CanParams, FrameLSTM
 
 
-class CanLSTM(nn.Module):
+class CanLSTM(Generator):
     """The CAN/POCAN generator: f_i = W h_i + b split into d_c class logits and d_s residual values."""
-
-    uses_base_samples = True
 
     def __init__(self, params: CanParams, shape: GeneratorShape) -> None:
         super().__init__()
@@ -23,16 +21,36 @@ class CanLSTM(nn.Module):
             raise AvgenError(f"can_lstm needs a dataset with classes, got num_classes={shape.num_classes}; use owens_lstm")
         self.shape = shape
         self.base = params.base
+        self.teacher_forcing = params.teacher_forcing
         self.net = FrameLSTM(params, shape.feature_dim, shape.steps, shape.num_classes + shape.rep_dim)
         # A_j, one [D, F] mean representation per class; a buffer so checkpoints carry it.
         self.register_buffer("base_samples", torch.zeros(shape.num_classes, shape.rep_dim, shape.steps))
         self._base_ready = False
         self.register_load_state_dict_post_hook(_mark_base_ready)
 
+    def prepare(self, train: Mapping[str, torch.Tensor]) -> None:
+        """Base samples from the training split, before training."""
+        self.set_base_samples(train["rep"], train["label"])
+
     def set_base_samples(self, reps: torch.Tensor, labels: torch.Tensor) -> None:
         """A_j = mean training representation of class j; classes without clips get the global mean."""
         self.base_samples.copy_(class_means(reps, labels, self.shape).to(self.base_samples))
         self._base_ready = True
+
+    def training_outputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Teacher forcing (a Param, off in the paper) adds the true class's base sample in training."""
+        return self(batch["features"], labels=batch["label"] if self.teacher_forcing else None)
+
+    def mean_outputs(self, train: Mapping[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        """The video-blind predictor: the mean representation and the training class frequencies as p."""
+        outputs = super().mean_outputs(train, count)
+        labels = train["label"][train["label"] >= 0].long()
+        num_classes = self.shape.num_classes
+        prior = torch.bincount(labels, minlength=num_classes).float() if labels.numel() else torch.ones(num_classes)
+        return {**outputs, "probs": (prior / prior.sum()).expand(count, num_classes)}
+
+    def class_probabilities(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["probs"]
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if not self._base_ready:
@@ -94,5 +112,5 @@ def _mark_base_ready(module: nn.Module, incompatible_keys: object) -> None:
         module._base_ready = True
 
 
-def make_can_lstm(params: CanParams, shape: GeneratorShape, **context: object) -> CanLSTM:
-    return CanLSTM(params, shape)
+def make_can_lstm(params: CanParams, context: BuildContext) -> CanLSTM:
+    return CanLSTM(params, context.require_shape("can_lstm"))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
+from avgen import AvgenError, BuildContext, Loss
 
 
 class ClassNllParams(BaseModel):
@@ -33,7 +33,7 @@ class SmoothL1Params(BaseModel):
     )
 
 
-class ClassNll:
+class ClassNll(Loss):
     """L_cls = -log p[c], averaged over the clips of the batch that have a class (label >= 0)."""
 
     needs_wave = False
@@ -56,7 +56,7 @@ class ClassNll:
         return -picked.clamp_min(self.eps).log().mean()
 
 
-class SpecSmoothL1:
+class SpecSmoothL1(Loss):
     """L_reg = sum smooth-L1(s' - s) with beta = 1, per clip, averaged over the batch (paper Eq. 6)."""
 
     needs_wave = False
@@ -78,9 +78,9 @@ class SpecSmoothL1:
         return values.flatten(1).sum(1).mean()
 
 
-def make_class_nll(params: ClassNllParams, **context: object) -> ClassNll:
+def make_class_nll(params: ClassNllParams, context: BuildContext) -> ClassNll:
     return ClassNll(params)
 
 
-def make_spec_smooth_l1(params: SmoothL1Params, **context: object) -> SpecSmoothL1:
+def make_spec_smooth_l1(params: SmoothL1Params, context: BuildContext) -> SpecSmoothL1:
     return SpecSmoothL1(params)

@@ -8,8 +8,7 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from avgen.errors import AvgenError
-from avgen.protocols import EvalContext
+from avgen import AvgenError, EvalContext, Metric
 
 log = logging.getLogger("avgen.retrieval")
 
@@ -44,7 +43,7 @@ def recall_at_k(retrieved: torch.Tensor, train_labels: torch.Tensor, test_labels
     return out
 
 
-class RecallAtK:
+class RecallAtK(Metric):
     """The recall_at_k metric over ctx.retrieved and ctx.train_labels."""
 
     def __init__(self, params: RecallParams) -> None:

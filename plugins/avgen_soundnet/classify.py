@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 from avgen_soundnet.model import SoundNet8, min_samples
 
 CLASSIFY_SECONDS = 20.0  # the original SoundNet preprocessing loops a short sound to 20 s before classifying

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 FETCHABLE = ("soundnet",)
 

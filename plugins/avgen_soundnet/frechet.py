@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
-from avgen.protocols import EvalContext
+from avgen import AvgenError, BuildContext, EvalContext, Metric
 from avgen_soundnet.model import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import BodyLayer, waves_to_soundnet_rate
 
@@ -77,7 +76,7 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-class SoundNetFrechet:
+class SoundNetFrechet(Metric):
     """fd_<source>: Frechet distance of time-pooled SoundNet features, generated vs real test audio."""
 
     def __init__(self, params: FrechetParams) -> None:
@@ -100,5 +99,5 @@ class SoundNetFrechet:
                 for source in present}
 
 
-def make_soundnet_fd(params: FrechetParams, **context: Any) -> SoundNetFrechet:
+def make_soundnet_fd(params: FrechetParams, context: BuildContext) -> SoundNetFrechet:
     return SoundNetFrechet(params)

@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 SAMPLE_RATE = 22050  # SoundNet was trained on mono audio at 22 050 Hz
 INPUT_SCALE = 256.0  # and on waveforms in [-256, 256] (the original preprocess multiplies by 256)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.errors import AvgenError
+from avgen import AvgenError, BuildContext, Loss
 from avgen_soundnet.model import BODY, SAMPLE_RATE, SoundNet8, load_soundnet8
 
 BodyLayer = Literal["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"]
@@ -47,7 +47,7 @@ def waves_to_soundnet_rate(wave: torch.Tensor, sample_rate: int) -> torch.Tensor
     return AF.resample(wave, sample_rate, SAMPLE_RATE)
 
 
-class SoundNetPerceptual:
+class SoundNetPerceptual(Loss):
     """L_p = smooth-L1(phi(y_hat) - phi(y)) with phi = frozen SoundNet features; gradients reach y_hat only."""
 
     needs_wave = True
@@ -92,7 +92,8 @@ class SoundNetPerceptual:
         return self.perceptual(outputs["wave"], batch["wave"])
 
 
-def make_soundnet_perceptual(params: PerceptualParams, representation: Any = None, **context: Any) -> SoundNetPerceptual:
+def make_soundnet_perceptual(params: PerceptualParams, context: BuildContext) -> SoundNetPerceptual:
+    representation = context.representation
     """Load the pretrained SoundNet (one-line error naming the fetch command when absent) and build the loss."""
     rep_rate = getattr(representation, "sample_rate", None)
     if params.sample_rate is not None and rep_rate is not None and int(rep_rate) != params.sample_rate:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from avgen.errors import AvgenError
-from avgen.paths import weights_dir
+from avgen import AvgenError, weights_dir
 
 WEIGHTS_FILE = "soundnet8.safetensors"
 RECORD_FILE = "soundnet8.json"

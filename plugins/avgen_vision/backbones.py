@@ -8,7 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 from avgen_vision import efficientnet_lite
 from avgen_vision.weights import StateDict, timm_imagenet, torchvision_imagenet
 

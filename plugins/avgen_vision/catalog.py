@@ -13,6 +13,7 @@ from avgen_vision.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from avgen_vision.encoder import FrameEncoder
 from avgen_vision.params import DEFAULT_FPS, EncoderParams, TimmParams
 from avgen_vision.weights import load_into, load_state_dict_file, warn_random_weights
+from avgen import BuildContext
 
 RANDOM_INIT_SEED = 0  # weights = 'none' gives the same random CNN every time
 POCAN = "Chen et al. 2018 (POCAN), ECCV 2018 Workshops (MULA), doi:10.1007/978-3-030-11024-6_43, section 4.3: 'res' = ResNet-200, 'alex' = AlexNet fc7"
@@ -35,7 +36,7 @@ class EncoderSpec:
 
 def _card(dim: Any, weights: str, license: str, paper: str, mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD) -> dict[str, Any]:
     return {
-        "feature_dim": dim,
+        "dim": dim,
         "input_size": 224,
         "fps": DEFAULT_FPS,
         "mean": list(mean) if isinstance(mean, tuple) else mean,
@@ -97,9 +98,10 @@ SPECS: tuple[EncoderSpec, ...] = (
 
 
 def make_factory(spec: EncoderSpec) -> Callable[..., FrameEncoder]:
-    """The registry factory of one encoder: ``factory(params, device=...) -> FrameEncoder``."""
+    """The registry factory of one encoder: ``factory(params, context) -> FrameEncoder`` on ``context.device``."""
 
-    def factory(params: EncoderParams, device: torch.device | str = "cpu", **_context: Any) -> FrameEncoder:
+    def factory(params: EncoderParams, context: BuildContext) -> FrameEncoder:
+        device = context.device
         what = f"encoder '{spec.name}'" + (f" (model '{params.model}')" if isinstance(params, TimmParams) else "")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)

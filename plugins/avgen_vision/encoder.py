@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from avgen import Encoder
 
 # Peak live activations of a CNN forward pass in inference mode, in floats per input pixel.
 # ResNet-152 at 224 px peaks near 40 (two 256 x 56 x 56 maps and a 64 x 112 x 112 one);
@@ -18,8 +19,8 @@ MEMORY_SHARE = 0.25  # of the free memory one batch may use
 MAX_BATCH = {"cpu": 64, "cuda": 512}  # larger CPU batches only evict the cache
 
 
-class FrameEncoder:
-    """An ``avgen.protocols.Encoder``: normalises frames, runs the CNN in batches, returns features."""
+class FrameEncoder(Encoder):
+    """An ``avgen.Encoder``: normalises frames, runs the CNN in batches, returns features."""
 
     def __init__(
         self,

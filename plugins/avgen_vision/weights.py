@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 log = logging.getLogger("avgen_vision")
 

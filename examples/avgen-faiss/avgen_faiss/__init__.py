@@ -14,7 +14,7 @@ __all__ = ["FaissIndex", "FaissParams", "RecallAtKFaiss", "RecallFaissParams", "
 def register_metrics(register):
     register(
         "recall_at_k_faiss",
-        lambda params, **_: RecallAtKFaiss(params),
+        lambda params, context: RecallAtKFaiss(params),
         params=RecallFaissParams,
         summary="R@K with the exemplars retrieved by a faiss index (IVF-Flat or HNSW) instead of the exact search",
         card={"library": "faiss (MIT)", "paper": "POCAN (Chen et al. 2018), Sec. 5.1; Johnson et al. 2019 (faiss)"},

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.retrieval import fp32_score_error, rescore, topk_cosine
+from avgen import fp32_score_error, rescore, topk_cosine
 
 ADD_CHUNK = 65536  # rows normalised and added at a time, so the bank is never copied whole
 

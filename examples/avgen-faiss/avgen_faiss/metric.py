@@ -6,8 +6,7 @@ import logging
 
 import torch
 
-from avgen.protocols import EvalContext
-from avgen.retrieval import time_average
+from avgen import EvalContext, Metric, time_average
 from avgen_faiss.index import FaissParams, build_index
 from avgen_retrieval.recall import RecallParams, recall_at_k
 
@@ -18,7 +17,7 @@ class RecallFaissParams(FaissParams, RecallParams):
     """recall_at_k's cut-offs plus the faiss index settings."""
 
 
-class RecallAtKFaiss:
+class RecallAtKFaiss(Metric):
     """R@K over the faiss top-K of each generated clip; also how much of the exact top-K it found."""
 
     def __init__(self, params: RecallFaissParams) -> None:

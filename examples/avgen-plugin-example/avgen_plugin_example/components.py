@@ -1,4 +1,4 @@
-"""The example plugin's components; each follows a protocol in ``avgen.protocols``."""
+"""The example plugin's components; each subclasses one of avgen's base classes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 import torchaudio
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen.protocols import Clip, EvalContext
+import avgen
+from avgen import Clip, EvalContext
 
 
 class MelParams(BaseModel):
@@ -20,8 +21,10 @@ class MelParams(BaseModel):
     n_iter: int = Field(32, ge=1, description="Griffin-Lim iterations in decode")
 
 
-class Mel(torch.nn.Module):
+class Mel(avgen.Representation):
     """log(1 + mel power spectrogram); decode inverts the mel scale then runs Griffin-Lim."""
+
+    phases = ("griffin_lim",)  # decode always runs Griffin-Lim
 
     def __init__(self, p: MelParams) -> None:
         super().__init__()
@@ -53,7 +56,7 @@ class MeanEnergyParams(BaseModel):
     floor_db: float = Field(-100.0, description="energies below this are clipped (dB)")
 
 
-class MeanEnergy:
+class MeanEnergy(avgen.Metric):
     """Mean per-clip energy in dB: real, each generated kind, and generated minus real."""
 
     def __init__(self, p: MeanEnergyParams) -> None:
@@ -81,7 +84,7 @@ class TonesParams(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the amplitude/phase/noise draws")
 
 
-class Tones:
+class Tones(avgen.Dataset):
     """Class k: a sine at 220 * 2^(k/2) Hz with random amplitude/phase, frames of a class colour plus noise."""
 
     def __init__(self, p: TonesParams) -> None:
@@ -133,7 +136,7 @@ class MeanColorParams(BaseModel):
     input_size: int = Field(32, ge=1, le=4096, description="frames are resized to this size")
 
 
-class MeanColor:
+class MeanColor(avgen.Encoder):
     """Mean and standard deviation of each colour channel, scaled to [0, 1]."""
 
     dim = 6
@@ -144,3 +147,44 @@ class MeanColor:
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.float().flatten(1, 2) / 255.0  # [N, H*W, 3]
         return torch.cat([x.mean(1), x.std(1)], dim=1)
+
+
+class FrameLinearParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden: int = Field(32, ge=1, le=4096, description="hidden units of the per-frame MLP")
+
+
+class FrameLinear(avgen.Generator):
+    """Each output frame from the video frame shown at that time, by a small MLP: s'_i = MLP(x_i) (no memory)."""
+
+    def __init__(self, p: FrameLinearParams, shape: avgen.GeneratorShape) -> None:
+        super().__init__()
+        self.steps = shape.steps
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(shape.feature_dim, p.hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(p.hidden, shape.rep_dim))
+
+    def prepare(self, train: dict[str, torch.Tensor]) -> None:
+        """Start as the video-blind mean: zero output weights, the mean training frame as the output bias."""
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.copy_(train["rep"].float().mean(dim=(0, 2)))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        steps = avgen.replicate_to_steps(features, self.steps)  # [B, F, feature_dim]
+        return {"rep": self.mlp(steps).transpose(1, 2)}  # [B, D, F]
+
+
+class RepL1Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_clip: bool = Field(False, description="sum over bins and frames per clip (true) or average over them (false)")
+
+
+class RepL1(avgen.Loss):
+    """L1 between the generated and the real representation: a median-seeking regression loss."""
+
+    def __init__(self, p: RepL1Params) -> None:
+        self.per_clip = p.per_clip
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        error = (outputs["rep"].float() - batch["rep"].float()).abs()
+        return error.flatten(1).sum(1).mean() if self.per_clip else error.mean()
