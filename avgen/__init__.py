@@ -3,7 +3,8 @@
 __version__ = "0.1.0"
 
 from avgen.errors import AvgenError, UnknownComponentError  # noqa: E402
-from avgen.registry import KINDS, Component, create, get_component, list_components  # noqa: E402
+from avgen.registry import KINDS, Component  # noqa: E402
+from avgen.plugins import create, get_component, list_components  # noqa: E402
 from avgen.hookspecs import hookimpl  # noqa: E402
 
 __all__ = [

@@ -9,7 +9,7 @@ import torch
 from avgen.errors import AvgenError
 from avgen.protocols import GeneratorShape
 from avgen.recipe import Recipe
-from avgen.registry import get_component
+from avgen.plugins import get_component
 
 
 def build_dataset(recipe: Recipe) -> Any:

@@ -150,7 +150,7 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
     index = component_index()
     found = [c for c in index.find(name) if kind in (None, c.kind)]
     if kind and not found:
-        from avgen.registry import get_component
+        from avgen.plugins import get_component
 
         found = [ComponentInfo.from_component(get_component(kind, name))]  # the registry's error: close names
     if not found:

@@ -25,7 +25,7 @@ from avgen.errors import AvgenError
 from avgen.media import MediaWarning, fit_frames, fit_length, resample
 from avgen.protocols import Clip
 from avgen.recipe import Recipe
-from avgen.registry import get_component
+from avgen.plugins import get_component
 from avgen.tensorfile import RowWriter, map_safetensors, scratch_file
 
 log = logging.getLogger("avgen")

@@ -32,7 +32,7 @@ from avgen.errors import AvgenError
 from avgen.featurize import Featurizer, SplitData, sample_rate, warn_skipped
 from avgen.protocols import EvalContext, GeneratorShape
 from avgen.recipe import Recipe
-from avgen.registry import get_component
+from avgen.plugins import get_component
 from avgen.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, write_skipped
 
 log = logging.getLogger("avgen")
