@@ -13,7 +13,8 @@ from typing import Any  # noqa: E402
 from avgen.card import KINDS, Card  # noqa: E402
 from avgen.errors import AvgenError, UnknownComponentError  # noqa: E402
 from avgen.hookspecs import hookimpl  # noqa: E402
-from avgen.registry import Component, create, format_validation_error, get_component, list_components  # noqa: E402
+from avgen.plugins import create, get_component, list_components  # noqa: E402
+from avgen.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
 _LAZY = {

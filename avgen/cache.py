@@ -16,36 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from avgen.atomic import TEMP_SUFFIX, atomic_path
 from avgen.paths import cache_dir
+from avgen.tensorfile import DIGEST_KEY, map_verified, read_verified, tensor_digest
 
 log = logging.getLogger("avgen.cache")
-DIGEST_KEY = "avgen_sha256"  # safetensors metadata key: tensor_digest() of the file's tensors
-
-
-def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file; ValueError when its tensors do not match its stored digest."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    expected = meta.get(DIGEST_KEY)
-    if expected is not None and tensor_digest(tensors) != expected:
-        raise ValueError(f"its tensors do not match the SHA-256 recorded in it ({expected[:16]}...)")
-    return tensors, meta
 
 
 def cache_key(*parts: Any) -> str:
@@ -75,10 +52,7 @@ class FeatureCache:
         if not path.is_file():
             self.misses += 1
             return None
-        if mapped:
-            from avgen.mapped import map_verified as reader  # avgen.mapped imports this module
-        else:
-            reader = read_verified
+        reader = map_verified if mapped else read_verified
         try:
             tensors, _ = reader(path)
         except Exception as exc:  # truncated, damaged or foreign file: rebuild it

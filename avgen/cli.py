@@ -150,7 +150,7 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
     index = component_index()
     found = [c for c in index.find(name) if kind in (None, c.kind)]
     if kind and not found:
-        from avgen.registry import get_component
+        from avgen.plugins import get_component
 
         found = [ComponentInfo.from_component(get_component(kind, name))]  # the registry's error: close names
     if not found:
@@ -245,7 +245,8 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
                  device: str | None, only: str | None, workers: int, strict: bool) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
     from avgen.recipe import load_recipes
-    from avgen.runner import Run, resolve_device
+    from avgen.distributed import leave_process_group, resolve_device
+    from avgen.runner import Run
 
     import time
 
@@ -270,20 +271,12 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
         run.execute(only=only, fresh=fresh)
         if run.rank == 0:
             console.print(f"run directory: {run.run_dir}", markup=False)
-    _leave_process_group()
+    leave_process_group()
     if runs and runs[0].rank != 0:  # under torchrun only rank 0 compares and reports
         return
     if len(run_dirs) > 1:
         _compare(click.get_current_context(), run_dirs)
     err_console.print(f"total time: {time.perf_counter() - started:.1f} s")
-
-
-def _leave_process_group() -> None:
-    """Tear down the torchrun process group, if a run joined one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:
@@ -344,7 +337,8 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
 
     from avgen.generate import exemplar_bank, generate_for_video, load_trained
     from avgen.media import mux_audio, write_wav
-    from avgen.runner import progress_bar, resolve_device
+    from avgen.console import progress_bar
+    from avgen.distributed import resolve_device
 
     for video in videos:
         if not video.is_file():
@@ -356,7 +350,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
     started = time.perf_counter()
     recipe, encoder, representation, model, meta = load_trained(run_dir, dev)
     err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
-    bank = exemplar_bank(recipe, run_dir, dev, console=err_console) if not raw else None
+    bank = exemplar_bank(recipe, run_dir, dev, encoder, representation, console=err_console) if not raw else None
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=len(videos))
         for video in videos:

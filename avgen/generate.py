@@ -11,9 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from avgen.atomic import atomic_path, write_json
 from avgen.errors import AvgenError
+from avgen.media import fit_frames
 
 if TYPE_CHECKING:
-    from avgen.runner import Run
+    from avgen.featurize import SplitData
+    from avgen.recipe import Recipe
 
 OUTPUTS = "generated/outputs.safetensors"
 
@@ -41,46 +43,45 @@ def decode(representation: Any, reps: torch.Tensor, phase: str, length: int, dev
     return torch.cat(waves) if waves else torch.zeros(0, length)
 
 
-def generate_split(run: "Run") -> dict[str, Any]:
-    """Write raw and exemplar wavs, the index and the tensors the metrics read."""
+def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, test: "SplitData", train: "SplitData",
+                   representation: Any, class_names: list[str], sample_rate: int, device: torch.device,
+                   console: Any) -> dict[str, Any]:
+    """Load the best checkpoint into ``model``; write raw and exemplar wavs, the index and the tensors the metrics read."""
+    from avgen.checkpoint import load_checkpoint
     from avgen.media import write_wav
     from avgen.retrieval import time_average, topk_cosine
-    from avgen.train import load_checkpoint
 
-    split = run.recipe.eval.split
-    test, train = run.split(split), run.split("train")
-    ckpt = run.run_dir / "checkpoints" / "best.safetensors"
+    ckpt = run_dir / "checkpoints" / "best.safetensors"
     if not ckpt.is_file():
         raise AvgenError(f"{ckpt}: no trained checkpoint; run the fit stage first (avgen run RECIPE --only fit)")
-    model, _ = run.build_generator()
     state, _meta = load_checkpoint(ckpt)
     model.load_state_dict(state)
-    outputs = predict(model, test.features, run.device)
+    outputs = predict(model, test.features, device)
     reps = outputs["rep"]
     length = test.wave.shape[-1]
-    run.console.print(f"decoding {reps.shape[0]} clips ({run.recipe.eval.phase})")
-    raw = decode(run.representation, reps, run.recipe.eval.phase, length, run.device)
-    k = min(run.recipe.eval.top_k, len(train.clips))
+    console.print(f"decoding {reps.shape[0]} clips ({recipe.eval.phase})")
+    raw = decode(representation, reps, recipe.eval.phase, length, device)
+    k = min(recipe.eval.top_k, len(train.clips))
     _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
     exemplar = train.wave[retrieved[:, 0]]
     probabilities = model.class_probabilities(outputs)
     predicted = probabilities.argmax(-1) if probabilities is not None else None
 
-    out_dir = run.run_dir / "generated"
+    out_dir = run_dir / "generated"
     tensors = {"rep": reps, "raw": raw, "exemplar": exemplar, "retrieved": retrieved}
     if predicted is not None:
         tensors["predicted"] = predicted
-    with atomic_path(run.run_dir / OUTPUTS) as tmp:
+    with atomic_path(run_dir / OUTPUTS) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    names = run.dataset.class_names
-    examples = [c.id for c in test.clips[: run.recipe.eval.examples]]
+    names = class_names
+    examples = [c.id for c in test.clips[: recipe.eval.examples]]
     clips = []
     for i, clip in enumerate(test.clips):
         raw_path, ex_path = f"generated/raw/{clip.id}.wav", f"generated/exemplar/{clip.id}.wav"
-        write_wav(run.run_dir / raw_path, raw[i], run.sample_rate)
-        write_wav(run.run_dir / ex_path, exemplar[i], run.sample_rate)
+        write_wav(run_dir / raw_path, raw[i], sample_rate)
+        write_wav(run_dir / ex_path, exemplar[i], sample_rate)
         if clip.id in examples:
-            write_wav(run.run_dir / f"generated/real/{clip.id}.wav", test.wave[i], run.sample_rate)
+            write_wav(run_dir / f"generated/real/{clip.id}.wav", test.wave[i], sample_rate)
         clips.append({
             "id": clip.id, "label": clip.label, "class": names[clip.label] if clip.label >= 0 else None,
             "predicted": int(predicted[i]) if predicted is not None else None,
@@ -88,7 +89,7 @@ def generate_split(run: "Run") -> dict[str, Any]:
             "retrieved": [train.clips[int(j)].id for j in retrieved[i]],
             "raw": raw_path, "exemplar": ex_path,
         })
-    write_json(out_dir / "index.json", {"clips": clips, "examples": examples, "sample_rate": run.sample_rate})
+    write_json(out_dir / "index.json", {"clips": clips, "examples": examples, "sample_rate": sample_rate})
     return {"clips": len(clips)}
 
 
@@ -108,27 +109,19 @@ def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
     """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone."""
-    from avgen.components import BuildContext, GeneratorShape
+    from avgen.build import build_encoder, build_generator, build_representation
+    from avgen.checkpoint import load_run_checkpoint
+    from avgen.components import GeneratorShape
     from avgen.recipe import validate_recipe
-    from avgen.registry import get_component
-    from avgen.train import load_checkpoint
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "best.safetensors"
-    if not ckpt.is_file():
-        raise AvgenError(f"{run_dir}: no trained model (checkpoints/best.safetensors); train it with `avgen run RECIPE`")
-    state, info = load_checkpoint(ckpt)
-    meta = info.get("meta") or {}
-    if "recipe" not in meta or "shape" not in meta:
-        raise AvgenError(f"{ckpt}: checkpoint carries no recipe/shape; it was not written by `avgen run`")
+    ckpt, state, meta = load_run_checkpoint(run_dir)
     recipe = validate_recipe(meta["recipe"], run_dir / "recipe.toml")
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
         raise AvgenError(f"{run_dir}: the run's recipe has no encoder, representation or generator")
-    encoder = get_component("encoder", recipe.encoder.name).build(recipe.encoder.params, BuildContext(device=device))
-    representation = get_component("representation", recipe.representation.name).build(recipe.representation.params)
-    representation = representation.to(device)
-    shape = GeneratorShape(**meta["shape"])
-    model = get_component("generator", recipe.generator.name).build(recipe.generator.params, BuildContext(device=device, shape=shape))
+    encoder = build_encoder(recipe, device)
+    representation = build_representation(recipe, device)
+    model = build_generator(recipe, GeneratorShape(**meta["shape"]))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -137,23 +130,29 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
     return recipe, encoder, representation, model.to(device).eval(), meta
 
 
-def exemplar_bank(recipe: Any, run_dir: Path, device: torch.device, console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
+                  console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset).
 
     The dataset is read where the run found it (its recorded absolute paths); a missing one is an
     error, never written anew.
     """
+    from rich.console import Console
+
+    from avgen.build import build_dataset
+    from avgen.cache import FeatureCache
+    from avgen.featurize import Featurizer
     from avgen.recipe import path_params
     from avgen.retrieval import time_average
-    from avgen.runner import Run
 
-    extra = {"console": console} if console is not None else {}
-    run = Run(recipe, Path(run_dir), device, **extra)
-    for name, path in path_params("dataset", run.recipe.data).items():
+    recipe = recipe.with_absolute_paths()
+    for name, path in path_params("dataset", recipe.data).items():
         if not path.exists():
             raise AvgenError(f"--exemplar needs the training clips of {run_dir}: data.{name} '{path}' is missing; "
                              "put the dataset back there, or use --raw")
-    train = run.split("train")
+    featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
+                            console if console is not None else Console(stderr=True), FeatureCache())
+    train, _ = featurizer.featurize_split("train")
     return time_average(train.rep), train.wave
 
 
@@ -192,10 +191,7 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
         start += length
         if start >= duration:
             break
-    out = torch.cat(feats)
-    if out.shape[0] < total:
-        out = torch.cat([out, out[-1:].expand(total - out.shape[0], -1)])
-    return out[:total]
+    return fit_frames(torch.cat(feats), total)
 
 
 def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
@@ -227,7 +223,7 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     clock.lap("features")
     frames_per_clip = max(1, round(clip * encoder.fps))
     if features.shape[0] < frames_per_clip:
-        features = torch.cat([features, features[-1:].expand(frames_per_clip - features.shape[0], -1)])
+        features = fit_frames(features, frames_per_clip)
     windows = []
     for start in starts:
         first = min(round(start * encoder.fps), features.shape[0] - frames_per_clip)

@@ -336,6 +336,14 @@ def fit_length(wave: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(wave, (0, length - have))
 
 
+def fit_frames(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """Trim or pad (repeating the last frame) the first dimension to exactly ``count`` frames."""
+    if frames.shape[0] >= count:
+        return frames[:count]
+    pad = frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])
+    return torch.cat([frames, pad])
+
+
 def write_wav(path: PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write [T] or [C, T] audio (clipped to [-1, 1]) as a wav, atomically."""
     data = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)

@@ -1,5 +1,8 @@
 """Plugin loading: entry-point group ``avgen``, lazily and once; broken plugins are reported.
 
+The loaded plugins fill the component registry, which ``get_component``, ``list_components``
+and ``create`` (exported as ``avgen.get_component`` ...) answer from.
+
 ``AVGEN_LOAD_PLUGINS=name1,name2`` loads only those entry points (empty: none).
 """
 
@@ -14,7 +17,8 @@ from typing import Any
 import pluggy
 
 from avgen import hookspecs
-from avgen.registry import KINDS, Registry
+from avgen.errors import UnknownComponentError
+from avgen.registry import KINDS, Component, Registry
 
 ENTRY_POINT_GROUP = "avgen"
 
@@ -129,6 +133,28 @@ def loaded() -> bool:
 
 def get_registry() -> Registry:
     return get_plugins().registry
+
+
+def get_component(kind: str, name: str) -> Component:
+    """The registered component of this kind and name."""
+    return get_registry().get(kind, name)
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:
+    """Registered components, optionally of one kind and matching a glob pattern."""
+    if kind is not None and kind not in KINDS:
+        raise UnknownComponentError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
+    return get_registry().all(kind, pattern)
+
+
+def create(kind: str, name: str, context: Any = None, **params: Any) -> Any:
+    """Build a registered component, like ``timm.create_model``; None params are dropped.
+
+    ``context`` is an ``avgen.BuildContext`` (or a mapping of its fields).
+    """
+    component = get_component(kind, name)
+    values = {k: v for k, v in params.items() if v is not None}
+    return component.build(values, context)
 
 
 def reset() -> None:

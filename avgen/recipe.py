@@ -13,7 +13,8 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from avgen.errors import AvgenError, RecipeError
-from avgen.registry import format_validation_error, get_component
+from avgen.plugins import get_component
+from avgen.registry import format_validation_error
 
 COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator"}
 LIST_SECTIONS = {"loss": "loss", "metric": "metric"}

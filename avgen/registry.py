@@ -1,7 +1,7 @@
 """The component registry: kind -> name -> Component.
 
-Components come only from plugins (entry-point group ``avgen``); the registry is filled
-lazily, once, the first time it is asked for anything.
+Components come only from plugins (entry-point group ``avgen``): ``avgen.plugins`` fills a
+Registry lazily, once, and answers ``get_component``, ``list_components`` and ``create``.
 """
 
 from __future__ import annotations
@@ -142,31 +142,3 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
             msg = f"{msg} (got {err['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
-
-
-def _registry() -> Registry:
-    from avgen.plugins import get_registry
-
-    return get_registry()
-
-
-def get_component(kind: str, name: str) -> Component:
-    """The registered component of this kind and name."""
-    return _registry().get(kind, name)
-
-
-def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:
-    """Registered components, optionally of one kind and matching a glob pattern."""
-    if kind is not None and kind not in KINDS:
-        raise UnknownComponentError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
-    return _registry().all(kind, pattern)
-
-
-def create(kind: str, name: str, context: Any = None, **params: Any) -> Any:
-    """Build a registered component, like ``timm.create_model``; None params are dropped.
-
-    ``context`` is an ``avgen.BuildContext`` (or a mapping of its fields).
-    """
-    component = get_component(kind, name)
-    values = {k: v for k, v in params.items() if v is not None}
-    return component.build(values, context)

@@ -8,27 +8,21 @@ Under ``torchrun`` every rank takes its slice of the same global batch; only ran
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from avgen import atomic
-from avgen.cache import DIGEST_KEY, read_verified, tensor_digest
+from avgen.checkpoint import resume_checkpoint, save_checkpoint
+from avgen.distributed import join_process_group
 from avgen.errors import AvgenError
 from avgen.recipe import TrainParams
-
-OPTIMIZER_PREFIX = "__optimizer__."  # optimiser tensors share the checkpoint file with the weights
-STATE_KEY = "avgen_state"  # safetensors metadata key holding the checkpoint's JSON state
 
 
 @dataclass
@@ -77,7 +71,7 @@ def fit(
     if needs_wave and params.decode_phase not in representation.phases:
         raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
                          f"{', '.join(representation.phases)}")
-    rank, world, device = _distributed(device)
+    rank, world, device = join_process_group(device)
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
     console = console if console is not None else _stderr_console()
@@ -93,10 +87,10 @@ def fit(
     if world > 1:
         dist.barrier()  # every rank has decided whether to resume before rank 0 writes anything
     if resuming:
-        state = _resume(last_path, model, optimizer)
+        state = resume_checkpoint(last_path, model, optimizer)
         console.print(f"resuming from {last_path} (epoch {state['epoch']})")
     elif rank == 0:  # epoch 0: the initial weights, so a NaN in epoch 1 still leaves a good checkpoint
-        _save(last_path, model, {**info, **state}, optimizer)
+        save_checkpoint(last_path, model, {**info, **state}, optimizer)
     trained: nn.Module = _TrainingForward(model)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -162,15 +156,15 @@ def fit(
             state["stopped_early"] = 0 < params.early_stopping <= state["stale"]
             if rank == 0:
                 if improved:
-                    _save(best_path, model, {**info, **state})
-                _save(last_path, model, {**info, **state}, optimizer)
+                    save_checkpoint(best_path, model, {**info, **state})
+                save_checkpoint(last_path, model, {**info, **state}, optimizer)
                 atomic.write_json(Path(run_dir) / "history.json", state["history"])
                 console.print(_epoch_line(entry, params.epochs))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, entry)
     if rank == 0:
         if not best_path.exists():  # no epoch ran (epochs = 0): the initial weights are the best we have
-            _save(best_path, model, {**info, **state})
+            save_checkpoint(best_path, model, {**info, **state})
         atomic.write_json(Path(run_dir) / "history.json", state["history"])
         plot_loss_curve(state["history"], Path(run_dir) / "figures" / "loss_curve.png")
         if state["stopped_early"]:
@@ -307,104 +301,6 @@ def _make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
     if params.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=params.lr, momentum=0.9, weight_decay=params.weight_decay)
     return torch.optim.Adam(trainable, lr=params.lr, weight_decay=params.weight_decay)
-
-
-def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _save(path: Path, model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Weights (+ optimiser tensors) and the JSON state in one safetensors file, plus a readable .json copy."""
-    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in model.state_dict().items()}
-    if optimizer is not None:
-        optimizer_tensors, state["optimizer"] = _flatten_optimizer(optimizer)
-        tensors.update(optimizer_tensors)
-    text = json.dumps(state, default=_json_default)
-    atomic.write_bytes(path, safetensors_bytes(tensors, metadata={STATE_KEY: text, DIGEST_KEY: tensor_digest(tensors)}))
-    atomic.write_text(path.with_suffix(".json"), json.dumps(json.loads(text), indent=2) + "\n")
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
-    """(model state dict, JSON state with epoch, history, meta) of a ``.safetensors`` checkpoint (or its ``.json``)."""
-    tensors, state = _read(Path(path).with_suffix(".safetensors"))
-    return {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}, state
-
-
-def _read(path: Path) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and JSON state of a checkpoint: safetensors only (nothing is unpickled), checked against its SHA-256."""
-    if not path.is_file():
-        raise AvgenError(f"checkpoint {path} not found; train first (avgen run RECIPE)")
-    try:
-        tensors, meta = read_verified(path)
-        if STATE_KEY not in meta:
-            raise ValueError(f"no {STATE_KEY} metadata")
-        state = json.loads(meta[STATE_KEY])
-        if not isinstance(state, dict):
-            raise ValueError("its state is not a JSON object")
-    except Exception as exc:  # a pickle, truncated or edited bytes: safetensors raises its own error types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise AvgenError(f"checkpoint {path} is not a valid avgen checkpoint ({reason}); "
-                         "it is not loaded; start over with --fresh") from None
-    return tensors, state
-
-
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    tensors, state = _read(path)
-    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
-    try:
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise AvgenError(f"checkpoint {path} does not match this model ({str(exc).splitlines()[0]}); start over with --fresh") from None
-    keys = ("epoch", "history", "best_value", "best_epoch", "stale", "stopped_early")
-    missing = [key for key in keys if key not in state]
-    if missing:
-        raise AvgenError(f"checkpoint {path} lacks the training state {', '.join(missing)}; start over with --fresh")
-    return {key: state[key] for key in keys}
-
-
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    """Optimiser state tensors under OPTIMIZER_PREFIX names; the rest as JSON."""
-    full = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, values in full["state"].items():
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = value.detach().cpu().clone().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": full["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    entries = [(k[len(OPTIMIZER_PREFIX) :], v) for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)]
-    for name, value in entries + list(info["scalars"].items()):
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": info["param_groups"]}
-
-
-def _json_default(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    if isinstance(obj, Tensor):
-        return obj.tolist()
-    return str(obj)
 
 
 # ---------------------------------------------------------------- reporting

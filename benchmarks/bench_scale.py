@@ -109,7 +109,7 @@ def child(args: argparse.Namespace) -> None:
             run.execute(only=stage)
             seconds[stage] = time.perf_counter() - started
         sampler.stage = "end"
-    rep_bytes = sum(run.split(s).rep.numel() * 4 for s in ("train", "val", "test") if run.split(s).rep is not None)
+    rep_bytes = sum(run.featurized(s).rep.numel() * 4 for s in ("train", "val", "test") if run.featurized(s).rep is not None)
     print(json.dumps({
         "clips": args.child, "seconds": seconds, "peaks": sampler.peaks, "cache_bytes": cache.info()["bytes"],
         "cache_entries": cache.info()["entries"], "rep_scratch_bytes": rep_bytes,

@@ -83,10 +83,10 @@ def test_owens_and_can_beat_the_training_mean_on_synthetic_hits(tmp_path, avgen_
     # independent references from the run's own features (the per-split cache entries)
     from avgen.recipe import load_recipes
     from avgen.runner import Run
-    from avgen.train import load_checkpoint
+    from avgen.checkpoint import load_checkpoint
 
     run = Run(load_recipes(recipe)[1], tmp_path / "runs" / "learns" / "can", torch.device("cpu"))
-    train, val = run.split("train"), run.split("val")
+    train, val = run.featurized("train"), run.featurized("val")
     baseline = smooth_l1(train.rep.mean(0, keepdim=True).expand_as(val.rep), val.rep)
     class_means = torch.stack([train.rep[train.label == c].mean(0) for c in range(int(train.label.max()) + 1)])
     oracle = smooth_l1(class_means[val.label], val.rep)
@@ -105,7 +105,7 @@ def test_owens_and_can_beat_the_training_mean_on_synthetic_hits(tmp_path, avgen_
     weights, _ = load_checkpoint(Path(run.run_dir) / "checkpoints" / "best.safetensors")
     model.load_state_dict(weights)
     model.eval()
-    test = run.split("test")
+    test = run.featurized("test")
     with torch.no_grad():
         accuracy = float((model(test.features)["probs"].argmax(-1) == test.label).float().mean())
     chance = 1 / len(run.dataset.class_names)

@@ -24,9 +24,10 @@ from safetensors.torch import load_file
 
 import avgen
 from avgen.atomic import atomic_path, stale_temp_files, write_bytes
-from avgen.cache import FeatureCache, read_verified
+from avgen.cache import FeatureCache
+from avgen.checkpoint import load_checkpoint
 from avgen.errors import AvgenError
-from avgen.train import load_checkpoint
+from avgen.tensorfile import read_verified
 from conftest import REPO
 from reliability_support import (
     CHECKPOINTS, assert_same_result, cli_in_process, history_without_times, ledger, reference_run, run_args, start_cli,
@@ -258,7 +259,7 @@ import torch
 
 from avgen import media
 from avgen.report import write_report
-from avgen.runner import _SplitRows
+from avgen.featurize import _SplitRows
 from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
 
 out = Path(sys.argv[1])

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from avgen.cli import cli
 from avgen.errors import RecipeError
 from avgen.recipe import EvalSection, Recipe, RunSection, TrainParams, load_recipes
-from avgen.registry import KINDS, list_components
+from avgen.plugins import list_components
+from avgen.registry import KINDS
 from conftest import REPO, error_lines, run_avgen
 
 SHIPPED = {path.name: tomllib.loads(path.read_text(encoding="utf-8")) for path in sorted((REPO / "recipes").glob("*.toml"))}

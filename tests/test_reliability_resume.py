@@ -20,11 +20,12 @@ import torch
 import avgen
 from avgen.atomic import stale_temp_files
 from avgen.cache import FeatureCache
+from avgen.checkpoint import load_checkpoint
 from avgen.errors import AvgenError
 from avgen import GeneratorShape
 from avgen.recipe import TrainParams, load_recipe
 from avgen.runner import Run
-from avgen.train import WeightedLoss, fit, load_checkpoint
+from avgen.train import WeightedLoss, fit
 from reliability_support import (
     EPOCHS, assert_same_result, checkpoint_epoch, cli_in_process, ledger, reference_run, run_args, run_cli, stage_seconds,
     start_cli, wait_for_log, write_recipe,
@@ -214,7 +215,7 @@ def test_nan_audio_is_caught_at_featurize_naming_the_clip(tmp_path):
     run.execute(only="featurize")
     skipped = (run.run_dir / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith(f"train\tclip {bad.id}") and "NaN" in skipped[0], skipped
-    train = run.split("train")
+    train = run.featurized("train")
     assert bad.id not in [c.id for c in train.clips] and len(train.clips) == 35
     assert torch.isfinite(train.wave).all()
 
@@ -229,10 +230,10 @@ def test_nan_audio_is_caught_at_featurize_naming_the_clip(tmp_path):
 def test_inf_features_stop_featurize_naming_the_clip(tmp_path):
     run = tiny_run(tmp_path)
     bad = run.dataset.clips("train")[2]
-    run._encoder = NanFeatures(run.encoder, bad=2, frames=run._sizes()[1])
+    run.featurizer.encoder = NanFeatures(run.encoder, bad=2, frames=run.featurizer.sizes()[1])
     with pytest.raises(AvgenError, match=rf"^clip {bad.id} .*visual features contain NaN or inf"):
         run.execute()
-    assert run._encoder.calls >= 1
+    assert run.featurizer.encoder.calls >= 1
 
 
 def test_a_nan_free_input_passes_the_same_check(tmp_path):
@@ -240,7 +241,7 @@ def test_a_nan_free_input_passes_the_same_check(tmp_path):
     run = tiny_run(tmp_path)
     run.execute(only="prepare")
     run.execute(only="featurize")
-    assert torch.isfinite(run.split("train").wave).all() and torch.isfinite(run.split("train").features).all()
+    assert torch.isfinite(run.featurized("train").wave).all() and torch.isfinite(run.featurized("train").features).all()
 
 
 class NanInValidation:

@@ -14,7 +14,8 @@ import avgen
 from avgen.errors import AvgenError
 from avgen import GeneratorShape
 from avgen.recipe import TrainParams
-from avgen.train import WeightedLoss, derive_seed, fit, learning_rate, load_checkpoint
+from avgen.checkpoint import load_checkpoint
+from avgen.train import WeightedLoss, derive_seed, fit, learning_rate
 
 CLASSES, FRAMES, FEATURE_DIM, BINS, STEPS = 3, 4, 10, 6, 5
 SHAPE = GeneratorShape(FEATURE_DIM, BINS, STEPS, CLASSES)

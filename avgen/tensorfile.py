@@ -1,5 +1,7 @@
-"""Safetensors files as memory maps: tensors whose pages belong to the file, not to the process heap.
+"""Safetensors files: the SHA-256 digest stored in them, verified reads, memory maps and row-wise writes.
 
+``tensor_digest`` is recorded under ``DIGEST_KEY`` in the file's metadata; ``read_verified`` and
+``map_verified`` refuse a file whose tensors no longer match it.
 ``map_safetensors`` returns views of a private (copy-on-write) map: the kernel reads pages on
 demand and may drop them again under memory pressure, and writing to a view never changes the
 file. ``RowWriter`` streams tensors of shape [rows, ...] into a safetensors file block by block,
@@ -8,6 +10,7 @@ so a split far larger than RAM can be written without holding it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -17,8 +20,9 @@ from pathlib import Path
 from typing import BinaryIO, Mapping
 
 import torch
+from safetensors import safe_open
 
-from avgen.cache import DIGEST_KEY, tensor_digest
+DIGEST_KEY = "avgen_sha256"  # safetensors metadata key: tensor_digest() of the file's tensors
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -26,6 +30,28 @@ DTYPES: dict[str, torch.dtype] = {
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _PLACEHOLDER = "0" * 64  # the digest is written last, in place of this
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; ValueError when its tensors do not match its stored digest."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    expected = meta.get(DIGEST_KEY)
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise ValueError(f"its tensors do not match the SHA-256 recorded in it ({expected[:16]}...)")
+    return tensors, meta
 
 
 def map_safetensors(source: str | os.PathLike[str] | BinaryIO) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,0 +1,66 @@
+"""Components built from a recipe: the one place that turns a recipe's sections into objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from avgen.errors import AvgenError
+from avgen.components import BuildContext, GeneratorShape
+from avgen.recipe import Recipe
+from avgen.plugins import get_component
+
+
+def build_dataset(recipe: Recipe) -> Any:
+    spec = recipe.data
+    return get_component("dataset", spec.name).build(spec.params)
+
+
+def build_representation(recipe: Recipe, device: torch.device) -> Any:
+    """The recipe's representation on ``device``, or None without one."""
+    spec = recipe.representation
+    if spec is None:
+        return None
+    return get_component("representation", spec.name).build(spec.params, BuildContext(device=device)).to(device)
+
+
+def build_encoder(recipe: Recipe, device: torch.device) -> Any:
+    """The recipe's encoder on ``device``, or None without one."""
+    spec = recipe.encoder
+    if spec is None:
+        return None
+    return get_component("encoder", spec.name).build(spec.params, BuildContext(device=device))
+
+
+def generator_shape(recipe: Recipe, features: torch.Tensor | None, rep: torch.Tensor | None,
+                    class_names: list[str]) -> GeneratorShape:
+    """The generator's sizes, read from the training split's features [M, N, dim] and reps [M, D, F]."""
+    if features is None or rep is None:
+        raise AvgenError(f"{recipe.source}: [generator] needs an [encoder] and a [representation]")
+    return GeneratorShape(
+        feature_dim=int(features.shape[-1]), rep_dim=int(rep.shape[1]), steps=int(rep.shape[2]),
+        num_classes=len(class_names),
+    )
+
+
+def build_loss(spec: Any, representation: Any, device: torch.device) -> Any:
+    """One [[loss]] entry; losses that decode s' get the run's representation."""
+    return get_component("loss", spec.name).build(spec.params, BuildContext(device=device, representation=representation))
+
+
+def check_phases(recipe: Recipe, representation: Any) -> None:
+    """eval.phase must be a phase the representation declares, other than 'given' (generated sound has no reference)."""
+    phases = tuple(representation.phases)
+    name = recipe.representation.name if recipe.representation else "?"
+    if recipe.eval.phase not in phases or recipe.eval.phase == "given":
+        choices = ", ".join(p for p in phases if p != "given") or "none"
+        raise AvgenError(f"{recipe.source}: eval.phase = {recipe.eval.phase!r}: representation '{name}' decodes with {choices}")
+
+
+def build_generator(recipe: Recipe, shape: GeneratorShape, seed: int | None = None) -> torch.nn.Module:
+    """The recipe's generator for ``shape``; with ``seed`` its initial weights depend on the seed only."""
+    spec = recipe.generator
+    if seed is not None:
+        torch.manual_seed(seed)
+    return get_component("generator", spec.name).build(spec.params, BuildContext(shape=shape))
