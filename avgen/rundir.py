@@ -8,6 +8,8 @@ metrics.json, history.json, report.html, report.md).
 
 from __future__ import annotations
 
+import datetime
+
 import fcntl
 import json
 import logging
@@ -183,18 +185,37 @@ def run_log(path: Path, enabled: bool = True) -> Iterator[None]:
         handler.close()
 
 
-def dump_toml(data: dict[str, Any]) -> str:
-    """Write a recipe dict as TOML (tables, arrays of tables, scalars and lists)."""
-    lines: list[str] = ["# resolved recipe written by avgen " + __version__]
+def dump_toml(data: dict[str, Any], header: bool = True) -> str:
+    """Write a recipe dict as TOML (tables, arrays of tables, scalars, lists, dates); any key, any text."""
+    head: list[str] = ["# resolved recipe written by avgen " + __version__] if header else []
+    body: list[str] = []
     for key, value in data.items():
         if isinstance(value, dict):
-            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+            body += ["", f"[{_toml_key(key)}]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for item in value:
-                lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+                body += ["", f"[[{_toml_key(key)}]]"] + [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
         else:
-            lines.insert(1, f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+            head.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return "\n".join(head + body) + "\n"
+
+
+def _toml_key(key: Any) -> str:
+    text = str(key)
+    return text if text and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in text) else toml_string(text)
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string of any text (quotes, backslashes, control characters and DEL escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _toml_value(v: Any) -> str:
@@ -202,8 +223,10 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v) if v == v and v not in (float("inf"), float("-inf")) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return json.dumps(str(v), ensure_ascii=False)
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return toml_string(str(v))

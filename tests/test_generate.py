@@ -153,17 +153,22 @@ def test_exemplar_from_another_directory_uses_the_run_data_and_writes_none(train
     assert abs(audio_seconds(tmp_path / "out.mp4")[1] - video_seconds(video)) < 0.1
 
 
-def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
-    """A run that recorded a relative data root (written before runs kept absolute paths), its data not found."""
-    run = tmp_path / "old_run"
-    shutil.copytree(trained_run, run)
-    best = run / "checkpoints" / "best.safetensors"
+def copy_with_recipe_value(run_dir: Path, to: Path, section: str, key: str, value: object) -> Path:
+    """A copy of a run whose best checkpoint's recipe says ``[section] key = value`` (the weights unchanged)."""
+    shutil.copytree(run_dir, to)
+    best = to / "checkpoints" / "best.safetensors"
     with safe_open(str(best), "pt") as f:
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     state = json.loads(metadata["avgen_state"])
-    state["meta"]["recipe"]["data"]["root"] = "data"
+    state["meta"]["recipe"][section][key] = value
     metadata["avgen_state"] = json.dumps(state)
     save_file(tensors, str(best), metadata=metadata)
+    return to
+
+
+def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
+    """A run that recorded a relative data root (written before runs kept absolute paths), its data not found."""
+    run = copy_with_recipe_value(trained_run, tmp_path / "old_run", "data", "root", "data")
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"), "--exemplar",
                      env={"AVGEN_HOME": str(tmp_path / "home")}, cwd=tmp_path)
@@ -187,15 +192,7 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
         run = tmp_path / "empty_run"
         run.mkdir()
     else:  # a valid checkpoint whose recipe says hidden = 24 while its weights were trained with 16
-        run = tmp_path / "changed_run"
-        shutil.copytree(trained_run, run)
-        best = run / "checkpoints" / "best.safetensors"
-        with safe_open(str(best), "pt") as f:
-            tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-        state = json.loads(metadata["avgen_state"])
-        state["meta"]["recipe"]["generator"]["hidden"] = 24
-        metadata["avgen_state"] = json.dumps(state)
-        save_file(tensors, str(best), metadata=metadata)
+        run = copy_with_recipe_value(trained_run, tmp_path / "changed_run", "generator", "hidden", 24)
     proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path))
     assert proc.returncode == 2
     lines = error_lines(proc)

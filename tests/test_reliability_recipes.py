@@ -7,7 +7,6 @@ subprocess runs check the same through `python -m avgen`.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import tempfile
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from avgen.cli import cli
 from avgen.errors import RecipeError
+from avgen.rundir import toml_string, dump_toml
 from avgen.recipe import EvalSection, Recipe, RunSection, TrainParams, load_recipes
 from avgen.plugins import list_components
 from avgen.registry import KINDS
@@ -52,51 +52,9 @@ KNOWN = set(FIELD_TYPES) | set(Recipe.model_fields) | {"variant", "name", "weigh
 INT_ONLY = {name for name, types in FIELD_TYPES.items() if types == {int}}  # 2.5 is wrong wherever they appear
 
 
-# ---------------------------------------------------------------- writing TOML (any key, any text)
-
-
-def toml_string(text: str) -> str:
-    """A TOML basic string of any text (control characters and DEL escaped)."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, (int, datetime.date)):
-        return str(value) if isinstance(value, int) else value.isoformat()
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
 def dump(raw: dict[str, Any]) -> str:
-    """A recipe mapping as TOML: tables as [sections], lists of tables as [[sections]]."""
-    head, body = [], []
-    for key, value in raw.items():
-        name = toml_string(key)
-        if isinstance(value, dict):
-            body += ["", f"[{name}]"] + [f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()]
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:
-                body += ["", f"[[{name}]]"] + [f"{toml_string(k)} = {toml_value(v)}" for k, v in item.items()]
-        else:
-            head.append(f"{name} = {toml_value(value)}")
-    return "\n".join(head + body) + "\n"
+    """A recipe mapping as TOML, any key and any text: avgen's own writer of recipe.toml."""
+    return dump_toml(raw, header=False)
 
 
 # ---------------------------------------------------------------- where a mutation can go
