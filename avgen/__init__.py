@@ -28,8 +28,9 @@ _LAZY = {
     **dict.fromkeys(("html_page", "is_untrained", "read_json", "run_name"), "avgen.report"),
 }
 
-__all__ = sorted(["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",
-                  "format_validation_error", "get_component", "hookimpl", "list_components", *_LAZY])
+__all__ = ["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",
+           "format_validation_error", "get_component", "hookimpl", "list_components"]
+__all__ += sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

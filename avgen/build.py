@@ -33,11 +33,11 @@ def build_encoder(recipe: Recipe, device: torch.device) -> Any:
     return get_component("encoder", spec.name).build(spec.params, BuildContext(device=device))
 
 
-def generator_shape(recipe: Recipe, features: torch.Tensor | None, rep: torch.Tensor | None,
-                    class_names: list[str]) -> GeneratorShape:
-    """The generator's sizes, read from the training split's features [M, N, dim] and reps [M, D, F]."""
-    if features is None or rep is None:
-        raise AvgenError(f"{recipe.source}: [generator] needs an [encoder] and a [representation]")
+def generator_shape(features: torch.Tensor, rep: torch.Tensor, class_names: list[str]) -> GeneratorShape:
+    """The generator's sizes, read from the training split's features [M, N, dim] and reps [M, D, F].
+
+    A recipe with a [generator] has an [encoder] and a [representation] (checked once, in recipe.py).
+    """
     return GeneratorShape(
         feature_dim=int(features.shape[-1]), rep_dim=int(rep.shape[1]), steps=int(rep.shape[2]),
         num_classes=len(class_names),

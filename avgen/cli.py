@@ -282,8 +282,9 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
 def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:
     """The comparison table of several runs (``avgen compare`` when a plugin provides it)."""
     command = ctx.find_root().command.get_command(ctx, "compare")
-    if command is None:
-        _print_comparison(run_dirs)
+    if command is None:  # the table is the eval plugin's (avgen compare); the core keeps no second copy
+        err_console.print("no `compare` command is loaded (it comes with the eval plugin); runs: "
+                          + ", ".join(str(d) for d in run_dirs), markup=False, soft_wrap=True)
         return
     parents = {d.parent for d in run_dirs}
     where = (parents.pop() if len(parents) == 1 else Path(".")) / "compare.html"
@@ -301,21 +302,6 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
         else:
             paths.append(item)
     return paths
-
-
-def _print_comparison(run_dirs: list[Path]) -> None:
-    rows = []
-    keys: list[str] = []
-    for run_dir in run_dirs:
-        path = run_dir / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.is_file() else {}
-        flat = {f"{m}/{k}": v for m, vals in metrics.items() for k, v in vals.items() if isinstance(v, (int, float))}
-        keys += [k for k in flat if k not in keys]
-        rows.append((run_dir.name, flat))
-    table = Table("run", *keys, title="comparison")
-    for name, flat in rows:
-        table.add_row(name, *(f"{flat[k]:.4f}" if k in flat else "-" for k in keys))
-    console.print(table)
 
 
 # ---------------------------------------------------------------- generate

@@ -164,9 +164,10 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
     return [i * hop for i in range(count)]
 
 
-def overlap_add(pieces: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
-    """Hann-weighted overlap-add of [W, ..., L] pieces at offsets along the last axis, normalised by
-    the summed weights: [..., total]. Used for waveforms (samples) and representations (frames)."""
+def crossfade_windows(pieces: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
+    """Windows [W, ..., L] cross-faded into one signal [..., total]: each placed at its offset along the
+    last axis, Hann-weighted and normalised by the summed weights. For waveforms (samples) and
+    representations (frames); not the STFT's overlap-add of frames, which lives in the audio plugin."""
     length = pieces.shape[-1]
     weight = torch.hann_window(length, periodic=False, dtype=torch.float64).clamp_min(1e-3)
     out = torch.zeros(*pieces.shape[1:-1], max(total, starts[-1] + length), dtype=torch.float64)
@@ -237,15 +238,15 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
         bank_reps, bank_waves = exemplar_bank
         _, nearest = topk_cosine(time_average(outputs["rep"]), bank_reps, 1)
         clock.lap("exemplar")
-        wave = overlap_add(bank_waves[nearest[:, 0]], [round(s * rate) for s in starts], total)
+        wave = crossfade_windows(bank_waves[nearest[:, 0]], [round(s * rate) for s in starts], total)
     elif frame_hop:  # merge the windows' frames into one representation, then one decode with one phase
-        merged = overlap_add(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
+        merged = crossfade_windows(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
         clock.lap("mix")
         wave = decode(representation, merged[None], recipe.eval.phase, total, device)[0]
     else:  # a representation without frame hop: decode each window and overlap-add the sound
         pieces = decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
         clock.lap("decode")
-        wave = overlap_add(pieces, [round(s * rate) for s in starts], total)
+        wave = crossfade_windows(pieces, [round(s * rate) for s in starts], total)
     clock.lap("decode" if frame_hop else "mix")
     peak = float(wave.abs().max())
     if peak > 1.0:  # keep the waveform in [-1, 1] for PCM

@@ -95,9 +95,7 @@ def fit(recipe: Recipe, model: torch.nn.Module, shape: GeneratorShape, train: Sp
     losses = [
         WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device))
         for spec in recipe.loss
-    ]
-    if not losses:
-        raise AvgenError(f"{recipe.source}: a [generator] needs at least one [[loss]] entry")
+    ]  # a recipe with a [generator] has at least one [[loss]], an [encoder] and a [representation] (recipe.py)
     result = fit_model(
         model=model, losses=losses, train=train.tensors(), val=val.tensors() if len(val.clips) else None,
         params=recipe.train, run_dir=run_dir, seed=recipe.run.seed, device=device,
@@ -278,7 +276,7 @@ class Run:
     def build_generator(self) -> tuple[torch.nn.Module, GeneratorShape]:
         """The recipe's generator with its initial (seeded) weights, sized by the training split."""
         train = self.featurized("train")
-        shape = generator_shape(self.recipe, train.features, train.rep, self.dataset.class_names)
+        shape = generator_shape(train.features, train.rep, self.dataset.class_names)
         model = build_generator(self.recipe, shape, seed=self.recipe.run.seed)
         return model.to(self.device), shape
 

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from avgen.generate import overlap_add, window_starts
+from avgen.generate import crossfade_windows, window_starts
 from conftest import error_lines, run_avgen
 
 RECIPE = """
@@ -94,24 +94,24 @@ def test_window_starts_cover_the_video() -> None:
     assert starts[0] == 0.0 and starts[-1] + 0.5 >= 2.0 and len(starts) == 7
 
 
-def test_overlap_add_reconstructs_a_constant_and_matches_by_hand() -> None:
+def test_crossfade_windows_reconstructs_a_constant_and_matches_by_hand() -> None:
     pieces = torch.ones(5, 100)
-    out = overlap_add(pieces, [0, 50, 100, 150, 200], 300)
+    out = crossfade_windows(pieces, [0, 50, 100, 150, 200], 300)
     torch.testing.assert_close(out, torch.ones(300))
     a, b = torch.full((1, 4), 2.0), torch.full((1, 4), 4.0)
     w = torch.hann_window(4, periodic=False, dtype=torch.float64).clamp_min(1e-3)
-    out = overlap_add(torch.cat([a, b]), [0, 2], 6)
+    out = crossfade_windows(torch.cat([a, b]), [0, 2], 6)
     expected_mid = (2 * w[2:] + 4 * w[:2]) / (w[2:] + w[:2])
     torch.testing.assert_close(out[2:4].double(), expected_mid, rtol=1e-6, atol=1e-6)
 
 
-def test_overlap_add_of_spectrogram_frames_is_per_bin() -> None:
+def test_crossfade_windows_of_spectrogram_frames_is_per_bin() -> None:
     """[W, D, F] windows merge along frames exactly as each bin's row would on its own."""
     reps = torch.rand(4, 3, 22, generator=torch.Generator().manual_seed(0))
-    merged = overlap_add(reps, [0, 11, 22, 33], 50)
+    merged = crossfade_windows(reps, [0, 11, 22, 33], 50)
     assert merged.shape == (3, 50)
     for b in range(3):
-        torch.testing.assert_close(merged[b], overlap_add(reps[:, b], [0, 11, 22, 33], 50))
+        torch.testing.assert_close(merged[b], crossfade_windows(reps[:, b], [0, 11, 22, 33], 50))
     # frames covered by one window only are that window's frames
     torch.testing.assert_close(merged[:, :11], reps[0, :, :11])
 
