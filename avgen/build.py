@@ -49,13 +49,18 @@ def build_loss(spec: Any, representation: Any, device: torch.device) -> Any:
     return get_component("loss", spec.name).build(spec.params, BuildContext(device=device, representation=representation))
 
 
-def check_phases(recipe: Recipe, representation: Any) -> None:
-    """eval.phase must be a phase the representation declares, other than 'given' (generated sound has no reference)."""
-    phases = tuple(representation.phases)
-    name = recipe.representation.name if recipe.representation else "?"
-    if recipe.eval.phase not in phases or recipe.eval.phase == "given":
-        choices = ", ".join(p for p in phases if p != "given") or "none"
-        raise AvgenError(f"{recipe.source}: eval.phase = {recipe.eval.phase!r}: representation '{name}' decodes with {choices}")
+def raw_phase(recipe: Recipe, representation: Any) -> str:
+    """The phase the raw sound is decoded with: eval.phase, else the representation's first other than 'given'.
+
+    It must be one the representation declares, and not 'given' (generated sound has no reference).
+    """
+    choices = [p for p in representation.phases if p != "given"]
+    phase = recipe.eval.phase if recipe.eval.phase is not None else (choices[0] if choices else "given")
+    if phase not in choices:
+        name = recipe.representation.name if recipe.representation else "?"
+        raise AvgenError(f"{recipe.source}: eval.phase = {phase!r}: representation '{name}' decodes with "
+                         f"{', '.join(choices) or 'no phase but the reference'}")
+    return phase
 
 
 def build_generator(recipe: Recipe, shape: GeneratorShape, seed: int | None = None) -> torch.nn.Module:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from avgen.atomic import atomic_path, write_json
+from avgen.build import raw_phase
 from avgen.errors import AvgenError
 from avgen.media import fit_frames
 
@@ -59,8 +60,9 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     outputs = predict(model, test.features, device)
     reps = outputs["rep"]
     length = test.wave.shape[-1]
-    console.print(f"decoding {reps.shape[0]} clips ({recipe.eval.phase})")
-    raw = decode(representation, reps, recipe.eval.phase, length, device)
+    phase = raw_phase(recipe, representation)
+    console.print(f"decoding {reps.shape[0]} clips ({phase})")
+    raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
     _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
     exemplar = train.wave[retrieved[:, 0]]
@@ -242,9 +244,9 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     elif frame_hop:  # merge the windows' frames into one representation, then one decode with one phase
         merged = crossfade_windows(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
         clock.lap("mix")
-        wave = decode(representation, merged[None], recipe.eval.phase, total, device)[0]
+        wave = decode(representation, merged[None], raw_phase(recipe, representation), total, device)[0]
     else:  # a representation without frame hop: decode each window and overlap-add the sound
-        pieces = decode(representation, outputs["rep"], recipe.eval.phase, samples, device)
+        pieces = decode(representation, outputs["rep"], raw_phase(recipe, representation), samples, device)
         clock.lap("decode")
         wave = crossfade_windows(pieces, [round(s * rate) for s in starts], total)
     clock.lap("decode" if frame_hop else "mix")

@@ -68,7 +68,8 @@ class TrainParams(_Strict):
 class EvalSection(_Strict):
     """The [eval] section: how test sounds are generated for the metrics."""
 
-    phase: str = Field("griffin_lim", max_length=64, pattern=PHASE_NAME, description="phase for the raw sound (one of the representation's phases)")
+    phase: str | None = Field(None, max_length=64, pattern=PHASE_NAME,
+                              description="phase for the raw sound: one the representation declares (default: its first, other than 'given')")
     top_k: int = Field(10, ge=1, le=10_000, description="training clips retrieved per test clip")
     examples: int = Field(8, ge=0, le=1000, description="test clips shown in the report")
     split: Literal["test", "val"] = Field("test", description="split evaluated")

@@ -24,7 +24,7 @@ from rich.console import Console
 from avgen.atomic import write_json
 from avgen.baseline import baseline_losses, compare_line
 from avgen.build import (
-    build_dataset, build_encoder, build_generator, build_loss, build_representation, check_phases, generator_shape,
+    build_dataset, build_encoder, build_generator, build_loss, build_representation, generator_shape, raw_phase,
 )
 from avgen.cache import FeatureCache, cache_key
 from avgen.checkpoint import checkpoint_meta
@@ -220,7 +220,7 @@ class Run:
         _ = self.dataset
         rep = self.representation
         if rep is not None:
-            check_phases(self.recipe, rep)
+            raw_phase(self.recipe, rep)
 
     def featurized(self, split: str) -> SplitData:
         """A split's tensors: kept from the featurize stage, else featurized now (from the cache when it ran before)."""
