@@ -31,7 +31,13 @@ def test_two_process_run_matches_one_process(tmp_path: Path, example_plugin: Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "tiny" / "history.json").read_text())
     two = json.loads((tmp_path / "two" / "tiny" / "history.json").read_text())
-    assert [round(h["train"]["total"], 4) for h in one] == [round(h["train"]["total"], 4) for h in two]
+    # Two ranks sum half-batch gradients where one process takes the whole batch: equal up to float rounding
+    # (measured 3e-8 relative after 3 epochs). Rounding both to 4 decimals and comparing failed whenever a value
+    # sat on a rounding boundary; compare with the tolerance test_train_ddp.py uses.
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for split in ("train", "val"):
+            assert b[split]["total"] == pytest.approx(a[split]["total"], rel=1e-5, abs=1e-6), (a["epoch"], split)
     stages = json.loads((tmp_path / "two" / "tiny" / "stages.json").read_text())["stages"]
     assert list(stages) == ["prepare", "featurize", "fit", "generate", "evaluate", "report"]
     assert proc.stdout.count("run directory:") == 1  # only rank 0 speaks
