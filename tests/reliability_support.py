@@ -65,7 +65,7 @@ name = "mean_energy"
 name = "recall_at_k"
 """
 
-EPOCHS = 12
+EPOCHS = 16  # enough that a kill timed from the live pace after epoch <= 9 lands well before the end
 
 # Same thread count in every process: CPU kernels are bitwise reproducible for a fixed thread count.
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -313,7 +313,7 @@ def fail_write(after: int, name_prefix: str):
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tmp_path_factory, capsys, monkeypatch,
                                                                      one_thread, example_plugin):
-    """The 4th write of last.safetensors (epoch 3 of 12) fails halfway: exit 2, one line, epoch 2 kept, resume matches."""
+    """The 4th write of last.safetensors (epoch 3 of 16) fails halfway: exit 2, one line, epoch 2 kept, resume matches."""
     reference = reference_run(tmp_path_factory)
     monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
     writer, calls = fail_write(after=4, name_prefix=".last.safetensors.")

@@ -37,6 +37,20 @@ KILL_SEED = 20240611  # fixed: the same kill delays on every run of the tests
 BIG = ("data.clips_per_class=100", "encoder.fps=30", "encoder.input_size=128", "train.epochs=40")
 
 
+def kill_mid_epoch(proc, run_dir: Path, after: int, fraction: float, occurrence: int, sig: int = signal.SIGKILL) -> dict:
+    """Let the run finish epoch ``after`` and two more, timing those two (the pace of this run under whatever
+    load the machine has), then send ``sig`` ``fraction`` of an epoch later; where it landed.
+
+    The pace is measured live: a reference run's fit stage time divided by its epochs is mostly set-up,
+    plotting and checkpoint writes (8x one epoch on the development machine), and a neighbour's load
+    changes it; a delay taken from it landed the kill in the last epoch or after fit had ended."""
+    wait_for_epoch(run_dir, after, proc)
+    started = time.monotonic()
+    wait_for_epoch(run_dir, after + 2, proc)
+    epoch_seconds = (time.monotonic() - started) / 2
+    return {"epoch_s": round(epoch_seconds, 4), **interrupt(proc, run_dir, "fit", occurrence, fraction * epoch_seconds, sig)}
+
+
 def interrupt(proc, run_dir: Path, stage: str, occurrence: int, delay: float, sig: int = signal.SIGKILL) -> dict:
     """Wait for the ``occurrence``-th start of ``stage``, sleep ``delay`` s, send ``sig``; where it landed."""
     wait_for_log(run_dir, f"stage {stage} started", occurrence, proc)
@@ -53,16 +67,13 @@ def test_kill9_during_fit_then_resume_gives_the_same_checkpoints_and_metrics(tmp
                                                                             monkeypatch, one_thread):
     """One kill -9 mid-fit; the rerun (in this process, one thread like the subprocesses) resumes to the same end."""
     reference = reference_run(tmp_path_factory)
-    epochs, epoch_seconds = EPOCHS, stage_seconds(reference, "fit") / EPOCHS
     rng = random.Random(KILL_SEED)
-    target, fraction = rng.randrange(1, epochs - 4), rng.random()
-    plan = (f"kill -9 {fraction:.3f} of an epoch ({epoch_seconds:.3f} s in the reference) after epoch {target}; "
-            f"seed {KILL_SEED}")
+    target, fraction = rng.randrange(1, EPOCHS - 8), rng.random()  # at most epoch 7 + 2 timed ones of 16
+    plan = f"kill -9 {fraction:.3f} of an epoch after epoch {target + 2}; seed {KILL_SEED}"
     recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
     run_dir = out / "tiny"
     proc = start_cli(run_args(recipe, out), home, tmp_path / "killed.err")
-    wait_for_epoch(run_dir, target, proc)
-    landed = interrupt(proc, run_dir, "fit", 1, fraction * epoch_seconds)
+    landed = kill_mid_epoch(proc, run_dir, target, fraction, 1)
     with capsys.disabled():
         print(f"\n{plan}\n  landed: {landed}")
     assert landed["hit_running_process"] and landed["exit"] == -signal.SIGKILL, landed
@@ -84,15 +95,12 @@ def test_kill9_during_fit_then_resume_gives_the_same_checkpoints_and_metrics(tmp
 def test_ctrl_c_during_fit_stops_cleanly_and_resuming_gives_the_same_result(tmp_path, tmp_path_factory, capsys,
                                                                              monkeypatch, one_thread):
     reference = reference_run(tmp_path_factory)
-    epoch_seconds = stage_seconds(reference, "fit") / EPOCHS
     rng = random.Random(KILL_SEED + 1)
-    target, fraction = rng.randrange(1, EPOCHS - 4), rng.random()
-    plan = (f"SIGINT {fraction:.3f} of an epoch ({epoch_seconds:.3f} s in the reference) after epoch {target}; "
-            f"seed {KILL_SEED + 1}")
+    target, fraction = rng.randrange(1, EPOCHS - 8), rng.random()
+    plan = f"SIGINT {fraction:.3f} of an epoch after epoch {target + 2}; seed {KILL_SEED + 1}"
     recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
     proc = start_cli(run_args(recipe, out), home, tmp_path / "interrupted.err")
-    wait_for_epoch(out / "tiny", target, proc)
-    landed = interrupt(proc, out / "tiny", "fit", 1, fraction * epoch_seconds, sig=signal.SIGINT)
+    landed = kill_mid_epoch(proc, out / "tiny", target, fraction, 1, sig=signal.SIGINT)
     with capsys.disabled():
         print(f"\n{plan}\n  landed: {landed}")
     assert landed["exit"] == 130 and "fit" not in landed["stages_done"], landed
@@ -126,21 +134,25 @@ def test_repeated_kill9_in_featurize_and_fit_then_resume_gives_the_same_result(t
     reference = reference_run(tmp_path_factory, *BIG)
     featurize_seconds, fit_seconds = stage_seconds(reference, "featurize"), stage_seconds(reference, "fit")
     epochs = int(BIG[-1].split("=")[1])
+    clips = 3 * int(BIG[0].split("=")[1])
     rng = random.Random(KILL_SEED + 2)
-    featurize_delay = rng.uniform(0.2, 0.8) * featurize_seconds
-    targets = sorted(rng.sample(range(1, epochs - 1), 4))  # kill once the checkpoint reaches this epoch ...
-    fractions = [rng.random() for _ in targets]  # ... this far into the next epoch
+    featurize_share = rng.uniform(0.2, 0.8)  # kill once this share of the clips is in the cache (progress, not time)
+    # kill once the checkpoint reaches target + 2 (two epochs timed), this far into the next epoch; the targets are
+    # 4 epochs apart so that the four kills land at four different epochs
+    targets = [4 * k for k in sorted(rng.sample(range(1, (epochs - 8) // 4 + 1), 4))]
+    fractions = [rng.random() for _ in targets]
     recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
     run_dir = out / "tiny"
     proc = start_cli(run_args(recipe, out, *BIG), home, tmp_path / "killed0.err")
-    landings = [interrupt(proc, run_dir, "featurize", 1, featurize_delay)]
+    wait_for_cache_entries(home / "cache", round(featurize_share * clips), proc)
+    landings = [interrupt(proc, run_dir, "featurize", 1, 0.0)]
     for number, (target, fraction) in enumerate(zip(targets, fractions), start=1):
         proc = start_cli(run_args(recipe, out, *BIG), home, tmp_path / f"killed{number}.err")
-        wait_for_epoch(run_dir, target, proc)
-        landed = interrupt(proc, run_dir, "fit", number, fraction * fit_seconds / epochs)
-        landings.append({"after_epoch": target, **landed})
+        landed = kill_mid_epoch(proc, run_dir, target, fraction, number)
+        landings.append({"after_epoch": target + 2, **landed})
     with capsys.disabled():
-        print(f"\nreference: featurize {featurize_seconds:.2f} s, fit {fit_seconds:.2f} s; kill seed {KILL_SEED + 2}")
+        print(f"\nreference: featurize {featurize_seconds:.2f} s, fit {fit_seconds:.2f} s; kill seed {KILL_SEED + 2}; "
+              f"featurize killed at {featurize_share:.2f} of {clips} clips")
         for landed in landings:
             print("  kill -9:", landed)
     assert "featurize" not in landings[0]["stages_done"] and landings[0]["hit_running_process"], landings[0]
@@ -152,6 +164,15 @@ def test_repeated_kill9_in_featurize_and_fit_then_resume_gives_the_same_result(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_result(run_dir, reference)
     assert stale_temp_files(run_dir) == []
+
+
+def wait_for_cache_entries(cache: Path, count: int, proc, timeout: float = 600) -> None:
+    """Wait until the feature cache holds ``count`` entries (clips featurized) while the process lives."""
+    deadline = time.monotonic() + timeout
+    while len(list(cache.glob("*/*.safetensors"))) < count:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {count} clips were featurized"
+        assert time.monotonic() < deadline, f"{count} clips were not featurized in {timeout} s"
+        time.sleep(0.01)
 
 
 def wait_for_epoch(run_dir: Path, epoch: int, proc, timeout: float = 300) -> None:
