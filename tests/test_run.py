@@ -1,9 +1,16 @@
-"""End-to-end runs of the real CLI with the example plugin: stages, cache, resume, lock."""
+"""End-to-end runs of the real CLI with the example plugin: stages, cache, resume, lock.
+
+One real `python -m avgen run` of the example recipe is shared by the module (``example_run``); the
+tests that rerun, refuse or replace it restore it first and call the CLI entry point in this process
+(``avgen_in_process``), which saves an interpreter start (torch import, 2-3 s) per call. What needs a
+second process stays one: the shared run, the kill -9 and the run-directory lock.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,19 +19,38 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, error_lines, run_avgen
+from conftest import EXAMPLE, avgen_in_process, error_lines, run_avgen
 
 RECIPE = EXAMPLE / "tones.toml"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # as conftest.one_thread in this process
 
 
 def ledger(run_dir: Path) -> dict:
     return json.loads((run_dir / "stages.json").read_text())["stages"]
 
 
-def test_example_recipe_runs_every_stage(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
-    proc = run_avgen("run", str(RECIPE), "--out", str(tmp_path / "runs"))
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> tuple[Path, Path]:
+    """The example recipe run once by the real CLI in a subprocess: (its --out folder, its AVGEN_HOME).
+    A pristine copy is kept beside it for ``restored``."""
+    base = tmp_path_factory.mktemp("example")
+    proc = run_avgen("run", str(RECIPE), "--out", str(base / "runs"), env={"AVGEN_HOME": str(base / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "tones_example"
+    shutil.copytree(base / "runs", base / "pristine")
+    return base / "runs", base / "home"
+
+
+def restored(example_run: tuple[Path, Path]) -> Path:
+    """The example run's --out folder as the shared run left it (a test may rerun or replace it). The same
+    folder, not a copy elsewhere: --out is part of the resolved recipe, so a copy would be another recipe."""
+    out = example_run[0]
+    shutil.rmtree(out)
+    shutil.copytree(out.parent / "pristine", out)
+    return out
+
+
+def test_example_recipe_runs_every_stage(example_run: tuple[Path, Path], avgen_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = example_run[0] / "tones_example"
     stages = ledger(run_dir)
     assert [s for s in stages] == ["prepare", "featurize", "fit", "generate", "evaluate", "report"]
     assert stages["featurize"]["train"] == {"clips": 28, "encoded": 28, "from_cache": 0}
@@ -37,41 +63,48 @@ def test_example_recipe_runs_every_stage(tmp_path: Path, avgen_home: Path, examp
     assert env["seed"] == 0 and env["device"] == "cpu" and env["torch"]
     assert json.loads((run_dir / "dataset.json").read_text())["class_names"] == ["tone0", "tone1", "tone2", "tone3"]
 
-    again = run_avgen("run", str(RECIPE), "--out", str(tmp_path / "runs"))
-    assert again.returncode == 0 and again.stderr.count("done earlier, skipped") == 6
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", str(restored(example_run)))
+    assert code == 0 and "\n".join(lines).count("done earlier, skipped") == 6, lines
 
 
-def test_cache_is_shared_and_a_changed_param_misses(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
+def test_cache_is_shared_and_a_changed_param_misses(example_run: tuple[Path, Path], tmp_path: Path, avgen_home: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(example_run[1], avgen_home)  # the cache the first run filled
     out = str(tmp_path / "runs")
-    assert run_avgen("run", str(RECIPE), "--out", out, "--set", "run.name=first").returncode == 0
-    second = run_avgen("run", str(RECIPE), "--out", out, "--set", "run.name=second")
-    assert second.returncode == 0
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "run.name=second")
+    assert code == 0, lines[-20:]
     stages = ledger(tmp_path / "runs" / "second")
     assert stages["featurize"]["train"]["encoded"] == 0 and stages["featurize"]["train"]["from_cache"] == 28
-    changed = run_avgen("run", str(RECIPE), "--out", out, "--set", "run.name=third", "--set", "encoder.fps=5")
-    assert changed.returncode == 0
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "run.name=third",
+                                      "--set", "encoder.fps=5")
+    assert code == 0, lines[-20:]
     assert ledger(tmp_path / "runs" / "third")["featurize"]["train"]["encoded"] == 28
-    info = run_avgen("cache", "info", "--json")
-    assert json.loads(info.stdout)["entries"] > 0
+    code, printed, _ = avgen_in_process(capsys, "cache", "info", "--json")
+    assert code == 0 and json.loads(printed)["entries"] > 0
 
 
-def test_a_different_recipe_in_the_same_run_dir_is_refused(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
-    out = str(tmp_path / "runs")
-    assert run_avgen("run", str(RECIPE), "--out", out).returncode == 0
-    proc = run_avgen("run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20")
-    assert proc.returncode == 2 and "--fresh" in error_lines(proc)[-1] and "Traceback" not in proc.stderr
-    fresh = run_avgen("run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20", "--fresh")
-    assert fresh.returncode == 0
-    assert ledger(tmp_path / "runs" / "tones_example")["prepare"]["clips"]["train"] == 48
+def test_a_different_recipe_in_the_same_run_dir_is_refused(example_run: tuple[Path, Path], avgen_home: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(restored(example_run))
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20")
+    assert code == 2 and "--fresh" in lines[-1] and "Traceback" not in "\n".join(lines)
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20",
+                                      "--fresh")
+    assert code == 0, lines[-20:]
+    assert ledger(Path(out) / "tones_example")["prepare"]["clips"]["train"] == 48
 
 
-def test_killed_run_resumes_after_the_last_finished_stage(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
-    """kill -9 during featurize; the rerun skips prepare, finishes, and matches an uninterrupted run."""
+def test_killed_run_resumes_after_the_last_finished_stage(tmp_path: Path, avgen_home: Path, capsys: pytest.CaptureFixture[str],
+                                                          one_thread: None, example_plugin: None) -> None:
+    """kill -9 during featurize; the rerun skips prepare, finishes, and matches an uninterrupted run.
+
+    Every process runs one thread (the killed one by its environment, this one by ``one_thread``): results
+    are compared bit for bit, which holds for one machine and one thread count, not across thread counts."""
     out = tmp_path / "runs"
     args = ["run", str(RECIPE), "--out", str(out), "--set", "data.clips_per_class=100", "--set", "encoder.input_size=64"]
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **ONE_THREAD}
     proc = subprocess.Popen([sys.executable, "-m", "avgen", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = out / "tones_example"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -83,15 +116,14 @@ def test_killed_run_resumes_after_the_last_finished_stage(tmp_path: Path, avgen_
     proc.wait()
     assert "report" not in ledger(run_dir)
 
-    resumed = run_avgen(*args)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "prepare: done earlier, skipped" in resumed.stderr
+    code, _, lines = avgen_in_process(capsys, *args)
+    assert code == 0, lines[-20:]
+    assert "prepare: done earlier, skipped" in "\n".join(lines)
     stages = ledger(run_dir)
     assert list(stages) == ["prepare", "featurize", "fit", "generate", "evaluate", "report"]
 
-    reference = run_avgen(*args[:-4], "--set", "data.clips_per_class=100", "--set", "encoder.input_size=64",
-                          "--set", "run.name=uninterrupted")
-    assert reference.returncode == 0
+    code, _, lines = avgen_in_process(capsys, *args, "--set", "run.name=uninterrupted")
+    assert code == 0, lines[-20:]
     a = json.loads((run_dir / "metrics.json").read_text())
     b = json.loads((out / "uninterrupted" / "metrics.json").read_text())
     assert a == b
@@ -112,13 +144,12 @@ def test_second_process_on_the_same_run_dir_is_refused(tmp_path: Path, avgen_hom
                 pass
 
 
-def test_only_reruns_one_stage(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
-    out = str(tmp_path / "runs")
-    assert run_avgen("run", str(RECIPE), "--out", out).returncode == 0
-    before = ledger(tmp_path / "runs" / "tones_example")
-    proc = run_avgen("run", str(RECIPE), "--out", out, "--only", "evaluate")
-    assert proc.returncode == 0, proc.stderr
-    after = ledger(tmp_path / "runs" / "tones_example")
+def test_only_reruns_one_stage(example_run: tuple[Path, Path], avgen_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = restored(example_run)
+    before = ledger(out / "tones_example")
+    code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", str(out), "--only", "evaluate")
+    assert code == 0, lines[-20:]
+    after = ledger(out / "tones_example")
     assert after["evaluate"]["finished"] > before["evaluate"]["finished"]
     assert after["featurize"] == before["featurize"] and after["fit"] == before["fit"]
 
