@@ -8,7 +8,7 @@ import pytest
 
 from avgen.errors import RecipeError
 from avgen.recipe import apply_override, load_recipe, parse_value
-from conftest import error_lines, run_avgen
+from conftest import avgen_in_process, error_lines, run_avgen
 
 GOOD = """
 [run]
@@ -80,14 +80,15 @@ def test_override_errors() -> None:
         ("[run\nname=", [], ["invalid TOML"]),
     ],
 )
-def test_bad_recipes_exit_2_with_one_line(tmp_path: Path, example_plugin: None, text: str,
-                                          args: list[str], expected: list[str]) -> None:
+def test_bad_recipes_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], example_plugin: None,
+                                          text: str, args: list[str], expected: list[str]) -> None:
+    """The CLI entry point in this process (a subprocess per case cost 2-3 s of start-up each; the real
+    `python -m avgen` path is checked by test_missing_file_and_debug_traceback and test_reliability_recipes)."""
     path = write(tmp_path, text)
-    proc = run_avgen("run", str(path), "--out", str(tmp_path / "runs"), *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = error_lines(proc)
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, _, lines = avgen_in_process(capsys, "run", str(path), "--out", str(tmp_path / "runs"), *args)
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
     for piece in expected:
         assert piece in lines[0], lines[0]
     assert not (tmp_path / "runs").exists()  # nothing half-written
