@@ -61,7 +61,7 @@ def run_main(*args: str) -> int:
     return 0
 
 
-def test_avgen_compare_cli(tmp_path):
+def test_avgen_compare_cli(tmp_path, capsys):
     a = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)
     b = make_run(tmp_path, "owens_ghd", "greatest_hits", OWENS)
     out = tmp_path / "table.html"
@@ -74,10 +74,11 @@ def test_avgen_compare_cli(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "0.4123" in page and "45.68" in page and "0.5719" in page
     assert "log_spectral_distance/lsd_raw" in page and "1.5000" in page
 
-    missing = avgen_cli("compare", str(a), str(tmp_path / "nope"), cwd=tmp_path)
-    assert missing.returncode == 2
-    lines = missing.stderr.strip().splitlines()
-    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in missing.stderr
+    capsys.readouterr()
+    assert run_main("compare", str(a), str(tmp_path / "nope"), "-o", str(out)) == 2  # in-process: no second start-up
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in err
 
 
 def test_compare_json_default_output_help_and_errors(tmp_path, monkeypatch, capsys):
