@@ -191,10 +191,11 @@ def test_a_damaged_component_index_never_breaks_the_cli(tmp_path: Path, avgen_ho
         home = tmp_path / "home_file"
         home.write_text("not a folder")
         env = {"AVGEN_HOME": str(home)}
-    for _ in range(2):
+    unusable = damage in ("a folder", "home is a file")  # nothing can be written: a second call sees the same state
+    for _ in range(1 if unusable else 2):  # else the first call rewrites the index and the second reads it
         proc = run_avgen("list", "--json", env=env)
         assert proc.returncode == 0 and proc.stdout == reference.stdout, proc.stderr[-2000:]
         helped = run_avgen("--help", env=env)
         assert helped.returncode == 0 and "compare" in helped.stdout, helped.stderr[-2000:]
-    if damage not in ("a folder", "home is a file"):
+    if not unusable:
         assert json.loads(index.read_text())["key"] == data["key"]  # rewritten whole
