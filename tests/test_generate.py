@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from avgen.generate import crossfade_windows, window_starts
-from conftest import error_lines, run_avgen
+from conftest import avgen_in_process, error_lines, run_avgen
 
 RECIPE = """
 [run]
@@ -180,7 +180,10 @@ def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: 
 
 
 @pytest.mark.parametrize("case", ["missing", "not_media", "no_model", "weights_do_not_fit"])
-def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: str) -> None:
+def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the CLI entry point in this process (a subprocess per case cost 2-3 s of start-up; the real
+    `python -m avgen generate` runs in the tests above and below)."""
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     run = trained_run
     if case == "missing":
@@ -193,10 +196,9 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
         run.mkdir()
     else:  # a valid checkpoint whose recipe says hidden = 24 while its weights were trained with 16
         run = copy_with_recipe_value(trained_run, tmp_path / "changed_run", "generator", "hidden", 24)
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path))
-    assert proc.returncode == 2
-    lines = error_lines(proc)
-    assert lines[-1].startswith("error:") and "Traceback" not in proc.stderr
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path))
+    assert code == 2, lines
+    assert lines[-1].startswith("error:") and not any("Traceback" in line for line in lines)
     if case == "weights_do_not_fit":
         assert "do not fit can_lstm" in lines[-1] and len(lines) == 1
 
@@ -206,17 +208,16 @@ def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_ou
     """Disk full (ENOSPC after half the bytes, injected) and a real write limit (RLIMIT_FSIZE: libsndfile's
     "System error.") while writing <stem>.avgen.wav: exit 2, one line naming the wav; the earlier wav and mp4 stay whole."""
     from avgen.atomic import stale_temp_files
-    from conftest import avgen_in_process
     from test_reliability_files import fail_write
 
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     home = {"AVGEN_HOME": str(trained_run.parents[1] / "home")}
     args = ["generate", str(video), "--run", str(trained_run), "-o", str(tmp_path)]
-    assert run_avgen(*args, env=home).returncode == 0
+    monkeypatch.setenv("AVGEN_HOME", home["AVGEN_HOME"])
+    assert avgen_in_process(capsys, *args)[0] == 0  # the earlier output
     wav, mp4 = tmp_path / f"{video.stem}.avgen.wav", tmp_path / f"{video.stem}.avgen.mp4"
     before = {path: path.read_bytes() for path in (wav, mp4)}
 
-    monkeypatch.setenv("AVGEN_HOME", home["AVGEN_HOME"])
     writer, calls = fail_write(after=1, name_prefix=f".{wav.name}.")
     monkeypatch.setattr(Path, "write_bytes", writer)
     code, _, lines = avgen_in_process(capsys, *args)
