@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import librosa
 import numpy as np
 import pytest
@@ -11,6 +13,13 @@ import avgen
 from avgen import AvgenError
 
 SR = 22050
+
+
+@functools.lru_cache(maxsize=None)
+def cochleagram(**params):
+    """One instance per parameter set for the module (building the STFT kernels and band filters is most of
+    each test's time; encode and decode do not change the instance). Tests that change dtype build their own."""
+    return avgen.create("representation", "cochleagram", **params)
 
 
 def erb_number(hz: np.ndarray) -> np.ndarray:
@@ -33,7 +42,7 @@ def test_band_centres_are_erb_spaced_between_the_limits():
 
 
 def test_default_limits_and_power_complementary_filters():
-    rep = avgen.create("representation", "cochleagram")
+    rep = cochleagram()
     assert rep.low_hz == 20.0 and rep.high_hz == 10000.0
     assert torch.allclose(rep.band_power.sum(0), torch.ones(1025), atol=1e-5)  # squares sum to one
     assert (rep.band_power.sum(1) > 0).all()  # every band sees some STFT bins
@@ -44,7 +53,7 @@ def test_default_limits_and_power_complementary_filters():
 @pytest.mark.parametrize("band", [8, 15, 22, 30, 38])
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.7])
 def test_a_pure_tone_excites_the_nearest_band(band, fraction):
-    rep = avgen.create("representation", "cochleagram", compression="none")
+    rep = cochleagram(compression="none")
     centres = rep.centre_hz.double().numpy()
     erb = erb_number(centres[band]) + fraction * (erb_number(centres[band + 1]) - erb_number(centres[band]))
     hz = (10 ** (erb / 21.4) - 1) / 4.37e-3
@@ -54,7 +63,7 @@ def test_a_pure_tone_excites_the_nearest_band(band, fraction):
 
 
 def test_shape_and_batch():
-    rep = avgen.create("representation", "cochleagram")
+    rep = cochleagram()
     wave = torch.randn(3, 11025)
     coch = rep.encode(wave)
     assert coch.shape == (3, 42, 22) and rep.frames(11025) == 22
@@ -64,7 +73,7 @@ def test_shape_and_batch():
 
 def test_encode_is_band_energy_of_the_stft_compressed():
     """Independent numpy version: sqrt(sum_k H_b(k)^2 |X_k|^2) ** 0.3 with cosine ERB bands."""
-    rep = avgen.create("representation", "cochleagram")
+    rep = cochleagram()
     wave = torch.randn(2, 11025)
     magnitude = np.abs(librosa.stft(wave.numpy().astype(np.float64))).transpose(0, 2, 1)  # [B, F, K]
     bins = erb_number(np.arange(1025) * SR / 2048)
@@ -82,7 +91,7 @@ def test_decode_gives_a_waveform_whose_cochleagram_is_close():
     t = np.arange(11025) / SR
     wave = np.stack([np.exp(-20 * t) * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(11025) * np.exp(-40 * t)
                      for f in (300.0, 1200.0)]).astype(np.float32)
-    rep = avgen.create("representation", "cochleagram")
+    rep = cochleagram()
     coch = rep.encode(torch.from_numpy(wave))
     decoded = rep.decode(coch, length=11025)
     assert decoded.shape == (2, 11025)
