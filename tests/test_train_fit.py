@@ -274,10 +274,12 @@ def test_waveform_losses_get_the_decoded_rep(tmp_path):
     model = avgen.create("generator", "can_lstm", context={"shape": shape}, hidden=16)
     loss = WeightedLoss("wave_l1", 1.0, WaveL1())
     result = fit(model=model, losses=[loss], train={"features": features, "rep": rep, "wave": wave, "label": labels},
-                 val=None, params=train_params(epochs=15, batch_size=10), run_dir=tmp_path, seed=0, device=CPU,
+                 val=None, params=train_params(epochs=30, batch_size=10), run_dir=tmp_path, seed=0, device=CPU,
                  representation=representation)
     assert representation.calls and set(representation.calls) == {("given", samples)}
     curve = [h["train"]["wave_l1"] for h in result.history]
+    # 30 epochs end at 0.38 of the first epoch's loss; 15 ended at 0.692, 1 % from this bound, where another
+    # machine's rounding (amplified by training) could cross it
     assert curve[-1] < 0.7 * curve[0]
     with pytest.raises(AvgenError, match="no representation"):
         fit(model=model, losses=[loss], train={"features": features, "rep": rep, "wave": wave, "label": labels},
