@@ -12,6 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "avgen-plugin-example"
 
+# One intra-op thread in this process and in every subprocess the tests start (they inherit the environment),
+# unless the caller chose a count. CI runs on 2 cores, often beside another heavy job: two OpenMP threads per
+# process then oversubscribe the cores (measured 45 s with one thread against 56-97 s with two for the same four
+# test files on the shared machine), and results no longer depend on how many cores the machine has.
+# Set before torch is imported (it reads them when it loads its OpenMP and MKL runtimes).
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 
 @pytest.fixture
 def avgen_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -38,7 +46,9 @@ def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module on one torch thread: tiny models gain nothing from threads, and on a
-    busy 2-core machine two oversubscribed OpenMP threads run them many times slower."""
+    busy 2-core machine two oversubscribed OpenMP threads run them many times slower.
+    (The default of the whole run since the environment above; this also holds when the caller sets
+    OMP_NUM_THREADS, for modules that compare in-process results with one-thread subprocesses bit for bit.)"""
     import torch
 
     before = torch.get_num_threads()
