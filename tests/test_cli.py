@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import avgen
-from conftest import error_lines, run_avgen
+from conftest import avgen_in_process, error_lines, run_avgen
 
 
 def test_version() -> None:
@@ -19,14 +19,17 @@ def test_version() -> None:
     assert proc.returncode == 0 and avgen.__version__ in proc.stdout
 
 
-def test_help_on_every_command() -> None:
+def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The top-level help by `python -m avgen`, each command's help through the CLI entry point in this process
+    (a subprocess per command cost 10 s of start-ups; test_help_version_list_and_show_import_no_torch checks
+    the start-up itself)."""
     top = run_avgen("--help")
     assert top.returncode == 0
     commands = commands_of(top.stdout)
     assert {"list", "show", "run", "cache"} <= set(commands)
     for command in commands:
-        proc = run_avgen(command, "--help")
-        assert proc.returncode == 0 and "Usage:" in proc.stdout, command
+        code, out, lines = avgen_in_process(capsys, command, "--help")
+        assert code == 0 and "Usage:" in out, (command, lines)
 
 
 def test_list_shows_components_with_plugin(example_plugin: None) -> None:
