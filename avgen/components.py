@@ -140,7 +140,12 @@ class Generator(nn.Module):
         """Called once before training with the training split ({"features", "rep", "label"}); e.g. statistics."""
 
     def training_outputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Outputs for a training batch ({"features", "rep", "wave", "label"}); default: ``self(features)``."""
+        """Outputs the losses score, for a batch ({"features", "rep", "wave", "label"}); default: ``self(features)``.
+
+        Called in training mode for each step and in eval mode for the validation losses, so a
+        generator whose loss needs more than its sampled output (e.g. a flow model's velocity at a
+        random time) computes it here for both.
+        """
         return dict(self(batch["features"]))
 
     def mean_outputs(self, train: Mapping[str, Tensor], count: int) -> dict[str, Tensor]:

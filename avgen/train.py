@@ -223,7 +223,7 @@ def _validate(step: _Step, model: nn.Module, data: dict[str, Tensor], batch_size
     sums = torch.zeros(len(step.losses) + 2, dtype=torch.float64, device=device)
     for start in range(0, len(shard), batch_size):
         index = shard[start : start + batch_size]
-        _, logged = step.terms(lambda batch: model(batch["features"]), _take(data, index, device))
+        _, logged = step.terms(model.training_outputs, _take(data, index, device))  # in eval mode
         sums[:-1] += logged.double() * len(index)
         sums[-1] += len(index)
     if world > 1:

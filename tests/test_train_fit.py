@@ -284,3 +284,37 @@ def test_waveform_losses_get_the_decoded_rep(tmp_path):
     with pytest.raises(AvgenError, match="no representation"):
         fit(model=model, losses=[loss], train={"features": features, "rep": rep, "wave": wave, "label": labels},
             val=None, params=train_params(), run_dir=tmp_path / "x", seed=0, device=CPU)
+
+
+class NoisyTarget(avgen.Generator):
+    """A generator whose loss needs an output only training_outputs gives (like a flow model's velocity)."""
+
+    def __init__(self, shape: GeneratorShape) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(shape.feature_dim, shape.rep_dim * shape.steps)
+        self.shape = shape
+        self.modes: list[bool] = []  # self.training at each training_outputs call
+
+    def forward(self, features):
+        return {"rep": self.proj(features.mean(1)).view(-1, self.shape.rep_dim, self.shape.steps)}
+
+    def training_outputs(self, batch):
+        self.modes.append(self.training)
+        out = self(batch["features"])
+        return {**out, "residual_target": batch["rep"] - out["rep"].detach()}
+
+
+class ResidualNorm(avgen.Loss):
+    def __call__(self, outputs, batch):
+        return outputs["residual_target"].square().mean() + (outputs["rep"] - batch["rep"]).square().mean()
+
+
+def test_validation_scores_the_training_outputs_in_eval_mode(data, tmp_path):
+    train, val = data
+    shape = GeneratorShape(train["features"].shape[-1], train["rep"].shape[1], train["rep"].shape[2], 3)
+    torch.manual_seed(0)
+    model = NoisyTarget(shape)
+    result = fit(model=model, losses=[WeightedLoss("residual", 1.0, ResidualNorm())], train=train, val=val,
+                 params=train_params(epochs=2), run_dir=tmp_path, seed=0, device=CPU)
+    assert [set(h["val"]) for h in result.history] == [{"total", "residual"}] * 2
+    assert True in model.modes and False in model.modes  # training steps, and validation batches in eval mode
