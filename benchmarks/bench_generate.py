@@ -111,7 +111,7 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
         if args.encoder_precision:
             encoder.precision = args.encoder_precision
-        bank = exemplar_bank(recipe, run_dir, device)
+        bank = exemplar_bank(recipe, run_dir, device, encoder, representation)
         duration = probe(video).duration
         print(f"video {video} ({duration:.1f} s), run {run_dir}, {args.threads} threads, {args.device}, "
               f"encoder {recipe.encoder.name} at {encoder.fps} fps in {encoder.precision}; "
