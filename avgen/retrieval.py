@@ -209,7 +209,7 @@ def rescore(q: torch.Tensor, candidates: torch.Tensor, rows: Callable[[torch.Ten
     n, width = candidates.shape
     dim = q.shape[1]
     k = min(k, width)
-    per_candidate = 24 * (1 << max(0, dim - 1).bit_length())  # float64 rows, products and the first halving
+    per_candidate = 24 * dim  # float64 rows, their products with the query, the first halving of the sums
     if width * per_candidate > RESCORE_BUDGET:  # many candidates (a threshold rescan): blocks of columns
         step = max(1, RESCORE_BUDGET // per_candidate)
         best_scores = torch.empty(n, 0, dtype=torch.float64, device=q.device)
