@@ -21,6 +21,13 @@ from avgen_datasets.materials import MATERIALS
 from test_media import STEP, write_grey_video  # the same grey-ramp videos (frame i is grey i * STEP)
 
 
+def write_vig_lists(root: Path, labels_csv: str, train: list[str], test: list[str]) -> None:
+    """A VIG folder's labels.csv, train.txt and test.txt."""
+    (root / "labels.csv").write_text(labels_csv)
+    (root / "train.txt").write_text("".join(f"{name}\n" for name in train))
+    (root / "test.txt").write_text("".join(f"{name}\n" for name in test))
+
+
 def write_video(path: Path, seconds: float, size: int = 32, wave: np.ndarray | None = None, rate: int = 16000) -> Path:
     """A 30 fps grey-ramp mp4 written with PyAV, with optional AAC sound."""
     return write_grey_video(path, frames=int(round(seconds * 30)), size=size, wave=wave, rate=rate)
@@ -195,16 +202,13 @@ def test_vig_reads_an_audioset_style_folder(tmp_path):
     write_video(root / "ccccccccccc_0.mp4", 2.0)  # sound in a wav beside it
     sf.write(root / "ccccccccccc_0.wav", tone(880), rate)
     write_video(root / "ddddddddddd_5.mp4", 2.0, wave=tone(220), rate=rate)
-    (root / "labels.csv").write_text(
-        "# Segments csv created Sun Mar  5 10:54:31 2017\n"
-        "# YTID, start_seconds, end_seconds, positive_labels\n"
-        "aaaaaaaaaaa, 30.000, 40.000, dog\n"
-        "bbbbbbbbbbb, 10.000, 20.000, \"hammer,/m/0xyz\"\n"
-        "ccccccccccc, 0.000, 10.000, dog\n"
-        "ddddddddddd, 5.000, 15.000, hammer\n"
-    )
-    (root / "train.txt").write_text("aaaaaaaaaaa_30\nbbbbbbbbbbb\nccccccccccc_0\n")
-    (root / "test.txt").write_text("ddddddddddd_5\n")
+    write_vig_lists(root, "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+                          "# YTID, start_seconds, end_seconds, positive_labels\n"
+                          "aaaaaaaaaaa, 30.000, 40.000, dog\n"
+                          "bbbbbbbbbbb, 10.000, 20.000, \"hammer,/m/0xyz\"\n"
+                          "ccccccccccc, 0.000, 10.000, dog\n"
+                          "ddddddddddd, 5.000, 15.000, hammer\n",
+                    ["aaaaaaaaaaa_30", "bbbbbbbbbbb", "ccccccccccc_0"], ["ddddddddddd_5"])
     ds = avgen.create("dataset", "vig", root=root, clip_seconds=1.0, val_fraction=0.34, seed=0)
     assert isinstance(ds, Dataset)
     ds.prepare()

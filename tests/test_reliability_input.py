@@ -150,22 +150,19 @@ def test_vig_rows_with_start_or_end_inf_nan_or_negative_are_skipped_and_counted(
     reported by skipped_rows (the runner warns and writes skipped.txt); their labels make no class."""
     import avgen
 
-    from test_datasets import write_video
+    from test_datasets import write_video, write_vig_lists
 
     root = tmp_path / "vig"
     root.mkdir()
     for stem in ("aaaaaaaaaaa_30", "bbbbbbbbbbb_10", "ccccccccccc_-5", "ddddddddddd_5"):
         write_video(root / f"{stem}.mp4", 1.0)
-    (root / "labels.csv").write_text(
-        "# YTID, start_seconds, end_seconds, positive_labels\n"
-        "aaaaaaaaaaa, 30.000, 40.000, dog\n"
-        "bbbbbbbbbbb, 10.000, inf, cat\n"
-        "ccccccccccc, -5, 5.000, dog\n"
-        "eeeeeeeeeee, nan, 10.000, dog\n"
-        "ddddddddddd, 5.000, 15.000, hammer\n"
-    )
-    (root / "train.txt").write_text("aaaaaaaaaaa_30\nbbbbbbbbbbb\nccccccccccc_-5\neeeeeeeeeee\n")
-    (root / "test.txt").write_text("ddddddddddd_5\n")
+    write_vig_lists(root, "# YTID, start_seconds, end_seconds, positive_labels\n"
+                          "aaaaaaaaaaa, 30.000, 40.000, dog\n"
+                          "bbbbbbbbbbb, 10.000, inf, cat\n"
+                          "ccccccccccc, -5, 5.000, dog\n"
+                          "eeeeeeeeeee, nan, 10.000, dog\n"
+                          "ddddddddddd, 5.000, 15.000, hammer\n",
+                    ["aaaaaaaaaaa_30", "bbbbbbbbbbb", "ccccccccccc_-5", "eeeeeeeeeee"], ["ddddddddddd_5"])
     ds = avgen.create("dataset", "vig", root=root, clip_seconds=1.0, val_fraction=0)
     assert [c.id for c in ds.clips("train")] == ["aaaaaaaaaaa_30"]
     assert ds.class_names == ["dog", "hammer"]
