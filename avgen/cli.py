@@ -317,7 +317,11 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
               help="Raw sound (decode of s') or exemplar sound (nearest training clip; needs the run's training data).")
 @click.option("--keep-audio", is_flag=True, help="Keep the video's original audio as a second track.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change a generation setting of the run's recipe (generator.*, representation.*, eval.*), "
+                   "e.g. --set generator.steps=4; the trained weights must still fit.")
+def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str,
+                 overrides: tuple[str, ...]) -> None:
     """Generate the sound of each VIDEO with a trained run; writes <stem>.avgen.wav and <stem>.avgen.mp4."""
     import time
 
@@ -334,7 +338,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
         raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
     dev = resolve_device(device)
     started = time.perf_counter()
-    recipe, encoder, representation, model, meta = load_trained(run_dir, dev)
+    recipe, encoder, representation, model, meta = load_trained(run_dir, dev, overrides)
     err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
     bank = exemplar_bank(recipe, run_dir, dev, encoder, representation, console=err_console) if not raw else None
     with progress_bar(err_console) as progress:

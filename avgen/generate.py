@@ -109,16 +109,32 @@ def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- avgen generate: any video -> sound
 
 
-def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
-    """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone."""
+GENERATION_SECTIONS = ("generator", "representation", "eval")  # what `avgen generate --set` may change
+
+
+def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
+                 ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
+    """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone.
+
+    ``overrides`` (``key.path=value``, as ``avgen run --set``) change generation settings of the
+    run's recipe, e.g. a sampler's steps; a change the trained weights do not fit is an error.
+    """
+    import copy
+
     from avgen.build import build_encoder, build_generator, build_representation
     from avgen.checkpoint import load_run_checkpoint
     from avgen.components import GeneratorShape
-    from avgen.recipe import validate_recipe
+    from avgen.recipe import apply_override, validate_recipe
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
-    recipe = validate_recipe(meta["recipe"], run_dir / "recipe.toml")
+    raw = copy.deepcopy(meta["recipe"])
+    for item in overrides:
+        if item.split("=", 1)[0].strip().split(".", 1)[0] not in GENERATION_SECTIONS:
+            raise AvgenError(f"--set {item!r}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
+                             "e.g. --set generator.steps=4")
+        apply_override(raw, item)
+    recipe = validate_recipe(raw, run_dir / "recipe.toml")
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
         raise AvgenError(f"{run_dir}: the run's recipe has no encoder, representation or generator")
     encoder = build_encoder(recipe, device)

@@ -1,0 +1,43 @@
+"""Params of the flow_matching generator and its loss."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FlowParams(BaseModel):
+    """Params of flow_matching: the network, the training path and the sampler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int = Field(128, ge=8, le=4096, description="channels of the 1-D conv network over time")
+    blocks: int = Field(4, ge=1, le=32, description="residual blocks (dilations 1, 2, 4, ... repeating every 4)")
+    kernel: int = Field(3, ge=1, le=15, description="kernel size of the convolutions over time (odd)")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the residual blocks")
+    cond_dropout: float = Field(0.1, ge=0.0, lt=1.0,
+                                description="probability a training clip's video is replaced by the learned "
+                                            "null condition (what classifier-free guidance needs)")
+    class_head: bool = Field(True, description="a linear class head on the mean frame feature, so class_nll and "
+                                               "class accuracy apply (it does not change the flow)")
+    class_condition: bool = Field(False, description="also condition the flow on the class head's probabilities")
+    time_sampling: Literal["uniform", "logit_normal"] = Field(
+        "logit_normal", description="distribution of the training time t: uniform, or sigmoid of a standard normal "
+                                    "(more weight in the middle of the path)")
+    sampler: Literal["euler", "midpoint", "heun"] = Field(
+        "heun", description="ODE solver from noise (t = 0) to sound (t = 1); midpoint and heun cost 2 network "
+                            "evaluations per step")
+    steps: int = Field(8, ge=1, le=1000, description="solver steps at generation")
+    guidance: float = Field(1.0, ge=0.0, le=20.0,
+                            description="classifier-free guidance w: v = v_cond + w (v_cond - v_uncond); 0 = no "
+                                        "guidance (half the cost)")
+    seed: int = Field(0, ge=0, description="seed of the starting noise; the same seed gives the same sound for the "
+                                           "same frames, whatever the batch or machine RNG state")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="scale of the starting noise")
+
+
+class FlowLossParams(BaseModel):
+    """Params of flow_matching_mse."""
+
+    model_config = ConfigDict(extra="forbid")
