@@ -21,7 +21,8 @@ class FlowParams(BaseModel):
                                             "null condition (what classifier-free guidance needs)")
     class_head: bool = Field(True, description="a linear class head on the mean frame feature, so class_nll and "
                                                "class accuracy apply (it does not change the flow)")
-    class_condition: bool = Field(False, description="also condition the flow on the class head's probabilities")
+    class_condition: bool = Field(True, description="also condition the flow on the class head's probabilities "
+                                                    "(the flow's counterpart of CAN's base sample)")
     time_sampling: Literal["uniform", "logit_normal"] = Field(
         "logit_normal", description="distribution of the training time t: uniform, or sigmoid of a standard normal "
                                     "(more weight in the middle of the path)")
