@@ -332,9 +332,10 @@ class Run:
 
 
 def _number(v: Any) -> Any:
+    """A metric value as metrics.json holds it: numbers as floats rounded to 6 decimals (docs/evaluation.md)."""
     if isinstance(v, torch.Tensor):
         v = v.item()
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return round(float(v), 6) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 def _fmt(v: Any) -> str:

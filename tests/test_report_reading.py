@@ -55,6 +55,9 @@ examples = 4
 
 [[metric]]
 name = "recall_at_k"
+
+[[metric]]
+name = "mean_energy"  # the example plugin's metric does not round: the runner does
 """
 
 
@@ -76,7 +79,9 @@ def test_metrics_hold_the_baselines_and_the_video_class_accuracy(can_run: Path) 
     assert 0.0 <= recall["video_class_acc"] <= 1.0
     # the colour of the frames names the class: the visual and oracle baselines are far above chance
     assert recall["visual_nn.R@1"] > recall["chance.R@1"] + 0.3 and recall["oracle.R@1"] > recall["chance.R@1"] + 0.3
-    for values in json.loads((can_run / "metrics.json").read_text()).values():
+    metrics = json.loads((can_run / "metrics.json").read_text())
+    assert set(metrics) == {"recall_at_k", "mean_energy"}
+    for values in metrics.values():
         assert all(round(v, 6) == v for v in values.values())  # docs/evaluation.md: 6 decimals
 
 
