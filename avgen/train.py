@@ -27,6 +27,7 @@ from avgen.recipe import TrainParams
 
 log = logging.getLogger("avgen.train")
 
+
 @dataclass
 class WeightedLoss:
     """One term of the objective: total = sum of weight * fn(outputs, batch)."""
