@@ -174,3 +174,25 @@ def test_a_result_above_chance_with_varied_predictions_is_not_flagged(tmp_path: 
     assert collapse_warnings(run, {"recall_at_k": {"R@1": 0.4, "chance.R@1": 0.25}}) == [
         "recall_at_k: R@1 0.4000 (chance 0.2500) not above chance by 2 standard errors over 20 clips"]
     assert collapse_warnings(run, {"recall_at_k": {"R@1": 0.45, "chance.R@1": 0.25}}) == []
+
+
+def test_compare_folds_two_seeds_of_the_same_recipe(can_run: Path, tmp_path: Path) -> None:
+    """A second seed of the same recipe by the real CLI, then `avgen compare --json`: one row, mean and std."""
+    recipe = can_run.parent.parent / "can.toml"
+    home = can_run.parent.parent / "home"
+    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "seed1"), "--set", "run.seed=1", env={"AVGEN_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    other = tmp_path / "seed1" / "can_tones"
+    proc = run_avgen("compare", str(can_run), str(other), "--json", "-o", str(tmp_path / "compare.html"), cwd=tmp_path,
+                     env={"AVGEN_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)
+    runs = [r for r in rows if r["source"] == "run"]
+    assert [r["model"] for r in runs] == ["can_tones (2 seeds)"] and runs[0]["seeds"] == [0, 1]
+    energies = [json.loads((d / "metrics.json").read_text())["mean_energy"]["raw_db"] for d in (can_run, other)]
+    assert energies[0] != energies[1]  # the seed changed the trained model
+    mean = (energies[0] + energies[1]) / 2
+    assert runs[0]["metrics"]["mean_energy/raw_db"] == pytest.approx(mean)
+    assert runs[0]["std"]["mean_energy/raw_db"] == pytest.approx(abs(energies[0] - energies[1]) / 2 ** 0.5)
+    assert {r["baseline"] for r in rows if r["source"] == "baseline"} == set(BASELINES)
+    assert "± " in (tmp_path / "compare.html").read_text()
