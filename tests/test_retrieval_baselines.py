@@ -106,3 +106,25 @@ def test_run_values_video_class_accuracy_and_depth(split, tmp_path):
     assert result["R@10"] == result["R@1"] == pytest.approx(float((s["train_labels"][0] == s["test_labels"]).mean()), abs=1e-6)
     off = avgen.create("metric", "recall_at_k", ks=[1], baselines=False).compute(context(tmp_path, s, retrieved))
     assert set(off) == {"R@1"}
+
+
+def test_a_run_without_features_or_representation_gets_the_baselines_it_can(split, tmp_path):
+    """No encoder: no visual_nn; no representation (real_reps None): no train_mean or oracle, and the bank is never read."""
+    s = split
+
+    def no_bank():
+        raise AssertionError("the bank of a run without a representation must not be read")
+
+    ctx = context(tmp_path, s)
+    ctx.test_features, ctx.train_features, ctx.real_reps, ctx.train_bank = None, None, None, no_bank
+    result = avgen.create("metric", "recall_at_k", ks=[1]).compute(ctx)
+    assert set(result) == {"chance.R@1"}
+
+
+def test_frame_average_in_blocks_equals_the_whole(split):
+    from avgen_retrieval.baselines import _frame_average
+
+    features = torch.from_numpy(split["train_features"])
+    whole = _frame_average(features, rows=10_000)
+    assert torch.equal(_frame_average(features, rows=7), whole)
+    assert torch.allclose(whole.double(), features.double().mean(1), rtol=1e-6, atol=1e-6)

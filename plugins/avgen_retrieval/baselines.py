@@ -39,9 +39,12 @@ def chance_recall(train_labels: torch.Tensor, test_labels: torch.Tensor, ks: lis
     return out
 
 
-def _frame_average(features: torch.Tensor) -> torch.Tensor:
-    """[N, frames, dim] -> [N, dim], the time-averaged frame features (fixed summation order)."""
-    return time_average(features.float().transpose(1, 2).contiguous())
+def _frame_average(features: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """[N, frames, dim] -> [N, dim], the time-averaged frame features (fixed summation order), ``rows`` clips
+    at a time so a memory-mapped split is never copied whole."""
+    parts = [time_average(features[start:start + rows].float().transpose(1, 2).contiguous())
+             for start in range(0, features.shape[0], rows)]
+    return torch.cat(parts) if parts else features.new_zeros(0, features.shape[-1]).float()
 
 
 def baseline_retrievals(
@@ -53,11 +56,10 @@ def baseline_retrievals(
     if test_features is not None and train_features is not None:
         bank = _frame_average(train_features())
         _, out["visual_nn"] = topk_cosine(_frame_average(test_features), bank, min(k, bank.shape[0]))
-    if train_bank is not None:
+    if train_bank is not None and real_reps is not None:  # a run with a representation
         bank = train_bank().float()
         mean = bank.double().mean(0, keepdim=True).float()  # the training-mean spectrogram, time-averaged
         _, top = topk_cosine(mean, bank, min(k, bank.shape[0]))
         out["train_mean"] = top.expand(count, -1)
-        if real_reps is not None:
-            _, out["oracle"] = topk_cosine(time_average(real_reps.float()), bank, min(k, bank.shape[0]))
+        _, out["oracle"] = topk_cosine(time_average(real_reps.float()), bank, min(k, bank.shape[0]))
     return out
