@@ -135,7 +135,7 @@ def baseline_rows(metrics: dict[str, Any]) -> dict[str, tuple[list[str], dict[st
     return out
 
 
-def test_clip_count(run_dir: Path) -> int | None:
+def evaluated_clip_count(run_dir: Path) -> int | None:
     """How many clips the run evaluated (generated/index.json), or None."""
     index = read_json(Path(run_dir) / "generated" / "index.json")
     clips = index.get("clips") if isinstance(index, dict) else None
@@ -146,7 +146,7 @@ def collapse_warnings(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     """Why the run looks collapsed (its predictions nearly identical across clips, or a score at chance), one line each."""
     run_dir = Path(run_dir)
     warnings = []
-    count = test_clip_count(run_dir)
+    count = evaluated_clip_count(run_dir)
     for component, (keys, rows) in baseline_rows(metrics).items():
         chance, own = rows.get("chance", {}), rows["this run"]
         numeric = [k for k in keys if all(isinstance(v, (int, float)) and not isinstance(v, bool)
