@@ -176,6 +176,7 @@ def test_a_result_above_chance_with_varied_predictions_is_not_flagged(tmp_path: 
     assert collapse_warnings(run, {"recall_at_k": {"R@1": 0.45, "chance.R@1": 0.25}}) == []
 
 
+@pytest.mark.slow  # ~20 s: a second CLI run; tests/test_eval_compare.py checks the folding on run folders by default
 def test_compare_folds_two_seeds_of_the_same_recipe(can_run: Path, tmp_path: Path) -> None:
     """A second seed of the same recipe by the real CLI, then `avgen compare --json`: one row, mean and std."""
     recipe = can_run.parent.parent / "can.toml"
