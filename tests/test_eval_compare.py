@@ -142,3 +142,17 @@ def test_runs_that_differ_only_in_seed_fold_into_mean_and_std(tmp_path):
     assert f"{np.mean(r1):.4f} ± {np.std(r1, ddof=1):.4f}" in page
     assert page.count('<tr class="baseline">') == 5
     assert "visual_nn" not in page.split('id="other-metrics"')[1]  # baselines are rows, not other metrics
+
+
+def test_runs_the_report_flagged_as_collapsed_are_marked(tmp_path):
+    def flag(run: Path, warnings: list[str]) -> None:
+        (run / "stages.json").write_text(json.dumps({"stages": {"report": {"status": "done", "collapse_warnings": warnings}}}))
+
+    seeds = [seeded_run(tmp_path, f"s{seed}", seed, "owens_lstm", {"R@1": 0.06}, f"runs/s{seed}") for seed in (0, 1, 2)]
+    flag(seeds[0], ["74 of 74 test clips get the same exemplar (training clip x)"])
+    flag(seeds[1], [])
+    single = seeded_run(tmp_path, "can", 0, "can_lstm", {"R@1": 0.06}, "runs/c")
+    flag(single, ["recall_at_k: R@1 0.0600 (chance 0.0610) not above chance"])
+    fine = seeded_run(tmp_path, "pocan", 0, "pocan_lstm", {"R@1": 0.9}, "runs/p")
+    rows = [r for r in compare_runs([*seeds, single, fine]) if r["source"] == "run"]
+    assert [r["model"] for r in rows] == ["pocan (3 seeds) [collapsed? 1 of 3 seeds]", "pocan [collapsed?]", "pocan"]

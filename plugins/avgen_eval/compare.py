@@ -78,8 +78,24 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     section = recipe.get("run") if isinstance(recipe.get("run"), dict) else {}
     fold = {**recipe, "run": {k: v for k, v in section.items() if k not in FOLD_IGNORED}}
     return {"model": model, "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat,
-            "std": {}, "runs": [str(run_dir)], "seeds": [section.get("seed")],
+            "std": {}, "runs": [str(run_dir)], "seeds": [section.get("seed")], "collapsed": [_collapsed(run_dir)],
             "fold_key": json.dumps([model, dataset.get("name"), fold], sort_keys=True, default=str)}
+
+
+def _collapsed(run_dir: Path) -> bool:
+    """Whether the run's report warned that the model looks collapsed (stages.json report.collapse_warnings)."""
+    ledger = read_json(run_dir / "stages.json")
+    report = ledger.get("stages", {}).get("report") if isinstance(ledger, dict) else None
+    return bool(report.get("collapse_warnings")) if isinstance(report, dict) else False
+
+
+def _label(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its model name marked when the report flagged a collapse (in how many of its seeds)."""
+    flags = row["collapsed"]
+    if not any(flags):
+        return row
+    mark = " [collapsed?]" if len(flags) == 1 else f" [collapsed? {sum(flags)} of {len(flags)} seeds]"
+    return {**row, "model": row["model"] + mark}
 
 
 def _recipe(run_dir: Path) -> dict[str, Any]:
@@ -98,15 +114,16 @@ def fold_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for members in groups.values():
         if len(members) == 1:
-            out.append(members[0])
+            out.append(_label(members[0]))
             continue
         keys = list(dict.fromkeys(k for m in members for k in m["metrics"]))
         values = {k: [m["metrics"][k] for m in members if k in m["metrics"]] for k in keys}
         seeds = [m["seeds"][0] for m in members]
-        out.append({**members[0], "model": f"{members[0]['model']} ({len(members)} seeds)",
-                    "metrics": {k: statistics.fmean(v) for k, v in values.items()},
-                    "std": {k: statistics.stdev(v) for k, v in values.items() if len(v) > 1},
-                    "runs": [m["run_dir"] for m in members], "seeds": seeds})
+        out.append(_label({**members[0], "model": f"{members[0]['model']} ({len(members)} seeds)",
+                           "metrics": {k: statistics.fmean(v) for k, v in values.items()},
+                           "std": {k: statistics.stdev(v) for k, v in values.items() if len(v) > 1},
+                           "runs": [m["run_dir"] for m in members], "seeds": seeds,
+                           "collapsed": [m["collapsed"][0] for m in members]}))
     return out
 
 
