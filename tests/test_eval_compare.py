@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avgen_eval.compare import OTHER_DATA, PAPER_RESULTS, compare_runs, render_html
+from rich.console import Console
+
+from avgen_eval.compare import OTHER_DATA, PAPER_RESULTS, compare_runs, render_html, rich_tables
 
 
 def make_run(root: Path, name: str, dataset: str, metrics: dict) -> Path:
@@ -156,3 +158,9 @@ def test_runs_the_report_flagged_as_collapsed_are_marked(tmp_path):
     fine = seeded_run(tmp_path, "pocan", 0, "pocan_lstm", {"R@1": 0.9}, "runs/p")
     rows = [r for r in compare_runs([*seeds, single, fine]) if r["source"] == "run"]
     assert [r["model"] for r in rows] == ["pocan (3 seeds) [collapsed? 1 of 3 seeds]", "pocan [collapsed?]", "pocan"]
+    # the terminal table prints the marks (rich would take a bare [collapsed?] for markup and drop it)
+    console = Console(width=200, record=True)
+    for table in rich_tables(compare_runs([*seeds, single, fine])):
+        console.print(table)
+    text = console.export_text()
+    assert "pocan (3 seeds) [collapsed? 1 of 3 seeds]" in text and "pocan [collapsed?]" in text

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, read_json, run_name, write_text
@@ -272,7 +273,8 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
         styles = {"run": None, "baseline": "cyan"}
         for r in rows:
             source = "run" if r["source"] == "run" else r["source"]
-            table.add_row(r["model"], source, *[cell(r, c) for c in cols], style=styles.get(r["source"], "dim italic"))
+            table.add_row(escape(r["model"]), escape(source), *[cell(r, c) for c in cols],
+                          style=styles.get(r["source"], "dim italic"))
         tables.append(table)
     others = other_metrics(rows)
     if others:
@@ -280,7 +282,7 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
         table = Table(title="other metrics")
         table.add_column("metric", no_wrap=True)
         for r in runs:
-            table.add_column(r["model"], justify="right", overflow="fold")
+            table.add_column(escape(r["model"]), justify="right", overflow="fold")
         for key in others:
             table.add_row(key, *[other_cell(r, key) for r in runs])
         tables.append(table)
