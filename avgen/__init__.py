@@ -25,7 +25,7 @@ _LAZY = {
     "cache_key": "avgen.cache",
     "replicate_to_steps": "avgen.sequence",
     **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
-    **dict.fromkeys(("html_page", "is_untrained", "read_json", "run_name"), "avgen.report"),
+    **dict.fromkeys(("BASELINE_TITLES", "html_page", "is_untrained", "read_json", "run_name"), "avgen.report"),
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",

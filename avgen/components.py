@@ -190,6 +190,9 @@ class EvalContext:
     train_waves: Any = None  # callable () -> float [M, T], loaded on demand
     train_bank: Any = None  # callable () -> float [M, D]: time-averaged training reps, the retrieval bank (Eq. 8)
     predicted_reps: Tensor | None = None  # [N, D, F] the generator's s'
+    predicted_labels: Tensor | None = None  # long [N]: argmax of Generator.class_probabilities (class head only)
+    test_features: Tensor | None = None  # [N, frames, feature_dim] visual features of the evaluated clips
+    train_features: Any = None  # callable () -> [M, frames, feature_dim]: visual features of the training clips
     generated: dict[str, Tensor] = field(default_factory=dict)  # "raw"/"exemplar" -> [N, T]
     retrieved: Tensor | None = None  # long [N, K] training-clip indices, best first
     representation: Any = None

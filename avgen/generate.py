@@ -76,7 +76,9 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     with atomic_path(run_dir / OUTPUTS) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     names = class_names
-    examples = [c.id for c in test.clips[: recipe.eval.examples]]
+    from avgen.report import pick_examples
+
+    examples = [c.id for c in pick_examples(test.clips, recipe.eval.examples)]  # spread over classes and videos
     clips = []
     for i, clip in enumerate(test.clips):
         raw_path, ex_path = f"generated/raw/{clip.id}.wav", f"generated/exemplar/{clip.id}.wav"

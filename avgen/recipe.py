@@ -8,7 +8,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -63,6 +63,12 @@ class TrainParams(_Strict):
         description="phase used to decode s' to a waveform for waveform losses in training (one of the representation's phases)",
     )
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers for training batches")
+    grad_norms: bool = Field(True, description="log each loss term's gradient norm at the generator's parameters (first batch of each epoch)")
+    balance: Literal["off", "grad_share"] = Field(
+        "off", description="automatic loss balance: 'grad_share' rescales each term every epoch so its gradient norm "
+                           "takes its share of the total (off: the recipe's weights, as in the paper)")
+    balance_shares: dict[str, Annotated[float, Field(gt=0, le=1e6)]] = Field(
+        default_factory=dict, description="balance = 'grad_share': relative share per loss name (unlisted terms: 1)")
 
 
 class EvalSection(_Strict):

@@ -1,8 +1,10 @@
 """The report stage: ``report.html`` (self-contained, opens from disk) and ``report.md`` of a run.
 
-Both hold the metrics table (every value exactly as in ``metrics.json``), the figures, the
-example clips (spectrograms of ground truth / raw / exemplar and audio players) and the
-recipe. Anything a run lacks (no generator, no figures, no metrics yet) is left out.
+Both hold the warnings (a collapsed model, an untrained one), the metrics table (every value
+exactly as in ``metrics.json``), the reference baselines beside the run, the fit line, the
+annotation rows the dataset dropped, the figures, the example clips (spectrograms of ground
+truth / raw / exemplar and audio players) and the recipe. Anything a run lacks (no generator,
+no figures, no metrics yet) is left out.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ table { border-collapse: collapse; margin: .6em 0; }
 th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: left; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.paper td { color: #555; font-style: italic; background: #fafafa; }
+tr.baseline td { color: #335; background: #f4f7fb; }
+.warning { color: #b00; font-weight: bold; border: 2px solid #b00; border-radius: 6px; padding: .5em .8em; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: .9em; color: #555; }
 .clip { border: 1px solid #ddd; border-radius: 6px; padding: .6em; margin: .8em 0; }
@@ -88,11 +92,174 @@ UNTRAINED = ("UNTRAINED: train.epochs = 0, the generator was never trained; ever
              "initial random weights")
 
 
+COLLAPSED = ("COLLAPSED? The model's predictions look collapsed (nearly the same for every clip, or a score at "
+             "chance); its numbers below say little about the method:")
+BASELINE_TITLES = {"this run": "this run", "chance": "chance (random training clips)",
+                   "visual_nn": "visual nearest neighbour", "train_mean": "training-mean spectrogram",
+                   "oracle": "oracle (the true test sound)"}
+BASELINES_NOTE = ("Each baseline retrieves training clips and is scored like the run: visual nearest neighbour by the "
+                  "time-averaged frame features, the training mean and the oracle by the representation (docs/evaluation.md). "
+                  "A method below visual nearest neighbour is not yet using the sound.")
+
+
 def read_recipe(run_dir: Path) -> dict[str, Any]:
     try:
         return tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return {}
+
+
+# ---------------------------------------------------------------- reading a result: baselines, collapse, fit, dropped rows
+
+SAME_EXEMPLAR_SHARE = 0.5  # a collapse: at least this share of the test clips gets one and the same exemplar
+SAME_CLASS_SHARE = 0.9  # ... or the class head gives one class to this share (while no class holds half the clips)
+SPREAD_FLOOR = 0.01  # ... or the median clip's s' is within 1 % (L2, relative) of the mean s'
+MIN_CLIPS = 10  # fewer test clips than this: too few to call a collapse from shares
+
+
+def baseline_rows(metrics: dict[str, Any]) -> dict[str, tuple[list[str], dict[str, dict[str, Any]]]]:
+    """{metric: (keys, {row: {key: value}})} for every metric reporting '<baseline>.<key>' beside '<key>';
+    the row 'this run' holds the run's own values, then one row per baseline in metrics.json order."""
+    out = {}
+    for component, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        refs: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            ref, dot, sub = key.partition(".")
+            if dot and ref and sub:
+                refs.setdefault(ref, {})[sub] = value
+        if refs:
+            keys = list(dict.fromkeys(k for row in refs.values() for k in row))
+            out[component] = (keys, {"this run": {k: values[k] for k in keys if k in values}, **refs})
+    return out
+
+
+def evaluated_clip_count(run_dir: Path) -> int | None:
+    """How many clips the run evaluated (generated/index.json), or None."""
+    index = read_json(Path(run_dir) / "generated" / "index.json")
+    clips = index.get("clips") if isinstance(index, dict) else None
+    return len(clips) if isinstance(clips, list) else None
+
+
+def collapse_warnings(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
+    """Why the run looks collapsed (its predictions nearly identical across clips, or a score at chance), one line each."""
+    run_dir = Path(run_dir)
+    warnings = []
+    count = evaluated_clip_count(run_dir)
+    for component, (keys, rows) in baseline_rows(metrics).items():
+        chance, own = rows.get("chance", {}), rows["this run"]
+        numeric = [k for k in keys if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in (own.get(k), chance.get(k)))]
+        if not numeric:
+            continue
+        key = numeric[0]  # the headline score (R@1): at large K chance itself comes near 1
+        value, base = own[key], chance[key]
+        margin = 2.0 * math.sqrt(max(base * (1.0 - base), 0.0) / count) if count else 0.0
+        if value <= base + margin:  # not above chance by 2 binomial standard errors
+            warnings.append(f"{component}: {key} {value:.4f} (chance {base:.4f}) not above chance"
+                            + (f" by 2 standard errors over {count} clips" if count else ""))
+    index = read_json(run_dir / "generated" / "index.json")
+    clips = [c for c in index.get("clips", []) if isinstance(c, dict)] if isinstance(index, dict) else []
+    if len(clips) >= MIN_CLIPS:
+        exemplar, times = _mode([c.get("exemplar_id") for c in clips])
+        if exemplar is not None and times >= SAME_EXEMPLAR_SHARE * len(clips):
+            warnings.append(f"{times} of {len(clips)} test clips get the same exemplar (training clip {exemplar})")
+        predicted, times = _mode([c.get("predicted") for c in clips])
+        _, true_times = _mode([c.get("label") for c in clips])
+        if predicted is not None and times >= SAME_CLASS_SHARE * len(clips) and true_times < 0.5 * len(clips):
+            name = next((c.get("class") for c in clips if c.get("label") == predicted), None) or predicted
+            warnings.append(f"the class head predicts '{name}' for {times} of {len(clips)} test clips")
+    spread = prediction_spread(run_dir)
+    if spread is not None and spread < SPREAD_FLOOR:
+        warnings.append(f"predictions are nearly identical across clips: the median clip's s' is {100 * spread:.3g} % "
+                        "(relative L2) from the mean s'")
+    return warnings
+
+
+def prediction_spread(run_dir: Path) -> float | None:
+    """Median over clips of |s'_i - mean s'| / |mean s'| from generated/outputs.safetensors, or None."""
+    path = Path(run_dir) / "generated" / "outputs.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if "rep" not in f.keys():
+                return None
+            rep = f.get_tensor("rep").double().flatten(1)
+    except Exception:  # damaged outputs: the evaluate stage already says so
+        return None
+    if rep.shape[0] < 2:
+        return None
+    mean = rep.mean(0)
+    scale = float(mean.norm())
+    if scale == 0.0:
+        return 0.0 if float((rep - mean).norm(dim=1).max()) == 0.0 else None
+    return float((rep - mean).norm(dim=1).median()) / scale
+
+
+def _mode(values: list[Any]) -> tuple[Any, int]:
+    """The most common non-None value and its count (ties: the first seen); (None, 0) when there is none."""
+    counts: dict[Any, int] = {}
+    for v in values:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    if not counts:
+        return None, 0
+    best = max(counts, key=lambda v: counts[v])
+    return best, counts[best]
+
+
+def fit_line(run_dir: Path) -> str:
+    """The fit stage's best validation losses against the training-mean predictor's, from stages.json."""
+    from avgen.baseline import compare_line
+
+    fit = _stage_info(run_dir, "fit")
+    if not isinstance(fit.get("val"), dict) or not isinstance(fit.get("baseline_val"), dict):
+        return ""
+    return compare_line(fit["val"], fit["baseline_val"], int(fit.get("best_epoch", 0)))
+
+
+def dropped_rows_line(run_dir: Path) -> str:
+    """'annotation rows dropped: 72 (train 40, test 32): material None carries no class 72; see skipped.txt', or ''."""
+    prepare = _stage_info(run_dir, "prepare")
+    counts = prepare.get("skipped_rows")
+    if not isinstance(counts, dict) or not counts:
+        return ""
+    total = sum(int(v) for v in counts.values())
+    line = f"annotation rows dropped: {total} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    reasons = prepare.get("skipped_reasons")
+    if isinstance(reasons, dict) and reasons:
+        line += ": " + "; ".join(f"{why} {n}" for why, n in reasons.items())
+    return line + "; each row is listed in skipped.txt"
+
+
+def _stage_info(run_dir: Path, stage: str) -> dict[str, Any]:
+    ledger = read_json(Path(run_dir) / "stages.json")
+    stages = ledger.get("stages") if isinstance(ledger, dict) else None
+    entry = stages.get(stage) if isinstance(stages, dict) else None  # the stage's info is kept in its ledger entry
+    return entry if isinstance(entry, dict) else {}
+
+
+def pick_examples(clips: list[Any], count: int) -> list[Any]:
+    """``count`` clips spread over classes and source videos: round robin over the classes (in order of
+    first appearance), each taking its first clip from a video not shown yet, else its next clip."""
+    by_class: dict[int, list[Any]] = {}
+    for clip in clips:
+        by_class.setdefault(clip.label, []).append(clip)
+    picked: list[Any] = []
+    shown: set[str] = set()
+    while len(picked) < min(count, len(clips)):
+        for members in by_class.values():
+            if not members or len(picked) >= count:
+                continue
+            clip = next((c for c in members if c.group not in shown), members[0])
+            members.remove(clip)
+            picked.append(clip)
+            shown.add(clip.group)
+    return picked
 
 
 # ---------------------------------------------------------------- what a run directory holds
@@ -115,6 +282,9 @@ class RunContents:
     run_dir: Path
     name: str
     untrained: bool
+    warnings: list[str]
+    fit_line: str
+    dropped: str
     recipe_text: str | None
     environment: Any
     dataset: Any
@@ -130,15 +300,20 @@ def collect(run_dir: Path) -> RunContents:
     metrics = read_json(run_dir / "metrics.json")
     figures_dir = run_dir / "figures"
     figures = sorted(p.relative_to(run_dir).as_posix() for p in figures_dir.glob("*.png")) if figures_dir.is_dir() else []
-    figures.sort(key=lambda p: (not p.endswith("/loss_curve.png"), not Path(p).stem.startswith("confusion"), p))
+    figures.sort(key=lambda p: (not p.endswith("/loss_curve.png"), not p.endswith("/loss_balance.png"),
+                                not Path(p).stem.startswith("confusion"), p))
+    metrics = metrics if isinstance(metrics, dict) else {}
     return RunContents(
         run_dir=run_dir,
         name=run_name(run_dir),
         untrained=is_untrained(run_dir),
+        warnings=collapse_warnings(run_dir, metrics),
+        fit_line=fit_line(run_dir),
+        dropped=dropped_rows_line(run_dir),
         recipe_text=recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None,
         environment=read_json(run_dir / "environment.json"),
         dataset=read_json(run_dir / "dataset.json"),
-        metrics=metrics if isinstance(metrics, dict) else {},
+        metrics=metrics,
         figures=figures,
         per_class=read_json(figures_dir / "classifier_per_class.json"),
         examples=_examples(run_dir),
@@ -244,10 +419,17 @@ def render_html(c: RunContents) -> str:
     parts = [f"<h1>{e(_title(c))}</h1>"]
     if c.untrained:
         parts.append(f"<p id=\"untrained\" style=\"color:#b00;font-weight:bold\">{e(UNTRAINED)}</p>")
+    if c.warnings:
+        items = "".join(f"<li>{e(w)}</li>" for w in c.warnings)
+        parts.append(f"<div id=\"collapse\" class=\"warning\">{e(COLLAPSED)}<ul>{items}</ul></div>")
     if isinstance(c.dataset, dict):
         splits = ", ".join(f"{e(str(k))} {e(str(v))}" for k, v in (c.dataset.get("splits") or {}).items())
         parts.append(f"<p>dataset <b>{e(str(c.dataset.get('name', '?')))}</b>, "
                      f"{len(c.dataset.get('class_names') or [])} classes; clips: {splits}</p>")
+    if c.dropped:
+        parts.append(f"<p id=\"dropped\">{e(c.dropped)}</p>")
+    if c.fit_line:
+        parts.append(f"<p id=\"fit\">fit: {e(c.fit_line)}</p>")
     parts.append("<h2>Metrics</h2>")
     rows = metric_rows(c.metrics)
     if rows:
@@ -259,6 +441,15 @@ def render_html(c: RunContents) -> str:
         parts.append(f"<table id=\"metrics\"><tr><th>metric</th><th>key</th><th>value</th></tr>{body}</table>")
     else:
         parts.append("<p>No metrics yet (run the evaluate stage).</p>")
+    for component, (keys, table) in baseline_rows(c.metrics).items():
+        head = "<th>reference</th>" + "".join(f"<th>{e(k)}</th>" for k in keys)
+        body = "".join(
+            f"<tr class=\"{'run' if ref == 'this run' else 'baseline'}\"><td>{e(BASELINE_TITLES.get(ref, ref))}</td>"
+            + "".join(f"<td class=\"num\">{e(format_number(row[k])) if k in row else ''}</td>" for k in keys) + "</tr>"
+            for ref, row in table.items()
+        )
+        parts.append(f"<h3>{e(component)} beside the reference baselines</h3><p>{e(BASELINES_NOTE)}</p>"
+                     f"<table class=\"baselines\" id=\"baselines-{e(component)}\"><tr>{head}</tr>{body}</table>")
     parts.append(_per_class_html(c.per_class))
     if c.figures:
         parts.append("<h2>Figures</h2>")
@@ -325,9 +516,15 @@ def render_markdown(c: RunContents) -> str:
     lines = [f"# {_title(c)}", ""]
     if c.untrained:
         lines += [f"**{UNTRAINED}**", ""]
+    if c.warnings:
+        lines += [f"**{COLLAPSED}**", ""] + [f"- **{_md(w)}**" for w in c.warnings] + [""]
     if isinstance(c.dataset, dict):
         splits = ", ".join(f"{k} {v}" for k, v in (c.dataset.get("splits") or {}).items())
         lines += [f"dataset **{c.dataset.get('name', '?')}**, {len(c.dataset.get('class_names') or [])} classes; clips: {splits}", ""]
+    if c.dropped:
+        lines += [_md(c.dropped), ""]
+    if c.fit_line:
+        lines += [f"fit: {_md(c.fit_line)}", ""]
     lines += ["## Metrics", ""]
     rows = metric_rows(c.metrics)
     if rows:
@@ -335,6 +532,11 @@ def render_markdown(c: RunContents) -> str:
         lines += [f"| {_md(comp)} | {_md(key)} | {format_number(value)} |" for comp, key, value in rows]
     else:
         lines.append("No metrics yet (run the evaluate stage).")
+    for component, (keys, refs) in baseline_rows(c.metrics).items():
+        lines += ["", f"### {component} beside the reference baselines", "", BASELINES_NOTE, "",
+                  "| reference | " + " | ".join(_md(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+        lines += ["| " + _md(BASELINE_TITLES.get(ref, ref)) + " | "
+                  + " | ".join(format_number(row[k]) if k in row else "" for k in keys) + " |" for ref, row in refs.items()]
     table = _per_class_table(c.per_class)
     if table is not None:
         header, body = table

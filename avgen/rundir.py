@@ -167,6 +167,16 @@ def write_skipped(run_dir: Path, rows: dict[str, list[str]], clips: dict[str, li
         path.unlink(missing_ok=True)
 
 
+def skipped_reasons(messages: list[str]) -> dict[str, int]:
+    """How many skipped rows give each reason, most common first; a message 'WHERE: WHY' counts under WHY."""
+    counts: dict[str, int] = {}
+    for message in messages:
+        _, sep, why = message.partition(": ")
+        reason = why.strip() if sep and why.strip() else message.strip()
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 @contextmanager
 def run_log(path: Path, enabled: bool = True) -> Iterator[None]:
     """Send the 'avgen' logger to the run's log.txt while the run executes (then to it no more)."""

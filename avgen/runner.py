@@ -35,7 +35,7 @@ from avgen.featurize import Featurizer, SplitData, sample_rate, warn_skipped
 from avgen.components import EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.plugins import get_component
-from avgen.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, write_skipped
+from avgen.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, skipped_reasons, write_skipped
 
 log = logging.getLogger("avgen")
 
@@ -60,7 +60,12 @@ def prepare(dataset: Any, data_name: str, run_dir: Path, console: Console,
     write_skipped(run_dir, rows, skipped_clips)
     console.print("clips: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     skipped = {split: len(rows[split]) for split in SPLITS if rows[split]}
-    return {"clips": counts, **({"skipped_rows": skipped} if skipped else {})}
+    if not skipped:
+        return {"clips": counts}
+    reasons = skipped_reasons([message for split in SPLITS for message in rows[split]])
+    log.info("annotation rows dropped: %d (%s): %s", sum(skipped.values()),
+             ", ".join(f"{k} {v}" for k, v in skipped.items()), "; ".join(f"{k} {v}" for k, v in reasons.items()))
+    return {"clips": counts, "skipped_rows": skipped, "skipped_reasons": reasons}
 
 
 def featurize(featurizer: Featurizer, run_dir: Path, rank: int, world: int) -> tuple[dict[str, SplitData], dict[str, Any]]:
@@ -132,11 +137,14 @@ def evaluate(recipe: Recipe, ctx: EvalContext, run_dir: Path, console: Console) 
 
 def report(run_dir: Path, console: Console) -> dict[str, Any]:
     """report.html and report.md from the run directory's files."""
-    from avgen.report import write_report
+    from avgen.report import collapse_warnings, read_json, write_report
 
     html, md = write_report(run_dir)
+    warnings = collapse_warnings(run_dir, read_json(run_dir / "metrics.json") or {})
+    for line in warnings:
+        console.print(f"warning: the model looks collapsed: {line}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {html}")
-    return {"html": str(html), "md": str(md)}
+    return {"html": str(html), "md": str(md), **({"collapse_warnings": warnings} if warnings else {})}
 
 
 def dataset_skipped_rows(dataset: Any) -> dict[str, list[str]]:
@@ -315,6 +323,8 @@ class Run:
             test_ids=[c.id for c in test.clips], test_labels=test.label, real_waves=test.wave, real_reps=test.rep,
             train_labels=train.label, train_waves=lambda: train.wave, train_bank=lambda: time_average(train.rep),
             predicted_reps=generated.get("rep"), generated={k: generated[k] for k in ("raw", "exemplar") if k in generated},
+            predicted_labels=generated.get("predicted"), test_features=test.features,
+            train_features=lambda: train.features,
             retrieved=generated.get("retrieved"), representation=self.representation, device=self.device,
             extra={"dataset_hash": cache_key(self.recipe.data.name, self.recipe.data.params, [c.id for c in train.clips]),
                    "dataset": self.recipe.data.name},
@@ -322,9 +332,10 @@ class Run:
 
 
 def _number(v: Any) -> Any:
+    """A metric value as metrics.json holds it: numbers as floats rounded to 6 decimals (docs/evaluation.md)."""
     if isinstance(v, torch.Tensor):
         v = v.item()
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return round(float(v), 6) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 def _fmt(v: Any) -> str:

@@ -8,6 +8,7 @@ Under ``torchrun`` every rank takes its slice of the same global batch; only ran
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from avgen.checkpoint import resume_checkpoint, save_checkpoint
 from avgen.distributed import join_process_group
 from avgen.errors import AvgenError
 from avgen.recipe import TrainParams
+
+log = logging.getLogger("avgen.train")
 
 
 @dataclass
@@ -71,6 +74,9 @@ def fit(
     if needs_wave and params.decode_phase not in representation.phases:
         raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
                          f"{', '.join(representation.phases)}")
+    unknown = sorted(set(params.balance_shares) - {loss.name for loss in losses})
+    if unknown:
+        raise AvgenError(f"train.balance_shares names {', '.join(unknown)}; the losses are {', '.join(l.name for l in losses)}")
     rank, world, device = join_process_group(device)
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
@@ -121,12 +127,19 @@ def fit(
             progress.reset(task, total=len(batches), description=f"epoch {epoch}/{params.epochs}", terms="")
             trained.train()
             sums, seen = torch.zeros(len(losses) + 1, dtype=torch.float64), 0
+            grad_norms: list[float] | None = None
             for number, (local, global_size) in enumerate(batches, start=1):
                 batch = _take(train, local, device)
-                total, logged = step.forward(batch, share=len(local) / global_size, world=world)
+                total, logged, values = step.forward(batch, share=len(local) / global_size, world=world)
                 if not torch.isfinite(logged).all():
                     _plot_if_main(rank, state["history"], run_dir)
                     raise AvgenError(_nan_message(logged, losses, epoch, number, last_path, state["epoch"]))
+                if number == 1 and (params.grad_norms or params.balance != "off"):  # on the same graph: no extra forward
+                    grad_norms = term_grad_norms(values, losses, model, world)
+                    if params.balance != "off":
+                        step.scales = balance_scales(grad_norms, losses, params.balance_shares)
+                if params.balance != "off":
+                    total = step.weighted(values, share=len(local) / global_size, world=world)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if params.grad_clip > 0:
@@ -147,6 +160,10 @@ def fit(
             improved = state["best_value"] is None or value < state["best_value"]
             entry = {"epoch": epoch, "lr": lr, "train": train_terms, "val": val_terms, "best": improved,
                      "seconds": round(time.perf_counter() - started, 3)}
+            if grad_norms is not None:
+                entry["grad_norms"] = {loss.name: norm for loss, norm in zip(losses, grad_norms)}
+            if params.balance != "off":
+                entry["loss_scales"] = {loss.name: scale for loss, scale in zip(losses, step.scales)}
             state["history"].append(entry)
             state["epoch"] = epoch
             if improved:
@@ -160,6 +177,10 @@ def fit(
                 save_checkpoint(last_path, model, {**info, **state}, optimizer)
                 atomic.write_json(Path(run_dir) / "history.json", state["history"])
                 console.print(_epoch_line(entry, params.epochs))
+                log.info("%s", _epoch_line(entry, params.epochs))
+                if grad_norms is not None:
+                    console.print(_balance_line(entry), markup=False, highlight=False)
+                    log.info("%s", _balance_line(entry))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, entry)
     if rank == 0:
@@ -167,6 +188,7 @@ def fit(
             save_checkpoint(best_path, model, {**info, **state})
         atomic.write_json(Path(run_dir) / "history.json", state["history"])
         plot_loss_curve(state["history"], Path(run_dir) / "figures" / "loss_curve.png")
+        plot_loss_balance(state["history"], losses, Path(run_dir) / "figures" / "loss_balance.png")
         if state["stopped_early"]:
             console.print(f"early stopping: no improvement for {params.early_stopping} epochs")
     if world > 1:
@@ -192,9 +214,11 @@ class _Step:
         self.model, self.losses, self.params = model, losses, params
         self.representation, self.needs_wave = representation, needs_wave
         self.device, self.use_amp, self.amp_dtype = device, use_amp, amp_dtype
+        self.scales = [1.0] * len(losses)  # train.balance: each term's factor on top of its weight
 
-    def terms(self, outputs_of: Callable[[dict[str, Tensor]], Any], batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(total, [total, term1, term2, ...]) for this rank's examples; ``outputs_of(batch)`` runs the generator."""
+    def terms(self, outputs_of: Callable[[dict[str, Tensor]], Any], batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(total, [total, term1, term2, ...] detached, [term1, term2, ...]) for this rank's examples;
+        ``outputs_of(batch)`` runs the generator. The total uses the recipe's weights."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             outputs = dict(outputs_of(batch))
             if self.needs_wave:
@@ -204,15 +228,58 @@ class _Step:
                 )
             values = [loss.fn(outputs, batch).float().reshape(()) for loss in self.losses]
         total = sum(loss.weight * value for loss, value in zip(self.losses, values))
-        return total, torch.stack([total, *values]).detach()
+        return total, torch.stack([total, *values]).detach(), values
 
-    def forward(self, batch: dict[str, Tensor], share: float, world: int) -> tuple[Tensor, Tensor]:
-        """The loss to back-propagate (scaled so DDP's gradient mean is the global-batch mean) and the logged terms."""
-        total, logged = self.terms(self.model, batch)
+    def forward(self, batch: dict[str, Tensor], share: float, world: int) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The loss to back-propagate (scaled so DDP's gradient mean is the global-batch mean), the logged terms
+        and the terms themselves (with their graph)."""
+        total, logged, values = self.terms(self.model, batch)
         logged = logged * share
         if world > 1:
             dist.all_reduce(logged)
-        return total * (share * world), logged
+        return total * (share * world), logged, values
+
+    def weighted(self, values: list[Tensor], share: float, world: int) -> Tensor:
+        """The loss to back-propagate with each term's balance factor (train.balance)."""
+        total = sum(loss.weight * scale * value for loss, scale, value in zip(self.losses, self.scales, values))
+        return total * (share * world)
+
+
+def term_grad_norms(values: list[Tensor], losses: list[WeightedLoss], model: nn.Module, world: int) -> list[float]:
+    """The L2 norm of each weighted term's gradient at the generator's trainable parameters.
+
+    ``torch.autograd.grad`` on the batch's own graph (kept for the step's backward): it leaves
+    ``.grad``, the RNG and the weights untouched. Under torchrun the ranks' norms are averaged.
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    norms = []
+    for loss, value in zip(losses, values):
+        if not value.requires_grad:  # a term that does not depend on the weights
+            norms.append(0.0)
+            continue
+        grads = torch.autograd.grad(loss.weight * value, parameters, retain_graph=True, allow_unused=True)
+        norms.append(math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None)))
+    if world > 1:
+        reduced = torch.tensor(norms, dtype=torch.float64, device=values[0].device)
+        dist.all_reduce(reduced)
+        norms = (reduced / world).tolist()
+    return norms
+
+
+def balance_scales(norms: list[float], losses: list[WeightedLoss], shares: dict[str, float]) -> list[float]:
+    """Factors that give each term's gradient norm its share of the summed norms (train.balance = 'grad_share').
+
+    Term i with weighted gradient norm g_i gets factor s_i * sum_j g_j / g_i, s_i its normalised share, so
+    the summed norm is unchanged; a term without gradient keeps factor 1.
+    """
+    raw = [shares.get(loss.name, 1.0) for loss in losses]
+    active = [i for i, g in enumerate(norms) if g > 0 and math.isfinite(g)]
+    total_share = sum(raw[i] for i in active)
+    total_norm = sum(norms[i] for i in active)
+    scales = [1.0] * len(losses)
+    for i in active:
+        scales[i] = raw[i] / total_share * total_norm / norms[i]
+    return scales
 
 
 @torch.no_grad()
@@ -223,7 +290,7 @@ def _validate(step: _Step, model: nn.Module, data: dict[str, Tensor], batch_size
     sums = torch.zeros(len(step.losses) + 2, dtype=torch.float64, device=device)
     for start in range(0, len(shard), batch_size):
         index = shard[start : start + batch_size]
-        _, logged = step.terms(model.training_outputs, _take(data, index, device))  # in eval mode
+        _, logged, _ = step.terms(model.training_outputs, _take(data, index, device))  # in eval mode
         sums[:-1] += logged.double() * len(index)
         sums[-1] += len(index)
     if world > 1:
@@ -322,6 +389,17 @@ def _epoch_line(entry: dict, epochs: int) -> str:
     return line + ("  *" if entry["best"] else "")
 
 
+def _balance_line(entry: dict) -> str:
+    """'  grad norm (batch 1): class_nll 0.012 (2 %)  spec_smooth_l1 0.61 (97 %) ...' with the balance factors when on."""
+    norms = entry["grad_norms"]
+    total = sum(norms.values()) or 1.0
+    parts = [f"{name} {value:.3g} ({100 * value / total:.0f} %)" for name, value in norms.items()]
+    line = "  grad norm at the generator (batch 1): " + "  ".join(parts)
+    if "loss_scales" in entry:
+        line += "  |  balance x " + "  ".join(f"{k} {v:.3g}" for k, v in entry["loss_scales"].items())
+    return line
+
+
 def _nan_message(logged: Tensor, losses: list[WeightedLoss], epoch: int, step: int, last: Path, good_epoch: int) -> str:
     names = ["total"] + [loss.name for loss in losses]
     bad = [(n, v) for n, v in zip(names, logged.tolist()) if not math.isfinite(v)]
@@ -359,6 +437,34 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
         values = [v for line in ax.get_lines() for v in line.get_ydata()]
         if values and min(values) > 0:
             ax.set_yscale("log")
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_loss_balance(history: list[dict], losses: list[WeightedLoss], path: Path) -> None:
+    """Per epoch: each weighted train term (weight x value) and its gradient norm at the generator, as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    value_ax, grad_ax = fig.subplots(1, 2)
+    for loss in losses:
+        rows = [h for h in history if loss.name in (h.get("train") or {})]
+        value_ax.plot([h["epoch"] for h in rows], [loss.weight * h["train"][loss.name] for h in rows], marker=".",
+                      label=f"{loss.weight:g} x {loss.name}")
+        rows = [h for h in history if loss.name in (h.get("grad_norms") or {})]
+        grad_ax.plot([h["epoch"] for h in rows], [h["grad_norms"][loss.name] for h in rows], marker=".",
+                     label=f"{loss.weight:g} x {loss.name}")
+    value_ax.set_title("weighted train loss terms")
+    grad_ax.set_title("gradient norm at the generator (first batch)")
+    for ax in (value_ax, grad_ax):
+        ax.set_xlabel("epoch")
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if values:
+            ax.legend(fontsize="small")
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+    if not any(h.get("grad_norms") for h in history):
+        grad_ax.text(0.5, 0.5, "not recorded (train.grad_norms = false)", ha="center", va="center", transform=grad_ax.transAxes)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 

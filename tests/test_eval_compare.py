@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from avgen_eval.compare import PAPER_RESULTS, compare_runs
+from rich.console import Console
+
+from avgen_eval.compare import OTHER_DATA, PAPER_RESULTS, compare_runs, render_html, rich_tables
 
 
 def make_run(root: Path, name: str, dataset: str, metrics: dict) -> Path:
@@ -43,11 +46,15 @@ def test_compare_runs_adds_paper_rows_for_greatest_hits(tmp_path):
                                               "sound_classifier/acc_raw": 0.3632, "sound_classifier/acc_real": 0.5134})
 
 
-def test_no_paper_rows_for_other_datasets(tmp_path):
+def test_other_datasets_get_the_greatest_hits_rows_marked_as_other_data(tmp_path):
     rows = compare_runs([make_run(tmp_path, "quick", "synthetic_hits", OWENS)])
-    assert [r["source"] for r in rows] == ["run"]
+    assert [r["source"] for r in rows] == ["run"] + [OTHER_DATA] * len(PAPER_RESULTS["greatest_hits"])
+    assert "other data" in OTHER_DATA
+    page = render_html(rows)
+    assert page.count(f"<td>{OTHER_DATA}</td>") == len(PAPER_RESULTS["greatest_hits"])
     vig = compare_runs([make_run(tmp_path, "v", "vig", OWENS)])
     assert [r["model"] for r in vig if r["source"] == "paper"] == [m for m, _ in PAPER_RESULTS["vig"]]
+    assert [r["source"] for r in vig if r["dataset"] == "greatest_hits"] == [OTHER_DATA] * 5
 
 
 def run_main(*args: str) -> int:
@@ -97,3 +104,63 @@ def test_compare_json_default_output_help_and_errors(tmp_path, monkeypatch, caps
     assert run_main("compare", "--help") == 0
     assert "Table 2/3" in capsys.readouterr().out
     assert run_main("compare") == 2  # RUN_DIRS is required
+
+
+def seeded_run(root: Path, folder: str, seed: int, generator: str, recall: dict, out: str) -> Path:
+    run = root / folder
+    run.mkdir(parents=True)
+    (run / "recipe.toml").write_text(f'[run]\nname = "pocan"\nseed = {seed}\nout = "{out}"\n\n'
+                                     f'[data]\nname = "synthetic_hits"\n\n[generator]\nname = "{generator}"\n')
+    (run / "dataset.json").write_text(json.dumps({"name": "synthetic_hits", "class_names": ["a", "b"]}))
+    (run / "metrics.json").write_text(json.dumps({"recall_at_k": recall, "log_spectral_distance": {"lsd_raw": 1.0 + seed}}))
+    return run
+
+
+BASE = {"chance.R@1": 0.0588, "visual_nn.R@1": 0.7, "train_mean.R@1": 0.05, "oracle.R@1": 0.9}
+
+
+def test_runs_that_differ_only_in_seed_fold_into_mean_and_std(tmp_path):
+    r1 = [0.41, 0.45, 0.52]
+    dirs = [seeded_run(tmp_path, f"s{seed}", seed, "can_lstm", {"R@1": r, **BASE}, f"runs/s{seed}")
+            for seed, r in zip((0, 1, 2), r1)]
+    other = seeded_run(tmp_path, "owens", 0, "owens_lstm", {"R@1": 0.06, **{**BASE, "visual_nn.R@1": 0.5}}, "runs/o")
+    rows = compare_runs([*dirs, other])
+    runs = [r for r in rows if r["source"] == "run"]
+    assert [r["model"] for r in runs] == ["pocan (3 seeds)", "pocan"]
+    folded = runs[0]
+    assert folded["seeds"] == [0, 1, 2] and folded["runs"] == [str(d) for d in dirs]
+    assert folded["metrics"]["recall_at_k/R@1"] == pytest.approx(np.mean(r1))
+    assert folded["std"]["recall_at_k/R@1"] == pytest.approx(np.std(r1, ddof=1))
+    assert folded["std"]["log_spectral_distance/lsd_raw"] == pytest.approx(1.0)
+    assert "recall_at_k/R@1" not in runs[1]["std"]
+    # the baselines the runs computed: one row per baseline and distinct value, labelled, with R@1 as video cls
+    baselines = [r for r in rows if r["source"] == "baseline"]
+    assert [r["model"] for r in baselines] == [
+        "chance (random training clips)", "visual nearest neighbour (as in pocan (3 seeds))", "training-mean spectrogram",
+        "oracle (the true test sound)", "visual nearest neighbour (as in pocan)"]
+    assert baselines[1]["metrics"] == pytest.approx({"recall_at_k/R@1": 0.7, "recall_at_k/video_class_acc": 0.7})
+    assert baselines[1]["std"] == {"recall_at_k/R@1": 0.0, "recall_at_k/video_class_acc": 0.0}
+    page = render_html(rows)
+    assert f"{np.mean(r1):.4f} ± {np.std(r1, ddof=1):.4f}" in page
+    assert page.count('<tr class="baseline">') == 5
+    assert "visual_nn" not in page.split('id="other-metrics"')[1]  # baselines are rows, not other metrics
+
+
+def test_runs_the_report_flagged_as_collapsed_are_marked(tmp_path):
+    def flag(run: Path, warnings: list[str]) -> None:
+        (run / "stages.json").write_text(json.dumps({"stages": {"report": {"status": "done", "collapse_warnings": warnings}}}))
+
+    seeds = [seeded_run(tmp_path, f"s{seed}", seed, "owens_lstm", {"R@1": 0.06}, f"runs/s{seed}") for seed in (0, 1, 2)]
+    flag(seeds[0], ["74 of 74 test clips get the same exemplar (training clip x)"])
+    flag(seeds[1], [])
+    single = seeded_run(tmp_path, "can", 0, "can_lstm", {"R@1": 0.06}, "runs/c")
+    flag(single, ["recall_at_k: R@1 0.0600 (chance 0.0610) not above chance"])
+    fine = seeded_run(tmp_path, "pocan", 0, "pocan_lstm", {"R@1": 0.9}, "runs/p")
+    rows = [r for r in compare_runs([*seeds, single, fine]) if r["source"] == "run"]
+    assert [r["model"] for r in rows] == ["pocan (3 seeds) [collapsed? 1 of 3 seeds]", "pocan [collapsed?]", "pocan"]
+    # the terminal table prints the marks (rich would take a bare [collapsed?] for markup and drop it)
+    console = Console(width=200, record=True)
+    for table in rich_tables(compare_runs([*seeds, single, fine])):
+        console.print(table)
+    text = console.export_text()
+    assert "pocan (3 seeds) [collapsed? 1 of 3 seeds]" in text and "pocan [collapsed?]" in text

@@ -109,6 +109,7 @@ def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and
                                                                                          bad: list[str]) -> None:
     """A hit time of inf (was an OverflowError), nan or below 0 (were silently clips at t = 0): each row is
     skipped with a warning naming the file and line, listed in skipped.txt and counted in stages.json."""
+    import html
     import json
 
     import soundfile as sf
@@ -143,6 +144,15 @@ def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and
     prepare = json.loads((out / "ghd" / "stages.json").read_text())["stages"]["prepare"]
     assert prepare["skipped_rows"] == {"train": len(bad), "test": 1}
     assert prepare["clips"] == {"train": 2, "val": 0, "test": 1}
+    # the count and the reasons reach stages.json, the log and the report
+    reasons = {f"hit time {float(t)!r} {why}": n for t, n in
+               ((t, bad.count(t) + (t == bad[-1])) for t in dict.fromkeys(bad))}
+    assert prepare["skipped_reasons"] == reasons
+    total = len(bad) + 1
+    assert f"annotation rows dropped: {total} (train {len(bad)}, test 1)" in (out / "ghd" / "log.txt").read_text()
+    report = html.unescape((out / "ghd" / "report.html").read_text())
+    assert f"annotation rows dropped: {total} (train {len(bad)}, test 1): " in report
+    assert all(f"{why_text} {n}" in report for why_text, n in reasons.items())
 
 
 def test_vig_rows_with_start_or_end_inf_nan_or_negative_are_skipped_and_counted(tmp_path: Path) -> None:

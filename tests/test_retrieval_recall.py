@@ -48,7 +48,7 @@ def test_recall_matches_brute_force_with_ties_and_small_classes(tmp_path, chunk_
     test_labels = rng.integers(0, 3, size=25)
     _, retrieved = topk_cosine(torch.from_numpy(query), torch.from_numpy(bank), k=10, chunk_size=chunk_size)
 
-    metric = avgen.create("metric", "recall_at_k", ks=[1, 2, 5, 10, 50])
+    metric = avgen.create("metric", "recall_at_k", ks=[1, 2, 5, 10, 50], baselines=False)
     result = metric.compute(make_context(tmp_path, retrieved, train_labels, test_labels))
     assert set(result) == {"R@1", "R@2", "R@5", "R@10", "R@50"}
     for k in (1, 2, 5, 10):
@@ -63,7 +63,7 @@ def test_default_ks_and_known_values(tmp_path):
     retrieved = torch.tensor([[0, 1, 2] + [3] * 7, [2, 2, 1] + [0] * 7, [3] * 6 + [0] * 4])  # third clip: first hit at rank 7
     train_labels = [0, 1, 2, 1]
     test_labels = [1, 1, 0]
-    result = avgen.create("metric", "recall_at_k").compute(make_context(tmp_path, retrieved, train_labels, test_labels))
+    result = avgen.create("metric", "recall_at_k", baselines=False).compute(make_context(tmp_path, retrieved, train_labels, test_labels))
     assert result == {"R@1": pytest.approx(0.0), "R@5": pytest.approx(2 / 3, abs=1e-6), "R@10": pytest.approx(1.0)}
 
 

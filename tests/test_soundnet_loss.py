@@ -183,6 +183,7 @@ def test_soundnet_fd_is_zero_for_the_real_audio_and_grows_with_the_difference(we
     assert values["fd_raw"] == pytest.approx(0.0, abs=1e-6)
     far_value = metric.compute(eval_context(tmp_path, real, {"raw": far}))
     assert set(far_value) == {"fd_raw"} and far_value["fd_raw"] > values["fd_exemplar"] > 0
+    assert all(round(v, 6) == v for v in (*values.values(), *far_value.values()))  # 6 decimals, as docs say
 
 
 def test_soundnet_fd_equals_scipy_sqrtm_on_the_pooled_features(weights_home: Path, tmp_path: Path):

@@ -1,24 +1,30 @@
-"""`avgen compare`: several runs' metrics in one table, in the paper's Table 2/3 layout,
-with the paper's published numbers beside them on Greatest Hits and VIG."""
+"""`avgen compare`: several runs' metrics in one table, in the paper's Table 2/3 layout: runs that
+differ only in their seed folded into one row (mean and std), the reference baselines the runs
+computed, and the paper's published numbers (Greatest Hits always, marked as other data when the
+runs are not on it; VIG when a run is)."""
 
 from __future__ import annotations
 
 import html
 import json
+import statistics
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from avgen import AvgenError, html_page, is_untrained, read_json, run_name, write_text
+from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, read_json, run_name, write_text
 
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [
     ("recall_at_k/R@1", "R@1", 1.0, 4),
     ("recall_at_k/R@5", "R@5", 1.0, 4),
     ("recall_at_k/R@10", "R@10", 1.0, 4),
+    ("recall_at_k/video_class_acc", "video cls %", 100.0, 2),  # not the paper's: the class head's accuracy from video
     ("sound_classifier/acc_raw", "acc %", 100.0, 2),  # Table 3: the classifier on each model's raw sound
     ("sound_classifier/acc_real", "real %", 100.0, 2),  # Table 3's "real sound clips" row: the classifier's ceiling
 ]
@@ -50,8 +56,12 @@ PAPER_RESULTS: dict[str, list[tuple[str, dict[str, float]]]] = {
 }
 
 
+FOLD_IGNORED = ("seed", "out", "device")  # [run] keys two runs may differ in and still be one row (mean, std)
+OTHER_DATA = "paper, Greatest Hits (other data)"
+
+
 def load_run(run_dir: Path) -> dict[str, Any]:
-    """One run's row: name, dataset and flat metrics ('component/key' -> number)."""
+    """One run's row: name, dataset, flat metrics ('component/key' -> number), seed and its fold key."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AvgenError(f"{run_dir}: no such run directory; pass the folder an `avgen run` wrote")
@@ -65,17 +75,110 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         for key, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     model = run_name(run_dir) + (" (untrained)" if is_untrained(run_dir) else "")
-    return {"model": model, "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat}
+    recipe = _recipe(run_dir)
+    section = recipe.get("run") if isinstance(recipe.get("run"), dict) else {}
+    fold = {**recipe, "run": {k: v for k, v in section.items() if k not in FOLD_IGNORED}}
+    return {"model": model, "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat,
+            "std": {}, "runs": [str(run_dir)], "seeds": [section.get("seed")], "collapsed": [_collapsed(run_dir)],
+            "fold_key": json.dumps([model, dataset.get("name"), fold], sort_keys=True, default=str)}
+
+
+def _collapsed(run_dir: Path) -> bool:
+    """Whether the run's report warned that the model looks collapsed (stages.json report.collapse_warnings)."""
+    ledger = read_json(run_dir / "stages.json")
+    report = ledger.get("stages", {}).get("report") if isinstance(ledger, dict) else None
+    return bool(report.get("collapse_warnings")) if isinstance(report, dict) else False
+
+
+def _label(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its model name marked when the report flagged a collapse (in how many of its seeds)."""
+    flags = row["collapsed"]
+    if not any(flags):
+        return row
+    mark = " [collapsed?]" if len(flags) == 1 else f" [collapsed? {sum(flags)} of {len(flags)} seeds]"
+    return {**row, "model": row["model"] + mark}
+
+
+def _recipe(run_dir: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def fold_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs whose recipes differ only in [run] seed/out/device become one row: the mean of each metric and its
+    sample standard deviation (n - 1) in ``std``, over the runs that have it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["fold_key"], []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) == 1:
+            out.append(_label(members[0]))
+            continue
+        keys = list(dict.fromkeys(k for m in members for k in m["metrics"]))
+        values = {k: [m["metrics"][k] for m in members if k in m["metrics"]] for k in keys}
+        seeds = [m["seeds"][0] for m in members]
+        out.append(_label({**members[0], "model": f"{members[0]['model']} ({len(members)} seeds)",
+                           "metrics": {k: statistics.fmean(v) for k, v in values.items()},
+                           "std": {k: statistics.stdev(v) for k, v in values.items() if len(v) > 1},
+                           "runs": [m["run_dir"] for m in members], "seeds": seeds,
+                           "collapsed": [m["collapsed"][0] for m in members]}))
+    return out
+
+
+def baseline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per reference baseline the runs report ('component/<baseline>.<key>'), with its mean and std over
+    a folded row's runs; a baseline with the same data and mean values in several rows is shown once. A baseline's R@1 is also a
+    class accuracy from video (the class of its first retrieved clip), so it fills the 'video cls %' column."""
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for row in rows:
+        refs: dict[str, dict[str, tuple[float, float | None]]] = {}
+        for key, value in row["metrics"].items():
+            component, _, sub = key.partition("/")
+            ref, dot, inner = sub.partition(".")
+            if dot and ref and inner:
+                refs.setdefault(ref, {})[f"{component}/{inner}"] = (value, row["std"].get(key))
+        for ref, values in refs.items():
+            metrics = {k: v for k, (v, _) in values.items()}
+            std = {k: sd for k, (_, sd) in values.items() if sd is not None}
+            if "recall_at_k/R@1" in metrics:
+                metrics["recall_at_k/video_class_acc"] = metrics["recall_at_k/R@1"]
+                if "recall_at_k/R@1" in std:
+                    std["recall_at_k/video_class_acc"] = std["recall_at_k/R@1"]
+            title = BASELINE_TITLES.get(ref, ref)
+            candidate = {"model": title, "source": "baseline", "dataset": row["dataset"], "run_dir": None,
+                         "metrics": metrics, "std": std, "runs": row["runs"], "baseline": ref}
+            identity = (ref, json.dumps(row["dataset"]), json.dumps({k: round(v, 6) for k, v in metrics.items()}, sort_keys=True))
+            if identity in seen:
+                continue
+            seen.add(identity)
+            out.append(candidate)
+    names = [r["model"] for r in out]
+    for r, row in zip(out, [next(x for x in rows if x["runs"] == b["runs"]) for b in out]):
+        if names.count(r["model"]) > 1:  # the same baseline differs between runs (e.g. another encoder)
+            r["model"] += f" (as in {row['model']})"
+    return out
 
 
 def compare_runs(run_dirs: list[Path | str]) -> list[dict[str, Any]]:
-    """Rows for the runs, then the paper's rows for each dataset (GHD, VIG) the runs use."""
-    rows = [load_run(Path(d)) for d in run_dirs]
+    """Rows for the runs (seeds folded), their reference baselines, then the paper's rows: Greatest Hits always
+    (marked as other data when no run is on it), VIG when a run is."""
+    rows = fold_seeds([load_run(Path(d)) for d in run_dirs])
+    rows += baseline_rows(rows)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["dataset"] in PAPER_RESULTS))
     for dataset in datasets:
         rows += [
-            {"model": model, "source": "paper", "dataset": dataset, "run_dir": None, "metrics": dict(metrics)}
+            {"model": model, "source": "paper", "dataset": dataset, "run_dir": None, "metrics": dict(metrics), "std": {}}
             for model, metrics in PAPER_RESULTS[dataset]
+        ]
+    if "greatest_hits" not in datasets:
+        rows += [
+            {"model": model, "source": OTHER_DATA, "dataset": "greatest_hits", "run_dir": None, "metrics": dict(metrics),
+             "std": {}}
+            for model, metrics in PAPER_RESULTS["greatest_hits"]
         ]
     return rows
 
@@ -87,36 +190,61 @@ def paper_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, int
 
 
 def other_metrics(rows: list[dict[str, Any]]) -> list[str]:
-    """Every other metric key of the runs, in order of appearance."""
+    """Every other metric key of the runs (baselines' keys aside), in order of appearance."""
     known = {c[0] for c in PAPER_COLUMNS}
-    return list(dict.fromkeys(k for r in rows if r["source"] == "run" for k in r["metrics"] if k not in known))
+    return list(dict.fromkeys(k for r in rows if r["source"] == "run" for k in r["metrics"]
+                              if k not in known and "." not in k.partition("/")[2]))
+
+
+def _with_std(row: dict[str, Any], key: str, scale: float, decimals: int) -> str:
+    value = row["metrics"].get(key)
+    if value is None:
+        return ""
+    text = f"{value * scale:.{decimals}f}"
+    std = row.get("std", {}).get(key)
+    return text + (f" ± {std * scale:.{decimals}f}" if std is not None else "")
 
 
 def cell(row: dict[str, Any], column: tuple[str, str, float, int]) -> str:
     key, _, scale, decimals = column
-    value = row["metrics"].get(key)
-    return "" if value is None else f"{value * scale:.{decimals}f}"
+    return _with_std(row, key, scale, decimals)
 
 
 def other_cell(row: dict[str, Any], key: str) -> str:
-    value = row["metrics"].get(key)
-    return "" if value is None else f"{value:.4f}"
+    return _with_std(row, key, 1.0, 4)
+
+
+def _css_class(row: dict[str, Any]) -> str:
+    return "paper" if row["source"].startswith("paper") else row["source"]
+
+
+def _source(row: dict[str, Any]) -> str:
+    if row["source"] == "run":
+        return ", ".join(row["runs"])
+    if row["source"] == "baseline":
+        return "baseline"
+    return row["source"]
 
 
 def render_html(rows: list[dict[str, Any]]) -> str:
-    """Table 1: runs and paper rows x R@K and accuracy (paper layout); table 2: other metrics x runs."""
+    """Table 1: runs, baselines and paper rows x R@K and accuracy (paper layout); table 2: other metrics x runs."""
     e = html.escape
     cols = paper_columns(rows)
     runs = [r for r in rows if r["source"] == "run"]
     parts = ["<h1>avgen compare</h1>",
-             "<p>Rows marked <i>paper</i> are the published numbers of POCAN (Chen et al. 2018, Tables 2-4); "
-             "R@K as fractions; <i>acc %</i> is the sound classifier's accuracy on each model's raw sound and "
+             "<p>Runs that differ only in their seed are one row: mean ± sample standard deviation over the seeds. "
+             "<i>baseline</i> rows are the reference baselines the runs computed on their own data (docs/evaluation.md); "
+             "a method below visual nearest neighbour is not yet using the sound. Rows marked <i>paper</i> are the "
+             "published numbers of POCAN (Chen et al. 2018, Tables 2-4); <i>" + e(OTHER_DATA) + "</i> marks them when "
+             "the runs are on other data, so they are a reference, not a comparison. R@K as fractions; <i>video cls %</i> "
+             "is the class head's accuracy from video (a baseline's: the class of its first retrieved clip); "
+             "<i>acc %</i> is the sound classifier's accuracy on each model's raw sound and "
              "<i>real %</i> its accuracy on the real test audio (Table 3's last row), in percent.</p>"]
     if cols:
         head = "<th>model</th><th>source</th><th>dataset</th>" + "".join(f"<th>{e(c[1])}</th>" for c in cols)
         body = "".join(
-            f"<tr class=\"{e(r['source'])}\"><td>{e(r['model'])}</td>"
-            f"<td>{e(r['source'] if r['source'] == 'paper' else str(r['run_dir']))}</td><td>{e(str(r['dataset'] or ''))}</td>"
+            f"<tr class=\"{e(_css_class(r))}\"><td>{e(r['model'])}</td>"
+            f"<td>{e(_source(r))}</td><td>{e(str(r['dataset'] or ''))}</td>"
             + "".join(f"<td class=\"num\">{cell(r, c)}</td>" for c in cols) + "</tr>"
             for r in rows
         )
@@ -137,14 +265,16 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
     tables = []
     cols = paper_columns(rows)
     if cols:
-        table = Table(title="avgen compare (paper: POCAN, Chen et al. 2018)")
+        table = Table(title="avgen compare (seeds folded: mean ± std; paper: POCAN, Chen et al. 2018)")
         table.add_column("model", overflow="fold")
-        table.add_column("source", no_wrap=True)
+        table.add_column("source", overflow="fold")
         for c in cols:
             table.add_column(c[1], justify="right", no_wrap=True, min_width=6)
+        styles = {"run": None, "baseline": "cyan"}
         for r in rows:
-            table.add_row(r["model"], r["source"], *[cell(r, c) for c in cols],
-                          style="dim italic" if r["source"] == "paper" else None)
+            source = "run" if r["source"] == "run" else r["source"]
+            table.add_row(escape(r["model"]), escape(source), *[cell(r, c) for c in cols],
+                          style=styles.get(r["source"], "dim italic"))
         tables.append(table)
     others = other_metrics(rows)
     if others:
@@ -152,7 +282,7 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
         table = Table(title="other metrics")
         table.add_column("metric", no_wrap=True)
         for r in runs:
-            table.add_column(r["model"], justify="right", overflow="fold")
+            table.add_column(escape(r["model"]), justify="right", overflow="fold")
         for key in others:
             table.add_row(key, *[other_cell(r, key) for r in runs])
         tables.append(table)
@@ -166,7 +296,9 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 def compare_command(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
     """Compare the metrics of several runs (RUN_DIR...) in one table, in the paper's
-    Table 2/3 layout, with the paper's numbers beside them on greatest_hits and vig."""
+    Table 2/3 layout: runs that differ only in seed folded into one row (mean ± std), the
+    reference baselines (chance, visual nearest neighbour, training mean, oracle), and the
+    paper's Greatest Hits numbers (marked as other data unless the runs are on greatest_hits)."""
     rows = compare_runs(list(run_dirs))
     write_text(output, render_html(rows))
     if as_json:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avgen import AvgenError, EvalContext, Metric
 
+from avgen_retrieval.baselines import BASELINES, baseline_retrievals, chance_recall
+
 log = logging.getLogger("avgen.retrieval")
 
 
@@ -17,6 +19,7 @@ class RecallParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ks: list[Annotated[int, Field(ge=1, le=100000)]] = Field(default=[1, 5, 10], min_length=1, max_length=100, description="cut-offs K; reported as R@K")
+    baselines: bool = Field(True, description="also report the reference baselines' R@K (chance, visual_nn, train_mean, oracle) as '<baseline>.R@K'")
 
     @field_validator("ks")
     @classmethod
@@ -50,7 +53,28 @@ class RecallAtK(Metric):
         self.params = params
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        if ctx.retrieved is None or ctx.train_labels is None:
-            log.info("recall_at_k: no retrieval results in this run (no generator); skipped")
+        if ctx.train_labels is None:
+            log.info("recall_at_k: the run has no training clips; skipped")
             return {}
-        return recall_at_k(ctx.retrieved, ctx.train_labels, ctx.test_labels, self.params.ks)
+        out: dict[str, float] = {}
+        if ctx.retrieved is None:
+            log.info("recall_at_k: no retrieval results in this run (no generator); only the baselines are scored")
+        else:
+            out.update(recall_at_k(ctx.retrieved, ctx.train_labels, ctx.test_labels, self.params.ks))
+        if ctx.predicted_labels is not None and len(ctx.test_labels):
+            correct = (ctx.predicted_labels.long() == ctx.test_labels.long()).double().mean()
+            out["video_class_acc"] = round(float(correct), 6)
+        if self.params.baselines:
+            out.update(self._baselines(ctx))
+        return out
+
+    def _baselines(self, ctx: EvalContext) -> dict[str, float]:
+        """'<baseline>.R@K' for chance and each baseline whose inputs the run has, cut at the run's retrieval depth."""
+        depth = ctx.retrieved.shape[1] if ctx.retrieved is not None else max(self.params.ks)
+        results = {"chance": chance_recall(ctx.train_labels, ctx.test_labels, self.params.ks, depth)}
+        retrieved = baseline_retrievals(k=depth, train_bank=ctx.train_bank, real_reps=ctx.real_reps,
+                                        test_features=ctx.test_features, train_features=ctx.train_features,
+                                        count=len(ctx.test_labels))
+        for name, rows in retrieved.items():
+            results[name] = recall_at_k(rows, ctx.train_labels, ctx.test_labels, self.params.ks)
+        return {f"{name}.{key}": value for name in BASELINES if name in results for key, value in results[name].items()}

@@ -95,8 +95,8 @@ class SoundNetFrechet(Metric):
         extract = dict(sample_rate=ctx.sample_rate, layer=self.params.layer, batch_size=self.params.batch_size,
                        device=ctx.device)
         real = pooled_features(model, ctx.real_waves, **extract)
-        return {f"fd_{source}": frechet_distance_of_features(pooled_features(model, ctx.generated[source], **extract), real)
-                for source in present}
+        return {f"fd_{source}": round(float(frechet_distance_of_features(pooled_features(model, ctx.generated[source], **extract), real)), 6)
+                for source in present}  # 6 decimals, as every metric (docs/evaluation.md)
 
 
 def make_soundnet_fd(params: FrechetParams, context: BuildContext) -> SoundNetFrechet:
