@@ -160,7 +160,7 @@ def index_library(root: Path, representation: Any, representation_spec: dict[str
             for onset in choose_onsets(detect_onsets(wave, rate, settings), clip_seconds, settings.max_clips):
                 first = max(0, round((onset - settings.pre) * rate))  # whole samples, so offset * rate is exact
                 clips.append(cut(wave, first, samples))
-                entries.append({"file": name, "offset": round(first / rate, 6), "onset": round(onset, 4), **about})
+                entries.append({"file": name, "offset": round(first / rate, 6), "onset": round(onset, 6), **about})
             progress.advance(task)
     for line in skipped:
         _say(console, f"library: skipped {line}")
