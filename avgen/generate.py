@@ -71,7 +71,14 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
     _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
-    exemplar = train.wave[retrieved[:, 0]]
+    exemplar, from_library = train.wave[retrieved[:, 0]], None
+    if recipe.eval.library is not None:  # exemplar sounds from the user's library; R@K keeps the training clips
+        spec = recipe.representation
+        bank = library_bank(recipe.eval.library, representation, {"name": spec.name, **spec.params},
+                            length / sample_rate, console)
+        scores, nearest = topk_cosine(time_average(reps), bank.reps, 1)
+        exemplar = bank.waves[nearest[:, 0]].float()
+        from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
     probabilities = model.class_probabilities(outputs)
     predicted = probabilities.argmax(-1) if probabilities is not None else None
 
@@ -93,7 +100,8 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
         clips.append({
             "id": clip.id, "label": clip.label, "class": names[clip.label] if clip.label >= 0 else None,
             "predicted": int(predicted[i]) if predicted is not None else None,
-            "exemplar_id": train.clips[int(retrieved[i, 0])].id,
+            "exemplar_id": train.clips[int(retrieved[i, 0])].id if from_library is None else None,
+            **({"exemplar_library": from_library[i]} if from_library is not None else {}),
             "retrieved": [train.clips[int(j)].id for j in retrieved[i]],
             "raw": raw_path, "exemplar": ex_path,
         })
@@ -181,16 +189,17 @@ def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = Tr
     return SavedModel(state, meta, bank)
 
 
-def library_bank(path: Path, recipe: Any, representation: Any, meta: dict[str, Any], console: Any) -> Any:
-    """An ``avgen.ExemplarBank`` of the sound folder ``path``, indexed by a plugin (the ``open_library`` hook)."""
+def library_bank(path: Path, representation: Any, representation_spec: dict[str, Any], seconds: float,
+                 console: Any) -> Any:
+    """An ``avgen.ExemplarBank`` of the sound folder ``path`` (clips of ``seconds``), indexed by a plugin
+    (the ``open_library`` hook)."""
     from avgen.plugins import first_answer
 
     path = Path(path)
     if not path.is_dir():
         raise AvgenError(f"--library {path}: not a folder; give a folder of wav/flac/ogg/mp3 files")
     bank = first_answer("open_library", path=path, representation=representation,
-                        representation_spec=dict(meta["recipe"]["representation"]),
-                        clip_seconds=clip_seconds(recipe, meta), console=console)
+                        representation_spec=representation_spec, clip_seconds=seconds, console=console)
     if bank is None:
         raise AvgenError(f"--library {path}: no installed plugin indexes sound folders (avgen's share plugin does)")
     return bank
@@ -201,7 +210,8 @@ def select_bank(*, exemplar: bool, library: Path | None, run_dir: Path | None, m
     """The exemplar bank ``avgen generate`` picks from: the library, else (with --exemplar) the run's training
     split or the bank exported with the model; None for raw sound."""
     if library is not None:
-        return library_bank(library, recipe, representation, meta, console)
+        return library_bank(library, representation, dict(meta["recipe"]["representation"]), clip_seconds(recipe, meta),
+                            console)
     if not exemplar:
         return None
     if run_dir is not None:
