@@ -17,6 +17,7 @@ import avgen
 from avgen_share.library import LIBRARY_CSV, UNKNOWN_LICENCE, detect_onsets, index_library
 from conftest import avgen_in_process, run_avgen
 from library_support import fetch_sonic_pi, write_library
+from test_generate import RECIPE
 from test_share import train_tiny
 
 RATE = 22050
@@ -221,3 +222,30 @@ def test_a_library_of_real_recordings_is_indexed_and_named_in_the_record(sonic_p
     again = run_avgen("generate", str(video), "--run", str(tiny_run), "--library", str(sonic_pi_library),
                       "-o", str(tmp_path / "out2"), env=env)
     assert again.returncode == 0 and f"{clips} clips from the index cache" in again.stderr
+
+
+def test_a_run_takes_its_exemplar_sounds_from_a_library(tmp_path: Path, example_plugin: None) -> None:
+    """eval.library: the generate stage's exemplar sounds (and the report's players) come from the library; the
+    training-clip retrieval behind R@K is unchanged."""
+    root = tmp_path / "wavs"
+    root.mkdir()
+    for seed, freq in enumerate((250, 1200, 4000)):
+        sf.write(root / f"hit{freq}.wav", strikes([0.2, 0.9], 1.5, RATE, freq, seed), RATE, subtype="FLOAT")
+    (root / LIBRARY_CSV).write_text("file,label,licence,source\nhit250.wav,low,CC0-1.0,made here\n")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(RECIPE.format(root=str(tmp_path / "data")))
+    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", f"eval.library={root}",
+                     env={"AVGEN_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    index = json.loads((run / "generated" / "index.json").read_text())
+    assert index["clips"] and all(c["exemplar_id"] is None and len(c["retrieved"]) >= 1 for c in index["clips"])
+    for clip in index["clips"]:
+        entry = clip["exemplar_library"]
+        assert entry["file"] in {"hit250.wav", "hit1200.wav", "hit4000.wav"} and 0 < entry["similarity"] <= 1
+        assert entry["licence"] == ("CC0-1.0" if entry["file"] == "hit250.wav" else UNKNOWN_LICENCE)
+        out, rate = sf.read(run / clip["exemplar"], dtype="float32")
+        source, _ = sf.read(root / entry["file"], dtype="float32")
+        first = round(entry["offset"] * rate)
+        np.testing.assert_allclose(out, source[first:first + out.size], atol=3 / 32768)
+    assert "R@1" in json.loads((run / "metrics.json").read_text())["recall_at_k"] and (run / "report.html").is_file()
