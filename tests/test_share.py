@@ -17,7 +17,7 @@ import avgen
 from conftest import avgen_in_process, error_lines, run_avgen
 from test_generate import RECIPE
 
-FOLDER_FILES = {"README.md", "SHA256SUMS", "config.json", "model.safetensors", "exemplars.safetensors",
+FOLDER_FILES = {"README.md", "LICENSE.md", "SHA256SUMS", "config.json", "model.safetensors", "exemplars.safetensors",
                 "metrics.json", "recipe.toml"}
 
 
@@ -64,9 +64,18 @@ def test_export_writes_the_hub_layout_with_the_sha256_of_every_file(exported: tu
     metrics = json.loads((run / "metrics.json").read_text())["recall_at_k"]
     assert f"| recall_at_k R@1 | {metrics['R@1']:.4g} |" in card
     assert "| generator | can_lstm | lstm | - | MIT |" in card and "generated (MIT)" in card
+    assert "| generator | can_lstm | lstm | - | MIT |" in (model / "LICENSE.md").read_text()
     # the training machine's folders are not published
     for path in model.iterdir():
         assert str(run.parents[1]).encode() not in path.read_bytes(), path.name
+
+
+def test_the_hub_client_reads_the_model_card(exported: tuple[Path, Path]) -> None:
+    """huggingface_hub (installed with timm) parses the card's metadata; nothing is uploaded."""
+    hub = pytest.importorskip("huggingface_hub")
+    data = hub.ModelCard.load(exported[1] / "README.md").data.to_dict()
+    assert data["library_name"] == "avgen" and data["license"] == "other" and "video-to-audio" in data["tags"]
+    assert (exported[1] / data["license_link"]).is_file()
 
 
 def test_generate_from_a_copied_folder_alone(tmp_path: Path, example_plugin: None, capsys: pytest.CaptureFixture[str],

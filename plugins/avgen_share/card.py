@@ -8,6 +8,8 @@ from typing import Any
 
 import avgen
 
+LICENCE_FILE = "LICENSE.md"
+
 
 def component_rows(recipe: dict[str, Any]) -> list[dict[str, str]]:
     """One row per component the model was built from: kind, name, plugin, weights, licence."""
@@ -36,8 +38,8 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
     data, generator = recipe.get("data", {}), recipe["generator"]["name"]
     classes = config["class_names"]
     tags = ["avgen", "audio", "video-to-audio", "foley", "visually-indicated-sounds", generator]
-    front = ["---", "library_name: avgen", "license: other",
-             "license_name: see-card", "tags:", *[f"- {tag}" for tag in tags], "---", ""]
+    front = ["---", "library_name: avgen", "license: other", "license_name: avgen-model-terms",
+             f"license_link: {LICENCE_FILE}", "tags:", *[f"- {tag}" for tag in tags], "---", ""]
     lines = [
         f"# {run_name}: {generator} (avgen)", "",
         f"A visually indicated sound model exported by avgen {avgen.__version__} with `avgen export`: it watches "
@@ -72,6 +74,14 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
         f"hit or touched, in the classes above. The model knows only its {len(classes)} classes and the kind of "
         "video it was trained on; on other videos its sound is a guess. It is not a classifier to rely on, and "
         "its output is not a recording of what happened.", "",
+        *licence_section(config, rows),
+    ]
+    return "\n".join(front + lines)
+
+
+def licence_section(config: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
+    """The licences of what the model builds on: the card's last section, and LICENSE.md."""
+    lines = [
         "## Licences", "",
         "The weights are derived from the data and pretrained networks below; their terms apply to this model "
         "and to what it generates from exemplar audio.", "",
@@ -84,7 +94,13 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
         lines += [f"`exemplars.safetensors` holds {config['exemplars']['count']} clips of the training data "
                   "(16-bit audio): the dataset's terms apply to them. Export with `--no-exemplars` to leave them "
                   "out and use `--library` instead.", ""]
-    return "\n".join(front + lines)
+    return lines
+
+
+def licence_file(config: dict[str, Any], rows: list[dict[str, str]]) -> str:
+    """LICENSE.md, the file the card's ``license_link`` names."""
+    return "\n".join([f"# Terms of this model ({config['generator']['name']}, exported by avgen)", "",
+                      *licence_section(config, rows)[2:]])
 
 
 def _flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import avgen
-from avgen_share.card import component_rows, model_card
+from avgen_share.card import LICENCE_FILE, component_rows, licence_file, model_card
 from avgen_share.folder import CARD, CONFIG, EXEMPLARS, FORMAT, WEIGHTS, write_bank, write_sums
 
 
@@ -63,8 +63,10 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
         train_clips = int(saved.bank.reps.shape[0]) if saved.bank is not None else None
-        card = model_card(config, metrics or {}, component_rows(recipe), avgen.run_name(run_dir), train_clips)
-        avgen.write_text(staging / CARD, card)
+        rows = component_rows(recipe)
+        avgen.write_text(staging / CARD, model_card(config, metrics or {}, rows, avgen.run_name(run_dir), train_clips))
+        avgen.write_text(staging / LICENCE_FILE, licence_file(config, rows))
+        names.append(LICENCE_FILE)
         write_sums(staging, names)
         sizes = {name: (staging / name).stat().st_size for name in sorted(os.listdir(staging))}
         if out_dir.is_dir():
