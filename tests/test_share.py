@@ -240,3 +240,21 @@ def test_without_the_share_plugin_a_model_folder_is_one_line(exported: tuple[Pat
                      env={"AVGEN_HOME": str(tmp_path / "home"), "AVGEN_LOAD_PLUGINS": "audio,lstm,example"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not a model folder that an installed plugin reads" in error_lines(proc)[-1]
+
+
+def test_an_export_interrupted_before_the_end_leaves_no_folder(exported: tuple[Path, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the last file is written: exit 130, no OUT_DIR and no staging folder left behind."""
+    import avgen_share.export
+
+    run, _ = exported
+    monkeypatch.setenv("AVGEN_HOME", str(run.parents[1] / "home"))
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(avgen_share.export, "write_sums", interrupted)
+    code, _, lines = avgen_in_process(capsys, "export", str(run), str(tmp_path / "model"))
+    assert code == 130 and lines[-1].startswith("interrupted"), lines
+    assert list(tmp_path.iterdir()) == []
