@@ -174,6 +174,20 @@ def test_bad_export_and_model_input_is_one_line_exit_2(exported: tuple[Path, Pat
     assert [line for line in lines if line.startswith("error")] == [lines[-1]]
 
 
+def test_exporting_exemplars_without_the_training_clips_is_one_line(exported: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_generate import copy_with_recipe_value
+
+    run = copy_with_recipe_value(exported[0], tmp_path / "run", "data", "root", str(tmp_path / "gone"))
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))  # an empty cache: the clips must come from the data
+    code, _, lines = avgen_in_process(capsys, "export", str(run), str(tmp_path / "model"))
+    assert code == 2 and len(lines) == 1, lines
+    assert "exporting its exemplar sounds needs the run's training clips" in lines[0] and "--no-exemplars" in lines[0]
+    assert f"'{tmp_path / 'gone'}' is missing" in lines[0] and not (tmp_path / "model").exists()
+    assert avgen_in_process(capsys, "export", str(run), str(tmp_path / "model"), "--no-exemplars")[0] == 0
+
+
 def test_export_without_exemplars_asks_for_a_library(exported: tuple[Path, Path], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     run, _ = exported

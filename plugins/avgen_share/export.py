@@ -28,7 +28,14 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         raise avgen.AvgenError(f"{run_dir}: no such run directory; give the folder `avgen run` printed")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise avgen.AvgenError(f"{out_dir}: exists and is not an empty folder; give a new folder")
-    saved = avgen.saved_model_of_run(run_dir, torch.device("cpu"), exemplars=exemplars, console=console)
+    try:
+        saved = avgen.saved_model_of_run(run_dir, torch.device("cpu"), exemplars=exemplars, console=console)
+    except avgen.AvgenError as exc:
+        if exemplars and str(exc).startswith("--exemplar needs"):  # the training clips are neither cached nor on disk
+            raise avgen.AvgenError(f"{run_dir}: exporting its exemplar sounds needs the run's training clips "
+                                   f"({str(exc).split(': ', 1)[1].split(';')[0]}); put the dataset back, or export "
+                                   "with --no-exemplars") from exc
+        raise
     meta = saved.meta
     recipe = redact_paths(meta["recipe"])
     config: dict[str, Any] = {
