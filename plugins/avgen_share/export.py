@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 import avgen
 from avgen_share.card import LICENCE_FILE, component_rows, licence_file, model_card
@@ -51,8 +51,10 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in saved.weights.items()}, str(staging / WEIGHTS),
-                  metadata={"format": "pt"})
+        weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in saved.weights.items()},
+                                    metadata={"format": "pt"})
+        with avgen.atomic_path(staging / WEIGHTS) as tmp:
+            tmp.write_bytes(weights)
         names = [WEIGHTS, CONFIG, CARD]
         if saved.bank is not None:
             write_bank(staging / EXEMPLARS, saved.bank)
@@ -69,7 +71,8 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
                 names.append(extra)
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-        train_clips = int(saved.bank.reps.shape[0]) if saved.bank is not None else None
+        splits = (avgen.read_json(run_dir / "dataset.json") or {}).get("splits") or {}
+        train_clips = splits.get("train") if isinstance(splits, dict) else None
         rows = component_rows(recipe)
         avgen.write_text(staging / CARD, model_card(config, metrics or {}, rows, avgen.run_name(run_dir), train_clips))
         avgen.write_text(staging / LICENCE_FILE, licence_file(config, rows))

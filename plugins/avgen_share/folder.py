@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 import avgen
 
@@ -113,8 +114,6 @@ def write_bank(path: Path, bank: Any) -> int:
     scale = max(peak, 1e-9) if peak > 1.0 else 1.0  # keep the int16 audio in range
     pcm = torch.round(waves / scale * PCM_SCALE).clamp(-32768, 32767).to(torch.int16)
     tensors = {"reps": bank.reps.float().contiguous(), "pcm": pcm.contiguous()}
-    from safetensors.torch import save as safetensors_bytes
-
     data = safetensors_bytes(tensors, metadata={"entries": json.dumps(bank.entries), "scale": repr(scale)})
     with avgen.atomic_path(path) as tmp:
         tmp.write_bytes(data)
