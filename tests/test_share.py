@@ -78,12 +78,12 @@ def test_the_hub_client_reads_the_model_card(exported: tuple[Path, Path]) -> Non
     assert (exported[1] / data["license_link"]).is_file()
 
 
-def test_generate_from_a_copied_folder_alone(tmp_path: Path, example_plugin: None, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Export, copy the folder elsewhere, delete the run, its data and its cache: --model (a subprocess) gives
-    the same sound as --run gave (in this process, to save two start-ups)."""
-    base = tmp_path / "machine_a"
-    run = train_tiny(base)
+def test_generate_from_a_copied_folder_alone(exported: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copy the exported folder elsewhere and take the run, its data and its cache away: --model (a subprocess)
+    gives the same sound as --run gave (in this process, to save two start-ups)."""
+    run, model = exported
+    base = run.parents[1]
     video = tmp_path / "clip.mp4"
     shutil.copyfile(sorted((base / "data").glob("*_denoised.mp4"))[0], video)
     monkeypatch.setenv("AVGEN_HOME", str(base / "home"))
@@ -91,17 +91,21 @@ def test_generate_from_a_copied_folder_alone(tmp_path: Path, example_plugin: Non
         code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run), mode,
                                           "-o", str(tmp_path / f"by_run{mode}"))
         assert code == 0, lines
-    assert avgen_in_process(capsys, "export", str(run), str(base / "model"))[0] == 0
     monkeypatch.delenv("AVGEN_HOME")
 
     fresh = tmp_path / "machine_b"
-    shutil.copytree(base / "model", fresh / "model")
-    shutil.rmtree(base)
-    env = {"AVGEN_HOME": str(fresh / "home")}
+    shutil.copytree(model, fresh / "model")
+    away = tmp_path / "away"
+    base.rename(away)  # the run, the dataset, the feature cache and the original folder are gone (put back below)
+    try:
+        env = {"AVGEN_HOME": str(fresh / "home")}
+        for mode in ("--raw", "--exemplar"):
+            proc = run_avgen("generate", str(video), "--model", str(fresh / "model"), mode,
+                             "-o", str(tmp_path / f"by_model{mode}"), env=env, cwd=fresh)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        away.rename(base)
     for mode in ("--raw", "--exemplar"):
-        proc = run_avgen("generate", str(video), "--model", str(fresh / "model"), mode, "-o", str(tmp_path / f"by_model{mode}"),
-                         env=env, cwd=fresh)
-        assert proc.returncode == 0, proc.stderr[-3000:]
         by_run, rate = sf.read(tmp_path / f"by_run{mode}" / "clip.avgen.wav")
         by_model, _ = sf.read(tmp_path / f"by_model{mode}" / "clip.avgen.wav")
         assert by_model.shape == by_run.shape and rate == 22050
@@ -229,12 +233,16 @@ def test_a_generator_without_classes_refuses_material(example_plugin: None) -> N
         model.class_outputs(torch.zeros(1, 7, 6), torch.zeros(1, dtype=torch.long))
 
 
-def test_material_changes_the_predicted_class_and_the_sound(exported: tuple[Path, Path], tmp_path: Path) -> None:
+def test_material_changes_the_predicted_class_and_the_sound(exported: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --material in this process, with it through the real CLI in a subprocess."""
     run, model = exported
     video = sorted((run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     env = {"AVGEN_HOME": str(tmp_path / "home")}
-    free = run_avgen("generate", str(video), "--model", str(model), "-o", str(tmp_path / "free"), env=env)
-    assert free.returncode == 0, free.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--model", str(model), "-o", str(tmp_path / "free"))
+    assert code == 0, lines
     before = json.loads((tmp_path / "free" / f"{video.stem}.avgen.json").read_text())
     other = next(name for name in ("carpet", "ceramic", "cloth") if name != before["predicted"])
     proc = run_avgen("generate", str(video), "--model", str(model), "--material", other, "-o", str(tmp_path / "forced"),
