@@ -309,27 +309,40 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
 
 @cli.command("generate")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="A run directory with a trained model (runs/<name>).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="A model folder written by `avgen export` (instead of --run; needs nothing else).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Output folder, or an .mp4 path when there is one video.")
 @click.option("--raw/--exemplar", "raw", default=True, show_default=True,
-              help="Raw sound (decode of s') or exemplar sound (nearest training clip; needs the run's training data).")
+              help="Raw sound (decode of s') or exemplar sound (nearest training clip: the run's training data, "
+                   "or the sounds exported with --model).")
+@click.option("--library", type=click.Path(path_type=Path),
+              help="Exemplar sounds from your own folder of wav/flac/ogg/mp3 files (optional library.csv: "
+                   "file,label,licence,source); indexed once and cached; implies --exemplar.")
+@click.option("--material", metavar="CLASS",
+              help="Force the sound class (e.g. wood) of a generator with classes, to re-voice the video.")
 @click.option("--keep-audio", is_flag=True, help="Keep the video's original audio as a second track.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Change a generation setting of the run's recipe (generator.*, representation.*, eval.*), "
+              help="Change a generation setting of the model's recipe (generator.*, representation.*, eval.*), "
                    "e.g. --set generator.steps=4; the trained weights must still fit.")
-def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str,
+def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path | None, out: Path, raw: bool,
+                 library: Path | None, material: str | None, keep_audio: bool, device: str,
                  overrides: tuple[str, ...]) -> None:
-    """Generate the sound of each VIDEO with a trained run; writes <stem>.avgen.wav and <stem>.avgen.mp4."""
+    """Generate the sound of each VIDEO with a trained run or an exported model; writes <stem>.avgen.wav,
+    <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's source and similarity)."""
     import time
 
-    from avgen.generate import exemplar_bank, generate_for_video, load_trained
+    from avgen.atomic import write_json
+    from avgen.generate import generate_for_video, load_model_folder, load_trained, material_class, select_bank
     from avgen.media import mux_audio, write_wav
     from avgen.console import progress_bar
     from avgen.distributed import resolve_device
 
+    if (run_dir is None) == (model_dir is None):
+        raise AvgenError("give the model with --run RUN_DIR or --model MODEL_DIR (exactly one)")
     for video in videos:
         if not video.is_file():
             raise AvgenError(f"{video}: video file not found")
@@ -338,18 +351,25 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
         raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
     dev = resolve_device(device)
     started = time.perf_counter()
-    recipe, encoder, representation, model, meta = load_trained(run_dir, dev, overrides)
-    err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
-    bank = exemplar_bank(recipe, run_dir, dev, encoder, representation, console=err_console) if not raw else None
+    if run_dir is not None:
+        recipe, encoder, representation, model, meta = load_trained(run_dir, dev, overrides)
+        model_bank = None
+    else:
+        recipe, encoder, representation, model, meta, model_bank = load_model_folder(model_dir, dev, overrides)
+    err_console.print(f"loaded {recipe.generator.name} from {run_dir or model_dir} in {time.perf_counter() - started:.1f} s")
+    forced = material_class(material, meta) if material is not None else None
+    bank = select_bank(exemplar=not raw, library=library, run_dir=run_dir, model_bank=model_bank, recipe=recipe,
+                       encoder=encoder, representation=representation, meta=meta, device=dev, console=err_console)
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=len(videos))
         for video in videos:
             t0 = time.perf_counter()
             wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
-                                               exemplar_bank=bank)
+                                               exemplar_bank=bank, material=forced)
             mp4 = out if single_file else out / f"{video.stem}.avgen.mp4"
             wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
             mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
+            write_json(mp4.with_suffix(".json"), {"model": str(run_dir or model_dir), **summary})
             seconds = time.perf_counter() - t0
             classes = ", ".join(f"{k} {v:.2f}" for k, v in summary.get("classes", {}).items())
             progress.console.print(f"{video} -> {mp4} ({summary['seconds']:.1f} s of video in {seconds:.1f} s, "

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from avgen.card import KINDS, Card
 from avgen.errors import AvgenError
 
-__all__ = ["BASES", "KINDS", "BuildContext", "Card", "Clip", "Dataset", "Encoder", "EvalContext", "Generator",
-           "GeneratorShape", "Loss", "Metric", "Representation", "check_contract"]
+__all__ = ["BASES", "KINDS", "BuildContext", "Card", "Clip", "Dataset", "Encoder", "EvalContext", "ExemplarBank",
+           "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class Generator(nn.Module):
     The hooks below have defaults that suit a plain regressor; override the ones you need.
     """
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("forward", "prepare", "training_outputs", "mean_outputs", "class_probabilities")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("forward", "prepare", "training_outputs", "mean_outputs", "class_probabilities",
+                                           "class_outputs")
 
     def prepare(self, train: Mapping[str, Tensor]) -> None:
         """Called once before training with the training split ({"features", "rep", "label"}); e.g. statistics."""
@@ -159,6 +160,15 @@ class Generator(nn.Module):
     def class_probabilities(self, outputs: Mapping[str, Tensor]) -> Tensor | None:
         """[B, C] class probabilities of each clip, for generators with a class head; default None."""
         return None
+
+    def class_outputs(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Outputs (in eval mode) with the class forced to ``labels`` [B], for ``avgen generate --material``.
+
+        A class-conditioned generator voices that class (can_lstm: its base sample) and returns
+        class probabilities that say so. Default: an AvgenError, for generators without a class.
+        """
+        raise AvgenError(f"generator {type(self).__name__} has no class to force (--material needs a generator "
+                         "with a class, such as can_lstm)")
 
 
 class Loss:
@@ -198,6 +208,25 @@ class EvalContext:
     representation: Any = None
     device: torch.device = torch.device("cpu")
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExemplarBank:
+    """Sounds that exemplar generation picks from (paper Eq. 8): one row per clip, with its provenance."""
+
+    reps: Tensor  # [M, D] time-averaged representations, the retrieval keys
+    waves: Tensor  # [M, T] the clips at the model's sample rate and clip length
+    entries: list[dict[str, Any]]  # per row, what the output's record says about it (clip id, or file, offset, licence)
+    source: str = ""  # where the bank came from (a run's training split, a model folder, a sound library)
+
+
+@dataclass
+class SavedModel:
+    """A trained generator as ``avgen generate`` needs it: weights, the checkpoint's meta and an optional bank."""
+
+    weights: dict[str, Tensor]  # the generator's state dict (base samples included)
+    meta: dict[str, Any]  # recipe, class_names, shape, sample_rate, clip_seconds (a checkpoint's meta)
+    bank: ExemplarBank | None = None  # exemplar sounds that travel with the model, when there are any
 
 
 class Metric:

@@ -21,13 +21,19 @@ if TYPE_CHECKING:
 OUTPUTS = "generated/outputs.safetensors"
 
 
-def predict(model: torch.nn.Module, features: torch.Tensor, device: torch.device, batch: int = 256) -> dict[str, torch.Tensor]:
-    """Run a generator over features [N, frames, dim] in batches; outputs on the CPU."""
+def predict(model: torch.nn.Module, features: torch.Tensor, device: torch.device, batch: int = 256,
+            labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run a generator over features [N, frames, dim] in batches; outputs on the CPU.
+
+    With ``labels`` [N] the class is forced (``Generator.class_outputs``), as ``--material`` asks.
+    """
     model.eval()
     outs: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for i in range(0, features.shape[0], batch):
-            for key, value in model(features[i:i + batch].to(device)).items():
+            chunk = features[i:i + batch].to(device)
+            result = model(chunk) if labels is None else model.class_outputs(chunk, labels[i:i + batch].to(device))
+            for key, value in result.items():
                 if isinstance(value, torch.Tensor):
                     outs.setdefault(key, []).append(value.float().cpu())
     return {k: torch.cat(v) for k, v in outs.items()}
@@ -65,7 +71,14 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
     _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
-    exemplar = train.wave[retrieved[:, 0]]
+    exemplar, from_library = train.wave[retrieved[:, 0]], None
+    if recipe.eval.library is not None:  # exemplar sounds from the user's library; R@K keeps the training clips
+        spec = recipe.representation
+        bank = library_bank(recipe.eval.library, representation, {"name": spec.name, **spec.params},
+                            length / sample_rate, console)
+        scores, nearest = topk_cosine(time_average(reps), bank.reps, 1)
+        exemplar = bank.waves[nearest[:, 0]].float()
+        from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
     probabilities = model.class_probabilities(outputs)
     predicted = probabilities.argmax(-1) if probabilities is not None else None
 
@@ -89,7 +102,8 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
         clips.append({
             "id": clip.id, "label": clip.label, "class": names[clip.label] if clip.label >= 0 else None,
             "predicted": int(predicted[i]) if predicted is not None else None,
-            "exemplar_id": train.clips[int(retrieved[i, 0])].id,
+            "exemplar_id": train.clips[int(retrieved[i, 0])].id if from_library is None else None,
+            **({"exemplar_library": from_library[i]} if from_library is not None else {}),
             "retrieved": [train.clips[int(j)].id for j in retrieved[i]],
             "raw": raw_path, "exemplar": ex_path,
         })
@@ -121,38 +135,132 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
     ``overrides`` (``key.path=value``, as ``avgen run --set``) change generation settings of the
     run's recipe, e.g. a sampler's steps; a change the trained weights do not fit is an error.
     """
-    import copy
-
-    from avgen.build import build_encoder, build_generator, build_representation
     from avgen.checkpoint import load_run_checkpoint
-    from avgen.components import GeneratorShape
-    from avgen.recipe import apply_override, validate_recipe
+    from avgen.components import SavedModel
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
+    return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
+
+
+def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: torch.device,
+                overrides: tuple[str, ...] | list[str] = (),
+                ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
+    """(recipe, encoder, representation, generator, meta) rebuilt from an ``avgen.SavedModel`` (weights and meta),
+    with ``overrides`` applied to its recipe's generation settings."""
+    import copy
+
+    from avgen.build import build_encoder, build_generator, build_representation
+    from avgen.components import GeneratorShape
+    from avgen.recipe import apply_override, validate_recipe
+
+    meta = saved.meta
+    if not isinstance(meta.get("recipe"), dict) or not isinstance(meta.get("shape"), dict):
+        raise AvgenError(f"{recipe_source}: carries no recipe/shape; it was not written by avgen")
     raw = copy.deepcopy(meta["recipe"])
     for item in overrides:
         if item.split("=", 1)[0].strip().split(".", 1)[0] not in GENERATION_SECTIONS:
             raise AvgenError(f"--set {item!r}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
                              "e.g. --set generator.steps=4")
         apply_override(raw, item)
-    recipe = validate_recipe(raw, run_dir / "recipe.toml")
+    recipe = validate_recipe(raw, recipe_source)
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
-        raise AvgenError(f"{run_dir}: the run's recipe has no encoder, representation or generator")
+        raise AvgenError(f"{recipe_source}: the recipe has no encoder, representation or generator")
     encoder = build_encoder(recipe, device)
     representation = build_representation(recipe, device)
     model = build_generator(recipe, GeneratorShape(**meta["shape"]))
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(saved.weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise AvgenError(f"{ckpt}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
+        raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
     return recipe, encoder, representation, model.to(device).eval(), meta
 
 
+def load_model_folder(path: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
+                      ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any], Any]:
+    """(recipe, encoder, representation, generator, meta, bank or None) from a model folder a plugin reads
+    (the ``open_model`` hook; ``avgen export`` writes such folders)."""
+    from avgen.plugins import first_answer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AvgenError(f"--model {path}: not a folder; give the folder `avgen export RUN_DIR OUT_DIR` wrote")
+    if (path / "checkpoints").is_dir():
+        raise AvgenError(f"--model {path}: this is a run directory; use --run {path}, or export it first")
+    saved = first_answer("open_model", path=path)
+    if saved is None:
+        raise AvgenError(f"--model {path}: not a model folder that an installed plugin reads "
+                         "(`avgen export RUN_DIR OUT_DIR` writes them, with config.json and SHA256SUMS)")
+    built = build_saved(saved, path / "config.json", path, device, overrides)
+    return (*built, saved.bank)
+
+
+def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = True, console: Any = None) -> Any:
+    """A run's best model as an ``avgen.SavedModel`` (weights, meta, and with ``exemplars`` its training bank)."""
+    from avgen.checkpoint import load_run_checkpoint
+    from avgen.components import SavedModel
+
+    run_dir = Path(run_dir)
+    _, state, meta = load_run_checkpoint(run_dir)
+    bank = None
+    if exemplars:
+        recipe, encoder, representation, _, _ = load_trained(run_dir, device)
+        bank = exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
+    return SavedModel(state, meta, bank)
+
+
+def library_bank(path: Path, representation: Any, representation_spec: dict[str, Any], seconds: float,
+                 console: Any) -> Any:
+    """An ``avgen.ExemplarBank`` of the sound folder ``path`` (clips of ``seconds``), indexed by a plugin
+    (the ``open_library`` hook)."""
+    from avgen.plugins import first_answer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AvgenError(f"--library {path}: not a folder; give a folder of wav/flac/ogg/mp3 files")
+    bank = first_answer("open_library", path=path, representation=representation,
+                        representation_spec=representation_spec, clip_seconds=seconds, console=console)
+    if bank is None:
+        raise AvgenError(f"--library {path}: no installed plugin indexes sound folders (avgen's share plugin does)")
+    return bank
+
+
+def select_bank(*, exemplar: bool, library: Path | None, run_dir: Path | None, model_bank: Any, recipe: Any,
+                encoder: Any, representation: Any, meta: dict[str, Any], device: torch.device, console: Any) -> Any:
+    """The exemplar bank ``avgen generate`` picks from: the library, else (with --exemplar) the run's training
+    split or the bank exported with the model; None for raw sound."""
+    if library is not None:
+        return library_bank(library, representation, dict(meta["recipe"]["representation"]), clip_seconds(recipe, meta),
+                            console)
+    if not exemplar:
+        return None
+    if run_dir is not None:
+        return exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
+    if model_bank is None:
+        raise AvgenError("--exemplar: this model folder was exported without exemplar sounds; "
+                         "give --library SFX_DIR, or use --raw")
+    return model_bank
+
+
+def material_class(name: str, meta: dict[str, Any]) -> int:
+    """The class index of ``--material NAME`` among the model's classes."""
+    names = list(meta.get("class_names") or [])
+    if name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise AvgenError(f"--material {name!r} is not a class of this model; its classes: {listed}")
+    return names.index(name)
+
+
+def clip_seconds(recipe: Any, meta: dict[str, Any]) -> float:
+    """The length of the clips the model was trained on."""
+    return float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
+
+
 def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
-                  console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset).
+                  console: Any = None) -> Any:
+    """The training split as an ``avgen.ExemplarBank``: time-averaged representations [M, D], waves [M, T]
+    and each clip's id and class (from the cache, or the dataset).
 
     The dataset is read where the run found it (its recorded absolute paths); a missing one is an
     error, never written anew.
@@ -161,6 +269,7 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
 
     from avgen.build import build_dataset
     from avgen.cache import FeatureCache
+    from avgen.components import ExemplarBank
     from avgen.featurize import Featurizer
     from avgen.recipe import path_params
     from avgen.retrieval import time_average
@@ -173,7 +282,9 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
                             console if console is not None else Console(stderr=True), FeatureCache())
     train, _ = featurizer.featurize_split("train")
-    return time_average(train.rep), train.wave
+    names = featurizer.dataset.class_names
+    entries = [{"clip": c.id, "class": names[c.label] if c.label >= 0 else None} for c in train.clips]
+    return ExemplarBank(time_average(train.rep), train.wave, entries, source=f"training split of {run_dir}")
 
 
 def window_starts(duration: float, window: float, hop: float) -> list[float]:
@@ -217,24 +328,28 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
 
 def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                        meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5,
-                       batch: int = 32, exemplar_bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       batch: int = 32, exemplar_bank: Any = None, material: int | None = None,
                        ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The sound for a whole video: sliding clip-length windows, generated and overlap-added.
 
-    With ``exemplar_bank`` = (time-averaged training representations [M, D], training waves
-    [M, T]) each window takes its exemplar sound instead of the raw sound.
+    With an ``avgen.ExemplarBank`` each window takes its nearest bank clip (paper Eq. 8) instead of
+    the raw sound, and the summary's ``windows`` record which clip and how similar. ``material``
+    (a class index) forces the generator's class (``Generator.class_outputs``).
     """
     from avgen.media import probe
 
     info = probe(video)
     if not info.has_video:
         raise AvgenError(f"{video}: has no video stream; avgen generate needs a video")
-    clip = float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
+    clip = clip_seconds(recipe, meta)
     rate = int(meta.get("sample_rate") or representation.sample_rate)
     duration = float(info.duration)
     if duration <= 0:
         raise AvgenError(f"{video}: zero-length video")
     samples, total = round(clip * rate), round(duration * rate)
+    if exemplar_bank is not None and tuple(exemplar_bank.waves.shape[1:]) != (samples,):
+        raise AvgenError(f"exemplar bank ({exemplar_bank.source}): clips of {exemplar_bank.waves.shape[-1]} samples, "
+                         f"the model's are {samples} ({clip} s at {rate} Hz)")
     frame_hop = representation.frame_hop if exemplar_bank is None else None
     step = max(1, round(clip * hop_fraction * rate / frame_hop)) if frame_hop else 0  # window hop in rep frames
     hop = step * frame_hop / rate if frame_hop else clip * hop_fraction
@@ -250,15 +365,15 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
         first = min(round(start * encoder.fps), features.shape[0] - frames_per_clip)
         windows.append(features[first:first + frames_per_clip])
     windows_t = torch.stack(windows)
-    outputs = predict(model, windows_t, device, batch=batch)
+    labels = None if material is None else torch.full((len(starts),), int(material), dtype=torch.long)
+    outputs = predict(model, windows_t, device, batch=batch, labels=labels)
     clock.lap("generator")
     if exemplar_bank is not None:  # the nearest training clip of each window (paper Eq. 8)
         from avgen.retrieval import time_average, topk_cosine
 
-        bank_reps, bank_waves = exemplar_bank
-        _, nearest = topk_cosine(time_average(outputs["rep"]), bank_reps, 1)
+        scores, nearest = topk_cosine(time_average(outputs["rep"]), exemplar_bank.reps, 1)
         clock.lap("exemplar")
-        wave = crossfade_windows(bank_waves[nearest[:, 0]], [round(s * rate) for s in starts], total)
+        wave = crossfade_windows(exemplar_bank.waves[nearest[:, 0]].float(), [round(s * rate) for s in starts], total)
     elif frame_hop:  # merge the windows' frames into one representation, then one decode with one phase
         merged = crossfade_windows(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
         clock.lap("mix")
@@ -278,6 +393,14 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     if probabilities is not None and names:
         top = probabilities.mean(0).topk(min(3, len(names)))
         summary["classes"] = {names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
+        summary["predicted"] = names[int(top.indices[0])]
+    if material is not None:
+        summary["material"] = names[material] if names else material
+    if exemplar_bank is not None:
+        summary["exemplars"] = exemplar_bank.source
+        summary["provenance"] = [{"start": round(s, 4), "end": round(min(s + clip, duration), 4),
+                               **exemplar_bank.entries[int(j)], "similarity": round(float(score), 6)}
+                              for s, j, score in zip(starts, nearest[:, 0], scores[:, 0])]
     return wave, summary
 
 

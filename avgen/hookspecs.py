@@ -50,3 +50,22 @@ def register_metrics(register):
 @hookspec
 def register_commands(cli):
     """Add subcommands to the ``avgen`` CLI; ``cli`` is the root ``click.Group``."""
+
+
+@hookspec(firstresult=True)
+def open_model(path):
+    """Read the model folder ``path`` (not a run directory) for ``avgen generate --model``.
+
+    Return an ``avgen.SavedModel``, or None when the folder is not in this plugin's format;
+    raise ``avgen.AvgenError`` (one line) for a folder of this format that is damaged or incomplete.
+    """
+
+
+@hookspec(firstresult=True)
+def open_library(path, representation, representation_spec, clip_seconds, console):
+    """Index the folder of sounds ``path`` for ``avgen generate --library``: an ``avgen.ExemplarBank``.
+
+    Each row is a clip of ``clip_seconds`` at ``representation.sample_rate``, its key the time
+    average of ``representation.encode``; ``representation_spec`` (the recipe's section) names
+    the representation for caches. Return None when this plugin does not read such folders.
+    """

@@ -176,3 +176,8 @@ def register_commands(cli: Any) -> None:
                 impl.plugin_name, old.module if old else "?", old.distribution if old else "?",
                 old.version if old else "?", f"register_commands failed: {_one_line(exc)}",
             )
+
+
+def first_answer(hook: str, **kwargs: Any) -> Any:
+    """The first plugin's answer to a ``firstresult`` hook (``open_model``, ``open_library``), or None."""
+    return getattr(get_plugins().pm.hook, hook)(**kwargs)

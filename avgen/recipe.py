@@ -79,6 +79,9 @@ class EvalSection(_Strict):
     top_k: int = Field(10, ge=1, le=10_000, description="training clips retrieved per test clip")
     examples: int = Field(8, ge=0, le=1000, description="test clips shown in the report")
     split: Literal["test", "val"] = Field("test", description="split evaluated")
+    library: Path | None = Field(None, description="a folder of your own sounds (as `avgen generate --library`): each "
+                                                   "test clip's exemplar sound comes from it instead of the training split; "
+                                                   "R@K still retrieves training clips")
 
 
 class ComponentSpec(_Strict):
@@ -131,6 +134,8 @@ class Recipe(_Strict):
                 for name, path in path_params(kind, spec).items():
                     if not path.is_absolute():
                         spec.params[name] = os.path.abspath(path)
+        if recipe.eval.library is not None:
+            recipe.eval.library = Path(os.path.abspath(recipe.eval.library))
         return recipe
 
 

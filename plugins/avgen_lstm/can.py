@@ -52,7 +52,20 @@ class CanLSTM(Generator):
     def class_probabilities(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return outputs["probs"]
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def class_outputs(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """s' = d + A_label (the forced class's base sample); ``probs`` is one-hot at that class and
+        ``video_probs`` keeps what the video alone predicts."""
+        logits, residual, probs = self._heads(features)
+        labels = labels.to(residual.device, torch.long)
+        if labels.shape != residual.shape[:1] or bool(((labels < 0) | (labels >= self.shape.num_classes)).any()):
+            raise AvgenError(f"can_lstm: forced classes must be [B] indices below {self.shape.num_classes}, "
+                             f"got {labels.tolist()}")
+        rep = residual + self.base_samples.to(residual.dtype)[labels]
+        forced = torch.nn.functional.one_hot(labels, self.shape.num_classes).to(probs.dtype)
+        return {"rep": rep, "residual": residual, "logits": logits, "probs": forced, "video_probs": probs}
+
+    def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [B, F, C], residual d [B, D, F], p [B, C]) of the network."""
         if not self._base_ready:
             raise AvgenError("can_lstm: base samples are not set; call set_base_samples(train reps, labels) or load a checkpoint")
         out = self.net(features)  # [B, F, C + D]
@@ -60,6 +73,10 @@ class CanLSTM(Generator):
         logits = out[..., :num_classes]
         residual = out[..., num_classes:].transpose(1, 2)  # d: [B, D, F]
         probs = torch.softmax(logits.float(), dim=-1).mean(dim=1)  # Eq. 4: mean over steps
+        return logits, residual, probs
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits, residual, probs = self._heads(features)
         base_samples = self.base_samples.to(residual.dtype)
         predicted = probs.argmax(dim=-1)
         if self.training and labels is not None:  # teacher forcing: the true class's base sample

@@ -1,0 +1,117 @@
+"""``avgen export RUN_DIR OUT_DIR``: a run's model as a self-contained folder (see folder.py for the layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+import avgen
+from avgen_share.card import LICENCE_FILE, component_rows, licence_file, model_card
+from avgen_share.folder import CARD, CONFIG, EXEMPLARS, FORMAT, WEIGHTS, write_bank, write_sums
+
+
+def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console: Any = None) -> dict[str, Any]:
+    """Write the model folder of ``run_dir`` to ``out_dir`` (new or empty); returns file name -> bytes.
+
+    The folder is written beside ``out_dir`` under a temporary name and renamed at the end, so an
+    interrupted export leaves no half folder behind.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise avgen.AvgenError(f"{run_dir}: no such run directory; give the folder `avgen run` printed")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise avgen.AvgenError(f"{out_dir}: exists and is not an empty folder; give a new folder")
+    try:
+        saved = avgen.saved_model_of_run(run_dir, torch.device("cpu"), exemplars=exemplars, console=console)
+    except avgen.AvgenError as exc:
+        if exemplars and str(exc).startswith("--exemplar needs"):  # the training clips are neither cached nor on disk
+            raise avgen.AvgenError(f"{run_dir}: exporting its exemplar sounds needs the run's training clips "
+                                   f"({str(exc).split(': ', 1)[1].split(';')[0]}); put the dataset back, or export "
+                                   "with --no-exemplars") from exc
+        raise
+    meta = saved.meta
+    recipe = redact_paths(meta["recipe"])
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "library_name": "avgen",
+        "avgen_version": avgen.__version__,
+        "generator": recipe["generator"], "encoder": recipe["encoder"], "representation": recipe["representation"],
+        "class_names": list(meta["class_names"]), "shape": meta["shape"],
+        "sample_rate": meta["sample_rate"], "clip_seconds": meta["clip_seconds"],
+        "exemplars": None,
+        "recipe": recipe,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in saved.weights.items()},
+                                    metadata={"format": "pt"})
+        with avgen.atomic_path(staging / WEIGHTS) as tmp:
+            tmp.write_bytes(weights)
+        names = [WEIGHTS, CONFIG, CARD]
+        if saved.bank is not None:
+            write_bank(staging / EXEMPLARS, saved.bank)
+            config["exemplars"] = {"file": EXEMPLARS, "count": int(saved.bank.reps.shape[0]),
+                                   "source": "the run's training split", "audio": "int16 PCM"}
+            names.append(EXEMPLARS)
+        for extra in ("recipe.toml", "metrics.json"):
+            if (run_dir / extra).is_file():
+                if extra == "recipe.toml":
+                    avgen.write_text(staging / extra, _redact_text((run_dir / extra).read_text(encoding="utf-8"),
+                                                                   meta["recipe"], recipe))
+                else:
+                    shutil.copyfile(run_dir / extra, staging / extra)
+                names.append(extra)
+        avgen.write_json(staging / CONFIG, config)
+        metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+        splits = (avgen.read_json(run_dir / "dataset.json") or {}).get("splits") or {}
+        train_clips = splits.get("train") if isinstance(splits, dict) else None
+        rows = component_rows(recipe)
+        avgen.write_text(staging / CARD, model_card(config, metrics or {}, rows, avgen.run_name(run_dir), train_clips))
+        avgen.write_text(staging / LICENCE_FILE, licence_file(config, rows))
+        names.append(LICENCE_FILE)
+        write_sums(staging, names)
+        sizes = {name: (staging / name).stat().st_size for name in sorted(os.listdir(staging))}
+        if out_dir.is_dir():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(staging, out_dir)
+        os.chmod(out_dir, avgen.folder_mode())
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return sizes
+
+
+def redact_paths(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with every absolute path cut to its last part: they name folders of the machine that
+    trained it (data.root, run.out), which a published model card should not show and generation never reads."""
+    def redact(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: redact(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redact(v) for v in value]
+        if isinstance(value, str) and os.path.isabs(value):
+            return Path(value).name
+        return value
+
+    return redact(recipe)
+
+
+def _redact_text(text: str, before: Any, after: Any) -> str:
+    """``text`` (the run's recipe.toml) with each string ``redact_paths`` changed replaced the same way."""
+    if isinstance(before, dict):
+        for key, value in before.items():
+            text = _redact_text(text, value, after[key])
+    elif isinstance(before, list):
+        for old, new in zip(before, after):
+            text = _redact_text(text, old, new)
+    elif isinstance(before, str) and before != after:
+        text = text.replace(json.dumps(before), json.dumps(after)).replace(f"'{before}'", f"'{after}'")
+    return text
