@@ -81,6 +81,14 @@ def test_training_learns_the_conditional_velocity_and_samples_carry_the_video() 
     class_means = torch.stack([data["rep"][data["label"] == c].mean(0) for c in range(SHAPE.num_classes)])
     nearest = (unit(sampled.flatten(1), dim=1) @ unit(class_means.flatten(1), dim=1).T).argmax(1)
     assert (nearest == data["label"]).float().mean() > 0.8
+    # --material: forcing another class moves the samples to that class (the class condition is one-hot there)
+    forced = (data["label"] + 1) % SHAPE.num_classes
+    with torch.no_grad():
+        moved = model.class_outputs(data["features"], forced)
+    nearest = (unit(moved["rep"].flatten(1), dim=1) @ unit(class_means.flatten(1), dim=1).T).argmax(1)
+    assert (nearest == forced).float().mean() > 0.8
+    assert torch.equal(moved["probs"].argmax(1), forced) and torch.equal(moved["video_probs"].argmax(1),
+                                                                           model(data["features"])["probs"].argmax(1))
 
 
 def test_eval_mode_training_outputs_are_deterministic_and_the_one_step_estimate_is_exact_for_the_true_velocity() -> None:
@@ -214,6 +222,14 @@ def test_a_checkpoint_restores_the_statistics_and_an_unprepared_model_says_what_
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh(data["features"])["rep"], model(data["features"])["rep"])
+
+
+def test_material_needs_a_class_conditioned_model() -> None:
+    from avgen import AvgenError
+
+    model, data = trained_toy_model(steps=2, class_condition=False)
+    with pytest.raises(AvgenError, match="class_condition"):
+        model.class_outputs(data["features"], data["label"])
 
 
 def test_the_loss_names_what_it_needs() -> None:

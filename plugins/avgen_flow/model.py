@@ -169,15 +169,37 @@ class FlowMatching(Generator):
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Sample s' for each clip: ``steps`` solver steps from the seed's noise, with guidance."""
+        logits = self.class_logits(self._checked(features))
+        probs = logits.float().softmax(-1) if logits is not None else None
+        return self._sample(features, logits, probs)
+
+    def class_outputs(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """``avgen generate --material``: the flow's class condition one-hot at ``labels`` [B]; ``probs`` says
+        so and ``video_probs`` keeps what the video alone predicts."""
+        logits = self.class_logits(self._checked(features))
+        if not self.params.class_condition or logits is None:
+            raise AvgenError("flow_matching: this model is not class-conditioned (class_condition = false), so "
+                             "--material has nothing to force; train with class_condition = true")
+        labels = labels.to(features.device, torch.long)
+        if labels.shape != features.shape[:1] or bool(((labels < 0) | (labels >= self.shape.num_classes)).any()):
+            raise AvgenError(f"flow_matching: forced classes must be [B] indices below {self.shape.num_classes}, "
+                             f"got {labels.tolist()}")
+        forced = F.one_hot(labels, self.shape.num_classes).float()
+        outputs = self._sample(features, logits, forced)
+        outputs["video_probs"] = logits.float().softmax(-1)
+        return outputs
+
+    def _checked(self, features: Tensor) -> Tensor:
         self._check_ready()
         if features.dim() != 3:
             raise AvgenError(f"flow_matching: features must be [B, N, feature_dim], got {tuple(features.shape)}")
+        return features
+
+    def _sample(self, features: Tensor, logits: Tensor | None, probs: Tensor | None) -> dict[str, Tensor]:
         p = self.params
         count = features.shape[0]
         noise = torch.randn(self.shape.rep_dim, self.shape.steps, generator=torch.Generator().manual_seed(p.seed))
         x = (p.temperature * noise).to(features.device, self.rep_mean.dtype).expand(count, -1, -1).contiguous()
-        logits = self.class_logits(features)
-        probs = logits.float().softmax(-1) if logits is not None else None
         frames, clip = self.condition(features, None)
         if p.guidance > 0:  # one network call for the conditional and the unconditional halves
             null_frames, null_clip = self.condition(features, torch.ones(count, dtype=torch.bool, device=features.device))
