@@ -18,7 +18,7 @@ from avgen.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
 _LAZY = {
-    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Encoder", "EvalContext", "Generator", "GeneratorShape",
+    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "Generator", "GeneratorShape",
                      "Loss", "Metric", "Representation", "check_contract"), "avgen.components"),
     **dict.fromkeys(("atomic_path", "folder_mode", "write_json", "write_text"), "avgen.atomic"),
     **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),

@@ -317,11 +317,18 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
               help="Raw sound (decode of s') or exemplar sound (nearest training clip; needs the run's training data).")
 @click.option("--keep-audio", is_flag=True, help="Keep the video's original audio as a second track.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str) -> None:
+@click.option("--onsets-out", type=click.Path(path_type=Path),
+              help="Also write the detected contacts (time, confidence, material, probability) to this JSON file (docs/timing.md).")
+@click.option("--onsets", "onsets_in", type=click.Path(path_type=Path),
+              help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
+@click.option("--detector", "detector_name", default="motion_contacts", show_default=True,
+              help="The detector component --onsets-out uses (avgen list detector).")
+def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, keep_audio: bool, device: str,
+                 onsets_out: Path | None, onsets_in: Path | None, detector_name: str) -> None:
     """Generate the sound of each VIDEO with a trained run; writes <stem>.avgen.wav and <stem>.avgen.mp4."""
     import time
 
-    from avgen.generate import exemplar_bank, generate_for_video, load_trained
+    from avgen.generate import exemplar_bank, generate_for_video, load_trained, training_split
     from avgen.media import mux_audio, write_wav
     from avgen.console import progress_bar
     from avgen.distributed import resolve_device
@@ -332,17 +339,30 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
     single_file = out.suffix.lower() == ".mp4"
     if single_file and len(videos) > 1:
         raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
+    if (onsets_out or onsets_in) and len(videos) > 1:
+        raise AvgenError(f"--onsets/--onsets-out take one video, got {len(videos)}")
+    if onsets_out and onsets_in:
+        raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     dev = resolve_device(device)
+    if onsets_out:  # an unknown detector fails before the model loads
+        from avgen.plugins import get_component
+
+        get_component("detector", detector_name)
     started = time.perf_counter()
     recipe, encoder, representation, model, meta = load_trained(run_dir, dev)
     err_console.print(f"loaded {recipe.generator.name} from {run_dir} in {time.perf_counter() - started:.1f} s")
-    bank = exemplar_bank(recipe, run_dir, dev, encoder, representation, console=err_console) if not raw else None
+    train = training_split(recipe, run_dir, dev, encoder, representation, err_console) if onsets_in and not raw else None
+    bank = exemplar_bank(recipe, run_dir, dev, encoder, representation, console=err_console) if not raw and not onsets_in else None
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=len(videos))
         for video in videos:
             t0 = time.perf_counter()
-            wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
-                                               exemplar_bank=bank)
+            if onsets_in or onsets_out:
+                wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
+                                                (recipe, encoder, representation, model, meta, dev), progress.console)
+            else:
+                wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
+                                                   exemplar_bank=bank)
             mp4 = out if single_file else out / f"{video.stem}.avgen.mp4"
             wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
             mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
@@ -353,6 +373,30 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path, out: Path, raw: bool, 
                                    + (f"; classes: {classes}" if classes else ""), markup=False)
             progress.advance(task)
             console.print(str(mp4))
+
+
+def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector_name: str, train: Any,
+                    bank: Any, trained: tuple, out_console: Any) -> tuple[Any, dict[str, Any]]:
+    """--onsets-out: detect, write the file, then generate as usual; --onsets: one sound per onset of the file."""
+    from avgen.generate import generate_for_video
+    from avgen.media import probe
+    from avgen.onsets import detect_onsets, read_onsets, sound_at_onsets, summary_line, write_onsets
+
+    from avgen.plugins import create
+
+    recipe, encoder, representation, model, meta, dev = trained
+    duration = float(probe(video).duration)
+    names = list(meta.get("class_names") or [])
+    if onsets_out is not None:
+        found = detect_onsets(video, create("detector", detector_name), duration, recipe, encoder, representation, model, meta, dev)
+        write_onsets(onsets_out, found, video, duration, detector_name, names)
+        out_console.print(f"{onsets_out}: {summary_line(found)}", markup=False, highlight=False)
+        return generate_for_video(video, recipe, encoder, representation, model, meta, dev, exemplar_bank=bank)
+    onsets = read_onsets(onsets_in, names, duration)
+    out_console.print(f"{onsets_in}: {summary_line(onsets)}", markup=False, highlight=False)
+    wave = sound_at_onsets(video, onsets, duration, recipe, encoder, representation, model, meta, dev, train=train)
+    rate = int(meta.get("sample_rate") or representation.sample_rate)
+    return wave, {"video": str(video), "seconds": duration, "sample_rate": rate, "onsets": len(onsets)}
 
 
 # ---------------------------------------------------------------- cache

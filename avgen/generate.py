@@ -134,7 +134,16 @@ def load_trained(run_dir: Path, device: torch.device) -> tuple[Any, Any, Any, to
 
 def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
                   console: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset).
+    """Time-averaged training representations [M, D] and training waves [M, T] (from the cache, or the dataset)."""
+    from avgen.retrieval import time_average
+
+    train = training_split(recipe, run_dir, device, encoder, representation, console)
+    return time_average(train.rep), train.wave
+
+
+def training_split(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
+                   console: Any = None) -> "SplitData":
+    """The run's training split (from the cache, or the dataset).
 
     The dataset is read where the run found it (its recorded absolute paths); a missing one is an
     error, never written anew.
@@ -145,7 +154,6 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
     from avgen.cache import FeatureCache
     from avgen.featurize import Featurizer
     from avgen.recipe import path_params
-    from avgen.retrieval import time_average
 
     recipe = recipe.with_absolute_paths()
     for name, path in path_params("dataset", recipe.data).items():
@@ -155,7 +163,7 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
                             console if console is not None else Console(stderr=True), FeatureCache())
     train, _ = featurizer.featurize_split("train")
-    return time_average(train.rep), train.wave
+    return train
 
 
 def window_starts(duration: float, window: float, hop: float) -> list[float]:
