@@ -5,6 +5,7 @@ from __future__ import annotations
 from avgen import hookimpl
 
 from avgen_timing.detector import MotionContactsParams, make_motion_contacts
+from avgen_timing.sync import SyncParams, make_sync
 
 
 @hookimpl
@@ -13,5 +14,16 @@ def register_detectors(register):
         "motion_contacts", make_motion_contacts, params=MotionContactsParams,
         summary="contacts where motion stops: camera-compensated frame differences, peak picking (CPU)",
         card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
-              "definition": "score(t) = mean motion energy of the 3 frames before t - min(energy into t, into t+1); peaks >= threshold x the clip's largest"},
+              "definition": "score(t) = mean motion energy into frames t-2..t - energy into t+1; peaks >= threshold x the clip's largest"},
+    )
+
+
+@hookimpl
+def register_metrics(register):
+    register(
+        "av_sync", make_sync, params=SyncParams,
+        summary="audio-video offset per clip (onset envelope vs the detector's contact strength): mean |offset| ms, fraction within a frame",
+        card={"definition": "per clip, the lag within +-max_offset maximising the correlation of the sound's onset envelope "
+                            "with the picture's contact strength; mean |lag| and fraction <= 1 video frame, for real and generated sound",
+              "writes": "figures/timeline.png"},
     )

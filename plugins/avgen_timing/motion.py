@@ -2,8 +2,8 @@
 
 Per pair of consecutive frames (grey, each divided by its mean brightness so lighting flicker
 cancels): the previous frame is shifted by the whole-pixel offset (within +-``max_shift``)
-that matches the current one best (global motion compensation: a shaking camera moves every
-pixel), the signed difference is averaged over ``cell`` x ``cell`` blocks (pixel noise
+that matches the current one's row and column brightness profiles best (global motion
+compensation: a shaking camera moves every pixel), the signed difference is averaged over ``cell`` x ``cell`` blocks (pixel noise
 averages out, a moving object does not) and its magnitude kept per block. The motion energy
 of frame t is the mean of its strongest blocks minus the median block (the noise floor): a
 small moving object (a stick) counts fully, a frame-wide shimmer not at all.
@@ -15,13 +15,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SHIFT_CHUNK = 16  # frame pairs compared at once (memory: chunk x shifts x H x W floats)
-
-
 def grey(frames: torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, H, W], each frame divided by its mean brightness."""
     g = frames.float().mean(-1)
     return g / g.mean(dim=(1, 2), keepdim=True).clamp_min(1.0)
+
+
+def camera_shift(prev: torch.Tensor, cur: torch.Tensor, r: int) -> tuple[int, int]:
+    """The whole-pixel shift (dy, dx) within +-r that best maps prev onto cur, from the frames' row and column
+    brightness profiles (a moving object changes them little; a shaking camera moves them whole)."""
+    def best(p: torch.Tensor, c: torch.Tensor) -> int:
+        n = c.numel()
+        costs = torch.stack([(c[r:n - r] - p[r + s:n - r + s]).abs().mean() for s in range(-r, r + 1)])
+        return int(costs.argmin()) - r
+    return best(prev.mean(1), cur.mean(1)), best(prev.mean(0), cur.mean(0))
 
 
 def motion_cells(frames: torch.Tensor, max_shift: int = 4, cell: int = 4) -> torch.Tensor:
@@ -32,19 +39,13 @@ def motion_cells(frames: torch.Tensor, max_shift: int = 4, cell: int = 4) -> tor
     g = grey(frames)
     n, h, w = g.shape
     r = max(0, min(max_shift, (min(h, w) - cell) // 2 - 1))
-    core = g[:, r:h - r, r:w - r]
-    shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-    out = [torch.zeros(1, (core.shape[1] // cell) * (core.shape[2] // cell))]
-    for lo in range(1, n, SHIFT_CHUNK):
-        hi = min(n, lo + SHIFT_CHUNK)
-        cur = core[lo:hi]  # [c, h', w']
-        prev = torch.stack([g[lo - 1:hi - 1, r + dy:h - r + dy, r + dx:w - r + dx] for dy, dx in shifts], 1)
-        diff = cur[:, None] - prev  # [c, shifts, h', w']
-        best = diff.abs().mean(dim=(2, 3)).argmin(1)  # the camera's shift for each pair
-        chosen = diff[torch.arange(hi - lo), best]  # [c, h', w']
-        blocks = F.avg_pool2d(chosen[:, None], cell)[:, 0].abs()
-        out.append(blocks.flatten(1))
-    return torch.cat(out)
+    rows = []
+    for t in range(1, n):
+        dy, dx = camera_shift(g[t - 1], g[t], r)
+        diff = g[t, r:h - r, r:w - r] - g[t - 1, r + dy:h - r + dy, r + dx:w - r + dx]
+        rows.append(F.avg_pool2d(diff[None, None], cell)[0, 0].abs().flatten())
+    cells = (((h - 2 * r) // cell) * ((w - 2 * r) // cell))
+    return torch.stack([torch.zeros(cells), *rows]) if rows else torch.zeros(n, cells)
 
 
 def motion_energy(cells: torch.Tensor, top: float = 0.02) -> torch.Tensor:
@@ -55,14 +56,20 @@ def motion_energy(cells: torch.Tensor, top: float = 0.02) -> torch.Tensor:
 
 
 def contact_score(energy: torch.Tensor, before: int = 3) -> torch.Tensor:
-    """[N] -> [N]: how much motion stops at frame t: mean energy of the ``before`` frames before t minus the
-    smaller of the energies into t and t+1 (an object that moved and then rests, or turns back), >= 0."""
+    """[N] -> [N]: how much motion stops at frame t, >= 0.
+
+    energy[t] is the motion between frames t-1 and t, so the frame of contact is the last one
+    reached by motion: score(t) = mean of energy[t-before+1 .. t] (the approach) minus
+    energy[t+1] (the object rests after t).
+    """
     m = energy.double()
     n = m.numel()
-    pad = torch.cat([m.new_zeros(before), m])
-    past = torch.stack([pad[i:i + n] for i in range(before)]).mean(0)  # mean of m[t-before .. t-1]
-    nxt = torch.cat([m[1:], m[-1:]]) if n else m
-    return (past - torch.minimum(m, nxt)).clamp_min(0).float()
+    if n == 0:
+        return m.float()
+    pad = torch.cat([m.new_zeros(before - 1), m])
+    approach = torch.stack([pad[i:i + n] for i in range(before)]).mean(0)  # mean of m[t-before+1 .. t]
+    after = torch.cat([m[1:], m[-1:]])
+    return (approach - after).clamp_min(0).float()
 
 
 def pick_peaks(score: np.ndarray, gap: int, floor: float) -> np.ndarray:
