@@ -24,11 +24,30 @@ HOP = 512  # librosa's onset hop (samples); the output's onset is measured to wi
 def timed_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> tuple[Path, Path, dict]:
     """(trained run, a video of its dataset, env): the tiny can_lstm run of test_generate."""
     base = tmp_path_factory.mktemp("timing")
-    (base / "tiny.toml").write_text(RECIPE.format(root="data"))
+    (base / "tiny.toml").write_text(RECIPE.format(root="data") + '\n[[metric]]\nname = "av_sync"\n')
     env = {"AVGEN_HOME": str(base / "home")}
     proc = run_avgen("run", str(base / "tiny.toml"), "--out", str(base / "runs"), env=env, cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "runs" / "tiny", base / "data" / "synth0000_denoised.mp4", env
+
+
+def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(timed_run):
+    run, _, _ = timed_run
+    sync = json.loads((run / "metrics.json").read_text())["av_sync"]
+    for kind in ("real", "raw", "exemplar"):
+        assert sync[f"sync_clips_{kind}"] >= 1 and 0 <= sync[f"sync_within_frame_{kind}"] <= 1
+        assert 0 <= sync[f"sync_offset_ms_{kind}"] <= 500
+    assert (run / "figures" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert "sync_offset_ms_real" in (run / "report.md").read_text() and "figures/timeline.png" in (run / "report.md").read_text()
+    assert 'data-key="av_sync/sync_offset_ms_raw"' in (run / "report.html").read_text()
+
+
+def test_every_shipped_recipe_measures_sync():
+    from avgen.recipe import load_recipes
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")):
+        for recipe in load_recipes(path):
+            assert "av_sync" in [m.name for m in recipe.metric], path.name
 
 
 def onsets_doc(times_materials: list[tuple[float, str | None]]) -> dict:
@@ -101,15 +120,27 @@ def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path):
     ({"format": "avgen-onsets", "onsets": [{"time": 9.0}]}, "past the end of the video"),
     ({"format": "avgen-onsets", "onsets": [{"tme": 1.0}]}, "onsets.0.time"),
     ({"format": "avgen-onsets", "onsets": [{"time": -1.0}]}, "onsets.0.time"),
+    ({"format": "other", "onsets": []}, "expected 'avgen-onsets'"),
     ("not json", "not JSON"),
 ])
-def test_a_bad_onsets_file_is_one_line_and_exit_2(timed_run, tmp_path, doc, expected):
-    run, video, env = timed_run
+def test_a_bad_onsets_file_is_one_line(tmp_path, doc, expected):
+    from avgen import AvgenError
+    from avgen.onsets import read_onsets
+
     path = tmp_path / "bad.json"
     path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(AvgenError) as info:
+        read_onsets(path, ["carpet", "ceramic", "cloth"], duration=4.0)
+    assert expected in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_bad_onsets_file_exits_2_with_one_error_line(timed_run, tmp_path):
+    run, video, env = timed_run
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(onsets_doc([(1.0, "marble")])))
     proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "x.mp4"), "--onsets", str(path), env=env)
     errors = [line for line in error_lines(proc) if line.startswith("error:")]  # after the "loaded ..." line
-    assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and len(errors) == 1 and "marble" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(timed_run, tmp_path):

@@ -22,7 +22,7 @@ FPS, SIZE, RATE, SECONDS = 30, 128, 22050, 7.0
 CONTACTS = [1.0, 2.1, 3.0, 4.2, 5.3, 6.1]  # seconds, on frames
 FRAME = 1.0 / FPS
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "avgen_home")
 
 
 def render_video(path: Path) -> Path:
@@ -77,7 +77,7 @@ class VideoFile(avgen.Dataset):
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory) -> Path:
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return render_video(tmp_path_factory.mktemp("sync") / "block.mp4")
 
 
@@ -100,8 +100,7 @@ def per_clip_offsets(metric, ctx: EvalContext, kind: str) -> list[float]:
 
     waves = ctx.real_waves if kind == "real" else ctx.generated[kind]
     out = []
-    for clip, wave in zip(ctx.test_clips, waves):
-        vis = metric.visual(ctx, clip)
+    for clip, wave, vis in zip(ctx.test_clips, waves, metric.visuals(ctx)):
         env, step = onset_envelope(wave, RATE, metric.p.rate, metric.p.top_db)
         out.append(best_offset(env, step, clip.start, vis.strength, vis.fps, vis.start, metric.p.max_offset))
     return out

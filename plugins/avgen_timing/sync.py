@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import BuildContext, EvalContext, Metric, create
+from safetensors.torch import load_file, save_file
+
+from avgen import BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component
 
 from avgen_timing.detector import MotionContacts
 
@@ -85,10 +87,35 @@ class ClipVisual:
     energy: np.ndarray | None  # [K] motion energy, for detectors that have it
 
 
+VERSION = "1"  # of the cached visual curves
+
+
 class SyncMetric(Metric):
     def __init__(self, params: SyncParams) -> None:
         self.p = params
+        self.component = get_component("detector", params.detector)
         self.detector = create("detector", params.detector)
+
+    def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
+        """Every test clip's ClipVisual, from the cache when this detector saw these clips before (the variants of
+        a recipe share their test clips)."""
+        clips = [(c.id, c.start, c.duration, str(c.video), c.fingerprint) for c in ctx.test_clips]
+        key = cache_key("av_sync", VERSION, self.p.detector, self.component.version, self.detector_settings(),
+                        self.p.max_offset, clips)
+        path = cache_dir() / "timing" / f"{key}.safetensors"
+        if path.is_file():
+            try:
+                return unpack(load_file(str(path)), len(clips), self.detector.fps)
+            except Exception:  # a damaged entry is recomputed  # noqa: BLE001
+                log.info("av_sync: %s is unreadable; recomputing it", path)
+        visuals = [self.visual(ctx, clip) for clip in ctx.test_clips]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(pack(visuals), str(tmp))
+        return visuals
+
+    def detector_settings(self) -> dict[str, Any]:
+        return self.detector.p.model_dump() if isinstance(self.detector, MotionContacts) else {}
 
     def visual(self, ctx: EvalContext, clip: Any) -> ClipVisual:
         """The detector's view of the clip widened by max_offset (and one frame) each side."""
@@ -106,7 +133,7 @@ class SyncMetric(Metric):
             log.info("av_sync: the evaluation context has no test clips or dataset to read frames from; nothing to measure")
             return {}
         sounds = {"real": ctx.real_waves, **ctx.generated}
-        visuals = [self.visual(ctx, clip) for clip in ctx.test_clips]
+        visuals = self.visuals(ctx)
         frame = 1.0 / self.detector.fps
         out: dict[str, float] = {}
         offsets: dict[str, list[float | None]] = {}
@@ -126,6 +153,23 @@ class SyncMetric(Metric):
             save_timeline(ctx.run_dir / "figures" / "timeline.png", ctx, visuals[: self.p.timeline_clips], sounds,
                           offsets, self.p)
         return out
+
+
+def pack(visuals: list[ClipVisual]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, v in enumerate(visuals):
+        out[f"{i}.start"] = torch.tensor([v.start], dtype=torch.float64)
+        out[f"{i}.strength"] = torch.from_numpy(np.ascontiguousarray(v.strength))
+        out[f"{i}.events"] = torch.from_numpy(np.ascontiguousarray(v.events)).reshape(-1, 2)
+        if v.energy is not None:
+            out[f"{i}.energy"] = torch.from_numpy(np.ascontiguousarray(v.energy))
+    return out
+
+
+def unpack(tensors: dict[str, torch.Tensor], count: int, fps: float) -> list[ClipVisual]:
+    return [ClipVisual(float(tensors[f"{i}.start"][0]), fps, tensors[f"{i}.strength"].numpy(),
+                       tensors[f"{i}.events"].numpy(),
+                       tensors[f"{i}.energy"].numpy() if f"{i}.energy" in tensors else None) for i in range(count)]
 
 
 def make_sync(params: SyncParams, context: BuildContext) -> SyncMetric:
