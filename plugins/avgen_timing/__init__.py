@@ -27,3 +27,10 @@ def register_metrics(register):
                             "with the picture's contact strength; mean |lag| and fraction <= 1 video frame, for real and generated sound",
               "writes": "figures/timeline.png"},
     )
+
+
+@hookimpl
+def register_commands(cli):
+    from avgen_timing.commands import timing_group
+
+    cli.add_command(timing_group)
