@@ -61,12 +61,19 @@ def test_every_contact_of_a_rendered_video_is_found_within_one_frame(tmp_path):
     assert sorted(round(c * FPS) for c in CONTACTS) == pytest.approx(sorted(strongest.tolist()), abs=1)
 
 
-def test_timing_eval_counts_like_an_optimal_assignment(tmp_path):
-    """`avgen timing eval` on a small synthetic set against a maximum matching computed here (scipy)."""
-    root = tmp_path / "synth"
-    env = {"AVGEN_HOME": str(tmp_path / "home")}
-    made = run_avgen("data", "synth", str(root), "--videos", "3", "--classes", "3", env=env)
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A small synthetic dataset (3 videos of 10 s) written by the real CLI, and the env of the CLI runs."""
+    base = tmp_path_factory.mktemp("synth")
+    env = {"AVGEN_HOME": str(base / "home")}
+    made = run_avgen("data", "synth", str(base / "synth"), "--videos", "3", "--classes", "3", env=env)
     assert made.returncode == 0, made.stderr
+    return base / "synth", env
+
+
+def test_timing_eval_counts_like_an_optimal_assignment(synth):
+    """`avgen timing eval` on a small synthetic set against a maximum matching computed here (scipy)."""
+    root, env = synth
     proc = run_avgen("timing", "eval", str(root), "--split", "train", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -90,3 +97,24 @@ def test_timing_eval_on_a_folder_without_split_files_is_one_line_and_exit_2(tmp_
     proc = run_avgen("timing", "eval", str(tmp_path), env={"AVGEN_HOME": str(tmp_path / "home")})
     assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
     assert "test.txt" in proc.stderr
+
+
+def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(synth, tmp_path):
+    root, env = synth
+    head = tmp_path / "head.safetensors"
+    fit = run_avgen("timing", "fit", str(root), "-o", str(head), "--epochs", "200", env=env)
+    assert fit.returncode == 0 and head.is_file(), fit.stderr
+    scores = {}
+    for name, extra in (("motion_contacts", []), ("learned_contacts", ["--param", f"weights={head}"])):
+        proc = run_avgen("timing", "eval", str(root), "--split", "train", "--detector", name, *extra, "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        scores[name] = json.loads(proc.stdout)
+    # on the videos it was trained on (a check that training works; held-out numbers are in docs/timing.md)
+    assert scores["learned_contacts"]["f1"] > max(0.8, scores["motion_contacts"]["f1"]), scores
+
+
+def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path):
+    proc = run_avgen("timing", "eval", str(tmp_path), "--detector", "learned_contacts",
+                     env={"AVGEN_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
+    assert "avgen timing fit" in proc.stderr

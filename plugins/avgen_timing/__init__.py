@@ -5,6 +5,7 @@ from __future__ import annotations
 from avgen import hookimpl
 
 from avgen_timing.detector import MotionContactsParams, make_motion_contacts
+from avgen_timing.learned import LearnedContactsParams, make_learned_contacts
 from avgen_timing.sync import SyncParams, make_sync
 
 
@@ -15,6 +16,12 @@ def register_detectors(register):
         summary="contacts where motion stops: camera-compensated frame differences, peak picking (CPU)",
         card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
               "definition": "score(t) = mean motion energy into frames t-2..t - energy into t+1; peaks >= threshold x the clip's largest"},
+    )
+    register(
+        "learned_contacts", make_learned_contacts, params=LearnedContactsParams,
+        summary="contacts where a small MLP on +-6 frames of motion features peaks; train it with `avgen timing fit ROOT`",
+        card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
+              "weights": "$AVGEN_HOME/weights/timing/learned_contacts.safetensors (avgen timing fit)"},
     )
 
 

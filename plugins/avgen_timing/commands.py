@@ -46,11 +46,7 @@ def evaluate_detector(root: Path, detector: Any, split: str, tolerance: int, pro
     """Precision, recall and F1 at +-tolerance frames over the videos of a split, with a chance baseline."""
     from avgen import media
 
-    listing = root / f"{split}.txt"
-    if not listing.is_file():
-        raise AvgenError(f"{listing}: missing; give a folder in the Greatest Hits layout (train.txt, test.txt, "
-                         "{id}_denoised.mp4, {id}_times.txt)")
-    ids = [v.strip() for v in listing.read_text(encoding="utf-8").split() if v.strip()]
+    ids = video_ids(root, split)
     tp = detected = annotated = frames_total = 0
     errors: list[int] = []
     for vid in ids:
@@ -80,6 +76,24 @@ def evaluate_detector(root: Path, detector: Any, split: str, tolerance: int, pro
     }
 
 
+def parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AvgenError(f"--param {item!r}: give KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def video_ids(root: Path, split: str) -> list[str]:
+    listing = root / f"{split}.txt"
+    if not listing.is_file():
+        raise AvgenError(f"{listing}: missing; give a folder in the Greatest Hits layout (train.txt, test.txt, "
+                         "{id}_denoised.mp4, {id}_times.txt)")
+    return [v.strip() for v in listing.read_text(encoding="utf-8").split() if v.strip()]
+
+
 @click.group("timing")
 def timing_group() -> None:
     """Contact detection and audio-video timing (docs/timing.md)."""
@@ -92,8 +106,10 @@ def timing_group() -> None:
               help="Which split file lists the videos.")
 @click.option("--tolerance", type=click.IntRange(0, 30), default=1, show_default=True,
               help="A detection within this many frames of an annotated contact is correct.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A detector parameter (avgen show NAME), e.g. --param threshold=0.3; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def eval_command(root: Path, detector_name: str, split: str, tolerance: int, as_json: bool) -> None:
+def eval_command(root: Path, detector_name: str, split: str, tolerance: int, params: tuple[str, ...], as_json: bool) -> None:
     """Precision and recall of a contact detector on the annotated videos of ROOT (Greatest Hits layout)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -102,7 +118,7 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, as_
 
     if not root.is_dir():
         raise AvgenError(f"{root}: no such folder")
-    detector = avgen.create("detector", detector_name)
+    detector = avgen.create("detector", detector_name, **parse_params(params))
     listing = root / f"{split}.txt"
     count = len(listing.read_text(encoding="utf-8").split()) if listing.is_file() else 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -117,3 +133,36 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, as_
                f"precision {result['precision']:.3f}, recall {result['recall']:.3f}, F1 {result['f1']:.3f} at "
                f"+-{tolerance} frame(s); chance precision {result['chance_precision']:.3f}; "
                f"frame errors {result['frame_error']}")
+
+
+@timing_group.command("fit")
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Head file to write (default: $AVGEN_HOME/weights/timing/learned_contacts.safetensors, "
+                   "which learned_contacts loads).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Which split file lists the training videos.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def fit_command(root: Path, out: Path | None, split: str, epochs: int, seed: int) -> None:
+    """Train learned_contacts' head on the annotated contacts of ROOT's videos (Greatest Hits layout)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from avgen import media
+    from avgen_timing.learned import SETTINGS, default_weights, fit_head, frame_features, labels_for, save_head
+
+    ids = video_ids(root, split)
+    samples = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("motion features", total=len(ids))
+        for vid in ids:
+            frames = media.read_frames(root / f"{vid}_denoised.mp4", SETTINGS["fps"], SETTINGS["input_size"])
+            features = frame_features(frames, SETTINGS)
+            samples.append((features, labels_for(annotated_times(root / f"{vid}_times.txt"), features.shape[0], SETTINGS["fps"])))
+            bar.advance(task)
+    head = fit_head(samples, epochs=epochs, seed=seed)
+    path = save_head(head, out or default_weights(), {"root": str(root.resolve()), "split": split, "videos": len(ids),
+                                                       "epochs": epochs, "seed": seed})
+    click.echo(f"{path}: head trained on {len(ids)} videos ({sum(int(l.sum()) for _, l in samples)} contacts)")

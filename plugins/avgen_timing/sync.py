@@ -10,6 +10,7 @@ ms and the fraction of clips within one video frame (1 / the detector's fps), pe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from avgen import BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component
 
 from avgen_timing.detector import MotionContacts
+from avgen_timing.learned import LearnedContacts
 
 log = logging.getLogger("avgen.timing.sync")
 
@@ -115,7 +117,15 @@ class SyncMetric(Metric):
         return visuals
 
     def detector_settings(self) -> dict[str, Any]:
-        return self.detector.p.model_dump() if isinstance(self.detector, MotionContacts) else {}
+        """What the curves depend on besides the detector's name and version (its params; a trained head's weights)."""
+        if isinstance(self.detector, MotionContacts):
+            return self.detector.p.model_dump()
+        if isinstance(self.detector, LearnedContacts):
+            digest = hashlib.sha256()
+            for name, value in sorted(self.detector.head.state_dict().items()):
+                digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+            return {**self.detector.p.model_dump(), "head": digest.hexdigest()}
+        return {}
 
     def visual(self, ctx: EvalContext, clip: Any) -> ClipVisual:
         """The detector's view of the clip widened by max_offset (and one frame) each side."""
