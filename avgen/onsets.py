@@ -176,10 +176,6 @@ def summary_line(onsets: list[Onset]) -> str:
     return f"{len(onsets)} onsets" + (f": {shown}" + (", ..." if len(onsets) > 5 else "") if onsets else "")
 
 
-def as_json(onsets: list[Onset]) -> list[dict[str, Any]]:
-    return [o.model_dump() for o in onsets]
-
-
 # ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
 
 
