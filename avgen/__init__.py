@@ -18,8 +18,8 @@ from avgen.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
 _LAZY = {
-    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Encoder", "EvalContext", "ExemplarBank", "Generator",
-                     "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"),
+    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank",
+                     "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"),
                     "avgen.components"),
     **dict.fromkeys(("read_audio", "resample"), "avgen.media"),
     "saved_model_of_run": "avgen.generate",

@@ -328,15 +328,23 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change a generation setting of the model's recipe (generator.*, representation.*, eval.*), "
                    "e.g. --set generator.steps=4; the trained weights must still fit.")
+@click.option("--onsets-out", type=click.Path(path_type=Path),
+              help="Also write the detected contacts (time, confidence, material, probability) to this JSON file (docs/timing.md).")
+@click.option("--onsets", "onsets_in", type=click.Path(path_type=Path),
+              help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
+@click.option("--detector", "detector_name", default="motion_contacts", show_default=True,
+              help="The detector component --onsets-out uses (avgen list detector).")
 def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path | None, out: Path, raw: bool,
                  library: Path | None, material: str | None, keep_audio: bool, device: str,
-                 overrides: tuple[str, ...]) -> None:
+                 overrides: tuple[str, ...], onsets_out: Path | None, onsets_in: Path | None,
+                 detector_name: str) -> None:
     """Generate the sound of each VIDEO with a trained run or an exported model; writes <stem>.avgen.wav,
     <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's source and similarity)."""
     import time
 
     from avgen.atomic import write_json
-    from avgen.generate import generate_for_video, load_model_folder, load_trained, material_class, select_bank
+    from avgen.generate import (generate_for_video, load_model_folder, load_trained, material_class, select_bank,
+                                training_split)
     from avgen.media import mux_audio, write_wav
     from avgen.console import progress_bar
     from avgen.distributed import resolve_device
@@ -349,7 +357,15 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     single_file = out.suffix.lower() == ".mp4"
     if single_file and len(videos) > 1:
         raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
+    if (onsets_out or onsets_in) and len(videos) > 1:
+        raise AvgenError(f"--onsets/--onsets-out take one video, got {len(videos)}")
+    if onsets_out and onsets_in:
+        raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     dev = resolve_device(device)
+    if onsets_out:  # an unknown detector fails before the model loads
+        from avgen.plugins import get_component
+
+        get_component("detector", detector_name)
     started = time.perf_counter()
     if run_dir is not None:
         recipe, encoder, representation, model, meta = load_trained(run_dir, dev, overrides)
@@ -358,14 +374,26 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
         recipe, encoder, representation, model, meta, model_bank = load_model_folder(model_dir, dev, overrides)
     err_console.print(f"loaded {recipe.generator.name} from {run_dir or model_dir} in {time.perf_counter() - started:.1f} s")
     forced = material_class(material, meta) if material is not None else None
-    bank = select_bank(exemplar=not raw, library=library, run_dir=run_dir, model_bank=model_bank, recipe=recipe,
-                       encoder=encoder, representation=representation, meta=meta, device=dev, console=err_console)
+    train = None
+    if onsets_in and not raw:  # one exemplar per onset, of the onset's material: the training split itself
+        if run_dir is None or library is not None:
+            raise AvgenError("--onsets with --exemplar takes the exemplars from the run's training clips: give --run "
+                             "(not --model or --library), or use --raw")
+        train = training_split(recipe, run_dir, dev, encoder, representation, err_console)
+    bank = None if onsets_in else select_bank(
+        exemplar=not raw, library=library, run_dir=run_dir, model_bank=model_bank, recipe=recipe, encoder=encoder,
+        representation=representation, meta=meta, device=dev, console=err_console)
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=len(videos))
         for video in videos:
             t0 = time.perf_counter()
-            wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
-                                               exemplar_bank=bank, material=forced)
+            if onsets_in or onsets_out:
+                wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
+                                                (recipe, encoder, representation, model, meta, dev), progress.console,
+                                                forced)
+            else:
+                wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
+                                                   exemplar_bank=bank, material=forced)
             mp4 = out if single_file else out / f"{video.stem}.avgen.mp4"
             wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
             mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
@@ -377,6 +405,31 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
                                    + (f"; classes: {classes}" if classes else ""), markup=False)
             progress.advance(task)
             console.print(str(mp4))
+
+
+def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector_name: str, train: Any,
+                    bank: Any, trained: tuple, out_console: Any, forced: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """--onsets-out: detect, write the file, then generate as usual; --onsets: one sound per onset of the file."""
+    from avgen.generate import generate_for_video
+    from avgen.media import probe
+    from avgen.onsets import detect_onsets, read_onsets, sound_at_onsets, summary_line, write_onsets
+
+    from avgen.plugins import create
+
+    recipe, encoder, representation, model, meta, dev = trained
+    duration = float(probe(video).duration)
+    names = list(meta.get("class_names") or [])
+    if onsets_out is not None:
+        found = detect_onsets(video, create("detector", detector_name), duration, recipe, encoder, representation, model, meta, dev)
+        write_onsets(onsets_out, found, video, duration, detector_name, names)
+        out_console.print(f"{onsets_out}: {summary_line(found)}", markup=False, highlight=False)
+        return generate_for_video(video, recipe, encoder, representation, model, meta, dev, exemplar_bank=bank,
+                                  material=forced)
+    onsets = read_onsets(onsets_in, names, duration)
+    out_console.print(f"{onsets_in}: {summary_line(onsets)}", markup=False, highlight=False)
+    wave = sound_at_onsets(video, onsets, duration, recipe, encoder, representation, model, meta, dev, train=train)
+    rate = int(meta.get("sample_rate") or representation.sample_rate)
+    return wave, {"video": str(video), "seconds": duration, "sample_rate": rate, "onsets": len(onsets)}
 
 
 # ---------------------------------------------------------------- cache

@@ -1,7 +1,7 @@
-"""The plugin contract: base classes for the six kinds, the build context, the card and the contract check.
+"""The plugin contract: base classes for the seven kinds, the build context, the card and the contract check.
 
-A plugin subclasses one of ``Dataset``, ``Encoder``, ``Representation``, ``Generator``, ``Loss``
-or ``Metric`` (or provides the same attributes), registers a factory ``factory(params, context)``
+A plugin subclasses one of ``Dataset``, ``Encoder``, ``Representation``, ``Generator``, ``Loss``,
+``Metric`` or ``Detector`` (or provides the same attributes), registers a factory ``factory(params, context)``
 and gets a ``BuildContext`` with everything the core knows at build time. The core calls only
 what is declared here: it never probes a component for optional attributes, so every default
 lives on these classes. Shapes: B = batch, T = samples, D = representation bins, F = frames
@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from avgen.card import KINDS, Card
 from avgen.errors import AvgenError
 
-__all__ = ["BASES", "KINDS", "BuildContext", "Card", "Clip", "Dataset", "Encoder", "EvalContext", "ExemplarBank",
-           "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"]
+__all__ = ["BASES", "KINDS", "BuildContext", "Card", "Clip", "Dataset", "Detector", "Encoder", "EvalContext",
+           "ExemplarBank", "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel",
+           "check_contract"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class EvalContext:
     representation: Any = None
     device: torch.device = torch.device("cpu")
     extra: Mapping[str, Any] = field(default_factory=dict)
+    test_clips: list[Clip] | None = None  # the evaluated clips, in test_ids order (where their frames and sound come from)
+    dataset: Any = None  # the run's Dataset: dataset.load_frames(clip, fps, size) reads a clip's (or a wider window's) frames
 
 
 @dataclass
@@ -238,8 +241,29 @@ class Metric:
         raise NotImplementedError
 
 
+class Detector:
+    """Visual event detector: the frames of a video -> when something happens (e.g. a stick touches a surface).
+
+    ``strength`` is the per-frame curve the events are picked from (plotted, and used by metrics
+    that align sound with picture); ``detect`` returns the events. Frames are sampled at ``fps``
+    and resized to ``input_size``; frame k shows time k / fps.
+    """
+
+    fps: float  # frames per second to sample from the video
+    input_size: int  # frames are resized to input_size x input_size
+    REQUIRED: ClassVar[tuple[str, ...]] = ("fps", "input_size", "strength", "detect")
+
+    def strength(self, frames: Tensor) -> Tensor:
+        """uint8 [N, H, W, 3] -> float32 [N]: how strongly frame k looks like an event (>= 0)."""
+        raise NotImplementedError
+
+    def detect(self, frames: Tensor) -> Tensor:
+        """uint8 [N, H, W, 3] -> float32 [K, 2]: events as (seconds from the first frame, confidence in [0, 1]), by time."""
+        raise NotImplementedError
+
+
 BASES: dict[str, type] = {"dataset": Dataset, "encoder": Encoder, "representation": Representation,
-                          "generator": Generator, "loss": Loss, "metric": Metric}
+                          "generator": Generator, "loss": Loss, "metric": Metric, "detector": Detector}
 
 
 def check_contract(kind: str, obj: Any, name: str, plugin: str) -> Any:

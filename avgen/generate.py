@@ -260,7 +260,24 @@ def clip_seconds(recipe: Any, meta: dict[str, Any]) -> float:
 def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
                   console: Any = None) -> Any:
     """The training split as an ``avgen.ExemplarBank``: time-averaged representations [M, D], waves [M, T]
-    and each clip's id and class (from the cache, or the dataset).
+    and each clip's id and class (from the cache, or the dataset)."""
+    from avgen.components import ExemplarBank
+    from avgen.retrieval import time_average
+
+    train, names = _featurized_training_split(recipe, run_dir, device, encoder, representation, console)
+    entries = [{"clip": c.id, "class": names[c.label] if c.label >= 0 else None} for c in train.clips]
+    return ExemplarBank(time_average(train.rep), train.wave, entries, source=f"training split of {run_dir}")
+
+
+def training_split(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
+                   console: Any = None) -> "SplitData":
+    """The run's training split (from the cache, or the dataset)."""
+    return _featurized_training_split(recipe, run_dir, device, encoder, representation, console)[0]
+
+
+def _featurized_training_split(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any,
+                               representation: Any, console: Any = None) -> tuple["SplitData", list[str]]:
+    """(the run's training split, the dataset's class names), from the cache or the dataset.
 
     The dataset is read where the run found it (its recorded absolute paths); a missing one is an
     error, never written anew.
@@ -269,10 +286,8 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
 
     from avgen.build import build_dataset
     from avgen.cache import FeatureCache
-    from avgen.components import ExemplarBank
     from avgen.featurize import Featurizer
     from avgen.recipe import path_params
-    from avgen.retrieval import time_average
 
     recipe = recipe.with_absolute_paths()
     for name, path in path_params("dataset", recipe.data).items():
@@ -282,9 +297,7 @@ def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
                             console if console is not None else Console(stderr=True), FeatureCache())
     train, _ = featurizer.featurize_split("train")
-    names = featurizer.dataset.class_names
-    entries = [{"clip": c.id, "class": names[c.label] if c.label >= 0 else None} for c in train.clips]
-    return ExemplarBank(time_average(train.rep), train.wave, entries, source=f"training split of {run_dir}")
+    return train, featurizer.dataset.class_names
 
 
 def window_starts(duration: float, window: float, hop: float) -> list[float]:

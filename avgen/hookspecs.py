@@ -48,6 +48,11 @@ def register_metrics(register):
 
 
 @hookspec
+def register_detectors(register):
+    """Register visual event detectors: frames [N, H, W, 3] uint8 -> event times (e.g. contacts) with confidences."""
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the ``avgen`` CLI; ``cli`` is the root ``click.Group``."""
 

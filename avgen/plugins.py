@@ -30,6 +30,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "register_losses": "loss",
     "register_datasets": "dataset",
     "register_metrics": "metric",
+    "register_detectors": "detector",
 }
 assert sorted(REGISTER_HOOKS.values()) == sorted(KINDS)
 

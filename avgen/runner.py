@@ -326,6 +326,7 @@ class Run:
             predicted_labels=generated.get("predicted"), test_features=test.features,
             train_features=lambda: train.features,
             retrieved=generated.get("retrieved"), representation=self.representation, device=self.device,
+            test_clips=list(test.clips), dataset=self.dataset,
             extra={"dataset_hash": cache_key(self.recipe.data.name, self.recipe.data.params, [c.id for c in train.clips]),
                    "dataset": self.recipe.data.name},
         )

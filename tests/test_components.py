@@ -1,4 +1,4 @@
-"""Every registered component, of all six kinds: built with defaults, one call on tiny inputs, contract checked.
+"""Every registered component, of all seven kinds: built with defaults, one call on tiny inputs, contract checked.
 
 Like timm's test over ``list_models()``: a component a plugin registers (built in or installed)
 is picked up here without a line of test code of its own.
@@ -132,6 +132,17 @@ def once_dataset(dataset, tmp_path):
     assert all(isinstance(row, str) for row in dataset.skipped_rows("train"))
     audio = dataset.load_audio(clips[0])
     assert audio.shape == (round(clips[0].duration * dataset.sample_rate),)
+
+
+def once_detector(detector, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (12, detector.input_size, detector.input_size, 3), dtype=torch.uint8, generator=g)
+    strength = detector.strength(frames)
+    assert strength.shape == (12,) and torch.isfinite(strength).all() and (strength >= 0).all()
+    events = detector.detect(frames)
+    assert events.ndim == 2 and events.shape[1] == 2
+    assert ((events[:, 0] >= 0) & (events[:, 0] <= 12 / detector.fps)).all() and ((events[:, 1] >= 0) & (events[:, 1] <= 1)).all()
+    assert torch.equal(events[:, 0], events[:, 0].sort().values)
 
 
 def once_metric(metric, tmp_path):

@@ -29,8 +29,9 @@ def make(params: P, context: avgen.BuildContext) -> Sized:
     return Sized(params.size, context)
 
 
-def test_kinds_are_the_six_of_the_design() -> None:
-    assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric")
+def test_kinds_are_the_six_of_the_design_and_the_detector() -> None:
+    """DESIGN.md's six kinds, plus ``detector`` (visual event detectors, issue 20)."""
+    assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector")
 
 
 def test_register_get_and_build_with_context() -> None:

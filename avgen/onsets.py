@@ -1,0 +1,235 @@
+"""When each sound happens: the onsets file of ``avgen generate --onsets-out/--onsets`` and the sound placed by it.
+
+``--onsets-out`` runs a registered ``detector`` over the video and writes its events (time,
+confidence) with the generator's material for each (the class head's most probable class in
+the window centred on the event). ``--onsets`` reads such a file, edited or not, and builds the
+sound from it alone: per onset, the window of video centred on it is generated, its sound
+(the exemplar: nearest training clip, of the onset's material when it names one; or the raw
+decode) is cut at its own onset and mixed in at the onset's time. Nothing else sounds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from avgen.atomic import write_json
+from avgen.errors import AvgenError
+
+FORMAT = "avgen-onsets"
+VERSION = 1
+CHUNK_SECONDS = 20.0  # a long video is read in chunks this long (plus MARGIN each side) for the detector
+MARGIN_SECONDS = 1.0
+
+
+class Onset(BaseModel):
+    """One sound: when (seconds from the video's start), how sure, and what material."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time: float = Field(ge=0, description="seconds from the start of the video")
+    confidence: float = Field(1.0, ge=0, le=1, description="the detector's confidence (1 for onsets added by hand)")
+    material: str | None = Field(None, description="a class of the run; null: the generator decides")
+    probability: float | None = Field(None, ge=0, le=1, description="the generator's probability of that material")
+
+
+class OnsetsFile(BaseModel):
+    """The whole file (docs/timing.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = FORMAT
+    version: int = VERSION
+    video: str | None = None
+    duration: float | None = None
+    detector: str | None = None
+    materials: list[str] = Field(default_factory=list)
+    onsets: list[Onset]
+
+
+def read_onsets(path: Path, class_names: list[str], duration: float) -> list[Onset]:
+    """The onsets of an onsets file, sorted by time; a bad file, time or material is one AvgenError line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AvgenError(f"--onsets {path}: cannot read it ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise AvgenError(f"--onsets {path}: not JSON ({exc})") from exc
+    try:
+        parsed = OnsetsFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise AvgenError(f"--onsets {path}: {where}: {first['msg']} (format in docs/timing.md)") from exc
+    if parsed.format != FORMAT:
+        raise AvgenError(f"--onsets {path}: format is '{parsed.format}', expected '{FORMAT}'")
+    for i, onset in enumerate(parsed.onsets):
+        if onset.time > duration:
+            raise AvgenError(f"--onsets {path}: onsets.{i}.time {onset.time:g} s is past the end of the video ({duration:g} s)")
+        if onset.material is not None and onset.material not in class_names:
+            raise AvgenError(f"--onsets {path}: onsets.{i}.material '{onset.material}' is not a class of the run; "
+                             f"use one of {', '.join(class_names) or '(the run has no classes)'} or null")
+    return sorted(parsed.onsets, key=lambda o: o.time)
+
+
+def write_onsets(path: Path, onsets: list[Onset], video: Path, duration: float, detector: str,
+                 class_names: list[str]) -> Path:
+    """Write an onsets file (crash-safe)."""
+    doc = OnsetsFile(video=str(video), duration=round(duration, 6), detector=detector, materials=list(class_names),
+                     onsets=onsets)
+    return write_json(Path(path), doc.model_dump())
+
+
+def detect_events(detector: Any, video: Path, duration: float) -> torch.Tensor:
+    """The detector's events [K, 2] (seconds, confidence) over a whole video, read in overlapping chunks."""
+    from avgen.media import read_frames
+
+    found = []
+    start = 0.0
+    while start < duration:
+        lo, hi = max(0.0, start - MARGIN_SECONDS), min(duration, start + CHUNK_SECONDS + MARGIN_SECONDS)
+        frames = read_frames(video, detector.fps, detector.input_size, start=lo, duration=max(hi - lo, 1.0 / detector.fps))
+        events = detector.detect(frames).reshape(-1, 2).float()
+        events[:, 0] += lo
+        own = (events[:, 0] >= start) & (events[:, 0] < start + CHUNK_SECONDS)  # each chunk owns its middle
+        found.append(events[own])
+        start += CHUNK_SECONDS
+    return torch.cat(found) if found else torch.zeros(0, 2)
+
+
+def window_features(features: torch.Tensor, times: list[float], fps: float, frames_per_clip: int) -> torch.Tensor:
+    """Feature windows [K, frames_per_clip, dim] centred on each time (clamped to the video)."""
+    from avgen.media import fit_frames
+
+    if features.shape[0] < frames_per_clip:
+        features = fit_frames(features, frames_per_clip)
+    firsts = [min(max(0, round(t * fps - frames_per_clip / 2)), features.shape[0] - frames_per_clip) for t in times]
+    return torch.stack([features[f:f + frames_per_clip] for f in firsts]) if firsts else \
+        features.new_zeros(0, frames_per_clip, features.shape[1])
+
+
+def label_events(events: torch.Tensor, probabilities: torch.Tensor | None, class_names: list[str]) -> list[Onset]:
+    """Onsets from events [K, 2] and the generator's class probabilities [K, C] of their windows (None: no class head)."""
+    onsets = []
+    for k, (time, confidence) in enumerate(events.tolist()):
+        material, probability = None, None
+        if probabilities is not None and class_names:
+            p, j = probabilities[k].max(0)
+            material, probability = class_names[int(j)], round(float(p), 4)
+        onsets.append(Onset(time=round(time, 4), confidence=round(min(max(confidence, 0.0), 1.0), 4),
+                            material=material, probability=probability))
+    return onsets
+
+
+def first_onset(wave: torch.Tensor, sample_rate: int, level: float = 0.25, frame_seconds: float = 0.0025) -> int:
+    """Sample where a sound starts: the first frame (``frame_seconds`` long) whose peak |wave| reaches
+    ``level`` x the clip's peak; 0 for silence."""
+    x = wave.detach().float().abs().reshape(-1)
+    peak = float(x.max()) if x.numel() else 0.0
+    if peak <= 0:
+        return 0
+    hop = max(1, round(frame_seconds * sample_rate))
+    frames = torch.nn.functional.pad(x, (0, (-x.numel()) % hop)).reshape(-1, hop).amax(1)
+    first = int(torch.nonzero(frames >= level * peak)[0, 0])
+    return first * hop + int(torch.nonzero(x[first * hop:first * hop + hop] >= level * peak)[0, 0])
+
+
+def mix_at(total: int, sounds: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
+    """Sounds [T_k] added into silence of ``total`` samples, each from its start sample (cut at the end)."""
+    out = torch.zeros(total, dtype=torch.float64)
+    for sound, start in zip(sounds, starts):
+        if start >= total:
+            continue
+        piece = sound.double().reshape(-1)[: total - start]
+        out[start:start + piece.numel()] += piece
+    return out.float()
+
+
+def place_sounds(onsets: list[Onset], pieces: list[torch.Tensor], sample_rate: int, total: int) -> torch.Tensor:
+    """Each piece cut at its own onset (first_onset) and mixed in at its onset's time."""
+    cut = [piece[first_onset(piece, sample_rate):] for piece in pieces]
+    return mix_at(total, cut, [round(o.time * sample_rate) for o in onsets])
+
+
+def nearest_of_material(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, wanted: list[int | None]) -> list[int]:
+    """Per query [K, D], the index of the nearest bank row [M, D] (cosine), among rows of label wanted[k] when given."""
+    from avgen.retrieval import topk_cosine
+
+    out = []
+    for k, want in enumerate(wanted):
+        rows = torch.arange(bank.shape[0]) if want is None else torch.nonzero(labels == want)[:, 0]
+        if rows.numel() == 0:
+            raise AvgenError(f"no training clip has the material of onset {k}; choose another material")
+        _, best = topk_cosine(queries[k:k + 1], bank[rows], 1)
+        out.append(int(rows[int(best[0, 0])]))
+    return out
+
+
+def summary_line(onsets: list[Onset]) -> str:
+    """'N onsets: 0.30 s wood (0.41), ...' (the first few)."""
+    shown = ", ".join(f"{o.time:.2f} s" + (f" {o.material}" if o.material else "") for o in onsets[:5])
+    return f"{len(onsets)} onsets" + (f": {shown}" + (", ..." if len(onsets) > 5 else "") if onsets else "")
+
+
+# ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
+
+
+def _clip_and_rate(recipe: Any, representation: Any, meta: dict[str, Any]) -> tuple[float, int]:
+    clip = float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
+    return clip, int(meta.get("sample_rate") or representation.sample_rate)
+
+
+def _window_outputs(video: Path, times: list[float], duration: float, clip: float, encoder: Any, model: Any,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """The generator's outputs for the clip-length windows of video centred on ``times``."""
+    from avgen.generate import predict, video_features
+
+    frames_per_clip = max(1, round(clip * encoder.fps))
+    features = video_features(encoder, video, max(duration, clip))
+    return predict(model, window_features(features, times, encoder.fps, frames_per_clip), device)
+
+
+def detect_onsets(video: Path, detector: Any, duration: float, recipe: Any, encoder: Any, representation: Any,
+                  model: Any, meta: dict[str, Any], device: torch.device) -> list[Onset]:
+    """The detector's events over the video, each with the generator's material for the window centred on it."""
+    events = detect_events(detector, video, duration)
+    probabilities = None
+    if events.shape[0]:
+        clip, _ = _clip_and_rate(recipe, representation, meta)
+        outputs = _window_outputs(video, events[:, 0].tolist(), duration, clip, encoder, model, device)
+        probabilities = model.class_probabilities(outputs)
+    return label_events(events, probabilities, list(meta.get("class_names") or []))
+
+
+def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, recipe: Any, encoder: Any, representation: Any,
+                    model: Any, meta: dict[str, Any], device: torch.device, train: Any = None) -> torch.Tensor:
+    """The video's sound made of one sound per onset, each starting at its onset's time.
+
+    ``train`` (the run's training split) picks exemplars: the training clip nearest to the window's
+    s' (Eq. 8), among the clips of the onset's material when it names one. Without it, the window's
+    raw sound (the generator decides the material).
+    """
+    from avgen.build import raw_phase
+    from avgen.generate import decode
+    from avgen.retrieval import time_average
+
+    clip, rate = _clip_and_rate(recipe, representation, meta)
+    total = round(duration * rate)
+    if not onsets:
+        return torch.zeros(total)
+    outputs = _window_outputs(video, [o.time for o in onsets], duration, clip, encoder, model, device)
+    if train is not None:
+        names = list(meta.get("class_names") or [])
+        wanted = [names.index(o.material) if o.material is not None else None for o in onsets]
+        chosen = nearest_of_material(time_average(outputs["rep"]), time_average(train.rep), train.label, wanted)
+        pieces = [train.wave[i] for i in chosen]
+    else:
+        pieces = list(decode(representation, outputs["rep"], raw_phase(recipe, representation), round(clip * rate), device))
+    wave = place_sounds(onsets, pieces, rate, total)
+    peak = float(wave.abs().max())
+    return wave / peak if peak > 1.0 else wave

@@ -1,0 +1,43 @@
+"""Timing: when each sound happens. A CPU contact detector, the audio-video sync metric and the timeline figure (issue 20)."""
+
+from __future__ import annotations
+
+from avgen import hookimpl
+
+from avgen_timing.detector import MotionContactsParams, make_motion_contacts
+from avgen_timing.learned import LearnedContactsParams, make_learned_contacts
+from avgen_timing.sync import SyncParams, make_sync
+
+
+@hookimpl
+def register_detectors(register):
+    register(
+        "motion_contacts", make_motion_contacts, params=MotionContactsParams,
+        summary="contacts where motion stops: camera-compensated frame differences, peak picking (CPU)",
+        card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
+              "definition": "score(t) = mean motion energy into frames t-2..t - energy into t+1; peaks >= threshold x the clip's largest"},
+    )
+    register(
+        "learned_contacts", make_learned_contacts, params=LearnedContactsParams,
+        summary="contacts where a small MLP on +-6 frames of motion features peaks; train it with `avgen timing fit ROOT`",
+        card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
+              "weights": "$AVGEN_HOME/weights/timing/learned_contacts.safetensors (avgen timing fit)"},
+    )
+
+
+@hookimpl
+def register_metrics(register):
+    register(
+        "av_sync", make_sync, params=SyncParams,
+        summary="audio-video offset per clip (onset envelope vs the detector's contact strength): mean |offset| ms, fraction within a frame",
+        card={"definition": "per clip, the lag within +-max_offset maximising the correlation of the sound's onset envelope "
+                            "with the picture's contact strength; mean |lag| and fraction <= 1 video frame, for real and generated sound",
+              "writes": "figures/timeline.png"},
+    )
+
+
+@hookimpl
+def register_commands(cli):
+    from avgen_timing.commands import timing_group
+
+    cli.add_command(timing_group)

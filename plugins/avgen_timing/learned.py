@@ -1,0 +1,129 @@
+"""``learned_contacts``: a small head on the motion features, trained from a dataset's annotated contact times.
+
+Per frame three motion features (mean block change, motion energy, share of blocks that
+changed; log scale) over a window of +-``window`` frames go through an MLP (hidden 32) to the
+probability that the frame is a contact. ``avgen timing fit ROOT`` trains it on the videos of
+a Greatest-Hits-layout folder and writes ``$AVGEN_HOME/weights/timing/learned_contacts.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from avgen import AvgenError, BuildContext, Detector, atomic_path, weights_dir
+
+from avgen_timing.detector import events
+from avgen_timing.motion import motion_cells, motion_energy
+
+CHANGED = 0.04  # a block changed when its mean brightness change exceeds this share of the frame's mean
+
+
+def default_weights() -> Path:
+    return weights_dir() / "timing" / "learned_contacts.safetensors"
+
+
+class LearnedContactsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field("default", description="head file from `avgen timing fit`; 'default': $AVGEN_HOME/weights/timing/"
+                                                "learned_contacts.safetensors; 'none': untrained (random) head")
+    min_gap: float = Field(0.2, ge=0, le=10, description="two contacts are at least this far apart (s)")
+    threshold: float = Field(0.5, ge=0, le=1, description="contacts with probability below this are dropped")
+
+
+class Head(torch.nn.Module):
+    def __init__(self, inputs: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.register_buffer("mean", torch.zeros(inputs))
+        self.register_buffer("std", torch.ones(inputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)[:, 0]
+
+
+def frame_features(frames: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
+    """[N, 3 (2 window + 1)]: the log motion features of the frames around each frame (edges repeated)."""
+    cells = motion_cells(frames, settings["max_shift"], settings["cell"])
+    per_frame = torch.stack([cells.mean(1), motion_energy(cells, settings["top"]), (cells > CHANGED).float().mean(1)], 1)
+    per_frame = torch.log(per_frame + 1e-3)
+    w = settings["window"]
+    padded = torch.cat([per_frame[:1].expand(w, -1), per_frame, per_frame[-1:].expand(w, -1)])
+    return torch.stack([padded[i:i + per_frame.shape[0]] for i in range(2 * w + 1)], 1).flatten(1)
+
+
+SETTINGS = {"fps": 30.0, "input_size": 128, "max_shift": 4, "cell": 4, "top": 0.02, "window": 6}
+
+
+class LearnedContacts(Detector):
+    """Contacts where the trained head's probability peaks."""
+
+    def __init__(self, p: LearnedContactsParams) -> None:
+        self.p = p
+        self.settings = dict(SETTINGS)
+        self.head = Head(3 * (2 * self.settings["window"] + 1))
+        if p.weights != "none":
+            path = default_weights() if p.weights == "default" else Path(p.weights)
+            if not path.is_file():
+                raise AvgenError(f"learned_contacts: no head at {path}; train one with `avgen timing fit DATA_ROOT`"
+                                 + ("" if p.weights == "default" else f" -o {path}"))
+            self.head.load_state_dict(load_file(str(path)))
+        self.head.eval()
+        self.fps = self.settings["fps"]
+        self.input_size = self.settings["input_size"]
+
+    def strength(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self.head(frame_features(frames, self.settings)))
+
+    def detect(self, frames: torch.Tensor) -> torch.Tensor:
+        return events(self.strength(frames), self.fps, self.p.min_gap, self.p.threshold, min_score=1.0)
+
+
+def make_learned_contacts(params: LearnedContactsParams, context: BuildContext) -> LearnedContacts:
+    return LearnedContacts(params)
+
+
+def fit_head(samples: list[tuple[torch.Tensor, torch.Tensor]], epochs: int = 300, seed: int = 0) -> Head:
+    """Train a head on (features [N, F], labels [N] in {0, 1}) of several videos: full-batch Adam, BCE with the
+    positives weighted by negatives / positives."""
+    x = torch.cat([f for f, _ in samples])
+    y = torch.cat([l for _, l in samples]).float()
+    if y.sum() == 0:
+        raise AvgenError("no annotated contact in the training videos")
+    torch.manual_seed(seed)
+    head = Head(x.shape[1])
+    head.mean.copy_(x.mean(0))
+    head.std.copy_(x.std(0).clamp_min(1e-6))
+    weight = (y.numel() - y.sum()) / y.sum()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x), y, pos_weight=weight)
+        loss.backward()
+        opt.step()
+    return head.eval()
+
+
+def save_head(head: Head, path: Path, info: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp),
+                  metadata={"settings": json.dumps(SETTINGS), "trained_on": json.dumps(info)})
+    return path
+
+
+def labels_for(times: list[float], count: int, fps: float) -> torch.Tensor:
+    y = torch.zeros(count)
+    for t in times:
+        k = int(round(t * fps))
+        if 0 <= k < count and math.isfinite(t):
+            y[k] = 1
+    return y

@@ -1,0 +1,186 @@
+"""``av_sync``: does the sound happen when the picture says? Audio-video offset per clip, on CPU.
+
+Per test clip: the onset envelope of its sound (real, and each generated kind) is slid over the
+detector's per-frame contact strength of the same video, read over the clip widened by
+``max_offset`` each side; the offset is the lag (within +-``max_offset``) of the highest
+covariance. A positive offset means the sound comes late. Reported: mean |offset| in
+ms and the fraction of clips within one video frame (1 / the detector's fps), per sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from safetensors.torch import load_file, save_file
+
+from avgen import BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component
+
+from avgen_timing.detector import MotionContacts
+from avgen_timing.learned import LearnedContacts
+
+log = logging.getLogger("avgen.timing.sync")
+
+
+class SyncParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str = Field("motion_contacts", description="the detector whose contact strength is the picture's timing")
+    max_offset: float = Field(0.5, gt=0, le=5, description="largest audio-video offset searched (s)")
+    rate: float = Field(200.0, ge=50, le=8000, description="frames per second of the onset envelope and of the offset search")
+    top_db: float = Field(30.0, gt=0, description="log-energy floor below the clip's loudest frame (dB): quieter sounds and room noise make no onset")
+    timeline_clips: int = Field(3, ge=0, le=50, description="test clips drawn in figures/timeline.png")
+
+
+# ---------------------------------------------------------------- signals
+
+
+def onset_envelope(wave: torch.Tensor, sample_rate: int, rate: float, top_db: float = 60.0) -> tuple[np.ndarray, float]:
+    """Rise of log energy between consecutive frames of 1 / rate s: ([J], seconds per frame).
+
+    Frame j holds samples [j hop, (j + 1) hop); envelope[j] is the rise into frame j (dB, >= 0),
+    and it stands for the time (j + 0.5) hop, the frame's centre.
+    """
+    hop = max(1, round(sample_rate / rate))
+    x = wave.detach().double().reshape(-1)
+    x = torch.nn.functional.pad(x, (0, (-x.numel()) % hop)).reshape(-1, hop)
+    db = 10 * torch.log10(x.square().mean(1).clamp_min(1e-12))
+    db = torch.maximum(db, db.max() - top_db) if db.numel() else db
+    rise = torch.cat([db.new_zeros(1), (db[1:] - db[:-1]).clamp_min(0)]) if db.numel() else db
+    return rise.numpy(), hop / sample_rate
+
+
+def best_offset(envelope: np.ndarray, env_step: float, env_start: float, visual: np.ndarray, fps: float,
+                visual_start: float, max_offset: float) -> float | None:
+    """The lag L in [-max_offset, max_offset] (steps of env_step) maximising the covariance of envelope(t) and
+    visual(t - L); None when either signal is flat. Times: envelope frame j at env_start + (j + 0.5) env_step,
+    visual frame k at visual_start + k / fps (linear interpolation; zero outside).
+
+    Covariance, not correlation: normalising by the visual window of each lag would favour lags
+    whose window is nearly flat.
+    """
+    a = envelope - envelope.mean()
+    if not np.any(a) or visual.size < 2 or not np.any(visual != visual[0]):
+        return None
+    times = env_start + (np.arange(envelope.size) + 0.5) * env_step
+    steps = int(round(max_offset / env_step))
+    lags = np.arange(-steps, steps + 1) * env_step
+    vis_times = visual_start + np.arange(visual.size) / fps
+    shifted = np.interp(times[None, :] - lags[:, None], vis_times, visual, left=0.0, right=0.0)  # [lags, J]
+    score = shifted @ a
+    return float(lags[int(np.argmax(score))])  # ties: the most negative lag, the same on every machine
+
+
+# ---------------------------------------------------------------- the metric
+
+
+@dataclasses.dataclass
+class ClipVisual:
+    start: float  # seconds (in the source video) of frame 0
+    fps: float
+    strength: np.ndarray  # [K] the detector's contact strength
+    events: np.ndarray  # [E, 2] detected contacts (seconds in the source video, confidence)
+    energy: np.ndarray | None  # [K] motion energy, for detectors that have it
+
+
+VERSION = "1"  # of the cached visual curves
+
+
+class SyncMetric(Metric):
+    def __init__(self, params: SyncParams) -> None:
+        self.p = params
+        self.component = get_component("detector", params.detector)
+        self.detector = create("detector", params.detector)
+
+    def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
+        """Every test clip's ClipVisual, from the cache when this detector saw these clips before (the variants of
+        a recipe share their test clips)."""
+        clips = [(c.id, c.start, c.duration, str(c.video), c.fingerprint) for c in ctx.test_clips]
+        key = cache_key("av_sync", VERSION, self.p.detector, self.component.version, self.detector_settings(),
+                        self.p.max_offset, clips)
+        path = cache_dir() / "timing" / f"{key}.safetensors"
+        if path.is_file():
+            try:
+                return unpack(load_file(str(path)), len(clips), self.detector.fps)
+            except Exception:  # a damaged entry is recomputed  # noqa: BLE001
+                log.info("av_sync: %s is unreadable; recomputing it", path)
+        visuals = [self.visual(ctx, clip) for clip in ctx.test_clips]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(pack(visuals), str(tmp))
+        return visuals
+
+    def detector_settings(self) -> dict[str, Any]:
+        """What the curves depend on besides the detector's name and version (its params; a trained head's weights)."""
+        if isinstance(self.detector, MotionContacts):
+            return self.detector.p.model_dump()
+        if isinstance(self.detector, LearnedContacts):
+            digest = hashlib.sha256()
+            for name, value in sorted(self.detector.head.state_dict().items()):
+                digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+            return {**self.detector.p.model_dump(), "head": digest.hexdigest()}
+        return {}
+
+    def visual(self, ctx: EvalContext, clip: Any) -> ClipVisual:
+        """The detector's view of the clip widened by max_offset (and one frame) each side."""
+        margin = self.p.max_offset + 1.0 / self.detector.fps
+        lo = max(0.0, clip.start - margin)
+        wide = dataclasses.replace(clip, start=lo, duration=clip.start + clip.duration + margin - lo)
+        frames = ctx.dataset.load_frames(wide, self.detector.fps, self.detector.input_size)
+        events = self.detector.detect(frames).double().numpy().reshape(-1, 2)
+        events[:, 0] += lo
+        energy = self.detector.energy(frames).double().numpy() if isinstance(self.detector, MotionContacts) else None
+        return ClipVisual(lo, self.detector.fps, self.detector.strength(frames).double().numpy(), events, energy)
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.test_clips is None or ctx.dataset is None:
+            log.info("av_sync: the evaluation context has no test clips or dataset to read frames from; nothing to measure")
+            return {}
+        sounds = {"real": ctx.real_waves, **ctx.generated}
+        visuals = self.visuals(ctx)
+        frame = 1.0 / self.detector.fps
+        out: dict[str, float] = {}
+        offsets: dict[str, list[float | None]] = {}
+        for kind, waves in sounds.items():
+            found = []
+            for clip, vis, wave in zip(ctx.test_clips, visuals, waves):
+                env, step = onset_envelope(wave, ctx.sample_rate, self.p.rate, self.p.top_db)
+                found.append(best_offset(env, step, clip.start, vis.strength, self.detector.fps, vis.start, self.p.max_offset))
+            offsets[kind] = found
+            valid = np.array([abs(o) for o in found if o is not None])
+            out[f"sync_offset_ms_{kind}"] = round(float(valid.mean() * 1000), 3) if valid.size else float("nan")
+            out[f"sync_within_frame_{kind}"] = round(float((valid <= frame + 1e-9).mean()), 6) if valid.size else float("nan")
+            out[f"sync_clips_{kind}"] = int(valid.size)
+        if self.p.timeline_clips and ctx.run_dir is not None:
+            from avgen_timing.timeline import save_timeline
+
+            save_timeline(ctx.run_dir / "figures" / "timeline.png", ctx, visuals[: self.p.timeline_clips], sounds,
+                          offsets, self.p)
+        return out
+
+
+def pack(visuals: list[ClipVisual]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, v in enumerate(visuals):
+        out[f"{i}.start"] = torch.tensor([v.start], dtype=torch.float64)
+        out[f"{i}.strength"] = torch.from_numpy(np.ascontiguousarray(v.strength))
+        out[f"{i}.events"] = torch.from_numpy(np.ascontiguousarray(v.events)).reshape(-1, 2)
+        if v.energy is not None:
+            out[f"{i}.energy"] = torch.from_numpy(np.ascontiguousarray(v.energy))
+    return out
+
+
+def unpack(tensors: dict[str, torch.Tensor], count: int, fps: float) -> list[ClipVisual]:
+    return [ClipVisual(float(tensors[f"{i}.start"][0]), fps, tensors[f"{i}.strength"].numpy(),
+                       tensors[f"{i}.events"].numpy(),
+                       tensors[f"{i}.energy"].numpy() if f"{i}.energy" in tensors else None) for i in range(count)]
+
+
+def make_sync(params: SyncParams, context: BuildContext) -> SyncMetric:
+    return SyncMetric(params)

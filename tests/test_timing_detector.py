@@ -1,0 +1,120 @@
+"""The motion_contacts detector and `avgen timing eval` (precision / recall against annotated contact frames)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+import avgen
+from avgen import media
+from conftest import run_avgen
+from test_timing_sync import CONTACTS, FPS, render_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def scene(shift: tuple[int, int], square_at: int | None, size: int = 64) -> np.ndarray:
+    """A smooth texture seen through a camera offset by ``shift``, with a dark square at row square_at."""
+    rng = np.random.default_rng(0)
+    big = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.standard_normal((1, size + 16, size + 16))), 5, 1)[0].numpy()
+    big = 128 + 120 * big
+    if square_at is not None:
+        big[square_at:square_at + 10, 30:40] = 20
+    dy, dx = shift
+    return np.repeat(big[6 + dy:6 + dy + size, 6 + dx:6 + dx + size].clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_camera_shake_is_compensated_and_a_moving_object_is_not():
+    from avgen_timing.motion import motion_cells, motion_energy
+
+    # consecutive camera moves up to 4 px (max_shift); the square moves 6 px per frame
+    shaken = torch.from_numpy(np.stack([scene(s, 20) for s in [(0, 0), (2, -1), (-1, 2), (1, 3), (0, -1)]]))
+    moving = torch.from_numpy(np.stack([scene((0, 0), 10 + 6 * k) for k in range(5)]))
+    still = motion_energy(motion_cells(shaken))[1:]
+    moved = motion_energy(motion_cells(moving))[1:]
+    assert still.max() < 0.1 * moved.min(), (still, moved)
+
+
+def test_the_contact_score_peaks_on_the_last_frame_reached_by_motion():
+    from avgen_timing.motion import contact_score
+
+    energy = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # motion into frames 2, 3, 4; still from frame 5
+    score = contact_score(energy, before=3)
+    # by hand: score(t) = mean(energy[t-2..t]) - energy[t+1]
+    expected = torch.tensor([0.0, 0.0, 1 / 3 - 1, 2 / 3 - 1, 1.0, 2 / 3, 1 / 3, 0.0]).clamp_min(0)
+    assert torch.allclose(score, expected, atol=1e-6) and int(score.argmax()) == 4
+
+
+def test_every_contact_of_a_rendered_video_is_found_within_one_frame(tmp_path):
+    video = render_video(tmp_path / "block.mp4")
+    detector = avgen.create("detector", "motion_contacts")
+    events = detector.detect(media.read_frames(video, detector.fps, detector.input_size))
+    frames = (events[:, 0] * FPS).round().long()
+    for contact in CONTACTS:
+        assert (frames - round(contact * FPS)).abs().min() <= 1, (contact, frames)
+    strongest = frames[events[:, 1].argsort(descending=True)[: len(CONTACTS)]]
+    assert sorted(round(c * FPS) for c in CONTACTS) == pytest.approx(sorted(strongest.tolist()), abs=1)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A small synthetic dataset (3 videos of 10 s) written by the real CLI, and the env of the CLI runs."""
+    base = tmp_path_factory.mktemp("synth")
+    env = {"AVGEN_HOME": str(base / "home")}
+    made = run_avgen("data", "synth", str(base / "synth"), "--videos", "3", "--classes", "3", env=env)
+    assert made.returncode == 0, made.stderr
+    return base / "synth", env
+
+
+def test_timing_eval_counts_like_an_optimal_assignment(synth):
+    """`avgen timing eval` on a small synthetic set against a maximum matching computed here (scipy)."""
+    root, env = synth
+    proc = run_avgen("timing", "eval", str(root), "--split", "train", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+
+    detector = avgen.create("detector", "motion_contacts")
+    matched = detected = annotated = 0
+    for vid in (root / "train.txt").read_text().split():
+        events = detector.detect(media.read_frames(root / f"{vid}_denoised.mp4", detector.fps, detector.input_size))
+        found = np.round(events[:, 0].numpy() * FPS)
+        truth = np.round(np.loadtxt(root / f"{vid}_times.txt", usecols=0, ndmin=1) * FPS)
+        close = np.abs(found[:, None] - truth[None, :]) <= 1
+        rows, cols = linear_sum_assignment(-close.astype(float))
+        matched += int(close[rows, cols].sum())
+        detected, annotated = detected + len(found), annotated + len(truth)
+    assert (result["matched"], result["detected"], result["annotated"]) == (matched, detected, annotated)
+    assert result["precision"] == pytest.approx(matched / detected, abs=1e-4)
+    assert result["recall"] == pytest.approx(matched / annotated, abs=1e-4)
+
+
+def test_timing_eval_on_a_folder_without_split_files_is_one_line_and_exit_2(tmp_path):
+    proc = run_avgen("timing", "eval", str(tmp_path), env={"AVGEN_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
+    assert "test.txt" in proc.stderr
+
+
+def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(synth, tmp_path):
+    root, env = synth
+    head = tmp_path / "head.safetensors"
+    fit = run_avgen("timing", "fit", str(root), "-o", str(head), "--epochs", "200", env=env)
+    assert fit.returncode == 0 and head.is_file(), fit.stderr
+    scores = {}
+    for name, extra in (("motion_contacts", []), ("learned_contacts", ["--param", f"weights={head}"])):
+        proc = run_avgen("timing", "eval", str(root), "--split", "train", "--detector", name, *extra, "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        scores[name] = json.loads(proc.stdout)
+    # on the videos it was trained on (a check that training works; held-out numbers are in docs/timing.md)
+    assert scores["learned_contacts"]["f1"] > max(0.8, scores["motion_contacts"]["f1"]), scores
+
+
+def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path):
+    proc = run_avgen("timing", "eval", str(tmp_path), "--detector", "learned_contacts",
+                     env={"AVGEN_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
+    assert "avgen timing fit" in proc.stderr

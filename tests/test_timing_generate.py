@@ -1,0 +1,153 @@
+"""`avgen generate --onsets-out / --onsets`: detect contacts, edit the file, and the sound lands where the file says.
+
+Onsets of the output are measured with librosa's onset detector (an implementation independent of
+avgen's placement), at its hop of 512 samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import error_lines, run_avgen
+from test_generate import RECIPE
+
+HOP = 512  # librosa's onset hop (samples); the output's onset is measured to within one hop
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> tuple[Path, Path, dict]:
+    """(trained run, a video of its dataset, env): the tiny can_lstm run of test_generate."""
+    base = tmp_path_factory.mktemp("timing")
+    (base / "tiny.toml").write_text(RECIPE.format(root="data") + '\n[[metric]]\nname = "av_sync"\n')
+    env = {"AVGEN_HOME": str(base / "home")}
+    proc = run_avgen("run", str(base / "tiny.toml"), "--out", str(base / "runs"), env=env, cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "runs" / "tiny", base / "data" / "synth0000_denoised.mp4", env
+
+
+def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(timed_run):
+    run, _, _ = timed_run
+    sync = json.loads((run / "metrics.json").read_text())["av_sync"]
+    for kind in ("real", "raw", "exemplar"):
+        assert sync[f"sync_clips_{kind}"] >= 1 and 0 <= sync[f"sync_within_frame_{kind}"] <= 1
+        assert 0 <= sync[f"sync_offset_ms_{kind}"] <= 500
+    assert (run / "figures" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert "sync_offset_ms_real" in (run / "report.md").read_text() and "figures/timeline.png" in (run / "report.md").read_text()
+    assert 'data-key="av_sync/sync_offset_ms_raw"' in (run / "report.html").read_text()
+
+
+def test_every_shipped_recipe_measures_sync():
+    from avgen.recipe import load_recipes
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")):
+        for recipe in load_recipes(path):
+            assert "av_sync" in [m.name for m in recipe.metric], path.name
+
+
+def onsets_doc(times_materials: list[tuple[float, str | None]]) -> dict:
+    return {"format": "avgen-onsets", "version": 1,
+            "onsets": [{"time": t, "material": m} for t, m in times_materials]}
+
+
+def measured_onsets(wav: Path) -> tuple[np.ndarray, int]:
+    y, sr = sf.read(str(wav), dtype="float64")
+    return librosa.onset.onset_detect(y=y, sr=sr, hop_length=HOP, units="time"), sr
+
+
+def test_onsets_out_writes_the_detected_contacts_in_the_documented_format(timed_run, tmp_path):
+    run, video, env = timed_run
+    hits = tmp_path / "hits.json"
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "out.mp4"),
+                     "--onsets-out", str(hits), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out.mp4").is_file() and (tmp_path / "out.wav").is_file()  # the usual sound as well
+    doc = json.loads(hits.read_text())
+    assert doc["format"] == "avgen-onsets" and doc["version"] == 1 and doc["detector"] == "motion_contacts"
+    assert doc["materials"] == ["carpet", "ceramic", "cloth"] and doc["duration"] == pytest.approx(4.0, abs=0.05)
+    times = [o["time"] for o in doc["onsets"]]
+    assert times and times == sorted(times) and all(0 <= t <= doc["duration"] for t in times)
+    for onset in doc["onsets"]:
+        assert set(onset) == {"time", "confidence", "material", "probability"}
+        assert 0 <= onset["confidence"] <= 1 and onset["material"] in doc["materials"] and 0 < onset["probability"] <= 1
+
+
+@pytest.mark.parametrize("mode", ["--exemplar", "--raw"])
+def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_run, tmp_path, mode):
+    run, video, env = timed_run
+    measured = []
+    for time in (1.0, 1.35):
+        path = tmp_path / f"at{time}.json"
+        path.write_text(json.dumps(onsets_doc([(time, "carpet")])))
+        out = tmp_path / f"at{time}.mp4"
+        proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(out), "--onsets", str(path), mode, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        onsets, sr = measured_onsets(out.with_suffix(".wav"))
+        y, _ = sf.read(str(out.with_suffix(".wav")))
+        assert np.abs(y[: round(time * sr) - 1]).max() == 0  # nothing sounds before the onset
+        assert abs(onsets[0] - time) <= 2 * HOP / sr, onsets  # librosa's frame lags the true onset by up to one hop
+        assert onsets[-1] < time + 0.5  # the one hit (an exemplar, or a generated window, lasts one 0.5 s clip)
+        measured.append(onsets[0])
+    assert abs((measured[1] - measured[0]) - 0.35) <= HOP / sr
+
+
+def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path):
+    run, video, env = timed_run
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps(onsets_doc([(2.5, None), (0.6, "cloth")])))  # any order; material optional
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "two.mp4"), "--onsets", str(path),
+                     "--exemplar", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    onsets, sr = measured_onsets(tmp_path / "two.wav")
+    y, _ = sf.read(str(tmp_path / "two.wav"))
+    assert np.abs(y[: round(0.6 * sr) - 1]).max() == 0 and np.abs(y[round(1.1 * sr):round(2.5 * sr) - 1]).max() == 0
+    near = lambda t: [o for o in onsets if abs(o - t) <= 2 * HOP / sr]  # noqa: E731
+    assert near(0.6) and near(2.5), onsets  # a hit at each onset (an exemplar may hold more than one, e.g. a scratch)
+    path.write_text(json.dumps(onsets_doc([])))
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "none.mp4"), "--onsets", str(path), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    y, _ = sf.read(str(tmp_path / "none.wav"))
+    assert np.abs(y).max() == 0  # every onset deleted: silence
+
+
+@pytest.mark.parametrize("doc,expected", [
+    ({"format": "avgen-onsets", "onsets": [{"time": 1.0, "material": "marble"}]}, "onsets.0.material 'marble' is not a class"),
+    ({"format": "avgen-onsets", "onsets": [{"time": 9.0}]}, "past the end of the video"),
+    ({"format": "avgen-onsets", "onsets": [{"tme": 1.0}]}, "onsets.0.time"),
+    ({"format": "avgen-onsets", "onsets": [{"time": -1.0}]}, "onsets.0.time"),
+    ({"format": "other", "onsets": []}, "expected 'avgen-onsets'"),
+    ("not json", "not JSON"),
+])
+def test_a_bad_onsets_file_is_one_line(tmp_path, doc, expected):
+    from avgen import AvgenError
+    from avgen.onsets import read_onsets
+
+    path = tmp_path / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(AvgenError) as info:
+        read_onsets(path, ["carpet", "ceramic", "cloth"], duration=4.0)
+    assert expected in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_bad_onsets_file_exits_2_with_one_error_line(timed_run, tmp_path):
+    run, video, env = timed_run
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(onsets_doc([(1.0, "marble")])))
+    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "x.mp4"), "--onsets", str(path), env=env)
+    errors = [line for line in error_lines(proc) if line.startswith("error:")]  # after the "loaded ..." line
+    assert proc.returncode == 2 and len(errors) == 1 and "marble" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(timed_run, tmp_path):
+    run, video, env = timed_run
+    both = run_avgen("generate", str(video), "--run", str(run), "--onsets", "a.json", "--onsets-out", "b.json", env=env)
+    unknown = run_avgen("generate", str(video), "--run", str(run), "--onsets-out", str(tmp_path / "h.json"),
+                        "--detector", "nope", env=env)
+    for proc in (both, unknown):
+        assert proc.returncode == 2 and len(error_lines(proc)) == 1, proc.stderr
+    assert "nope" in unknown.stderr
