@@ -113,7 +113,9 @@ def once_loss(loss, tmp_path):
     rep = stft(tmp_path)
     wave = torch.randn(4, RATE // 2)
     real = rep.encode(wave)
-    outputs = {"rep": real + 0.1, "probs": torch.full((4, SHAPE.num_classes), 1 / SHAPE.num_classes)}
+    outputs = {"rep": real + 0.1, "probs": torch.full((4, SHAPE.num_classes), 1 / SHAPE.num_classes),
+               # what a flow generator adds (flow_matching_mse scores these)
+               "velocity": torch.ones_like(real), "velocity_target": torch.zeros_like(real)}
     if loss.needs_wave:
         outputs["wave"] = rep.decode(outputs["rep"], phase="given", reference=wave, length=wave.shape[1])
     batch = {"rep": real, "wave": wave, "label": torch.tensor([0, 1, 2, 0]), "features": torch.zeros(4, 2, 3)}
