@@ -179,11 +179,16 @@ def test_state_dict_round_trip_carries_the_base_samples(can):
     torch.testing.assert_close(fresh(features)["rep"], can(features)["rep"], rtol=0, atol=0)
 
 
-def test_owens_prepare_changes_nothing_and_it_has_no_class_head(train_set):
+def test_owens_prepare_sets_only_the_projection_bias_to_the_mean_per_bin_and_it_has_no_class_head(train_set):
     model = build("owens_lstm")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.prepare({"rep": train_set[0], "label": train_set[1]})
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert changed == ["net.project.bias"]
+    reps = train_set[0].double().numpy()
+    by_hand = [sum(float(reps[i, d, f]) for i in range(reps.shape[0]) for f in range(reps.shape[2]))
+               / (reps.shape[0] * reps.shape[2]) for d in range(reps.shape[1])]
+    assert model.net.project.bias.tolist() == pytest.approx(by_hand, rel=1e-5)
     assert model.class_probabilities(model(torch.randn(2, 3, SHAPE.feature_dim))) is None
 
 

@@ -61,3 +61,39 @@ def test_flow_recipes_share_data_encoder_and_evaluation_with_the_recipe_they_com
     same = {k: v for k, v in theirs.representation.params.items() if k != "compression"}
     assert ours.representation.name == theirs.representation.name
     assert {k: ours.representation.params.get(k) for k in same} == same
+
+
+EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow"}}  # beyond the paper (flow: test below)
+VARIANTS = {  # the paper's three methods as variants of one recipe: generator, losses, weights
+    "owens": ("owens_lstm", ["spec_smooth_l1"], [50.0]),
+    "can": ("can_lstm", ["class_nll", "spec_smooth_l1"], [1.0, 50.0]),
+    "pocan": ("can_lstm", ["class_nll", "spec_smooth_l1", "soundnet_perceptual"], [1.0, 50.0, 100.0]),
+}
+
+
+@pytest.mark.parametrize("stem", ["quickstart", "synthetic_hard"])
+def test_synthetic_recipes_run_the_papers_three_methods_with_its_settings(stem: str) -> None:
+    recipes = {r.run.name: r for r in load_recipes(RECIPES[[p.stem for p in RECIPES].index(stem)])}
+    assert set(recipes) == set(VARIANTS) | EXTRA_VARIANTS[stem]
+    for name, (generator, losses, weights) in VARIANTS.items():
+        recipe = recipes[name]
+        assert recipe.generator.name == generator and recipe.generator.params["hidden"] == 128
+        assert [l.name for l in recipe.loss] == losses and [l.weight for l in recipe.loss] == weights
+        assert recipe.data.name == "synthetic_hits"
+        assert recipe.data.params["sample_rate"] == 22050 and recipe.data.params["clip_seconds"] == 0.5
+        assert recipe.representation.name == "stft"
+        assert recipe.representation.params["n_fft"] == 2048 and recipe.representation.params["hop_length"] == 512
+        assert recipe.train.lr == 0.001
+    assert recipes["can"].train.epochs == recipes["pocan"].train.epochs
+    if stem == "synthetic_hard":
+        assert recipes["can"].data.params["difficulty"] == "hard"
+        assert recipes["can"].data.params["videos"] >= 96  # enough clips that a method's R@1 means something
+        assert "soundnet_fd" in [m.name for m in recipes["can"].metric]
+
+
+def test_the_hard_recipes_flow_variant_shares_data_encoder_and_evaluation_with_the_papers_methods() -> None:
+    recipes = {r.run.name: r for r in load_recipes(RECIPES[0].parent / "synthetic_hard.toml")}
+    flow, pocan = recipes["flow"], recipes["pocan"]
+    assert flow.generator.name == "flow_matching" and flow.loss[0].name == "flow_matching_mse"
+    assert flow.data == pocan.data and flow.encoder == pocan.encoder and flow.eval == pocan.eval
+    assert [m.name for m in flow.metric] == [m.name for m in pocan.metric]

@@ -32,12 +32,15 @@ def data_group() -> None:
 @click.option("--classes", type=int, default=None, help="number of materials, 1-17 (default 17)")
 @click.option("--fps", type=int, default=None, help="frame rate of the videos (default 30)")
 @click.option("--size", type=int, default=None, help="video width and height in pixels (default 128)")
-def synth(out: Path, videos: int | None, seed: int | None, classes: int | None, fps: int | None, size: int | None) -> None:
+@click.option("--difficulty", type=click.Choice(["easy", "hard"]), default=None,
+              help="easy: one look per material (default); hard: shared looks, camera, lighting, occlusion")
+def synth(out: Path, videos: int | None, seed: int | None, classes: int | None, fps: int | None, size: int | None,
+          difficulty: str | None) -> None:
     """Write a synthetic stick-hitting dataset in the Greatest Hits layout to OUT."""
     from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
     from avgen import format_validation_error
 
-    given = {"videos": videos, "seed": seed, "classes": classes, "fps": fps, "size": size}
+    given = {"videos": videos, "seed": seed, "classes": classes, "fps": fps, "size": size, "difficulty": difficulty}
     try:
         settings = SynthesisParams(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

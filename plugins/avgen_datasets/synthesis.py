@@ -3,11 +3,14 @@
 Each material has a look (colour + texture kind; several materials share a colour, so the
 texture and motion must be read) and a sound (mode frequencies, decay, noise burst, grains).
 Every hit varies in force, pitch and position; the sound starts at the frame of contact.
+The hard preset (``HardScene``) gives each material several looks, shares looks between
+materials, and varies camera, lighting and occlusion, so the video only partly tells the class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -53,6 +56,83 @@ LOOKS_AND_SOUNDS: dict[str, Material] = {
 }
 
 STICK = np.array([58, 40, 24], np.float32)
+COLOURS = (RED, WHITE, BROWN, CYAN, GREEN, GREY, BLUE, BEIGE)
+SPECULAR_TEXTURES = frozenset({"smooth", "reflective", "brushed"})
+
+
+@dataclass(frozen=True)
+class Look:
+    """What a surface looks like: a colour, a texture kind and whether it has a highlight."""
+
+    colour: tuple[int, int, int]
+    texture: str
+    specular: bool = False
+
+
+@dataclass(frozen=True)
+class HardScene:
+    """The knobs of the ``difficulty = "hard"`` preset (docs/datasets.md lists them with their effect)."""
+
+    own_looks: int = 2  # looks only this material shows (its easy look and one more)
+    shared: float = 0.25  # probability that a segment shows a look it shares with a neighbouring material
+    twins: int = 1  # pairs of materials that share every look (they differ only in sound)
+    zoom: tuple[float, float] = (0.9, 1.15)  # texture scale (camera distance), uniform per segment
+    gain: tuple[float, float] = (0.8, 1.15)  # overall lighting, uniform per segment
+    colour_cast: float = 0.04  # per-channel lighting colour, normal sd per segment
+    gradient: float = 0.3  # strongest lighting gradient across the frame
+    jitter: int = 6  # camera shake bound in pixels (easy: 4)
+    occlusion: float = 0.2  # probability that a segment has a foreground occluder at one edge
+    occluder_size: tuple[float, float] = (0.1, 0.25)  # its depth into the frame, as a fraction of the width
+    out_of_frame: float = 0.2  # fraction of contacts whose point lies just outside the frame
+    table_seed: int = 19  # seed of the look table (the same for every dataset seed)
+
+
+HARD = HardScene()
+
+
+@lru_cache(maxsize=8)
+def look_table(scene: HardScene, materials: tuple[str, ...]) -> dict[str, tuple[tuple[Look, ...], tuple[Look, ...]]]:
+    """material -> (own looks, shared looks) of the hard preset; fixed by ``scene.table_seed``.
+
+    The materials form a ring in a seeded order; neighbours on the ring share one look, each
+    material has ``own_looks`` looks of its own (the first is its easy look), and ``twins``
+    disjoint neighbour pairs pool all their looks, so only their sound tells them apart.
+    """
+    rng = np.random.default_rng(scene.table_seed)
+    kinds = sorted({m.texture for m in LOOKS_AND_SOUNDS.values()})
+    used = {(m.colour, m.texture) for m in LOOKS_AND_SOUNDS.values()}
+
+    def new_look() -> Look:
+        while True:
+            colour, kind = COLOURS[int(rng.integers(len(COLOURS)))], kinds[int(rng.integers(len(kinds)))]
+            if (colour, kind) not in used:
+                used.add((colour, kind))
+                return Look(colour, kind, kind in SPECULAR_TEXTURES)
+
+    ring = [materials[i] for i in rng.permutation(len(materials))]
+    own = {}
+    for m in ring:
+        easy = LOOKS_AND_SOUNDS[m]
+        own[m] = [Look(easy.colour, easy.texture, easy.specular)] + [new_look() for _ in range(scene.own_looks - 1)]
+    shared: dict[str, list[Look]] = {m: [] for m in ring}
+    if len(ring) > 1:
+        for i, m in enumerate(ring[: len(ring) if len(ring) > 2 else 1]):
+            look, nxt = new_look(), ring[(i + 1) % len(ring)]
+            shared[m].append(look)
+            shared[nxt].append(look)
+    table = {m: (tuple(own[m]), tuple(shared[m])) for m in ring}
+    for k in range(min(scene.twins, len(ring) // 2)):
+        a, b = ring[2 * k], ring[2 * k + 1]
+        pooled = tuple(dict.fromkeys(own[a] + own[b] + shared[a] + shared[b]))
+        table[a] = table[b] = (pooled, ())
+    return table
+
+
+def choose_look(scene: HardScene, material: str, materials: tuple[str, ...], rng: np.random.Generator) -> Look:
+    """One segment's look: a shared one with probability ``scene.shared`` (when it has any), else one of its own."""
+    own, shared = look_table(scene, materials)[material]
+    pool = shared if shared and rng.random() < scene.shared else own
+    return pool[int(rng.integers(len(pool)))]
 
 
 @dataclass
@@ -78,6 +158,7 @@ class Segment:
     start: float
     end: float
     actions: list[Action] = field(default_factory=list)
+    look: Look | None = None  # None: the material's own look (the easy preset)
 
 
 def value_noise(rng: np.random.Generator, size: int, scale_y: float, scale_x: float) -> np.ndarray:
@@ -145,12 +226,14 @@ def texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
 class SceneRenderer:
     """Renders frames of one video: surface per segment, lighting, camera jitter, noise, the stick."""
 
-    def __init__(self, segments: list[Segment], size: int, fps: int, rng: np.random.Generator) -> None:
-        self.size, self.fps, self.rng = size, fps, rng
-        self.margin = 4
+    def __init__(self, segments: list[Segment], size: int, fps: int, rng: np.random.Generator,
+                 scene: HardScene | None = None) -> None:
+        self.size, self.fps, self.rng, self.scene = size, fps, rng, scene
+        self.margin = scene.jitter if scene is not None else 4
         self.segments = segments
         full = size + 2 * self.margin
-        self.surfaces = [self._surface(seg.material, full) for seg in segments]
+        self.surfaces = [self._surface(seg.material, full) if scene is None else self._hard_surface(seg, full, scene)
+                         for seg in segments]
         self.noise_bank = rng.normal(0, 3.0, (8, size, size, 3)).astype(np.float32)
         self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)
 
@@ -174,7 +257,50 @@ class SceneRenderer:
             "flicker": (rng.uniform(0.01, 0.04), rng.uniform(0.3, 2.0), rng.uniform(0, 2 * np.pi)),
             "rest": (rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75)),
             "handle": (rng.uniform(-0.3, 0.1), rng.uniform(0.9, 1.3)),  # (y, x): above right
+            "occluder": None,
         }
+
+    def _hard_surface(self, seg: Segment, full: int, scene: HardScene) -> dict:
+        """A surface of the hard preset: the segment's look, zoomed, lit and coloured per segment, maybe occluded."""
+        rng = self.rng
+        look = seg.look or Look(LOOKS_AND_SOUNDS[seg.material].colour, LOOKS_AND_SOUNDS[seg.material].texture)
+        cast = 1 + rng.normal(0, scene.colour_cast, 3)
+        colour = np.array(look.colour, np.float32) * cast.astype(np.float32)
+        zoom = rng.uniform(*scene.zoom)
+        pattern = zoomed_texture(look.texture, rng, full, zoom)
+        image = colour[None, None, :] * (1 + pattern[..., None])
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:full, 0:full].astype(np.float32) / full - 0.5
+        gradient = 1 + rng.uniform(0, scene.gradient) * (np.cos(angle) * xx + np.sin(angle) * yy)
+        image = image * gradient[..., None] * rng.uniform(*scene.gain)
+        if look.specular:
+            cy, cx = rng.uniform(0.2, 0.8, 2) * full
+            blob = np.exp(-(((yy + 0.5) * full - cy) ** 2 + ((xx + 0.5) * full - cx) ** 2) / (2 * (full / 10) ** 2))
+            image = image + 90 * blob[..., None]
+        occluder = None
+        if rng.random() < scene.occlusion:
+            cover = COLOURS[int(rng.integers(len(COLOURS)))]
+            shade = np.array(cover, np.float32) * rng.uniform(0.3, 0.7)
+            side, depth = int(rng.integers(4)), rng.uniform(*scene.occluder_size)
+            occluder = (shade * (1 + 0.1 * value_noise(rng, self.size, 12, 12))[..., None], side, depth)
+        return {
+            "image": image.astype(np.float32),
+            "ripples": look.texture == "ripples",
+            "flicker": (rng.uniform(0.02, 0.08), rng.uniform(0.3, 2.0), rng.uniform(0, 2 * np.pi)),
+            "rest": (rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75)),
+            "handle": (rng.uniform(-0.3, 0.1), rng.uniform(0.9, 1.3)),
+            "occluder": occluder,
+        }
+
+    def _occlude(self, image: np.ndarray, occluder: tuple[np.ndarray, int, float]) -> None:
+        """Cover one edge of the frame (left, right, top, bottom) to ``depth`` with a foreground object."""
+        cover, side, depth = occluder
+        d = depth * self.size
+        edge = (self.xx, self.size - 1 - self.xx, self.yy, self.size - 1 - self.yy)[side]
+        wave = 0.08 * self.size * np.sin((self.yy if side < 2 else self.xx) / 9.0)  # an uneven edge
+        mask = np.clip(d + wave - edge, 0, 1)[..., None]
+        image *= 1 - mask
+        image += mask * cover
 
     def frames(self, num_frames: int):
         """Yield uint8 [size, size, 3] frames."""
@@ -192,6 +318,8 @@ class SceneRenderer:
             depth, flicker_hz, phase = surface["flicker"]
             image *= 1 + depth * np.sin(2 * np.pi * flicker_hz * t + phase)
             self._draw_stick(image, seg, surface, t)
+            if surface["occluder"] is not None:
+                self._occlude(image, surface["occluder"])
             image += self.noise_bank[index % len(self.noise_bank)]
             yield np.clip(image, 0, 255).astype(np.uint8)
 
@@ -254,6 +382,15 @@ class SceneRenderer:
                 return (end_y * (1 - f) + rest_y * f, end_x * (1 - f) + rest_x * f), lifted * f
         sway = 0.03 * np.sin(2.1 * t)
         return (rest_y + sway, rest_x - sway), lifted
+
+
+def zoomed_texture(kind: str, rng: np.random.Generator, size: int, zoom: float) -> np.ndarray:
+    """``texture(kind)`` seen from closer (zoom > 1: larger pattern) or further away (zoom < 1)."""
+    source = max(8, int(round(size / zoom)))
+    pattern = torch.from_numpy(np.ascontiguousarray(texture(kind, rng, source)))[None, None]
+    out = torch.nn.functional.interpolate(pattern, size=(size, size), mode="bilinear", align_corners=False,
+                                          antialias=zoom < 1)
+    return out[0, 0].numpy()
 
 
 def _window(top: float, bottom: float, left: float, right: float, size: int) -> tuple[int, int, int, int]:

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
 
 if TYPE_CHECKING:
-    from avgen_datasets.synthesis import Segment
+    from avgen_datasets.synthesis import Action, Segment
 
 GENERATOR_VERSION = "1"
 MANIFEST = "synthetic_hits.json"
@@ -47,6 +47,20 @@ class SynthesisParams(BaseModel):
     audio_rate: int = Field(22050, ge=8000, le=192_000, description="sample rate of the written wav files")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of videos listed in test.txt")
     none_fraction: float = Field(0.05, ge=0, lt=1, description="fraction of contacts annotated with material None (skipped by the loader)")
+    difficulty: Literal["easy", "hard"] = Field(
+        "easy", description="'easy': one look per material; 'hard': several looks per material, looks shared across "
+                            "materials, camera, lighting and occlusion changes, contacts partly out of frame (docs/datasets.md)")
+
+    def manifest_settings(self) -> dict[str, Any]:
+        """The settings a folder's manifest records: the easy preset's as before difficulty existed; the hard
+        preset's with its knobs, so a folder written with other knobs is regenerated."""
+        if self.difficulty == "easy":
+            return self.model_dump(exclude={"difficulty"})
+        from dataclasses import asdict
+
+        from avgen_datasets.synthesis import HARD
+
+        return {**self.model_dump(), "hard_scene": json.loads(json.dumps(asdict(HARD)))}
 
 
 class SyntheticHitsParams(SynthesisParams):
@@ -61,12 +75,15 @@ class SyntheticHitsParams(SynthesisParams):
 
 def plan_segments(settings: SynthesisParams, materials: list[str], rng: np.random.Generator) -> list[Segment]:
     """Segments of one video with their actions at frame-aligned times, at least 0.5 s apart."""
-    from avgen_datasets.synthesis import Action, Segment
+    from avgen_datasets.synthesis import HARD, Action, Segment, choose_look
 
+    hard = settings.difficulty == "hard"
     length = settings.video_seconds / settings.segments
     segments = []
     for i, material in enumerate(materials):
         seg = Segment(material, i * length, (i + 1) * length)
+        if hard:
+            seg.look = choose_look(HARD, material, tuple(MATERIALS[: settings.classes]), rng)
         t = seg.start + rng.uniform(0.25, 0.35)
         while t <= seg.end - 0.45:
             frame_time = round(t * settings.fps) / settings.fps  # the contact happens on a frame
@@ -78,9 +95,25 @@ def plan_segments(settings: SynthesisParams, materials: list[str], rng: np.rando
                 length=float(rng.uniform(0.2, 0.35)) if kind == "scratch" else 0.0,
                 labelled=bool(rng.random() >= settings.none_fraction),
             ))
+            if hard and rng.random() < HARD.out_of_frame:
+                move_out_of_frame(seg.actions[-1], rng)
             t = frame_time + rng.uniform(0.5, 0.62)
         segments.append(seg)
     return segments
+
+
+def move_out_of_frame(action: Action, rng: np.random.Generator) -> None:
+    """Put the contact point just outside one edge of the frame (the stick stays partly visible)."""
+    outside = float(rng.uniform(1.03, 1.2))
+    edge = int(rng.integers(4))
+    if edge == 0:
+        action.x = outside
+    elif edge == 1:
+        action.x = 1 - outside
+    elif edge == 2:
+        action.y = outside
+    else:
+        action.y = 1 - outside
 
 
 def material_sequence(count: int, classes: list[str], rng: np.random.Generator) -> list[str]:
@@ -105,13 +138,13 @@ def times_text(segments: list[Segment]) -> str:
 
 def write_video_files(root: Path, settings: SynthesisParams, number: int, vid: str, materials: list[str]) -> None:
     """Write one video's mp4, wav and times file; seeded by (seed, number) alone."""
-    from avgen_datasets.synthesis import SceneRenderer, render_audio
+    from avgen_datasets.synthesis import HARD, SceneRenderer, render_audio
 
     rng = np.random.default_rng([settings.seed, number])
     segments = plan_segments(settings, materials, rng)
     wave = render_audio(segments, settings.video_seconds, settings.audio_rate, rng)
     media.write_wav(root / f"{vid}_denoised.wav", wave, settings.audio_rate)
-    renderer = SceneRenderer(segments, settings.size, settings.fps, rng)
+    renderer = SceneRenderer(segments, settings.size, settings.fps, rng, HARD if settings.difficulty == "hard" else None)
     num_frames = int(round(settings.video_seconds * settings.fps))
     media.write_video(root / f"{vid}_denoised.mp4", renderer.frames(num_frames), settings.fps)
     write_text(root / f"{vid}_times.txt", times_text(segments))
@@ -149,7 +182,7 @@ def write_dataset(
                 on_video(done, settings.videos)
     write_text(root / "train.txt", "\n".join(train_ids) + "\n")
     write_text(root / "test.txt", "\n".join(test_ids) + "\n")
-    manifest = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.model_dump()}
+    manifest = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.manifest_settings()}
     write_json(root / MANIFEST, manifest)
     return manifest
 
@@ -170,7 +203,7 @@ def synthesize(root: Path, settings: SynthesisParams, progress: Any = None) -> b
     generator did not write is never touched.
     """
     root = Path(root)
-    wanted = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.model_dump()}
+    wanted = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.manifest_settings()}
     if read_manifest(root) == wanted:
         return False
     if root.exists() and any(root.iterdir()) and read_manifest(root) is None:

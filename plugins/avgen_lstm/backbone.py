@@ -64,3 +64,11 @@ def xavier_init(module: nn.Module) -> None:
             nn.init.xavier_uniform_(param)
         else:
             nn.init.zeros_(param)
+
+
+def mean_per_bin(reps: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """[D] mean of reps [M, D, F] over clips and frames (float64 sums over chunks of clips)."""
+    total = torch.zeros(reps.shape[1], dtype=torch.float64, device=reps.device)
+    for start in range(0, reps.shape[0], chunk):
+        total += reps[start : start + chunk].to(torch.float64).sum(dim=(0, 2))
+    return (total / max(1, reps.shape[0] * reps.shape[2])).to(torch.float32)

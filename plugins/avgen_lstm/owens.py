@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
 from avgen import BuildContext, Generator, GeneratorShape
-from avgen_lstm.backbone import FrameLSTM, LstmParams
+from avgen_lstm.backbone import FrameLSTM, LstmParams, mean_per_bin
 
 
 class OwensLSTM(Generator):
@@ -15,6 +17,15 @@ class OwensLSTM(Generator):
         super().__init__()
         self.shape = shape
         self.net = FrameLSTM(params, shape.feature_dim, shape.steps, shape.rep_dim)
+
+    def prepare(self, train: Mapping[str, torch.Tensor]) -> None:
+        """Start at the training mean: the projection bias is the mean training representation of each bin.
+
+        The paper is silent on biases; with zero biases Adam needs thousands of steps of ~lr to
+        lift every output to the spectrogram's scale, and a short run ends near zero (docs/generators.md).
+        """
+        with torch.no_grad():
+            self.net.project.bias.copy_(mean_per_bin(train["rep"]).to(self.net.project.bias))
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         residual = self.net(features).transpose(1, 2)  # [B, D, F]
