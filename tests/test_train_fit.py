@@ -184,6 +184,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
 def test_nan_in_the_first_epoch_keeps_the_initial_weights(data, tmp_path):
     train, _ = data
     model = make_model("owens_lstm", hidden=16)
+    model.prepare(train)  # fit starts with it (owens_lstm sets its projection bias to the training mean there)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(AvgenError, match=r"epoch 1, step 1 .*\(epoch 0\)"):
         fit(model=model, losses=[WeightedLoss("l", 1.0, NanAfter(1))], train=train, val=None,
