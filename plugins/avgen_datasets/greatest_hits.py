@@ -130,12 +130,19 @@ class GreatestHits(MediaClips):
             missing = [p for p in (video, audio, times) if not p.is_file()]
             if missing:
                 if self.params.skip_missing:
+                    self._skipped_rows[split].append(f"video {vid}: '{missing[0].name}' is missing (data.skip_missing)")
                     continue
                 raise AvgenError(f"Greatest Hits video '{vid}' is listed but '{missing[0]}' is missing; add it or set data.skip_missing = true")
             source_id = fingerprint(video, audio, times)
             for hit in read_times(times):
                 label = index.get(normalize_material(hit.material))
-                if label is None or (actions and hit.action.lower() not in actions):
+                if label is None:
+                    self._skipped_rows[split].append(
+                        f"line {hit.row + 1} of {times}: material {hit.material!r} is not one of the dataset's classes")
+                    continue
+                if actions and hit.action.lower() not in actions:
+                    self._skipped_rows[split].append(
+                        f"line {hit.row + 1} of {times}: action {hit.action!r} is not in data.actions")
                     continue
                 if not math.isfinite(hit.time) or hit.time < 0:  # inf, nan, negative: no place in the video
                     self._skipped_rows[split].append(
