@@ -1,14 +1,97 @@
-"""The look of avgen's console output shared by the stages and the CLI."""
+"""The look of avgen's console output shared by the stages and the CLI.
+
+Long work shows a rich progress bar on a terminal. Where there is no terminal (a run started in
+the background, under a scheduler or with its output in a file) a bar is never drawn, so
+``LoggedProgress`` also writes a plain line (done/total, rate, ETA) at most every
+``AVGEN_PROGRESS_SECONDS`` (30) seconds and when a task ends: to the console when it is not a
+terminal, and always to the ``avgen`` logger, which a run sends to its ``log.txt``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from typing import Any
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+log = logging.getLogger("avgen.progress")
+DEFAULT_SECONDS = 30.0
 
 
-def progress_bar(console: Console) -> Progress:
+def progress_seconds() -> float:
+    """Seconds between plain progress lines ($AVGEN_PROGRESS_SECONDS, default 30)."""
+    try:
+        return max(0.0, float(os.environ.get("AVGEN_PROGRESS_SECONDS", DEFAULT_SECONDS)))
+    except ValueError:
+        return DEFAULT_SECONDS
+
+
+class LoggedProgress(Progress):
+    """A rich Progress that also writes plain progress lines for logs and non-terminal consoles."""
+
+    def __init__(self, *columns: str | ProgressColumn, every: float | None = None, end_lines: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.every = progress_seconds() if every is None else every
+        self.end_lines = end_lines  # a line when a task ends (off where the caller prints its own, e.g. epochs)
+        self._last: dict[TaskID, float] = {}
+        self._ended: set[TaskID] = set()
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line(task_id)
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        self._line(task_id)
+
+    def reset(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().reset(task_id, **kwargs)
+        self._last[task_id] = time.monotonic()
+        self._ended.discard(task_id)
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        self._last[task_id] = time.monotonic()
+        return task_id
+
+    def _line(self, task_id: TaskID) -> None:
+        if self.disable:
+            return
+        task = self._tasks[task_id]
+        now = time.monotonic()
+        ended = task.total is not None and task.completed >= task.total
+        if ended and (task_id in self._ended or not self.end_lines):
+            return
+        if not ended and now - self._last.get(task_id, now) < self.every:
+            return
+        self._last[task_id] = now
+        if ended:
+            self._ended.add(task_id)
+        line = progress_line(task.description, task.completed, task.total, task.elapsed or 0.0)
+        log.info("%s", line)
+        if not self.console.is_terminal:
+            self.console.print(line, markup=False, highlight=False)
+
+
+def progress_line(description: str, done: float, total: float | None, elapsed: float) -> str:
+    """'featurize train: 120/348 (34 %), 9.8/s, 12 s elapsed, ETA 23 s' (no total: no share or ETA)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    parts = [f"{description}: {done:g}" + (f"/{total:g} ({100 * done / total:.0f} %)" if total else "")]
+    parts.append(f"{rate:.3g}/s")
+    parts.append(f"{elapsed:.0f} s elapsed")
+    if total and done < total:
+        parts.append(f"ETA {(total - done) / rate:.0f} s" if rate > 0 else "ETA unknown")
+    return ", ".join(parts)
+
+
+def progress_bar(console: Console) -> LoggedProgress:
     """The progress bar style used by every long stage."""
-    return Progress(
+    return LoggedProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
     )

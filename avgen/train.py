@@ -109,10 +109,12 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step = _Step(trained, losses, params, representation, needs_wave, device, use_amp, amp_dtype)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from avgen.console import LoggedProgress  # also plain lines in log.txt (and without a terminal) every 30 s
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[terms]}"))
-    with Progress(*columns, console=console, disable=rank != 0) as progress:
+    with LoggedProgress(*columns, console=console, disable=rank != 0, end_lines=False) as progress:
         task = progress.add_task("train", total=None, terms="")
         for epoch in range(state["epoch"] + 1, params.epochs + 1):
             if state["stopped_early"]:
