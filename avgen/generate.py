@@ -70,13 +70,14 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     console.print(f"decoding {reps.shape[0]} clips ({phase})")
     raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
-    _, retrieved = topk_cosine(time_average(reps), time_average(train.rep), k)
+    queries = time_average(reps)
+    _, retrieved = topk_cosine(queries, time_average(train.rep), k)
     exemplar, from_library = train.wave[retrieved[:, 0]], None
     if recipe.eval.library is not None:  # exemplar sounds from the user's library; R@K keeps the training clips
         spec = recipe.representation
         bank = library_bank(recipe.eval.library, representation, {"name": spec.name, **spec.params},
                             length / sample_rate, console)
-        scores, nearest = topk_cosine(time_average(reps), bank.reps, 1)
+        scores, nearest = topk_cosine(queries, bank.reps, 1)
         exemplar = bank.waves[nearest[:, 0]].float()
         from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
     probabilities = model.class_probabilities(outputs)
@@ -202,10 +203,10 @@ def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = Tr
     from avgen.components import SavedModel
 
     run_dir = Path(run_dir)
-    _, state, meta = load_run_checkpoint(run_dir)
+    ckpt, state, meta = load_run_checkpoint(run_dir)
     bank = None
-    if exemplars:
-        recipe, encoder, representation, _, _ = load_trained(run_dir, device)
+    if exemplars:  # the encoder and representation of the checkpoint already read (not a second load_trained)
+        recipe, encoder, representation, _, _ = build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device)
         bank = exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
     return SavedModel(state, meta, bank)
 

@@ -95,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
 
-    from _timing import counted_flops, matmul_flops, record  # benchmarks/_timing.py
+    from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py
     from avgen.generate import load_trained
     from avgen.media import probe
 
@@ -125,7 +125,7 @@ def main() -> None:
         whole, sampler = generate_seconds(video, recipe, encoder, representation, model, meta, device, args.repeats)
         with torch.no_grad():
             flops = counted_flops(lambda: model(windows))
-            seconds = min(timed_once(lambda: model(windows)) for _ in range(args.repeats))
+            seconds = timed(lambda: model(windows), device, args.repeats)
         scores = quality(recipe, representation, model, test, device)
         rows.append({"steps": steps, "rtf": whole / duration, "sampler_rtf": sampler / duration, **scores})
         ratio = "".join(f", {k} {v / peer[k]:.2f}x the peer's" for k, v in scores.items() if peer and k in peer)
@@ -135,12 +135,6 @@ def main() -> None:
         record("flow", steps=steps, rtf=whole / duration, **scores)
     if args.figure:
         plot(rows, peer, args.figure, p)
-
-
-def timed_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def plot(rows, peer, path: Path, params) -> None:
