@@ -307,6 +307,26 @@ def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
 # ---------------------------------------------------------------- generate
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def _video_files(items: tuple[Path, ...]) -> list[Path]:
+    """The videos named, a folder standing for the videos directly in it (not avgen's own outputs)."""
+    videos: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                           and not p.name.endswith(".avgen.mp4"))
+            if not found:
+                raise AvgenError(f"{item}: folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+            videos.extend(found)
+        elif item.is_file():
+            videos.append(item)
+        else:
+            raise AvgenError(f"{item}: video file not found")
+    return videos
+
+
 @cli.command("generate")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
@@ -338,27 +358,22 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
                  library: Path | None, material: str | None, keep_audio: bool, device: str,
                  overrides: tuple[str, ...], onsets_out: Path | None, onsets_in: Path | None,
                  detector_name: str) -> None:
-    """Generate the sound of each VIDEO with a trained run or an exported model; writes <stem>.avgen.wav,
-    <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's source and similarity)."""
+    """Generate the sound of each VIDEO (or of every video in a folder) with a trained run or an exported model;
+    writes <stem>.avgen.wav, <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's
+    source and similarity). Long videos stream: memory does not grow with their length."""
     import time
 
-    from avgen.atomic import write_json
-    from avgen.generate import (generate_for_video, load_model_folder, load_trained, material_class, select_bank,
-                                training_split)
-    from avgen.media import mux_audio, write_wav
-    from avgen.console import progress_bar
+    from avgen.generate import load_model_folder, load_trained, material_class, select_bank, training_split
     from avgen.distributed import resolve_device
 
     if (run_dir is None) == (model_dir is None):
         raise AvgenError("give the model with --run RUN_DIR or --model MODEL_DIR (exactly one)")
-    for video in videos:
-        if not video.is_file():
-            raise AvgenError(f"{video}: video file not found")
+    files = _video_files(videos)
     single_file = out.suffix.lower() == ".mp4"
-    if single_file and len(videos) > 1:
-        raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(videos)} videos")
-    if (onsets_out or onsets_in) and len(videos) > 1:
-        raise AvgenError(f"--onsets/--onsets-out take one video, got {len(videos)}")
+    if single_file and len(files) > 1:
+        raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(files)} videos")
+    if (onsets_out or onsets_in) and len(files) > 1:
+        raise AvgenError(f"--onsets/--onsets-out take one video, got {len(files)}")
     if onsets_out and onsets_in:
         raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     dev = resolve_device(device)
@@ -383,28 +398,101 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     bank = None if onsets_in else select_bank(
         exemplar=not raw, library=library, run_dir=run_dir, model_bank=model_bank, recipe=recipe, encoder=encoder,
         representation=representation, meta=meta, device=dev, console=err_console)
+    trained = (recipe, encoder, representation, model, meta, dev)
+    if not out.suffix and not out.exists():
+        out.mkdir(parents=True, exist_ok=True)
+    rows = _generate_videos(files, out if single_file else None, out, trained, bank, forced,
+                            (onsets_in, onsets_out, detector_name, train), keep_audio, str(run_dir or model_dir))
+    if len(files) > 1:
+        err_console.print(_generate_table(rows))
+    failed = [row for row in rows if "error" in row]
+    if failed:
+        if len(files) == 1:
+            raise AvgenError(failed[0]["error"])
+        raise click.exceptions.Exit(1)
+
+
+def _generate_videos(files: list[Path], single: Path | None, folder: Path, trained: tuple, bank: Any,
+                     forced: int | None, onsets: tuple, keep_audio: bool, model_name: str) -> list[dict[str, Any]]:
+    """Generate each video under one progress bar (seconds of video done); a row per video for the summary.
+
+    In a batch a video that fails (unreadable, no picture) is reported in its row and the others go on."""
+    import time
+
+    from avgen.atomic import write_json
+    from avgen.console import progress_bar
+    from avgen.generate import VideoSound, write_video_sound
+    from avgen.media import mux_audio, write_wav
+
+    recipe, encoder, representation, model, meta, dev = trained
+    onsets_in, onsets_out, detector_name, train = onsets
+    rows: list[dict[str, Any]] = []
     with progress_bar(err_console) as progress:
-        task = progress.add_task("generate", total=len(videos))
-        for video in videos:
+        task = progress.add_task("generate", total=None)
+        jobs: list[tuple[Path, Any]] = []
+        for video in files:  # probe every video first: the bar counts windows of all of them
+            try:
+                job = None if (onsets_in or onsets_out) else VideoSound(
+                    video, recipe, encoder, representation, model, meta, dev, exemplar_bank=bank, material=forced)
+                jobs.append((video, job))
+            except AvgenError as exc:
+                rows.append({"video": str(video), "error": str(exc)})
+                _batch_error(progress.console, len(files), video, exc)
+        progress.update(task, total=sum(len(job.starts) if job else 1 for _, job in jobs))
+        for video, job in jobs:
             t0 = time.perf_counter()
-            if onsets_in or onsets_out:
-                wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
-                                                (recipe, encoder, representation, model, meta, dev), progress.console,
-                                                forced)
-            else:
-                wave, summary = generate_for_video(video, recipe, encoder, representation, model, meta, dev,
-                                                   exemplar_bank=bank, material=forced)
-            mp4 = out if single_file else out / f"{video.stem}.avgen.mp4"
-            wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
-            mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
-            write_json(mp4.with_suffix(".json"), {"model": str(run_dir or model_dir), **summary})
+            mp4 = single if single is not None else folder / f"{video.stem}.avgen.mp4"
+            try:
+                if job is None:
+                    wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
+                                                    trained, progress.console, forced)
+                    wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
+                    progress.advance(task)
+                else:
+                    wav = write_video_sound(job, mp4.with_suffix(".wav"), progress=(progress, task))
+                    summary = job.summary
+                mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
+                write_json(mp4.with_suffix(".json"), {"model": model_name, **summary})
+            except AvgenError as exc:
+                rows.append({"video": str(video), "error": str(exc)})
+                _batch_error(progress.console, len(files), video, exc)
+                continue
             seconds = time.perf_counter() - t0
+            rtf = seconds / max(summary["seconds"], 1e-9)
             classes = ", ".join(f"{k} {v:.2f}" for k, v in summary.get("classes", {}).items())
             progress.console.print(f"{video} -> {mp4} ({summary['seconds']:.1f} s of video in {seconds:.1f} s, "
-                                   f"real-time factor {seconds / max(summary['seconds'], 1e-9):.2f})"
-                                   + (f"; classes: {classes}" if classes else ""), markup=False)
-            progress.advance(task)
+                                   f"real-time factor {rtf:.2f})" + (f"; classes: {classes}" if classes else ""),
+                                   markup=False)
+            rows.append({"video": str(video), "output": str(mp4), "seconds": summary["seconds"], "took": seconds,
+                         "rtf": rtf, "predicted": summary.get("material") or summary.get("predicted")})
             console.print(str(mp4))
+    return rows
+
+
+def _batch_error(out: Any, count: int, video: Path, exc: AvgenError) -> None:
+    """In a batch, one line for a video that failed (the others go on); a single video's error ends the command."""
+    if count > 1:
+        out.print(f"[red]error:[/red] {escape(str(video))}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def _generate_table(rows: list[dict[str, Any]]) -> Any:
+    """The batch summary: one row per video (its output, or why it failed)."""
+    from rich.table import Table
+
+    table = Table(title=f"avgen generate: {sum('error' not in r for r in rows)} of {len(rows)} videos")
+    for column in ("video", "seconds", "took (s)", "real-time factor", "class", "output or error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["video"], "", "", "", "", f"[red]{escape(row['error'])}[/red]")
+        else:
+            table.add_row(row["video"], f"{row['seconds']:.1f}", f"{row['took']:.1f}", f"{row['rtf']:.2f}",
+                          str(row["predicted"] or ""), row["output"])
+    total = sum(r.get("seconds", 0.0) for r in rows)
+    took = sum(r.get("took", 0.0) for r in rows)
+    if total > 0:
+        table.caption = f"{total:.1f} s of video in {took:.1f} s (real-time factor {took / total:.2f})"
+    return table
 
 
 def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector_name: str, train: Any,
@@ -476,7 +564,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="avgen", standalone_mode=False)
+        code = cli.main(args=args, prog_name="avgen", standalone_mode=False)
+        if isinstance(code, int) and code != 0:  # click returns ctx.exit(code) instead of exiting
+            sys.exit(code)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             err_console.print(INTERRUPTED, soft_wrap=True)

@@ -114,6 +114,9 @@ class Representation(nn.Module):
     dim: int  # D: 1025 for the STFT with n_fft 2048, 42 for the cochleagram
     phases: tuple[str, ...] = ("zero",)  # how decode may get a phase; 'given' takes the reference's
     frame_hop: int | None = None  # samples between frames when frames tile time evenly (windows then merge frames)
+    # optional: True when decode(rep, phase, reference=w, length) with w shorter than the output continues the
+    # sound w (its first samples); long videos are then decoded in segments that join without a phase jump
+    continues_phase: bool = False
     REQUIRED: ClassVar[tuple[str, ...]] = ("sample_rate", "dim", "phases", "frame_hop", "frames", "encode", "decode", "to")
 
     def frames(self, num_samples: int) -> int:

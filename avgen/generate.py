@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -40,12 +40,14 @@ def predict(model: torch.nn.Module, features: torch.Tensor, device: torch.device
 
 
 def decode(representation: Any, reps: torch.Tensor, phase: str, length: int, device: torch.device,
-           batch: int = 64) -> torch.Tensor:
-    """Waveforms [N, length] from representations [N, D, F]."""
+           batch: int = 64, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Waveforms [N, length] from representations [N, D, F]; ``reference`` [N, T'] is passed on to
+    ``Representation.decode`` (the sound so far, for a representation that ``continues_phase``)."""
     waves = []
     with torch.no_grad():
         for i in range(0, reps.shape[0], batch):
-            wave = representation.decode(reps[i:i + batch].to(device), phase=phase, length=length)
+            extra = {} if reference is None else {"reference": reference[i:i + batch].to(device)}
+            wave = representation.decode(reps[i:i + batch].to(device), phase=phase, length=length, **extra)
             waves.append(wave.float().cpu())
     return torch.cat(waves) if waves else torch.zeros(0, length)
 
@@ -309,117 +311,348 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
     return [i * hop for i in range(count)]
 
 
+SEGMENT_SECONDS = 30.0  # long videos are generated this many seconds of windows at a time (flat memory)
+DECODE_OVERLAP_SECONDS = 1.0  # ... and their representations decoded in segments that overlap by this much
+
+
+class OverlapAdd:
+    """Streaming ``crossfade_windows``: Hann-weighted pieces [..., L] added at increasing offsets along the last
+    axis and handed out (normalised by the summed weights) as soon as no later piece can reach them.
+
+    It makes the same sums in the same order as one pass over all pieces, so the result is identical;
+    only the part not yet handed out is held in memory.
+    """
+
+    def __init__(self, length: int, total: int) -> None:
+        self.length, self.total = int(length), int(total)
+        self.weight = torch.hann_window(self.length, periodic=False, dtype=torch.float64).clamp_min(1e-3)
+        self.out: torch.Tensor | None = None
+        self.norm = torch.zeros(0, dtype=torch.float64)
+        self.offset = 0  # the global index of the buffers' first element
+
+    def _grow(self, lead: tuple[int, ...], end: int) -> None:
+        if self.out is None:
+            self.out = torch.zeros(*lead, 0, dtype=torch.float64)
+        missing = end - self.offset - self.norm.shape[0]
+        if missing > 0:
+            self.out = torch.cat([self.out, self.out.new_zeros(*self.out.shape[:-1], missing)], dim=-1)
+            self.norm = torch.cat([self.norm, self.norm.new_zeros(missing)])
+
+    def add(self, pieces: torch.Tensor, starts: list[int]) -> None:
+        """Pieces [W, ..., L] at global offsets ``starts`` (not before what was already handed out)."""
+        if not starts:
+            return
+        if starts[0] < self.offset:
+            raise ValueError(f"piece at {starts[0]} is before {self.offset}, which was already handed out")
+        self._grow(tuple(pieces.shape[1:-1]), max(starts) + self.length)
+        for piece, start in zip(pieces.double(), starts):
+            at = start - self.offset
+            self.out[..., at:at + self.length] += piece * self.weight
+            self.norm[at:at + self.length] += self.weight
+
+    def pop(self, upto: int) -> torch.Tensor:
+        """The finished signal from the last ``pop`` to ``upto`` (at most ``total``), as float32."""
+        upto = min(int(upto), self.total)
+        count = max(0, upto - self.offset)
+        if self.out is None:
+            raise ValueError("nothing was added")
+        self._grow(tuple(self.out.shape[:-1]), upto)
+        done = (self.out[..., :count] / self.norm[:count].clamp_min(1e-8)).float()
+        self.out, self.norm = self.out[..., count:].clone(), self.norm[count:].clone()
+        self.offset += count
+        return done
+
+
 def crossfade_windows(pieces: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
     """Windows [W, ..., L] cross-faded into one signal [..., total]: each placed at its offset along the
     last axis, Hann-weighted and normalised by the summed weights. For waveforms (samples) and
     representations (frames); not the STFT's overlap-add of frames, which lives in the audio plugin."""
-    length = pieces.shape[-1]
-    weight = torch.hann_window(length, periodic=False, dtype=torch.float64).clamp_min(1e-3)
-    out = torch.zeros(*pieces.shape[1:-1], max(total, starts[-1] + length), dtype=torch.float64)
-    norm = torch.zeros(out.shape[-1], dtype=torch.float64)
-    for piece, start in zip(pieces.double(), starts):
-        out[..., start:start + length] += piece * weight
-        norm[start:start + length] += weight
-    return (out / norm.clamp_min(1e-8))[..., :total].float()
+    merged = OverlapAdd(pieces.shape[-1], total)
+    merged.add(pieces, starts)
+    return merged.pop(total)
 
 
-def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0) -> torch.Tensor:
-    """Encoder features of every frame at the encoder's fps, decoded in chunks (long videos stream)."""
+class SegmentDecoder:
+    """Decodes a representation [D, F] that arrives a block of frames at a time, ``segment`` frames at a time.
+
+    Consecutive segments overlap by ``overlap`` frames and their sounds cross-fade (raised cosine) over the
+    middle half of the overlap, away from each decode's edges. With ``continues`` each segment's decode is
+    given the previous segment's sound over the overlap, so (for Griffin-Lim) its phase starts from it and
+    the two agree where they cross-fade instead of cancelling. A representation of at most
+    segment + overlap frames is decoded in one piece, exactly as ``decode`` would.
+    """
+
+    def __init__(self, decode_fn: Any, hop: int, total: int, frames: int, segment: int, overlap: int,
+                 continues: bool = False) -> None:
+        self.decode_fn, self.hop, self.total, self.frames = decode_fn, int(hop), int(total), int(frames)
+        self.continues = continues  # decode_fn(rep, length, prefix) continues the sound prefix [1, T'] (else None)
+        self.prefix: torch.Tensor | None = None
+        self.segment, self.overlap = max(1, int(segment)), max(2, int(overlap))
+        self.pending: list[torch.Tensor] = []
+        self.have = 0  # frames received
+        self.index = 0  # next segment
+        self.tail: torch.Tensor | None = None  # the previous segment's sound from where the next fade starts
+        self.emitted = 0  # global samples handed out
+        self.margin = (self.overlap - 1) * self.hop // 4  # the fade keeps this far from both decodes' edges
+        self.done = False
+
+    def _bounds(self, j: int) -> tuple[int, int, bool]:
+        first = j * self.segment
+        last = first + self.segment + self.overlap
+        return first, min(last, self.frames), last >= self.frames
+
+    def push(self, block: torch.Tensor) -> list[torch.Tensor]:
+        """Take frames [D, n] (in order); return the sound now final (possibly nothing)."""
+        if block.shape[-1]:
+            self.pending.append(block)
+            self.have += block.shape[-1]
+        out: list[torch.Tensor] = []
+        while not self.done:
+            first, last, final = self._bounds(self.index)
+            if self.have < last:
+                break
+            out.extend(self._decode_segment(first, last, final))
+            self.done = final
+        return out
+
+    def _decode_segment(self, first: int, last: int, final: bool) -> list[torch.Tensor]:
+        held = torch.cat(self.pending, dim=-1)
+        base = self.have - held.shape[-1]  # global frame of held[..., 0]
+        start = first * self.hop  # global sample of the decoded sound's first sample
+        length = self.total - start if final else (last - first - 1) * self.hop
+        wave = self.decode_fn(held[..., first - base:last - base][None], length, self.prefix)[0]
+        self.pending = [] if final else [held[..., first + self.segment - base:]]
+        self.index += 1
+        pieces = []
+        if self.tail is not None:  # cross-fade with the previous segment's tail
+            blend = self.tail.shape[-1] - self.margin
+            at = self.emitted - start
+            fade = 0.5 - 0.5 * torch.cos(torch.linspace(0, torch.pi, blend + 2, dtype=torch.float64)[1:-1])
+            pieces.append((self.tail[:blend].double() * (1 - fade) + wave[at:at + blend].double() * fade).to(wave.dtype))
+            self.emitted += blend
+            self.tail = None
+        cut = self.total if final else (first + self.segment) * self.hop + self.margin  # where the next fade starts
+        pieces.append(wave[self.emitted - start:cut - start])
+        if not final:
+            self.tail = wave[cut - start:]
+            self.prefix = wave[None, self.segment * self.hop:] if self.continues else None
+        self.emitted = cut
+        return pieces
+
+    def finish(self) -> list[torch.Tensor]:
+        """The rest of the sound once every frame was pushed."""
+        if self.have < self.frames:
+            raise ValueError(f"got {self.have} of {self.frames} frames")
+        return self.push(torch.zeros(0))
+
+
+def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0, first: int = 0,
+                   count: int | None = None) -> torch.Tensor:
+    """Encoder features [count, dim] of frames first .. first + count - 1 at the encoder's fps (frame k shows
+    time k / fps), decoded ``chunk_seconds`` at a time; by default every frame of ``duration`` seconds."""
     from avgen.media import read_frames
 
+    if count is None:
+        count = max(1, round(duration * encoder.fps))
+    per_read = max(1, round(chunk_seconds * encoder.fps))
     feats = []
-    start = 0.0
-    total = max(1, round(duration * encoder.fps))
-    while len(feats) == 0 or sum(f.shape[0] for f in feats) < total:
-        length = min(chunk_seconds, max(duration - start, 1.0 / encoder.fps))
-        frames = read_frames(video, encoder.fps, encoder.input_size, start=start, duration=length)
-        feats.append(encoder.encode(frames).float())
-        start += length
-        if start >= duration:
-            break
-    return fit_frames(torch.cat(feats), total)
+    done = 0
+    while done < count:
+        n = min(per_read, count - done)
+        frames = read_frames(video, encoder.fps, encoder.input_size, start=(first + done) / encoder.fps,
+                             duration=n / encoder.fps)
+        feats.append(encoder.encode(fit_frames(frames, n)).float())
+        done += n
+    return torch.cat(feats)
 
 
 def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                        meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5,
                        batch: int = 32, exemplar_bank: Any = None, material: int | None = None,
-                       ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The sound for a whole video: sliding clip-length windows, generated and overlap-added.
+                       segment_seconds: float = SEGMENT_SECONDS) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The sound [T] of a whole video: sliding clip-length windows, generated and overlap-added
+    (``VideoSound``), gathered in memory and scaled into [-1, 1]. ``write_video_sound`` streams to a file.
 
     With an ``avgen.ExemplarBank`` each window takes its nearest bank clip (paper Eq. 8) instead of
-    the raw sound, and the summary's ``windows`` record which clip and how similar. ``material``
+    the raw sound, and the summary's ``provenance`` records which clip and how similar. ``material``
     (a class index) forces the generator's class (``Generator.class_outputs``).
     """
-    from avgen.media import probe
-
-    info = probe(video)
-    if not info.has_video:
-        raise AvgenError(f"{video}: has no video stream; avgen generate needs a video")
-    clip = clip_seconds(recipe, meta)
-    rate = int(meta.get("sample_rate") or representation.sample_rate)
-    duration = float(info.duration)
-    if duration <= 0:
-        raise AvgenError(f"{video}: zero-length video")
-    samples, total = round(clip * rate), round(duration * rate)
-    if exemplar_bank is not None and tuple(exemplar_bank.waves.shape[1:]) != (samples,):
-        raise AvgenError(f"exemplar bank ({exemplar_bank.source}): clips of {exemplar_bank.waves.shape[-1]} samples, "
-                         f"the model's are {samples} ({clip} s at {rate} Hz)")
-    frame_hop = representation.frame_hop if exemplar_bank is None else None
-    step = max(1, round(clip * hop_fraction * rate / frame_hop)) if frame_hop else 0  # window hop in rep frames
-    hop = step * frame_hop / rate if frame_hop else clip * hop_fraction
-    starts = window_starts(duration, clip, hop)
-    clock = _Clock()
-    features = video_features(encoder, video, max(duration, clip))
-    clock.lap("features")
-    frames_per_clip = max(1, round(clip * encoder.fps))
-    if features.shape[0] < frames_per_clip:
-        features = fit_frames(features, frames_per_clip)
-    windows = []
-    for start in starts:
-        first = min(round(start * encoder.fps), features.shape[0] - frames_per_clip)
-        windows.append(features[first:first + frames_per_clip])
-    windows_t = torch.stack(windows)
-    labels = None if material is None else torch.full((len(starts),), int(material), dtype=torch.long)
-    outputs = predict(model, windows_t, device, batch=batch, labels=labels)
-    clock.lap("generator")
-    if exemplar_bank is not None:  # the nearest training clip of each window (paper Eq. 8)
-        from avgen.retrieval import time_average, topk_cosine
-
-        scores, nearest = topk_cosine(time_average(outputs["rep"]), exemplar_bank.reps, 1)
-        clock.lap("exemplar")
-        wave = crossfade_windows(exemplar_bank.waves[nearest[:, 0]].float(), [round(s * rate) for s in starts], total)
-    elif frame_hop:  # merge the windows' frames into one representation, then one decode with one phase
-        merged = crossfade_windows(outputs["rep"], [i * step for i in range(len(starts))], representation.frames(total))
-        clock.lap("mix")
-        wave = decode(representation, merged[None], raw_phase(recipe, representation), total, device)[0]
-    else:  # a representation without frame hop: decode each window and overlap-add the sound
-        pieces = decode(representation, outputs["rep"], raw_phase(recipe, representation), samples, device)
-        clock.lap("decode")
-        wave = crossfade_windows(pieces, [round(s * rate) for s in starts], total)
-    clock.lap("decode" if frame_hop else "mix")
-    peak = float(wave.abs().max())
+    job = VideoSound(video, recipe, encoder, representation, model, meta, device, hop_fraction=hop_fraction,
+                     batch=batch, exemplar_bank=exemplar_bank, material=material, segment_seconds=segment_seconds)
+    wave = torch.cat(list(job.blocks()))
+    peak = float(wave.abs().max()) if wave.numel() else 0.0
     if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
         wave = wave / peak
-    names = meta.get("class_names") or []
-    summary: dict[str, Any] = {"video": str(video), "seconds": duration, "windows": len(starts), "sample_rate": rate,
-                               "timings": clock.laps}
-    probabilities = model.class_probabilities(outputs)
-    if probabilities is not None and names:
-        top = probabilities.mean(0).topk(min(3, len(names)))
-        summary["classes"] = {names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
-        summary["predicted"] = names[int(top.indices[0])]
-    if material is not None:
-        summary["material"] = names[material] if names else material
-    if exemplar_bank is not None:
-        summary["exemplars"] = exemplar_bank.source
-        summary["provenance"] = [{"start": round(s, 4), "end": round(min(s + clip, duration), 4),
-                               **exemplar_bank.entries[int(j)], "similarity": round(float(score), 6)}
-                              for s, j, score in zip(starts, nearest[:, 0], scores[:, 0])]
-    return wave, summary
+    return wave, job.summary
+
+
+def write_video_sound(job: "VideoSound", path: Path, progress: Any = None) -> Path:
+    """Stream a ``VideoSound`` into a 16-bit wav at ``path`` (atomically) in memory that does not grow with
+    the video's length: blocks go to a float scratch file, then are copied, scaled into [-1, 1] if they exceed it.
+
+    Both files are written with Python file writes, so a full disk is an ``OSError`` that ``atomic_path``
+    turns into one line, keeping any earlier file at ``path``."""
+    import struct
+
+    import numpy as np
+
+    from avgen.atomic import TEMP_SUFFIX, atomic_path
+
+    rate = job.summary["sample_rate"]
+    path = Path(path)
+    peak, samples = 0.0, 0
+    with atomic_path(path) as final:
+        scratch = final.with_name(final.name.removesuffix(TEMP_SUFFIX) + ".float" + TEMP_SUFFIX)  # a temporary file too
+        try:
+            with open(scratch, "wb") as raw:
+                for block in job.blocks(progress):
+                    data = block.numpy().astype("<f4", copy=False)
+                    peak = max(peak, float(np.abs(data).max()) if data.size else 0.0)
+                    samples += data.size
+                    raw.write(data.tobytes())
+            scale = 1.0 / peak if peak > 1.0 else 1.0
+            with open(scratch, "rb") as raw, open(final, "wb") as out:
+                out.write(struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * samples, b"WAVE", b"fmt ", 16, 1, 1,
+                                      rate, 2 * rate, 2, 16, b"data", 2 * samples))
+                while chunk := raw.read(4 * rate * 10):
+                    data = np.frombuffer(chunk, dtype="<f4") * scale
+                    out.write(np.rint(np.clip(data, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+        finally:
+            scratch.unlink(missing_ok=True)
+    return path
+
+
+class VideoSound:
+    """The generated sound of one video, produced ``segment_seconds`` of windows at a time.
+
+    Windows of the training clip length start every ``hop_fraction`` of a clip (for representations whose
+    frames tile time, on a frame boundary). Each run of windows reads only the frames it needs, predicts,
+    and adds to an ``OverlapAdd``: the merged representation (then decoded by a ``SegmentDecoder``), or
+    the sound of each window (exemplars, or representations without frame hop). ``blocks`` yields the
+    sound in order; ``summary`` is complete once it is exhausted. Memory does not grow with the video.
+    """
+
+    def __init__(self, video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
+                 meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5, batch: int = 32,
+                 exemplar_bank: Any = None, material: int | None = None,
+                 segment_seconds: float = SEGMENT_SECONDS) -> None:
+        from avgen.media import probe
+
+        info = probe(video)
+        if not info.has_video:
+            raise AvgenError(f"{video}: has no video stream; avgen generate needs a video")
+        self.video, self.recipe, self.encoder, self.representation = Path(video), recipe, encoder, representation
+        self.model, self.device, self.batch, self.bank, self.material = model, device, batch, exemplar_bank, material
+        self.clip = clip_seconds(recipe, meta)
+        self.rate = int(meta.get("sample_rate") or representation.sample_rate)
+        self.duration = float(info.duration)
+        if self.duration <= 0:
+            raise AvgenError(f"{video}: zero-length video")
+        self.samples, self.total = round(self.clip * self.rate), round(self.duration * self.rate)
+        if exemplar_bank is not None and tuple(exemplar_bank.waves.shape[1:]) != (self.samples,):
+            raise AvgenError(f"exemplar bank ({exemplar_bank.source}): clips of {exemplar_bank.waves.shape[-1]} samples, "
+                             f"the model's are {self.samples} ({self.clip} s at {self.rate} Hz)")
+        self.frame_hop = representation.frame_hop if exemplar_bank is None else None
+        # window hop in representation frames (0 without frame hop)
+        self.step = max(1, round(self.clip * hop_fraction * self.rate / self.frame_hop)) if self.frame_hop else 0
+        hop = self.step * self.frame_hop / self.rate if self.frame_hop else self.clip * hop_fraction
+        self.starts = window_starts(self.duration, self.clip, hop)
+        self.per_run = max(1, round(segment_seconds / hop))  # windows generated together
+        self.segment_seconds = segment_seconds
+        self.frames_per_clip = max(1, round(self.clip * encoder.fps))
+        self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
+        self.names = list(meta.get("class_names") or [])
+        self.clock = _Clock()
+        self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
+                                        "sample_rate": self.rate}
+
+    def _first_frame(self, start: float) -> int:
+        return min(round(start * self.encoder.fps), max(self.video_frames, self.frames_per_clip) - self.frames_per_clip)
+
+    def _window_features(self, indices: range) -> torch.Tensor:
+        """Features [W, frames_per_clip, dim] of the windows ``indices``, from only the frames they cover."""
+        firsts = [self._first_frame(self.starts[i]) for i in indices]
+        if self.video_frames < self.frames_per_clip:  # a video shorter than one clip: pad with its last frame
+            features = fit_frames(video_features(self.encoder, self.video, self.duration, count=self.video_frames),
+                                  self.frames_per_clip)
+            low = 0
+        else:
+            low = min(firsts)
+            features = video_features(self.encoder, self.video, self.duration, first=low,
+                                      count=max(firsts) + self.frames_per_clip - low)
+        return torch.stack([features[f - low:f - low + self.frames_per_clip] for f in firsts])
+
+    def blocks(self, progress: Any = None) -> Iterator[torch.Tensor]:
+        """The sound [n] in consecutive blocks; ``progress`` (a (rich Progress, task) pair) advances per window."""
+        from avgen.retrieval import time_average, topk_cosine
+
+        phase = raw_phase(self.recipe, self.representation)
+        clock, starts = self.clock, self.starts
+        if self.frame_hop:  # windows' frames merge into one representation, decoded in long segments
+            frames = self.representation.frames(self.total)
+            merged = OverlapAdd(self.representation.frames(self.samples), frames)
+            decoder = SegmentDecoder(
+                lambda rep, length, prefix: decode(self.representation, rep, phase, length, self.device, reference=prefix),
+                self.frame_hop, self.total, frames, round(self.segment_seconds * self.rate / self.frame_hop),
+                round(DECODE_OVERLAP_SECONDS * self.rate / self.frame_hop),
+                continues=bool(getattr(self.representation, "continues_phase", False)))
+        else:  # each window's sound, overlap-added
+            merged = OverlapAdd(self.samples, self.total)
+        probability_sum, provenance = None, []
+        for lo in range(0, len(starts), self.per_run):
+            indices = range(lo, min(lo + self.per_run, len(starts)))
+            windows = self._window_features(indices)
+            clock.lap("features")
+            labels = None if self.material is None else torch.full((len(indices),), int(self.material), dtype=torch.long)
+            outputs = predict(self.model, windows, self.device, batch=self.batch, labels=labels)
+            clock.lap("generator")
+            probabilities = self.model.class_probabilities(outputs)
+            if probabilities is not None:
+                part = probabilities.double().sum(0)
+                probability_sum = part if probability_sum is None else probability_sum + part
+            ahead = indices.stop < len(starts)  # later windows still reach back before their start
+            until = round(starts[indices.stop] * self.rate) if ahead else self.total  # where the sound is final
+            if self.bank is not None:  # the nearest bank clip of each window (paper Eq. 8)
+                scores, nearest = topk_cosine(time_average(outputs["rep"]), self.bank.reps, 1)
+                clock.lap("exemplar")
+                merged.add(self.bank.waves[nearest[:, 0]].float(), [round(starts[i] * self.rate) for i in indices])
+                provenance.extend(
+                    {"start": round(starts[i], 4), "end": round(min(starts[i] + self.clip, self.duration), 4),
+                     **self.bank.entries[int(j)], "similarity": round(float(score), 6)}
+                    for i, j, score in zip(indices, nearest[:, 0], scores[:, 0]))
+                out = [merged.pop(until)]
+            elif self.frame_hop:
+                merged.add(outputs["rep"], [i * self.step for i in indices])
+                block = merged.pop(indices.stop * self.step if ahead else frames)
+                clock.lap("mix")
+                out = decoder.push(block) + ([] if ahead else decoder.finish())
+            else:  # a representation without frame hop: decode each window, overlap-add the sound
+                pieces = decode(self.representation, outputs["rep"], phase, self.samples, self.device)
+                merged.add(pieces, [round(starts[i] * self.rate) for i in indices])
+                out = [merged.pop(until)]
+            clock.lap("decode")
+            if progress is not None:
+                progress[0].advance(progress[1], len(indices))
+            yield from (piece for piece in out if piece.numel())
+        self._finish_summary(probability_sum, provenance)
+
+    def _finish_summary(self, probability_sum: torch.Tensor | None, provenance: list[dict[str, Any]]) -> None:
+        summary = self.summary
+        summary["timings"] = self.clock.laps
+        if probability_sum is not None and self.names:
+            mean = (probability_sum / len(self.starts)).float()
+            top = mean.topk(min(3, len(self.names)))
+            summary["classes"] = {self.names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
+            summary["predicted"] = self.names[int(top.indices[0])]
+        if self.material is not None:
+            summary["material"] = self.names[self.material] if self.names else self.material
+        if self.bank is not None:
+            summary["exemplars"] = self.bank.source
+            summary["provenance"] = provenance
 
 
 class _Clock:
-    """Seconds spent in each named phase, in order (``laps``)."""
+    """Seconds spent in each named phase, in order (``laps``), summed over repeats."""
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
@@ -427,5 +660,5 @@ class _Clock:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 4)
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 4)
         self._last = now

@@ -410,34 +410,45 @@ def mux_audio(
     the generated track comes first and is the default one, so players play it.
     """
     video = _check_file(video)
-    if isinstance(audio, torch.Tensor):
-        if sample_rate is None:
-            raise AvgenError("mux_audio needs sample_rate when audio is a tensor")
-        wave, rate = audio.detach().float().cpu(), int(sample_rate)
-    else:
-        wave, rate = read_audio(audio, sample_rate=sample_rate, mono=False, allow_silent=True)
-    wave = wave.reshape(-1, wave.shape[-1]) if wave.dim() > 1 else wave[None]
-    if wave.shape[0] > 2:
-        wave = wave.mean(dim=0, keepdim=True)
     info = probe(video)
     if not info.has_video:
         raise AvgenError(f"media file '{video}' has no video stream; mux_audio needs a video")
-    if info.duration > 0:
-        wave = wave[:, : int(round(info.duration * rate))]
+    streamed = not isinstance(audio, torch.Tensor) and _is_soundfile(_check_file(audio))
+    if streamed:  # a wav/flac file is read a block at a time: memory does not grow with its length
+        header = sf.info(str(audio))
+        rate = header.samplerate
+        streamed = sample_rate is None or int(sample_rate) == rate
+    if streamed:
+        channels = header.channels if header.channels <= 2 else 1
+        limit = int(round(info.duration * rate)) if info.duration > 0 else None
+        blocks = _wav_blocks(Path(audio), limit)
+    else:
+        if isinstance(audio, torch.Tensor):
+            if sample_rate is None:
+                raise AvgenError("mux_audio needs sample_rate when audio is a tensor")
+            wave, rate = audio.detach().float().cpu(), int(sample_rate)
+        else:
+            wave, rate = read_audio(audio, sample_rate=sample_rate, mono=False, allow_silent=True)
+        wave = wave.reshape(-1, wave.shape[-1]) if wave.dim() > 1 else wave[None]
+        if wave.shape[0] > 2:
+            wave = wave.mean(dim=0, keepdim=True)
+        if info.duration > 0:
+            wave = wave[:, : int(round(info.duration * rate))]
+        channels, blocks = wave.shape[0], iter([wave.numpy()])
     out = Path(out)
     with atomic_path(out) as tmp, _open(video) as source:
         with av.open(str(tmp), mode="w", format="mp4") as target:
             video_in = source.streams.video[0]
             video_out = target.add_stream_from_template(video_in)
             audio_out = target.add_stream("aac", rate=rate)
-            audio_out.layout = "mono" if wave.shape[0] == 1 else "stereo"
+            audio_out.layout = "mono" if channels == 1 else "stereo"
             audio_out.bit_rate = bitrate
             audio_out.disposition = av.stream.Disposition.default
             keep_in = source.streams.audio[0] if keep_original_audio and source.streams.audio else None
             keep_out = target.add_stream_from_template(keep_in) if keep_in is not None else None
             if keep_out is not None:
                 keep_out.disposition = av.stream.Disposition(0)
-            _encode_audio(target, audio_out, wave.numpy(), rate)
+            _encode_audio(target, audio_out, blocks, rate)
             copy_streams = [s for s in (video_in, keep_in) if s is not None]
             for packet in source.demux(copy_streams):
                 if packet.dts is None:
@@ -447,16 +458,35 @@ def mux_audio(
     return out
 
 
-def _encode_audio(container, stream, wave: np.ndarray, rate: int, chunk: int = 1024) -> None:
-    layout = "mono" if wave.shape[0] == 1 else "stereo"
-    data = np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
-    for offset in range(0, data.shape[1], chunk * 16):
-        piece = np.ascontiguousarray(data[:, offset : offset + chunk * 16])
-        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = offset
-        frame.time_base = Fraction(1, rate)
-        for packet in stream.encode(frame):
-            container.mux(packet)
+def _wav_blocks(path: Path, limit: int | None, size: int = 1 << 18) -> Iterator[np.ndarray]:
+    """[C, n] float32 blocks of a soundfile-readable file (more than 2 channels averaged), at most ``limit`` samples."""
+    done = 0
+    with sf.SoundFile(str(path)) as source:
+        for block in source.blocks(blocksize=size, dtype="float32", always_2d=True):
+            if limit is not None:
+                block = block[: max(0, limit - done)]
+            done += block.shape[0]
+            block = block.T if block.shape[1] <= 2 else block.mean(axis=1, keepdims=True).T
+            if block.shape[1]:
+                yield block
+            if limit is not None and done >= limit:
+                break
+
+
+def _encode_audio(container, stream, blocks: Iterator[np.ndarray], rate: int, chunk: int = 1024) -> None:
+    """Encode [C, n] float blocks (clipped to [-1, 1]) as consecutive audio frames."""
+    offset = 0
+    for wave in blocks:
+        layout = "mono" if wave.shape[0] == 1 else "stereo"
+        data = np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)
+        for at in range(0, data.shape[1], chunk * 16):
+            piece = np.ascontiguousarray(data[:, at : at + chunk * 16])
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = offset
+            frame.time_base = Fraction(1, rate)
+            offset += piece.shape[1]
+            for packet in stream.encode(frame):
+                container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from avgen.generate import crossfade_windows, window_starts
+from avgen.generate import OverlapAdd, SegmentDecoder, crossfade_windows, window_starts
 from conftest import avgen_in_process, error_lines, run_avgen
 
 RECIPE = """
@@ -205,10 +205,11 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
 
 def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_output(
         trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Disk full (ENOSPC after half the bytes, injected) and a real write limit (RLIMIT_FSIZE: libsndfile's
-    "System error.") while writing <stem>.avgen.wav: exit 2, one line naming the wav; the earlier wav and mp4 stay whole."""
+    """Disk full (ENOSPC after 64 KiB, injected) and a real write limit (RLIMIT_FSIZE) while writing <stem>.avgen.wav: exit 2, one line naming the wav; the earlier wav and mp4 stay whole."""
+    import builtins
+
     from avgen.atomic import stale_temp_files
-    from test_reliability_files import fail_write
+    from test_reliability_files import fail_file_write
 
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     home = {"AVGEN_HOME": str(trained_run.parents[1] / "home")}
@@ -218,8 +219,8 @@ def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_ou
     wav, mp4 = tmp_path / f"{video.stem}.avgen.wav", tmp_path / f"{video.stem}.avgen.mp4"
     before = {path: path.read_bytes() for path in (wav, mp4)}
 
-    writer, calls = fail_write(after=1, name_prefix=f".{wav.name}.")
-    monkeypatch.setattr(Path, "write_bytes", writer)
+    opener, calls = fail_file_write(name_prefix=f".{wav.name}.")  # the wav's temporary files
+    monkeypatch.setattr(builtins, "open", opener)
     code, _, lines = avgen_in_process(capsys, *args)
     monkeypatch.undo()
     assert len(calls) == 1 and code == 2, lines
@@ -261,3 +262,152 @@ def test_generate_on_a_real_video_keeping_its_audio(trained_run: Path, tmp_path:
     count, seconds = audio_seconds(mp4)
     assert count == 2  # generated track first, the original kept second
     assert abs(seconds - video_seconds(big_buck_bunny)) < 0.15
+
+
+# ---------------------------------------------------------------- long videos: streaming in segments
+
+
+def test_overlap_add_streamed_in_pieces_equals_one_pass() -> None:
+    """Adding windows a few at a time and taking the finished part each time gives exactly the one-pass result."""
+    gen = torch.Generator().manual_seed(1)
+    pieces = torch.rand(23, 3, 40, generator=gen, dtype=torch.float64)
+    starts = [i * 17 for i in range(23)]
+    total = starts[-1] + 31
+    whole = crossfade_windows(pieces, starts, total)
+    stream = OverlapAdd(40, total)
+    out = []
+    for lo in range(0, 23, 5):
+        hi = min(lo + 5, 23)
+        stream.add(pieces[lo:hi], starts[lo:hi])
+        out.append(stream.pop(starts[hi] if hi < 23 else total))
+    assert [o.shape[-1] > 0 for o in out] == [True] * len(out)
+    assert torch.equal(torch.cat(out, dim=-1), whole)
+
+
+def _hold_decode(rep: torch.Tensor, length: int, prefix: torch.Tensor | None = None, hop: int = 8) -> torch.Tensor:
+    """A decoder whose sound at a sample depends only on the frame nearest to it (frame k centred on k * hop)."""
+    frames = rep.mean(1)  # [B, F]
+    index = ((torch.arange(length) + hop // 2) // hop).clamp(max=frames.shape[-1] - 1)
+    return frames[:, index]
+
+
+@pytest.mark.parametrize("blocks", [[1000], [7, 300, 1, 692], [250] * 4])
+def test_segment_decoder_joins_segments_of_a_local_decoder_without_change(blocks: list[int]) -> None:
+    """Where the decoder is local, decoding in overlapping segments and cross-fading changes nothing."""
+    hop, frames = 8, sum(blocks)
+    total = (frames - 1) * hop
+    rep = torch.rand(1, 2, frames, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    whole = _hold_decode(rep, total)[0]
+    decoder = SegmentDecoder(_hold_decode, hop, total, frames, segment=120, overlap=20)
+    out, at = [], 0
+    for size in blocks:
+        out += decoder.push(rep[0, :, at:at + size])
+        at += size
+    out += decoder.finish()
+    assert decoder.index == 9  # ceil((1000 - 20) / 120) segments
+    joined = torch.cat(out)
+    assert joined.shape == whole.shape
+    torch.testing.assert_close(joined, whole, rtol=0, atol=1e-12)
+
+
+def _still_video(path: Path, seconds: float) -> Path:
+    from avgen.media import write_video
+
+    frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
+    frame[16:48, 16:48] = torch.tensor([200, 120, 40], dtype=torch.uint8)
+    return write_video(path, (frame for _ in range(int(seconds * 8))), fps=8)
+
+
+def test_long_video_in_segments_matches_one_pass(trained_run: Path, tmp_path: Path) -> None:
+    """A 12 s still video generated in 2 s segments: exemplar sound identical to one pass, raw sound as long."""
+    from avgen.generate import exemplar_bank, generate_for_video, load_trained
+
+    os.environ.setdefault("AVGEN_HOME", str(trained_run.parents[1] / "home"))
+    device = torch.device("cpu")
+    recipe, encoder, representation, model, meta = load_trained(trained_run, device)
+    video = _still_video(tmp_path / "still.mp4", 12.0)
+    bank = exemplar_bank(recipe, trained_run, device, encoder, representation)
+    one, _ = generate_for_video(video, recipe, encoder, representation, model, meta, device, exemplar_bank=bank)
+    parts, summary = generate_for_video(video, recipe, encoder, representation, model, meta, device,
+                                        exemplar_bank=bank, segment_seconds=2.0)
+    assert torch.equal(one, parts) and len(summary["provenance"]) == summary["windows"] == 47
+    whole, _ = generate_for_video(video, recipe, encoder, representation, model, meta, device)
+    wave, _ = generate_for_video(video, recipe, encoder, representation, model, meta, device, segment_seconds=2.0)
+    assert wave.shape == whole.shape == (round(12.0 * summary["sample_rate"]),) and float(wave.abs().max()) > 0.01
+
+
+def _envelope(wave: torch.Tensor, size: int = 256) -> torch.Tensor:
+    return wave[: wave.shape[0] // size * size].double().reshape(-1, size).pow(2).mean(1).sqrt()
+
+
+@pytest.mark.parametrize("continues", [True, False])
+def test_segments_of_a_stationary_sound_join_without_seams(continues: bool) -> None:
+    """A stationary harmonic sound's STFT decoded by Griffin-Lim in 2 s segments: where segments join, the
+    loudness dips no deeper than one 12 s decode dips anywhere, and the spectral flux is no larger than
+    anywhere inside the one decode. Segments that start their phase afresh (continues=False) cancel where they
+    cross-fade: that case must be caught."""
+    from avgen.generate import SegmentDecoder, decode
+    from avgen.plugins import create
+
+    rate, hop = 22050, 512
+    rep = create("representation", "stft", n_fft=2048, hop_length=hop, sample_rate=rate)
+    total = 12 * rate
+    t = torch.arange(total, dtype=torch.float64) / rate
+    tone = sum(0.2 / k * torch.sin(2 * torch.pi * 220 * k * t + k) for k in range(1, 6)).float()
+    spectrum = rep.encode(tone[None])
+    frames = spectrum.shape[-1]
+
+    def run(rep_part: torch.Tensor, length: int, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        return decode(rep, rep_part, "griffin_lim", length, torch.device("cpu"), reference=prefix)
+
+    whole = run(spectrum, total)[0]
+    segment = round(2 * rate / hop)
+    decoder = SegmentDecoder(run, hop, total, frames, segment, round(rate / hop), continues=continues)
+    joined = torch.cat(decoder.push(spectrum[0]) + decoder.finish())
+    assert joined.shape == whole.shape
+    size = 256
+    edge = rate // size // 2  # half a second at each end: Griffin-Lim's own edge effects
+    reference_env = _envelope(whole)
+    one_pass_dip = float(reference_env[edge:-edge].min() / reference_env[edge:-edge].median())
+    env = _envelope(joined)
+    median = float(env[edge:-edge].median())
+    joins = [j * segment * hop // size for j in range(1, 6)]  # each fade lies within 1 s after a join
+    dips = [float(env[j:j + rate // size].min()) / median for j in joins]
+    def flux(wave: torch.Tensor) -> torch.Tensor:  # relative change of the magnitude spectrum, frame to frame
+        magnitude = torch.stft(wave.double(), 1024, size, window=torch.hann_window(1024, dtype=torch.float64),
+                               return_complex=True).abs()
+        return (magnitude[:, 1:] - magnitude[:, :-1]).norm(dim=0) / magnitude[:, 1:].norm(dim=0).clamp_min(1e-9)
+
+    one_pass_flux = float(flux(whole)[2 * edge:-2 * edge].max())
+    joined_flux = flux(joined)
+    join_flux = max(float(joined_flux[j - 2:j + rate // size + 2].max()) for j in joins)
+    seamless = min(dips) >= 0.9 * one_pass_dip and join_flux <= one_pass_flux
+    assert seamless == continues, (dips, one_pass_dip, join_flux, one_pass_flux)
+
+
+def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_path: Path) -> None:
+    """A folder: every video generated under one progress bar, a summary row each; a corrupt file is reported
+    in its row (exit 1) without stopping the others. A folder without videos is one line, exit 2."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    videos = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[:2]
+    for video in videos:
+        shutil.copy(video, folder / video.name)
+    (folder / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    (folder / "notes.txt").write_text("ignored")
+    env = {"AVGEN_HOME": str(trained_run.parents[1] / "home"), "COLUMNS": "200"}
+    proc = run_avgen("generate", str(folder), "--run", str(trained_run), "-o", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.avgen.mp4"))
+    assert outputs == sorted(f"{v.stem}.avgen.mp4" for v in videos)
+    for name in outputs:
+        assert audio_seconds(tmp_path / "out" / name)[1] > 1.0
+    assert f"error: {folder / 'broken.mp4'}: cannot read media file" in proc.stderr and "Traceback" not in proc.stderr
+    assert "avgen generate: 2 of 3 videos" in " ".join(proc.stderr.split())  # the summary table's title
+    assert proc.stdout.split() == [str(tmp_path / "out" / name) for name in outputs]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_avgen("generate", str(empty), "--run", str(trained_run), env=env)
+    assert proc.returncode == 2 and error_lines(proc) == [f"error: {empty}: folder holds no videos "
+                                                          "(.mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg, .mpeg)"]

@@ -311,6 +311,44 @@ def fail_write(after: int, name_prefix: str):
     return write_bytes, calls
 
 
+def fail_file_write(name_prefix: str):
+    """A builtins.open whose files named like ``name_prefix``, opened for writing, hit ENOSPC once half of
+    what the first such file was to hold (its first 64 KiB of writes) is written: a disk that fills up mid-file."""
+    import builtins
+
+    real = builtins.open
+    calls = []
+
+    class Filling:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if self.written + len(data) > 1 << 16:
+                self.f.write(bytes(data)[: max(0, (1 << 16) - self.written)])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.f.name)
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real(file, mode, *args, **kwargs)
+        if "w" in mode and Path(str(file)).name.startswith(name_prefix):
+            calls.append(file)
+            return Filling(f)
+        return f
+
+    return fake_open, calls
+
+
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tmp_path_factory, capsys, monkeypatch,
                                                                      one_thread, example_plugin):
     """The 4th write of last.safetensors (epoch 3 of 16) fails halfway: exit 2, one line, epoch 2 kept, resume matches."""

@@ -34,6 +34,7 @@ class SpectralRepresentation(Representation):
         self.n_fft = params.n_fft
         self.hop_length = params.hop_length
         self.frame_hop = params.hop_length  # frames tile time every hop_length samples
+        self.continues_phase = True  # decode(phase='griffin_lim', reference=sound so far) continues that sound
         self.center = params.center
         self.pad_mode = params.pad_mode
         self.n_iter = params.n_iter
@@ -94,7 +95,8 @@ class SpectralRepresentation(Representation):
     ) -> torch.Tensor:
         """[B, D, F] -> [B, T]; differentiable w.r.t. rep (the phase estimate is held constant).
 
-        phase: 'griffin_lim' (n_iter fast Griffin-Lim steps), 'given' (the phase of
+        phase: 'griffin_lim' (n_iter fast Griffin-Lim steps; a ``reference`` [B, T'] shorter than the
+        output starts the frames it covers from its phase, see ``griffin_lim``), 'given' (the phase of
         ``reference`` [B, T], which also sets the default length), 'zero' or 'random'.
         Without ``length`` a centred STFT gives hop_length * (F - 1) samples, as librosa.
         """
@@ -108,19 +110,40 @@ class SpectralRepresentation(Representation):
         elif phase == "random":
             unit = random_phase(magnitude.shape, magnitude.device, _complex(magnitude.dtype), self.params.seed)
         else:
-            unit = self.griffin_lim(magnitude, length)
+            unit = self.griffin_lim(magnitude, length, reference)
         return fourier.istft(magnitude * unit, self.window, self.hop_length, self.center, length)
 
-    def griffin_lim(self, magnitude: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """Unit phase [B, F, K] for magnitude [B, F, K] by fast Griffin-Lim (no gradient)."""
+    def griffin_lim(self, magnitude: torch.Tensor, length: int | None = None,
+                    reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit phase [B, F, K] for magnitude [B, F, K] by fast Griffin-Lim (no gradient).
+
+        A ``reference`` waveform [B, T'] (the sound already made for the first T' samples, e.g. by the
+        previous segment of a long video) starts the frames it covers from its phase, so that the
+        result continues it instead of starting anew (``continues_phase``).
+        """
         if self.params.griffin_lim_init == "random":
             init = random_phase(magnitude.shape, magnitude.device, _complex(magnitude.dtype), self.params.seed)
         else:
             init = torch.ones_like(magnitude, dtype=_complex(magnitude.dtype))
+        if reference is not None:
+            init = self._continued_phase(init, reference)
         return griffin_lim_phase(
             magnitude, self.window, self.hop_length, self.center, self.pad_mode,
             self.n_iter, self.momentum, init, length,
         )
+
+    def _continued_phase(self, init: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``init`` [B, F, K] with the frames that lie wholly within ``reference`` [B, T'] set to its phase."""
+        reach = self.n_fft // 2 if self.center else self.n_fft  # samples a frame needs after its hop position
+        count = min(init.shape[1], (reference.shape[-1] - reach) // self.hop_length + 1)
+        if count <= 0 or reference.shape[-1] < self.n_fft:
+            return init
+        with torch.no_grad():
+            spectrum = self.spectrum(self.prepare(reference.detach()))[:, :count]
+        unit = torch.sgn(spectrum).to(init.dtype)
+        init = init.clone()
+        init[:, :count] = torch.where(spectrum == 0, init[:, :count], unit)
+        return init
 
     def _reference_phase(
         self, magnitude: torch.Tensor, reference: torch.Tensor | None, length: int | None
