@@ -447,22 +447,27 @@ class SegmentDecoder:
 
 
 def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0, first: int = 0,
-                   count: int | None = None) -> torch.Tensor:
+                   count: int | None = None, reader: Any = None) -> torch.Tensor:
     """Encoder features [count, dim] of frames first .. first + count - 1 at the encoder's fps (frame k shows
-    time k / fps), decoded ``chunk_seconds`` at a time; by default every frame of ``duration`` seconds."""
-    from avgen.media import read_frames
+    time k / fps), decoded ``chunk_seconds`` at a time; by default every frame of ``duration`` seconds.
+
+    ``reader`` (an ``avgen.media.FrameReader`` at the encoder's fps and size) carries on decoding where
+    the previous call stopped; without it one is opened for this call.
+    """
+    from avgen.media import FrameReader
 
     if count is None:
         count = max(1, round(duration * encoder.fps))
+    own = reader is None
+    reader = FrameReader(video, encoder.fps, encoder.input_size) if own else reader
     per_read = max(1, round(chunk_seconds * encoder.fps))
     feats = []
-    done = 0
-    while done < count:
-        n = min(per_read, count - done)
-        frames = read_frames(video, encoder.fps, encoder.input_size, start=(first + done) / encoder.fps,
-                             duration=n / encoder.fps)
-        feats.append(encoder.encode(fit_frames(frames, n)).float())
-        done += n
+    try:
+        for done in range(0, count, per_read):
+            feats.append(encoder.encode(reader.read(first + done, min(per_read, count - done))).float())
+    finally:
+        if own:
+            reader.close()
     return torch.cat(feats)
 
 
@@ -573,21 +578,21 @@ class VideoSound:
         """Features [W, frames_per_clip, dim] of the windows ``indices``, from only the frames they cover."""
         firsts = [self._first_frame(self.starts[i]) for i in indices]
         if self.video_frames < self.frames_per_clip:  # a video shorter than one clip: pad with its last frame
-            features = fit_frames(video_features(self.encoder, self.video, self.duration, count=self.video_frames),
-                                  self.frames_per_clip)
+            features = fit_frames(video_features(self.encoder, self.video, self.duration, count=self.video_frames,
+                                                 reader=self.reader), self.frames_per_clip)
             low = 0
         else:
             low = min(firsts)
             features = video_features(self.encoder, self.video, self.duration, first=low,
-                                      count=max(firsts) + self.frames_per_clip - low)
+                                      count=max(firsts) + self.frames_per_clip - low, reader=self.reader)
         return torch.stack([features[f - low:f - low + self.frames_per_clip] for f in firsts])
 
     def blocks(self, progress: Any = None) -> Iterator[torch.Tensor]:
         """The sound [n] in consecutive blocks; ``progress`` (a (rich Progress, task) pair) advances per window."""
-        from avgen.retrieval import time_average, topk_cosine
+        from avgen.media import FrameReader
 
         phase = raw_phase(self.recipe, self.representation)
-        clock, starts = self.clock, self.starts
+        decoder = None
         if self.frame_hop:  # windows' frames merge into one representation, decoded in long segments
             frames = self.representation.frames(self.total)
             merged = OverlapAdd(self.representation.frames(self.samples), frames)
@@ -598,7 +603,21 @@ class VideoSound:
                 continues=bool(getattr(self.representation, "continues_phase", False)))
         else:  # each window's sound, overlap-added
             merged = OverlapAdd(self.samples, self.total)
-        probability_sum, provenance = None, []
+        self.probability_sum, provenance = None, []
+        self.reader = FrameReader(self.video, self.encoder.fps, self.encoder.input_size)
+        try:
+            yield from self._runs(merged, decoder, phase, provenance, progress)
+        finally:
+            self.reader.close()
+        self._finish_summary(self.probability_sum, provenance)
+
+    def _runs(self, merged: "OverlapAdd", decoder: "SegmentDecoder | None", phase: str,
+              provenance: list[dict[str, Any]], progress: Any) -> Iterator[torch.Tensor]:
+        """Each run of ``per_run`` windows: features, generator, then its finished sound."""
+        from avgen.retrieval import time_average, topk_cosine
+
+        clock, starts = self.clock, self.starts
+        probability_sum = None
         for lo in range(0, len(starts), self.per_run):
             indices = range(lo, min(lo + self.per_run, len(starts)))
             windows = self._window_features(indices)
@@ -623,7 +642,7 @@ class VideoSound:
                 out = [merged.pop(until)]
             elif self.frame_hop:
                 merged.add(outputs["rep"], [i * self.step for i in indices])
-                block = merged.pop(indices.stop * self.step if ahead else frames)
+                block = merged.pop(indices.stop * self.step if ahead else decoder.frames)
                 clock.lap("mix")
                 out = decoder.push(block) + ([] if ahead else decoder.finish())
             else:  # a representation without frame hop: decode each window, overlap-add the sound
@@ -633,8 +652,8 @@ class VideoSound:
             clock.lap("decode")
             if progress is not None:
                 progress[0].advance(progress[1], len(indices))
+            self.probability_sum = probability_sum
             yield from (piece for piece in out if piece.numel())
-        self._finish_summary(probability_sum, provenance)
 
     def _finish_summary(self, probability_sum: torch.Tensor | None, provenance: list[dict[str, Any]]) -> None:
         summary = self.summary

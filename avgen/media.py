@@ -195,6 +195,116 @@ def _decode_at(container, stream, targets: list[float], path: Path, height, widt
     return out
 
 
+class FrameReader:
+    """Frames of one video at ``fps``, read in order with one open container: frame k shows time k / fps.
+
+    ``read(first, count)`` continues decoding where the previous read stopped (consecutive reads seek
+    once), with FFmpeg's frame threads, and converts only the frames asked for, scaled to ``size`` by the
+    decoder's scaler, never at full resolution into Python. Same frames as ``read_frames``.
+    """
+
+    SEEK_AHEAD_SECONDS = 10.0  # a read further ahead than this seeks instead of decoding its way there
+
+    def __init__(self, path: PathLike, fps: float, size: int | tuple[int, int] | None = None,
+                 threads: int | None = None) -> None:
+        if fps <= 0:
+            raise AvgenError(f"frame rate must be positive, got fps={fps}")
+        self.path = _check_file(path)
+        self.fps = float(fps)
+        self.height, self.width = _sizes(size)
+        self.container = _open(self.path)
+        if not self.container.streams.video:
+            self.container.close()
+            raise AvgenError(f"media file '{self.path}' has no video stream; give a video (e.g. mp4) with picture")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # frame and slice threads
+        if threads:
+            self.stream.codec_context.thread_count = int(threads)
+        self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
+        self.header_end = _stream_end(self.stream)
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._pending: av.VideoFrame | None = None  # decoded, not yet compared with a target
+        self._previous: av.VideoFrame | None = None  # the last frame at or before the last target
+        self._previous_rgb: np.ndarray | None = None
+        self._index = 0  # decoded frames since the last seek (their time when the container has none)
+        self._next = 0  # the frame index the next consecutive read starts at
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _seek(self, first: int) -> None:
+        start = first / self.fps
+        if start > 0 and self.stream.time_base:
+            try:
+                self.container.seek(int(start / self.stream.time_base), stream=self.stream, backward=True,
+                                    any_frame=False)
+            except av.FFmpegError:
+                self.container.seek(0)
+        else:
+            self.container.seek(0)
+        self._frames = iter(self.container.decode(self.stream))
+        self._pending = self._previous = self._previous_rgb = None
+        self._index = 0
+
+    def _decoded(self) -> av.VideoFrame | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        except av.FFmpegError as exc:
+            if self._previous is None:
+                raise AvgenError(f"cannot decode video '{self.path}': {_reason(exc)}; the file may be corrupt") from exc
+            return None
+        self._index += 1
+        return frame
+
+    def read(self, first: int, count: int) -> torch.Tensor:
+        """Frames first .. first + count - 1: uint8 [count, H, W, 3]."""
+        if self._frames is None or first < self._next or (first - self._next) / self.fps > self.SEEK_AHEAD_SECONDS:
+            self._seek(first)
+        targets = [(first + k) / self.fps for k in range(count)]
+        out: list[np.ndarray] = []
+        eps = 1e-6
+        while len(out) < count:
+            frame = self._decoded()
+            if frame is None:
+                break
+            time = frame.time if frame.time is not None else (self._index - 1) / self.rate
+            if self._previous is not None and time > targets[len(out)] + eps:
+                if self._previous_rgb is None:
+                    self._previous_rgb = _rgb(self._previous, self.height, self.width)
+                out.append(self._previous_rgb)
+                self._pending = frame  # it may still be the frame shown at the next target
+                continue
+            self._previous, self._previous_rgb = frame, None
+        if self._previous is None and not out:
+            raise AvgenError(f"video '{self.path}' has no decodable frames at {targets[0]:.3f} s; the file may be "
+                             "corrupt or shorter than that")
+        if len(out) < count:  # the video ended: hold its last frame
+            last_time = self._previous.time if self._previous is not None else None
+            if last_time is not None and self.header_end is not None and \
+                    min(targets[-1], self.header_end) - last_time > max(TRUNCATION_TOLERANCE, 2 / self.rate):
+                raise AvgenError(
+                    f"video '{self.path}' has no frames after {last_time:.3f} s although its header says it lasts "
+                    f"{self.header_end:.3f} s; the file is truncated or corrupt"
+                )
+            if self._previous_rgb is None and self._previous is not None:
+                self._previous_rgb = _rgb(self._previous, self.height, self.width)
+            last = self._previous_rgb if self._previous_rgb is not None else out[-1]
+            out.extend([last] * (count - len(out)))
+        self._next = first + count
+        return torch.from_numpy(np.stack(out))
+
+
 def _stream_end(stream) -> float | None:
     """Where a stream's header says it ends (seconds), or None when it does not say."""
     if not stream.duration or not stream.time_base:

@@ -197,3 +197,16 @@ def test_user_errors_are_avgen_errors():
         avgen.create("representation", "stft", window="no-such-window")
     with pytest.raises(AvgenError, match="unknown key"):
         avgen.create("representation", "stft", nfft=512)
+
+
+@pytest.mark.parametrize("n", [1, 2, 255, 256, 400, 1024, 2048])
+def test_the_hann_window_is_scipys_exactly(n):
+    """make_window('hann') is computed without importing scipy.signal (start-up) and equals it bit for bit."""
+    from scipy.signal import get_window
+
+    from avgen_audio.fourier import make_window
+
+    expected = torch.from_numpy(np.asarray(get_window("hann", n, fftbins=True), dtype=np.float64))
+    assert torch.equal(make_window("hann", n, torch.float64), expected)
+    assert torch.equal(make_window("hamming", n, torch.float64),
+                       torch.from_numpy(np.asarray(get_window("hamming", n, fftbins=True), dtype=np.float64)))

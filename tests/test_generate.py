@@ -411,3 +411,21 @@ def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_pa
     proc = run_avgen("generate", str(empty), "--run", str(trained_run), env=env)
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {empty}: folder holds no videos "
                                                           "(.mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg, .mpeg)"]
+
+
+def test_loading_a_run_imports_no_heavy_optional_library(trained_run: Path) -> None:
+    """Start-up of `avgen generate`: loading a run (plugins, STFT, generator) and building EfficientNet-Lite0 import
+    neither timm nor torchvision (torch._dynamo), matplotlib nor scipy.signal: each costs about a second on 2 cores."""
+    code = f"""
+import json, sys, torch
+from avgen.generate import load_trained
+import avgen
+load_trained({str(trained_run)!r}, torch.device("cpu"))
+avgen.create("encoder", "efficientnet_lite0")
+print(json.dumps(sorted({{m.split(".")[0] if not m.startswith("scipy.") else ".".join(m.split(".")[:2])
+                        for m in sys.modules}} & {{"timm", "torchvision", "matplotlib", "scipy.signal"}})))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "AVGEN_HOME": str(trained_run.parents[1] / "home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

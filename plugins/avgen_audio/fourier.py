@@ -9,12 +9,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from scipy.signal import get_window
 
 
 def make_window(name: str, n_fft: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The periodic ('fftbins') window librosa and nnAudio use, [n_fft]."""
+    """The periodic ('fftbins') window librosa and nnAudio use, [n_fft] (scipy.signal.get_window's values)."""
+    if name in ("hann", "hanning"):  # without importing scipy.signal (a second of start-up on 2 cores)
+        return torch.from_numpy(periodic_hann(n_fft)).to(dtype)
+    from scipy.signal import get_window
+
     return torch.from_numpy(np.asarray(get_window(name, n_fft, fftbins=True), dtype=np.float64)).to(dtype)
+
+
+def periodic_hann(n: int) -> np.ndarray:
+    """scipy.signal.get_window('hann', n, fftbins=True), computed as scipy does (general_cosine [0.5, 0.5])."""
+    if n == 1:
+        return np.ones(1)
+    fac = np.linspace(-np.pi, np.pi, n + 1)
+    window = np.zeros(n + 1)
+    for k, a in enumerate((0.5, 0.5)):
+        window += a * np.cos(k * fac)
+    return window[:-1]
 
 
 def num_frames(num_samples: int, n_fft: int, hop: int, center: bool) -> int:

@@ -40,7 +40,7 @@ class SpectralRepresentation(Representation):
         self.n_iter = params.n_iter
         self.momentum = params.momentum
         self.register_buffer("window", fourier.make_window(params.window, params.n_fft), persistent=False)
-        self.nnaudio_stft = _nnaudio_stft(params) if params.backend == "nnaudio" else None
+        self.nnaudio_stft: nn.Module | None = None  # built on first encode: nnAudio imports scipy.signal (slow)
 
     def _apply(self, fn, recurse=True):  # .to()/.double(): rebuild the window exactly in the new dtype
         super()._apply(fn, recurse)
@@ -64,7 +64,9 @@ class SpectralRepresentation(Representation):
     def magnitude(self, wave: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
         """Magnitude STFT [B, K, F] of a waveform [B, T] (equal to abs(librosa.stft))."""
         wave = self.prepare(wave, sample_rate)
-        if self.nnaudio_stft is not None:
+        if self.params.backend == "nnaudio":
+            if self.nnaudio_stft is None:  # decode-only use (avgen generate) never needs it
+                self.nnaudio_stft = _nnaudio_stft(self.params).to(device=self.window.device, dtype=self.window.dtype)
             return self.nnaudio_stft(wave, output_format="Magnitude")
         return self.spectrum(wave).abs().transpose(1, 2)
 

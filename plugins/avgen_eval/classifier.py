@@ -18,7 +18,6 @@ from torch import nn
 
 from avgen import AvgenError, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, write_json
 
-from avgen_eval.figures import save_confusion_matrix
 
 log = logging.getLogger("avgen.eval.classifier")
 
@@ -171,6 +170,8 @@ class SoundClassifier(Metric):
                 for j, name in enumerate(ctx.class_names)
             }
             confusions[kind] = cm.tolist()
+            from avgen_eval.figures import save_confusion_matrix  # matplotlib: only when drawing
+
             save_confusion_matrix(
                 ctx.run_dir / "figures" / f"confusion_{kind}.png", cm, ctx.class_names,
                 title=f"sound classifier on {kind} sound (accuracy {metrics[f'acc_{kind}']:.4f})",
