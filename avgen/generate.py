@@ -446,14 +446,17 @@ class SegmentDecoder:
         return self.push(torch.zeros(0))
 
 
-def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 8.0, first: int = 0,
+def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 2.0, first: int = 0,
                    count: int | None = None, reader: Any = None) -> torch.Tensor:
     """Encoder features [count, dim] of frames first .. first + count - 1 at the encoder's fps (frame k shows
     time k / fps), decoded ``chunk_seconds`` at a time; by default every frame of ``duration`` seconds.
 
-    ``reader`` (an ``avgen.media.FrameReader`` at the encoder's fps and size) carries on decoding where
-    the previous call stopped; without it one is opened for this call.
+    The next chunk is decoded in a background thread while the encoder runs on the current one (FFmpeg
+    and torch both release the GIL). ``reader`` (an ``avgen.media.FrameReader`` at the encoder's fps and
+    size) carries on decoding where the previous call stopped; without it one is opened for this call.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from avgen.media import FrameReader
 
     if count is None:
@@ -461,10 +464,17 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
     own = reader is None
     reader = FrameReader(video, encoder.fps, encoder.input_size) if own else reader
     per_read = max(1, round(chunk_seconds * encoder.fps))
+    starts = list(range(0, count, per_read))
     feats = []
     try:
-        for done in range(0, count, per_read):
-            feats.append(encoder.encode(reader.read(first + done, min(per_read, count - done))).float())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="avgen-decode") as pool:
+            pending = pool.submit(reader.read, first, min(per_read, count))
+            for i, done in enumerate(starts):
+                frames = pending.result()
+                if i + 1 < len(starts):
+                    after = starts[i + 1]
+                    pending = pool.submit(reader.read, first + after, min(per_read, count - after))
+                feats.append(encoder.encode(frames).float())
     finally:
         if own:
             reader.close()
