@@ -91,3 +91,17 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     for w in workers:
         w.join(60)
     assert sorted(r["trial"] for r in read_ratings(tmp_path)) == sorted(f"w{w}-{i}" for w in range(3) for i in range(10))
+
+
+def test_report_shows_the_mean_opinion_scores(tmp_path: Path) -> None:
+    from avgen.report import collect, render_html, render_markdown
+
+    assert "Listening test" not in render_html(collect(tmp_path))
+    append_ratings(tmp_path, [rating("raw", 30), rating("raw", 50), rating("reference", 95)])
+    contents = collect(tmp_path)
+    page, markdown = render_html(contents), render_markdown(contents)
+    half = stats.t.ppf(0.975, 1) * stats.sem([30, 50])
+    assert "<h2>Listening test</h2>" in page and f"<td>± {half:.1f}</td>" in page
+    assert "| raw | 40.0 | ± " + f"{half:.1f} | 2 |" in markdown and "| reference | 95.0 | - | 1 |" in markdown
+    ratings_path(tmp_path).write_text("{broken")
+    assert "unreadable listening-test ratings" in render_html(collect(tmp_path))

@@ -32,12 +32,15 @@ def serve_cmd(run_dirs: tuple[Path, ...], host: str, port: int, max_upload_mb: f
     """Serve a local web page: pick trained runs, upload a video (or pick a test video) and hear each run's raw and
     exemplar sound; rate test clips in a blind MUSHRA-style listening test (ratings go to each run's
     listening/ratings.json). RUN_DIRS are run directories or folders of them (default: ./runs)."""
-    import importlib.util
+    import importlib
 
     from avgen.errors import AvgenError
 
-    if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
-        raise AvgenError(INSTALL)
+    try:
+        for module in ("starlette", "uvicorn"):
+            importlib.import_module(module)
+    except ImportError:
+        raise AvgenError(INSTALL) from None
     from avgen_serve.server import serve
 
     serve(list(run_dirs) or [Path("runs")], host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20),
