@@ -9,6 +9,7 @@ and results); ``/files/{job}/{name}``; ``/api/trial`` (a new listening-test tria
 from __future__ import annotations
 
 import re
+import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,7 @@ def make_app(server: Server) -> Starlette:
     page = PAGE.read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page.replace("{{MAX_UPLOAD_MB}}", f"{server.max_upload_bytes / 2**20:g}"))
+        return HTMLResponse(page.replace("{{MAX_UPLOAD_MB}}", f"{server.max_upload_bytes / 2**20:.3g}"))
 
     async def runs(request: Request) -> Response:
         return JSONResponse({"runs": [r.describe() for r in server.runs]})
@@ -81,23 +82,21 @@ def make_app(server: Server) -> Starlette:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > server.max_upload_bytes:
             raise TooLarge(f"{name}: {int(length) / 2**20:.1f} MB is over this server's limit of "
-                           f"{server.max_upload_bytes / 2**20:g} MB (avgen serve --max-upload-mb)")
+                           f"{server.max_upload_bytes / 2**20:.3g} MB (avgen serve --max-upload-mb)")
         job_id, folder = server.jobs.new_folder()
         target = folder / f"upload{suffix}"
         size = 0
-        with open(target, "wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > server.max_upload_bytes:
-                    out.close()
-                    target.unlink(missing_ok=True)
-                    raise TooLarge(f"{name}: over this server's limit of {server.max_upload_bytes / 2**20:g} MB "
-                                   "(avgen serve --max-upload-mb)")
-                out.write(chunk)
         try:
+            with open(target, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > server.max_upload_bytes:
+                        raise TooLarge(f"{name}: over this server's limit of {server.max_upload_bytes / 2**20:.3g} MB "
+                                       "(avgen serve --max-upload-mb)")
+                    out.write(chunk)
             info = await _in_thread(_check_video, target, name, server.max_video_seconds)
-        except AvgenError:
-            target.unlink(missing_ok=True)
+        except BaseException:  # refused, or the browser went away mid-upload: nothing of it stays
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         return JSONResponse({"upload": job_id, "name": name, "seconds": round(info.duration, 2),
                              "width": info.width, "height": info.height})

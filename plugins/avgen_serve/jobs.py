@@ -60,6 +60,8 @@ class Jobs:
     def submit(self, job: Job) -> Job:
         job.total = len(job.runs) * len(METHODS)
         with self._lock:
+            if job.id in self._jobs:
+                raise AvgenError("this upload was used by a job already; upload the video again")
             self._jobs[job.id] = job
         self._worker.submit(self._run, job)
         return job

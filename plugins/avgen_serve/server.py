@@ -33,6 +33,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
         sock.close()
         raise AvgenError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port (0: any free one)") from None
@@ -69,6 +70,8 @@ def serve(paths: list[Path], host: str, port: int, max_upload_bytes: int, max_vi
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it stopped on; for a server that is the normal end
+        pass
     finally:
         jobs.close()
         sock.close()
