@@ -343,12 +343,13 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
 def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                        meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5,
                        batch: int = 32, exemplar_bank: Any = None, material: int | None = None,
-                       ) -> tuple[torch.Tensor, dict[str, Any]]:
+                       features: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The sound for a whole video: sliding clip-length windows, generated and overlap-added.
 
     With an ``avgen.ExemplarBank`` each window takes its nearest bank clip (paper Eq. 8) instead of
     the raw sound, and the summary's ``windows`` record which clip and how similar. ``material``
-    (a class index) forces the generator's class (``Generator.class_outputs``).
+    (a class index) forces the generator's class (``Generator.class_outputs``). ``features`` are the video's
+    ``video_features`` when the caller has them already (several models on one encoder).
     """
     from avgen.media import probe
 
@@ -369,7 +370,8 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     hop = step * frame_hop / rate if frame_hop else clip * hop_fraction
     starts = window_starts(duration, clip, hop)
     clock = _Clock()
-    features = video_features(encoder, video, max(duration, clip))
+    if features is None:
+        features = video_features(encoder, video, max(duration, clip))
     clock.lap("features")
     frames_per_clip = max(1, round(clip * encoder.fps))
     if features.shape[0] < frames_per_clip:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -65,19 +67,33 @@ def test_api_checks_uploads_rates_blind_trials_and_cleans_up(tiny: dict, tmp_pat
     twin = tmp_path / "twin"  # a second run with the same test clips: a trial over two runs
     shutil.copytree(tiny["run"], twin, ignore=shutil.ignore_patterns("listening"))
     (twin / "report.html").unlink()
-    with ServeProcess(str(tiny["run"]), str(twin), "--max-upload-mb", "0.05", env=tiny["env"]) as server:
+    limit_mb = math.ceil(tiny["video"].stat().st_size * 1.2 / 2**20 * 100) / 100
+    with ServeProcess(str(tiny["run"]), str(twin), "--max-upload-mb", str(limit_mb), env=tiny["env"]) as server:
         runs = json.loads(server.get("/api/runs")[1])["runs"]
         assert [r["name"] for r in runs] == ["tiny", "tiny"] and runs[0]["test_clips"] > 0
         status, body = server.post("/api/upload?name=notes.txt", b"hello", "application/octet-stream")
         assert status == 400 and "not a video file name" in body["error"]
         status, body = server.post("/api/upload?name=fake.mp4", b"not a video at all" * 10, "application/octet-stream")
         assert status == 400 and body["error"] == "fake.mp4: not a video this server can read (corrupt, or not a video file)"
-        status, body = server.post("/api/upload?name=big.mp4", b"\0" * 60_000, "application/octet-stream")
-        assert status == 413 and "over this server's limit of 0.05 MB" in body["error"]
+        status, body = server.post("/api/upload?name=big.mp4", b"\0" * (int(limit_mb * 2**20) + 1000),
+                                   "application/octet-stream")
+        assert status == 413 and f"over this server's limit of {limit_mb:g} MB" in body["error"]
         status, body = server.post("/api/generate", {"runs": ["r9"], "upload": "x"})
         assert status == 400 and "no run 'r9'" in body["error"]
         assert server.get("/api/jobs/nothing")[0] == 400
         assert server.get("/files/../../etc/passwd")[0] == 404
+
+        status, upload = server.post(f"/api/upload?name={tiny['video'].name}", tiny["video"].read_bytes(),
+                                     "application/octet-stream")
+        assert status == 200 and upload["seconds"] == pytest.approx(4.0, abs=0.1)
+        status, job = server.post("/api/generate", {"runs": ["r0", "r1"], "upload": upload["upload"]})
+        assert status == 200
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.3)
+            job = json.loads(server.get(f"/api/jobs/{job['id']}")[1])
+        assert job["state"] == "done" and job["progress"] == 1 and len(job["results"]) == 4
+        status, again = server.post("/api/generate", {"runs": ["r0"], "upload": upload["upload"]})
+        assert status == 400 and "upload the video again" in again["error"]
 
         status, trial = server.post("/api/trial", {"runs": ["r0", "r1"]})
         assert status == 200 and len(trial["stimuli"]) == 5  # hidden reference + raw and exemplar of each run
@@ -100,11 +116,21 @@ def test_api_checks_uploads_rates_blind_trials_and_cleans_up(tiny: dict, tmp_pat
         assert sorted(set(both)) == sorted(scores.values())
         status, scores_now = server.post("/api/trial", {"runs": ["r1"]})  # the server still answers
         assert status == 200
+        served_files = {r["wav"]: server.get(r["wav"])[1] for r in job["results"]}
     stderr = "".join(server.stderr)
     assert server.proc.returncode == 0 and "Traceback" not in stderr
     removed = re.search(r"removed (\S+)", stderr)
     assert removed and not Path(removed.group(1)).exists()
     assert "<h2>Listening test</h2>" in (tiny["run"] / "report.html").read_text()  # rewritten after the ratings
+
+    # the page's sounds are avgen generate's: the same functions, the video's features shared by the two runs
+    proc = run_avgen("generate", str(tiny["video"]), "--run", str(tiny["run"]), "-o", str(tmp_path / "cli"), env=tiny["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli, _ = sf.read(tmp_path / "cli" / f"{tiny['video'].stem}.avgen.wav", dtype="int16")
+    for result in job["results"]:
+        if result["method"] == "raw":
+            served, _ = sf.read(io.BytesIO(served_files[result["wav"]]), dtype="int16")
+            assert np.abs(served.astype(int) - cli.astype(int)).max() <= 3
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (Debian: apt-get install chromium) for the browser test")

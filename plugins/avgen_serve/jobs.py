@@ -81,13 +81,16 @@ class Jobs:
         from avgen.media import mux_audio, write_wav
 
         job.state = "running"
+        features: dict[str, Any] = {}  # the video's frame features once per encoder, shared by the runs using it
         try:
             for run in job.runs:
                 for method in METHODS:
                     job.step = f"{run.name}: {method} sound{run.pending(method)}"
                     started = time.perf_counter()
                     try:
-                        wave, summary = run.generate(job.video, method, self.console)
+                        if run.encoder_key() not in features:
+                            features[run.encoder_key()] = run.features(job.video)
+                        wave, summary = run.generate(job.video, method, self.console, features[run.encoder_key()])
                     except AvgenError as exc:  # e.g. the exemplar bank's dataset is gone: the other sounds still come
                         job.results.append({"run": run.key, "name": run.name, "method": method, "error": str(exc)})
                         job.done += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,27 @@ class ServedRun:
             return " (indexing the training clips, once per server)"
         return ""
 
-    def generate(self, video: Path, method: str, console: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    def encoder_key(self) -> str:
+        """The encoder section of the run's recipe: runs with the same key share a video's features."""
+        return json.dumps((read_recipe(self.path).get("encoder") or {}), sort_keys=True, default=str)
+
+    def features(self, video: Path) -> torch.Tensor:
+        """The encoder features of every frame of ``video`` (as ``generate_for_video`` computes them)."""
+        from avgen.generate import clip_seconds, video_features
+        from avgen.media import probe
+
+        recipe, encoder, _, _, meta = self.trained()
+        return video_features(encoder, video, max(float(probe(video).duration), clip_seconds(recipe, meta)))
+
+    def generate(self, video: Path, method: str, console: Any, features: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sound of ``video`` by this run's model: ``raw`` or ``exemplar`` (avgen generate's path)."""
         from avgen.generate import generate_for_video
 
         recipe, encoder, representation, model, meta = self.trained()
         bank = self.bank(console) if method == "exemplar" else None
-        return generate_for_video(video, recipe, encoder, representation, model, meta, self.device, exemplar_bank=bank)
+        return generate_for_video(video, recipe, encoder, representation, model, meta, self.device, exemplar_bank=bank,
+                                  features=features)
 
     # ------------------------------------------------------------ test clips (for the listening test)
 
