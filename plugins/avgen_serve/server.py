@@ -54,10 +54,10 @@ def serve(paths: list[Path], host: str, port: int, max_upload_bytes: int, max_vi
     console = Console(stderr=True)
     dev = resolve_device(device)
     runs = [ServedRun(f"r{i}", path, dev) for i, path in enumerate(find_runs(paths))]
+    sock = bind(host, port)
     if not is_loopback(host):
         console.print(f"[bold red]warning[/]: --host {host} lets other machines on the network use this page "
                       "(no login, uploads run on this machine); use 127.0.0.1 unless you mean it")
-    sock = bind(host, port)
     root = Path(tempfile.mkdtemp(prefix="avgen-serve-"))
     jobs = Jobs(root, console, keep_seconds)
     server = Server(runs, jobs, Trials(root), max_upload_bytes, max_video_seconds, console)
