@@ -484,16 +484,19 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
 def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                        meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5,
                        batch: int = 32, exemplar_bank: Any = None, material: int | None = None,
-                       segment_seconds: float = SEGMENT_SECONDS) -> tuple[torch.Tensor, dict[str, Any]]:
+                       segment_seconds: float = SEGMENT_SECONDS, features: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The sound [T] of a whole video: sliding clip-length windows, generated and overlap-added
     (``VideoSound``), gathered in memory and scaled into [-1, 1]. ``write_video_sound`` streams to a file.
 
     With an ``avgen.ExemplarBank`` each window takes its nearest bank clip (paper Eq. 8) instead of
     the raw sound, and the summary's ``provenance`` records which clip and how similar. ``material``
-    (a class index) forces the generator's class (``Generator.class_outputs``).
+    (a class index) forces the generator's class (``Generator.class_outputs``). ``features`` are the video's
+    ``video_features`` when the caller has them already (several models on one encoder).
     """
     job = VideoSound(video, recipe, encoder, representation, model, meta, device, hop_fraction=hop_fraction,
-                     batch=batch, exemplar_bank=exemplar_bank, material=material, segment_seconds=segment_seconds)
+                     batch=batch, exemplar_bank=exemplar_bank, material=material, segment_seconds=segment_seconds,
+                     features=features)
     wave = torch.cat(list(job.blocks()))
     peak = float(wave.abs().max()) if wave.numel() else 0.0
     if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
@@ -550,7 +553,7 @@ class VideoSound:
     def __init__(self, video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                  meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5, batch: int = 32,
                  exemplar_bank: Any = None, material: int | None = None,
-                 segment_seconds: float = SEGMENT_SECONDS) -> None:
+                 segment_seconds: float = SEGMENT_SECONDS, features: torch.Tensor | None = None) -> None:
         from avgen.media import probe
 
         info = probe(video)
@@ -577,6 +580,7 @@ class VideoSound:
         self.frames_per_clip = max(1, round(self.clip * encoder.fps))
         self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
         self.names = list(meta.get("class_names") or [])
+        self.features = features  # [frames, dim] of the whole video, when given: not read again
         self.clock = _Clock()
         self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
                                         "sample_rate": self.rate}
@@ -587,6 +591,9 @@ class VideoSound:
     def _window_features(self, indices: range) -> torch.Tensor:
         """Features [W, frames_per_clip, dim] of the windows ``indices``, from only the frames they cover."""
         firsts = [self._first_frame(self.starts[i]) for i in indices]
+        if self.features is not None:
+            features = fit_frames(self.features, max(self.video_frames, self.frames_per_clip))
+            return torch.stack([features[f:f + self.frames_per_clip] for f in firsts])
         if self.video_frames < self.frames_per_clip:  # a video shorter than one clip: pad with its last frame
             features = fit_frames(video_features(self.encoder, self.video, self.duration, count=self.video_frames,
                                                  reader=self.reader), self.frames_per_clip)

@@ -292,6 +292,7 @@ class RunContents:
     figures: list[str]  # relative paths, loss curve first
     per_class: Any
     examples: list[ExampleClip]
+    listening: dict[str, Any] = field(default_factory=dict)  # avgen.listening.mos, or {"error": line}
 
 
 def collect(run_dir: Path) -> RunContents:
@@ -317,7 +318,28 @@ def collect(run_dir: Path) -> RunContents:
         figures=figures,
         per_class=read_json(figures_dir / "classifier_per_class.json"),
         examples=_examples(run_dir),
+        listening=_listening(run_dir),
     )
+
+
+LISTENING_NOTE = ("Blind MUSHRA-style ratings from 0 to 100 (avgen serve, docs/serve.md); the reference is the hidden "
+                  "real sound. MOS = mean opinion score, with the half-width of its 95 % confidence interval (t).")
+
+
+def _listening(run_dir: Path) -> dict[str, Any]:
+    from avgen.errors import AvgenError
+    from avgen.listening import mos
+
+    try:
+        return mos(run_dir)
+    except AvgenError as exc:
+        return {"error": str(exc)}
+
+
+def _listening_rows(listening: dict[str, Any]) -> list[list[str]]:
+    """[system, MOS, 95 % CI, n] per rated system."""
+    return [[system, f"{s['mean']:.1f}", "-" if s["ci95"] is None else f"± {s['ci95']:.1f}", str(s["n"])]
+            for system, s in listening.items() if system != "error"]
 
 
 def _examples(run_dir: Path) -> list[ExampleClip]:
@@ -451,6 +473,12 @@ def render_html(c: RunContents) -> str:
         parts.append(f"<h3>{e(component)} beside the reference baselines</h3><p>{e(BASELINES_NOTE)}</p>"
                      f"<table class=\"baselines\" id=\"baselines-{e(component)}\"><tr>{head}</tr>{body}</table>")
     parts.append(_per_class_html(c.per_class))
+    if c.listening:
+        rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in _listening_rows(c.listening))
+        error = f"<p class=\"warning\">{e(c.listening['error'])}</p>" if "error" in c.listening else ""
+        parts.append(f"<h2>Listening test</h2><p>{e(LISTENING_NOTE)}</p>{error}"
+                     + (f"<table id=\"listening\"><tr><th>system</th><th>MOS</th><th>95 % CI</th><th>n</th></tr>{rows}</table>"
+                        if rows else ""))
     if c.figures:
         parts.append("<h2>Figures</h2>")
         parts.extend(
@@ -543,6 +571,13 @@ def render_markdown(c: RunContents) -> str:
         lines += ["", "### Sound classifier accuracy per class", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in body]
+    if c.listening:
+        lines += ["", "## Listening test", "", LISTENING_NOTE, ""]
+        if "error" in c.listening:
+            lines += [f"**{_md(c.listening['error'])}**", ""]
+        if rated := _listening_rows(c.listening):
+            lines += ["| system | MOS | 95 % CI | n |", "|---|---:|---:|---:|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rated]
     if c.figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{_caption(rel)}]({rel})" for rel in c.figures]

@@ -1,0 +1,167 @@
+"""The trained runs a server offers: each model loaded once per process, its exemplar bank, its test clips."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avgen.errors import AvgenError
+from avgen.report import read_json, read_recipe, run_name
+
+METHODS = ("raw", "exemplar")
+
+
+def find_runs(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
+    """Run directories with a trained model: each of ``paths`` that is one, else the runs under it (two levels)."""
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise AvgenError(f"{path}: not a folder; give run directories (as `avgen run` writes them) or a folder of them")
+        if (path / "checkpoints").is_dir():
+            found.append(path.resolve())
+            continue
+        inner = sorted({p.parents[1].resolve() for p in path.glob("*/checkpoints/best.safetensors")}
+                       | {p.parents[1].resolve() for p in path.glob("*/*/checkpoints/best.safetensors")})
+        if not inner:
+            raise AvgenError(f"{path}: holds no trained run (no checkpoints/best.safetensors); train one with "
+                             "`avgen run recipes/quickstart.toml`")
+        found.extend(inner)
+    unique = list(dict.fromkeys(found))
+    for run in unique:
+        if not (run / "checkpoints" / "best.safetensors").is_file():
+            raise AvgenError(f"{run}: no trained model (checkpoints/best.safetensors); train it with `avgen run RECIPE`")
+    return unique
+
+
+class ServedRun:
+    """One run directory: its model (loaded on first use, then kept), exemplar bank and test clips."""
+
+    def __init__(self, key: str, path: Path, device: torch.device) -> None:
+        self.key, self.path, self.device = key, Path(path), device
+        self.name = run_name(self.path)
+        recipe = read_recipe(self.path)
+        self.generator = str((recipe.get("generator") or {}).get("name", "?"))
+        self._model_lock, self._bank_lock, self._data_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self._trained: tuple | None = None
+        self._bank: Any = None
+        self._dataset_clips: dict[str, Any] | None = None
+        self._dataset: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "generator": self.generator, "path": str(self.path),
+                "test_clips": len(self.test_clips())}
+
+    def trained(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """(recipe, encoder, representation, generator, meta), loaded once."""
+        from avgen.generate import load_trained
+
+        with self._model_lock:
+            if self._trained is None:
+                self._trained = load_trained(self.path, self.device)
+            return self._trained
+
+    def bank(self, console: Any) -> Any:
+        """The run's training clips as an exemplar bank, built once (AvgenError when its dataset is gone)."""
+        from avgen.generate import select_bank
+
+        recipe, encoder, representation, _, meta = self.trained()
+        with self._bank_lock:
+            if self._bank is None:
+                self._bank = select_bank(exemplar=True, library=None, run_dir=self.path, model_bank=None, recipe=recipe,
+                                         encoder=encoder, representation=representation, meta=meta,
+                                         device=self.device, console=console)
+            return self._bank
+
+    def pending(self, method: str) -> str:
+        """What the first generation of ``method`` must do first, for the progress line ('' when ready)."""
+        if self._trained is None:
+            return " (loading the model)"
+        if method == "exemplar" and self._bank is None:
+            return " (indexing the training clips, once per server)"
+        return ""
+
+    def encoder_key(self) -> str:
+        """The encoder section of the run's recipe: runs with the same key share a video's features."""
+        return json.dumps((read_recipe(self.path).get("encoder") or {}), sort_keys=True, default=str)
+
+    def features(self, video: Path) -> torch.Tensor:
+        """The encoder features of every frame of ``video`` (as ``generate_for_video`` computes them)."""
+        from avgen.generate import clip_seconds, video_features
+        from avgen.media import probe
+
+        recipe, encoder, _, _, meta = self.trained()
+        return video_features(encoder, video, max(float(probe(video).duration), clip_seconds(recipe, meta)))
+
+    def generate(self, video: Path, method: str, console: Any, features: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The sound of ``video`` by this run's model: ``raw`` or ``exemplar`` (avgen generate's path)."""
+        from avgen.generate import generate_for_video
+
+        recipe, encoder, representation, model, meta = self.trained()
+        bank = self.bank(console) if method == "exemplar" else None
+        return generate_for_video(video, recipe, encoder, representation, model, meta, self.device, exemplar_bank=bank,
+                                  features=features)
+
+    # ------------------------------------------------------------ test clips (for the listening test)
+
+    def test_clips(self) -> dict[str, dict[str, Any]]:
+        """Test clips whose raw and exemplar sounds the generate stage wrote: id -> index entry."""
+        index = read_json(self.path / "generated" / "index.json")
+        clips = index.get("clips") if isinstance(index, dict) else None
+        out = {}
+        for clip in clips if isinstance(clips, list) else []:
+            if isinstance(clip, dict) and all((self.path / str(clip.get(m, ""))).is_file() for m in METHODS):
+                out[str(clip["id"])] = clip
+        return out
+
+    def sound(self, clip_id: str, system: str) -> Path | None:
+        """The wav of a test clip: ``raw``, ``exemplar`` or ``reference`` (the real sound, when the run kept it)."""
+        if system == "reference":
+            path = self.path / "generated" / "real" / f"{clip_id}.wav"
+            return path if path.is_file() else None
+        clip = self.test_clips().get(clip_id)
+        return self.path / clip[system] if clip else None
+
+    def dataset_clip(self, clip_id: str) -> Any:
+        """The dataset's Clip (video, start, duration) of a test clip, or None when the dataset is not there."""
+        from avgen.build import build_dataset
+        from avgen.recipe import path_params
+
+        with self._data_lock:
+            if self._dataset_clips is None:
+                self._dataset_clips = {}
+                try:
+                    recipe = self.trained_recipe()
+                    if all(p.exists() for p in path_params("dataset", recipe.data).values()):
+                        self._dataset = build_dataset(recipe)
+                        self._dataset_clips = {c.id: c for c in self._dataset.clips("test")}
+                except AvgenError:
+                    self._dataset_clips = {}
+            return self._dataset_clips.get(clip_id)
+
+    def real_sound(self, clip_id: str) -> torch.Tensor | None:
+        """The real sound of a test clip read from the dataset (for clips whose wav the run did not keep)."""
+        clip = self.dataset_clip(clip_id)
+        return None if clip is None else self._dataset.load_audio(clip)
+
+    def trained_recipe(self) -> Any:
+        from avgen.recipe import validate_recipe
+
+        return validate_recipe(read_recipe(self.path), self.path / "recipe.toml").with_absolute_paths()
+
+    def test_videos(self) -> list[Path]:
+        """The source videos of the run's test clips (when its dataset is on disk), for the page's picker."""
+        ids = list(self.test_clips())
+        videos = []
+        for clip_id in ids:
+            clip = self.dataset_clip(clip_id)
+            if clip is None:
+                break
+            if clip.video is not None and Path(clip.video) not in videos:
+                videos.append(Path(clip.video))
+        return videos
