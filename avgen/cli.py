@@ -363,8 +363,11 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     source and similarity). Long videos stream: memory does not grow with their length."""
     import time
 
-    from avgen.generate import load_model_folder, load_trained, material_class, select_bank, training_split
+    from avgen.generate import (load_model_folder, load_trained, material_class, return_freed_memory, select_bank,
+                                training_split)
     from avgen.distributed import resolve_device
+
+    return_freed_memory()  # long videos: peak memory flat in their length
 
     if (run_dir is None) == (model_dir is None):
         raise AvgenError("give the model with --run RUN_DIR or --model MODEL_DIR (exactly one)")
