@@ -78,8 +78,9 @@ def test_compare_page_links_chart_players_and_mos(tmp_path):
     root = tmp_path / "project"
     runs = root / "runs"
     owens = write_run(runs, "owens", CLIPS, r1=0.2, generator="owens_lstm")
-    seeds = [write_run(runs, f"pocan_s{s}", CLIPS, seed=s, r1=0.5 + 0.1 * s, generator="pocan_lstm") for s in (0, 1)]
-    unreported = write_run(runs, "can", CLIPS[1:], generator="can_lstm", report=False)  # 8 clips: the first is missing
+    for s in (0, 1):
+        write_run(runs, f"pocan_s{s}", CLIPS, seed=s, r1=0.5 + 0.1 * s, generator="pocan_lstm")
+    write_run(runs, "can", CLIPS[1:], generator="can_lstm", report=False)  # 8 clips: the first is missing
     raw, exemplar = [60.0, 70.0, 80.0, 94.0], [40.0]
     write_ratings(owens, {"raw": raw, "exemplar": exemplar, "reference": [90.0, 100.0]})
     proc = compare("runs/owens", "runs/pocan_s0", "runs/pocan_s1", "runs/can", "-o", "pages/compare.html", cwd=root)
@@ -143,16 +144,18 @@ def test_mos_is_the_mean_and_t_interval(tmp_path):
 def test_no_mos_column_without_ratings_and_own_examples_without_shared_clips(tmp_path):
     a = write_run(tmp_path, "a", CLIPS[:4])
     b = write_run(tmp_path, "b", [f"other_{k}" for k in range(4)])
+    (b / "listening").mkdir()
+    (b / "listening" / "ratings.json").write_text("{not json")  # unreadable: a line on the page, no column
     proc = compare("a", "b", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "compare.html").read_text()
-    assert "MOS" not in page
+    assert "MOS raw" not in page and 'id="mos-errors"' in page and "ratings.json" in page
     assert 'id="no-shared-clips"' in page and "players-table" not in page
     assert page.count('class="players-own"') == 2
     for sound in refs(page, "audio", "src"):
         assert np.abs(sf.read(tmp_path / sound)[0]).max() > 0.1
     assert {Path(unquote(s)).name.split("-")[0] for s in refs(page, "audio", "src")} == {"0", "1"}
-    assert refs(page, "a", "href") == ["a/report.html", "b/report.html"] and a.is_dir()
+    assert refs(page, "a", "href") == ["a/report.html", "b/report.html"] and a.is_dir() and b.is_dir()
 
     # a files folder that compare did not write is left alone: one line, exit 2
     (tmp_path / "mine_files").mkdir()

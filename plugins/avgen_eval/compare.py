@@ -261,6 +261,8 @@ def render_html(rows: list[dict[str, Any]], media: PageMedia | None = None) -> s
              "<i>real %</i> its accuracy on the real test audio (Table 3's last row), in percent.</p>"]
     if rated:
         parts.append(f"<p>{MOS_NOTE}</p>")
+    if media is not None and media.notes:
+        parts.append("<p id=\"mos-errors\" class=\"warning\">" + "<br>".join(e(n) for n in media.notes) + "</p>")
     if media is not None and media.links:
         parts.append("<p>Each run's folder links to its report (metrics, figures, example clips).</p>")
     if cols:

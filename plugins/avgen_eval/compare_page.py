@@ -38,6 +38,7 @@ class PageMedia:
     players: str = ""  # the players section (HTML)
     mos: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run dir -> mos(run dir), rated runs only
     written: list[str] = field(default_factory=list)  # what was written, for the terminal line
+    notes: list[str] = field(default_factory=list)  # one line per run whose ratings could not be read
 
 
 def href(target: Path, page_dir: Path) -> str:
@@ -68,7 +69,11 @@ def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CL
             report = Path(run_dir) / "report.html"
             if report.is_file():
                 media.links[run_dir] = href(report, page_dir)
-            scores = mos(run_dir)
+            try:
+                scores = mos(run_dir)
+            except AvgenError as exc:  # a damaged ratings file loses its column, not the page (as in the report)
+                media.notes.append(str(exc))
+                continue
             if scores:
                 media.mos[run_dir] = scores
     chart = write_chart(rows, folder / "metrics.png")
