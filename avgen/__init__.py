@@ -28,7 +28,9 @@ _LAZY = {
     "cache_key": "avgen.cache",
     "replicate_to_steps": "avgen.sequence",
     **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
-    **dict.fromkeys(("BASELINE_TITLES", "html_page", "is_untrained", "read_json", "run_name"), "avgen.report"),
+    **dict.fromkeys(("BASELINE_TITLES", "ExampleClip", "example_clips", "html_page", "is_untrained", "read_json", "run_name",
+                     "safe_name", "save_spectrograms", "spectrogram_panel"), "avgen.report"),
+    "mos": "avgen.listening",
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",

@@ -317,7 +317,7 @@ def collect(run_dir: Path) -> RunContents:
         metrics=metrics,
         figures=figures,
         per_class=read_json(figures_dir / "classifier_per_class.json"),
-        examples=_examples(run_dir),
+        examples=example_clips(run_dir),
         listening=_listening(run_dir),
     )
 
@@ -342,14 +342,16 @@ def _listening_rows(listening: dict[str, Any]) -> list[list[str]]:
             for system, s in listening.items() if system != "error"]
 
 
-def _examples(run_dir: Path) -> list[ExampleClip]:
+def example_clips(run_dir: Path, ids: list[str] | None = None) -> list[ExampleClip]:
+    """The run's example clips (generated/index.json "examples", or the test clips ``ids``) with the sounds it wrote."""
+    run_dir = Path(run_dir)
     index = read_json(run_dir / "generated" / "index.json")
     if not isinstance(index, dict):
         return []
     by_id = {c.get("id"): c for c in index.get("clips", []) if isinstance(c, dict)}
     class_names = (read_json(run_dir / "dataset.json") or {}).get("class_names") or []
     out = []
-    for clip_id in index.get("examples", []):
+    for clip_id in index.get("examples", []) if ids is None else ids:
         clip = by_id.get(clip_id, {})
         predicted = clip.get("predicted")
         sounds = {}
@@ -384,21 +386,25 @@ def spectrogram_db(wave: Any, n_fft: int = 1024, hop: int = 256) -> Any:
     return (20.0 * torch.log10(spec.abs().clamp_min(1e-6))).numpy()
 
 
-def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
-    """Ground truth / raw / exemplar spectrograms side by side as one PNG; returns its relative path."""
+def spectrogram_panel(title: str, wav: Path) -> tuple[str, Any, int, int]:
+    """(title, dB spectrogram of the mono mix, sample rate, samples) of a sound file, for ``save_spectrograms``."""
     import soundfile as sf
+
+    wave, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    return title, spectrogram_db(wave.mean(axis=1)), rate, len(wave)
+
+
+def save_spectrograms(path: Path, panels: list[tuple[str, Any, int, int]], top: float | None = None,
+                      width: float = 4.0) -> None:
+    """Spectrogram panels side by side as one PNG, coloured over the 80 dB below ``top`` (default: the loudest panel)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = []
-    for kind, title in SOUND_KINDS:
-        if kind in clip.sounds:
-            wave, rate = sf.read(str(run_dir / clip.sounds[kind]), dtype="float32", always_2d=True)
-            panels.append((title, spectrogram_db(wave.mean(axis=1)), rate, len(wave)))
-    top = max(float(p[1].max()) for p in panels)
-    fig = Figure(figsize=(4.0 * len(panels), 3.2))
+    top = max(float(p[1].max()) for p in panels) if top is None else top
+    fig = Figure(figsize=(width * len(panels), 3.2))
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.08, right=0.9, bottom=0.18, top=0.88, wspace=0.25)
+    fig.subplots_adjust(left=0.08 if len(panels) > 1 else 0.16, right=0.9 if len(panels) > 1 else 0.8,
+                        bottom=0.18, top=0.88, wspace=0.25)
     for i, (title, db, rate, length) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
@@ -407,14 +413,20 @@ def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
         ax.set_xlabel("time (s)")
         if i == 0:
             ax.set_ylabel("frequency (kHz)")
-    fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.02, label="dB")
-    rel = f"figures/examples/{_safe_name(clip.id)}.png"
-    with atomic_path(run_dir / rel) as tmp:
+    fig.colorbar(image, ax=fig.axes, fraction=0.02 if len(panels) > 1 else 0.06, pad=0.02, label="dB")
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
+
+
+def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
+    """Ground truth / raw / exemplar spectrograms side by side as one PNG; returns its relative path."""
+    panels = [spectrogram_panel(title, run_dir / clip.sounds[kind]) for kind, title in SOUND_KINDS if kind in clip.sounds]
+    rel = f"figures/examples/{safe_name(clip.id)}.png"
+    save_spectrograms(run_dir / rel, panels)
     return rel
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "clip"
 
 

@@ -19,6 +19,8 @@ from rich.table import Table
 
 from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, read_json, run_name, write_text
 
+from avgen_eval.compare_page import PageMedia, files_folder, mos_cell, write_media
+
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [
     ("recall_at_k/R@1", "R@1", 1.0, 4),
@@ -58,6 +60,7 @@ PAPER_RESULTS: dict[str, list[tuple[str, dict[str, float]]]] = {
 
 FOLD_IGNORED = ("seed", "out", "device")  # [run] keys two runs may differ in and still be one row (mean, std)
 OTHER_DATA = "paper, Greatest Hits (other data)"
+MOS_SYSTEMS = ("raw", "exemplar")  # the listening test's systems with a column (the hidden reference is a check)
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -226,10 +229,26 @@ def _source(row: dict[str, Any]) -> str:
     return row["source"]
 
 
-def render_html(rows: list[dict[str, Any]]) -> str:
-    """Table 1: runs, baselines and paper rows x R@K and accuracy (paper layout); table 2: other metrics x runs."""
+def _source_html(row: dict[str, Any], media: PageMedia | None) -> str:
+    """The source cell; a run's folders link to their report.html (relative to the page) when it has one."""
+    links = media.links if media is not None else {}
+    if row["source"] != "run" or not links:
+        return html.escape(_source(row))
+    return ", ".join(f"<a href=\"{html.escape(links[d])}\">{html.escape(d)}</a>" if d in links else html.escape(d)
+                     for d in row["runs"])
+
+
+MOS_NOTE = ("<i>MOS</i>: mean opinion score (0-100) from the run's listening test (<code>avgen serve</code>, "
+            "listening/ratings.json), ± the half-width of its 95 % confidence interval (Student's t), n ratings.")
+
+
+def render_html(rows: list[dict[str, Any]], media: PageMedia | None = None) -> str:
+    """Table 1: runs, baselines and paper rows x R@K and accuracy (paper layout), with MOS columns when a run
+    has listening-test ratings; the bar chart; table 2: other metrics x runs; the players. ``media`` (from
+    ``write_media``) adds the links, chart, players and scores; without it the page is the two tables."""
     e = html.escape
     cols = paper_columns(rows)
+    rated = media is not None and bool(media.mos)
     runs = [r for r in rows if r["source"] == "run"]
     parts = ["<h1>avgen compare</h1>",
              "<p>Runs that differ only in their seed are one row: mean ± sample standard deviation over the seeds. "
@@ -240,15 +259,29 @@ def render_html(rows: list[dict[str, Any]]) -> str:
              "is the class head's accuracy from video (a baseline's: the class of its first retrieved clip); "
              "<i>acc %</i> is the sound classifier's accuracy on each model's raw sound and "
              "<i>real %</i> its accuracy on the real test audio (Table 3's last row), in percent.</p>"]
+    if rated:
+        parts.append(f"<p>{MOS_NOTE}</p>")
+    if media is not None and media.notes:
+        parts.append("<p id=\"mos-errors\" class=\"warning\">" + "<br>".join(e(n) for n in media.notes) + "</p>")
+    if media is not None and media.links:
+        parts.append("<p>Each run's folder links to its report (metrics, figures, example clips).</p>")
     if cols:
         head = "<th>model</th><th>source</th><th>dataset</th>" + "".join(f"<th>{e(c[1])}</th>" for c in cols)
+        head += "".join(f"<th>MOS {system}</th>" for system in MOS_SYSTEMS) if rated else ""
         body = "".join(
             f"<tr class=\"{e(_css_class(r))}\"><td>{e(r['model'])}</td>"
-            f"<td>{e(_source(r))}</td><td>{e(str(r['dataset'] or ''))}</td>"
-            + "".join(f"<td class=\"num\">{cell(r, c)}</td>" for c in cols) + "</tr>"
+            f"<td>{_source_html(r, media)}</td><td>{e(str(r['dataset'] or ''))}</td>"
+            + "".join(f"<td class=\"num\">{cell(r, c)}</td>" for c in cols)
+            + ("".join(f"<td class=\"num mos\">{e(mos_cell(r, media, system))}</td>" for system in MOS_SYSTEMS)
+               if rated else "") + "</tr>"
             for r in rows
         )
         parts.append(f"<table id=\"compare\"><tr>{head}</tr>{body}</table>")
+    if media is not None and media.chart:
+        parts.append(f"<figure id=\"chart\"><img src=\"{e(media.chart)}\" alt=\"bar chart of the headline metrics\">"
+                     "<figcaption>R@1, R@5, R@10 and the class accuracies (video: the class head or a baseline's "
+                     "first retrieved clip; sound: the classifier on each model's raw sound) as fractions; "
+                     "error bars: std over seeds.</figcaption></figure>")
     others = other_metrics(rows)
     if others:
         head = "<th>metric</th>" + "".join(f"<th>{e(r['model'])}</th>" for r in runs)
@@ -257,6 +290,8 @@ def render_html(rows: list[dict[str, Any]]) -> str:
             for key in others
         )
         parts.append(f"<h2>Other metrics</h2><table id=\"other-metrics\"><tr>{head}</tr>{body}</table>")
+    if media is not None and media.players:
+        parts.append(media.players)
     return html_page("avgen compare", "\n".join(parts))
 
 
@@ -292,19 +327,24 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
 @click.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("compare.html"), show_default=True,
-              help="HTML file to write the table to.")
+              help="HTML page to write (its chart, sounds and spectrograms go in a folder beside it: compare_files/).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 def compare_command(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
     """Compare the metrics of several runs (RUN_DIR...) in one table, in the paper's
     Table 2/3 layout: runs that differ only in seed folded into one row (mean ± std), the
     reference baselines (chance, visual nearest neighbour, training mean, oracle), and the
-    paper's Greatest Hits numbers (marked as other data unless the runs are on greatest_hits)."""
+    paper's Greatest Hits numbers (marked as other data unless the runs are on greatest_hits).
+    The page links to each run's report and adds a bar chart of the headline metrics, players
+    for the same few test clips (real, raw and exemplar sound with spectrograms) and, when a run
+    has listening-test ratings, their mean opinion scores."""
     rows = compare_runs(list(run_dirs))
-    write_text(output, render_html(rows))
+    media = write_media(rows, output)
+    write_text(output, render_html(rows, media))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     console = Console()
     for table in rich_tables(rows):
         console.print(table)
-    console.print(f"written: {output}", markup=False)
+    extra = f" and {files_folder(output)}/ ({', '.join(media.written)})" if media.written else ""
+    console.print(f"written: {output}{extra}", markup=False)

@@ -40,3 +40,41 @@ def save_confusion_matrix(path: Path, counts: torch.Tensor, class_names: list[st
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return path
+
+
+def save_bar_chart(path: Path, groups: list[str], bars: list[tuple[str, list[float | None], list[float | None], bool]],
+                   ylabel: str = "", title: str = "") -> Path:
+    """Grouped bars: one group per metric, one bar per (label, values, std or None, is_baseline) in order; error
+    bars where a std is given, baselines in greys with hatching, a missing value leaves a gap."""
+    import numpy as np
+
+    n = max(len(bars), 1)
+    width = 0.8 / n
+    fig = Figure(figsize=(min(16.0, 3.5 + len(groups) * (0.4 + 0.16 * n)), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = iter(["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"] * 8)
+    greys = iter(["#bbbbbb", "#888888", "#dddddd", "#555555", "#aaaaaa", "#777777"] * 8)
+    x = np.arange(len(groups), dtype=float)
+    for i, (label, values, stds, baseline) in enumerate(bars):
+        shown = [j for j, v in enumerate(values) if v is not None]
+        heights = [values[j] for j in shown]
+        errors = [stds[j] if stds[j] is not None else 0.0 for j in shown]
+        colour = next(greys) if baseline else next(colours)
+        ax.bar(x[shown] - 0.4 + width * (i + 0.5), heights, width, label=label, color=colour,
+               hatch="//" if baseline else None, edgecolor="#444444" if baseline else colour, linewidth=0.5,
+               yerr=errors if any(stds[j] is not None for j in shown) else None, capsize=3, error_kw={"linewidth": 1})
+    ax.set_xticks(x, groups)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
