@@ -60,3 +60,18 @@ def test_exact_retrieval_at_100k_stays_within_twice_the_matmul_limit(tmp_path):
     """Exact search is bound by its matmul (DESIGN: < 10 ms/query at 1 M); at 100 k it must stay near that bound."""
     values = run_bench(tmp_path, "bench_retrieval.py", "--sizes", "100000", "--backend", "exact")
     assert values["exact_fp32_100000_ms_per_query"] <= 2 * values["exact_limit_100000_ms_per_query"], values
+
+
+def test_generate_on_720p_footage_stays_within_twice_its_target_and_loads_in_2_s(tmp_path):
+    """Issue 22: the whole `avgen generate` on 10 s of 720p H.264 <= 0.25 x 10 + 1.5 s; loading the run < 1 s."""
+    values = run_bench(tmp_path, "bench_realvideo.py", "--sizes", "720p", "--repeats", "1",
+                       "--cache", str(tmp_path / "videos"))
+    assert values["720p_target_ratio"] >= 0.5 and values["720p_load_seconds"] <= 2.0, values
+
+
+def test_long_video_memory_stays_flat_and_real_time_factor_within_twice_0_3(tmp_path):
+    """Issue 22: peak memory does not grow with the video's length (here 3 min against 30 s, at most half the
+    10-against-1-minute allowance of 100 MB) and the whole command runs faster than 0.6 x real time."""
+    values = run_bench(tmp_path, "bench_longvideo.py", "--minutes", "0.5", "3", "--size", "640x360",
+                       "--cache", str(tmp_path / "videos"))
+    assert values["rss_growth_mb"] <= 50 and values["long_rtf"] <= 0.6, values
