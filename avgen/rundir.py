@@ -123,6 +123,16 @@ class RunDir:
         write_json(self.ledger_path, ledger)
 
 
+def add_to_environment(run_dir: Path, entries: dict[str, Any]) -> None:
+    """Add entries (e.g. a precision decided during featurize) to the run's environment.json."""
+    path = Path(run_dir) / "environment.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    write_json(path, {**record, **entries})
+
+
 def _finished_beyond_prepare(ledger: dict[str, Any]) -> bool:
     """Whether a ledger records a finished stage whose results depend on more than the data."""
     return any(info.get("status") == "done" for stage, info in ledger.get("stages", {}).items() if stage != "prepare")
