@@ -26,7 +26,7 @@ from avgen.media import MediaWarning, fit_frames, fit_length, resample
 from avgen.components import Clip
 from avgen.recipe import Recipe
 from avgen.plugins import get_component
-from avgen.precision import PrecisionChoice, autocast, check_bf16, choose_precision, native_bf16
+from avgen.precision import PrecisionChoice, autocast_for, check_bf16, choose_precision, native_bf16
 from avgen.tensorfile import RowWriter, map_safetensors, scratch_file
 from avgen.threads import worker_init
 
@@ -413,7 +413,7 @@ class Featurizer:
                 batch_feats = None
                 if encoder is not None and good:
                     stacked = torch.cat([item.frames for _, item in good])
-                    with autocast(self.resolve_precision().precision, self.device):
+                    with autocast_for(self.resolve_precision().precision, self.device):
                         batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
                 for k, (i, item) in enumerate(good):
                     wave = self._to_rate(item.wave.float(), samples)

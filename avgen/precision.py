@@ -25,18 +25,19 @@ class PrecisionChoice:
 
     precision: str
     reason: str
-    min_cosine: float | None = None  # of the bf16 rows to their fp32 rows, when the check ran
+    value: float | None = None  # what the check measured (e.g. the min cosine of bf16 rows to fp32), when it ran
+    measure: str = "min_cosine"
 
     def record(self, prefix: str) -> dict[str, Any]:
-        """The entries of the run's environment.json, e.g. featurize_precision, bf16_min_cosine."""
+        """The entries of the run's environment.json, e.g. featurize_precision, featurize_bf16_min_cosine."""
         out: dict[str, Any] = {f"{prefix}_precision": self.precision, f"{prefix}_precision_reason": self.reason}
-        if self.min_cosine is not None:
-            out[f"{prefix}_bf16_min_cosine"] = round(self.min_cosine, 6)
+        if self.value is not None:
+            out[f"{prefix}_bf16_{self.measure}"] = round(self.value, 6)
         return out
 
     def line(self, what: str) -> str:
-        cosine = f"; min cosine to fp32 {self.min_cosine:.5f}" if self.min_cosine is not None else ""
-        return f"{what} precision: {self.precision} ({self.reason}{cosine})"
+        value = f"; bf16 {self.measure.replace('_', ' ')} {self.value:.5g}" if self.value is not None else ""
+        return f"{what} precision: {self.precision} ({self.reason}{value})"
 
 
 def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> set[str]:
@@ -67,7 +68,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return False, f"no /proc/cpuinfo; torch CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 not assumed"
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` for 'bf16', nothing for 'fp32'."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -84,25 +85,27 @@ def min_row_cosine(reference: torch.Tensor, other: torch.Tensor) -> float:
 def check_bf16(run: Callable[[], torch.Tensor], device: torch.device) -> float:
     """min_row_cosine of ``run()`` in fp32 and under bf16 autocast."""
     reference = run().float()
-    with autocast("bf16", device):
+    with autocast_for("bf16", device):
         low = run().float()
     return min_row_cosine(reference, low)
 
 
-def choose_precision(requested: str, device: torch.device, check: Callable[[], float | None]) -> PrecisionChoice:
-    """'fp32'/'bf16' as the recipe asks; for 'auto', bf16 where native and ``check()`` >= MIN_COSINE, else fp32.
+def choose_precision(requested: str, device: torch.device, check: Callable[[], float | None],
+                     passes: Callable[[float], bool] = lambda value: value >= MIN_COSINE,
+                     measure: str = "min_cosine") -> PrecisionChoice:
+    """'fp32'/'bf16' as the recipe asks; for 'auto', bf16 where native and ``passes(check())``, else fp32.
 
-    ``check`` (e.g. ``lambda: check_bf16(...)`` on the run's first batch) runs only when needed; None
-    from it means there was nothing to check on.
+    ``check`` (e.g. ``lambda: check_bf16(...)`` on the run's first batch: the min cosine, passing at
+    MIN_COSINE) runs only when needed; None from it means there was nothing to check on.
     """
     if requested in ("fp32", "bf16"):
         return PrecisionChoice(requested, "set in the recipe")
     native, why = native_bf16(device)
     if not native:
         return PrecisionChoice("fp32", why)
-    cosine = check()
-    if cosine is None:
+    value = check()
+    if value is None:
         return PrecisionChoice("fp32", f"{why}, but no readable first batch to check bf16 on")
-    if cosine >= MIN_COSINE:
-        return PrecisionChoice("bf16", f"{why}; first batch agrees with fp32", cosine)
-    return PrecisionChoice("fp32", f"{why}, but bf16 differs from fp32 on the first batch (cosine < {MIN_COSINE})", cosine)
+    if passes(value):
+        return PrecisionChoice("bf16", f"{why}; the first batch agrees with fp32", value, measure)
+    return PrecisionChoice("fp32", f"{why}, but bf16 differs from fp32 on the first batch", value, measure)

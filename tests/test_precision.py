@@ -51,9 +51,9 @@ def test_auto_uses_bf16_only_where_native_and_the_check_passes(monkeypatch, fram
     near, far = RoundingEncoder(1e-4), RoundingEncoder(0.2)
     monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "CPU has avx512_bf16"))
     choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: near.encode(frames), CPU))
-    assert choice.precision == "bf16" and choice.min_cosine >= MIN_COSINE
+    assert choice.precision == "bf16" and choice.value >= MIN_COSINE
     choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: far.encode(frames), CPU))
-    assert choice.precision == "fp32" and choice.min_cosine < MIN_COSINE and "differs" in choice.reason
+    assert choice.precision == "fp32" and choice.value < MIN_COSINE and "differs" in choice.reason
     assert choose_precision("auto", CPU, lambda: None).precision == "fp32"  # nothing readable to check on
     assert choose_precision("fp32", CPU, pytest.fail).precision == "fp32"  # forced: no check runs
     monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "CPU has neither"))
@@ -101,4 +101,4 @@ def test_real_encoder_bf16_features_agree_on_a_native_cpu(frames):
     images = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=96).round().clamp(0, 255)
     batch = images.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: encoder.encode(batch), CPU))
-    assert choice.min_cosine is not None and choice.min_cosine > 0.99, choice
+    assert choice.value is not None and choice.value > 0.99, choice
