@@ -92,13 +92,14 @@ def test_run_records_the_choice_and_keeps_fp32_and_bf16_features_apart(tmp_path,
     assert bad.returncode == 2 and "featurize.precision" in bad.stderr
 
 
-@pytest.mark.skipif(not native_bf16(CPU)[0], reason=f"this CPU has no native bf16 ({native_bf16(CPU)[1]})")
-def test_real_encoder_bf16_features_agree_on_a_native_cpu(frames):
-    """EfficientNet-Lite0 (ImageNet weights from its pip package) on real-looking frames: auto picks bf16 here."""
+def test_real_encoder_bf16_features_agree_with_fp32(monkeypatch, frames):
+    """EfficientNet-Lite0 (ImageNet weights from its pip package): its bf16 autocast features pass the check.
+    Detection is patched, so this runs on any CPU (without native bf16, torch emulates it: slower, same rounding)."""
     import avgen
 
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
     encoder = avgen.create("encoder", "efficientnet_lite0", input_size=96)
     images = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=96).round().clamp(0, 255)
     batch = images.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: encoder.encode(batch), CPU))
-    assert choice.value is not None and choice.value > 0.99, choice
+    assert choice.value is not None and choice.value > 0.99, choice  # 0.999 is the rule; random frames vary more
