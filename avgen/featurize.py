@@ -25,6 +25,7 @@ from avgen.errors import AvgenError
 from avgen.media import MediaWarning, fit_frames, fit_length, resample
 from avgen.components import Clip
 from avgen.recipe import Recipe
+from avgen.rundir import add_to_environment
 from avgen.plugins import get_component
 from avgen.precision import PrecisionChoice, autocast_for, check_bf16, choose_precision, native_bf16
 from avgen.tensorfile import RowWriter, map_safetensors, scratch_file
@@ -216,6 +217,7 @@ class Featurizer:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # split -> why each skipped clip was skipped
     precision: PrecisionChoice | None = None  # fp32 or bf16 for the encoder, decided on first need ([featurize])
     probe_clips: int = 8  # clips of the train split whose frames decide [featurize] precision = "auto"
+    run_dir: Path | None = None  # where rank 0 records the precision (environment.json), when in a run
 
     @property
     def sample_rate(self) -> int:
@@ -314,6 +316,8 @@ class Featurizer:
                 self.precision = choose_precision(self.recipe.featurize.precision, self.device, self._bf16_check)
                 self.console.print(self.precision.line("featurize"), markup=False, highlight=False)
                 log.info("%s", self.precision.line("featurize"))
+                if self.run_dir is not None and self.rank == 0:
+                    add_to_environment(self.run_dir, self.precision.record("featurize"))
         return self.precision
 
     def _bf16_check(self) -> float | None:

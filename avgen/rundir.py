@@ -138,8 +138,8 @@ def _finished_beyond_prepare(ledger: dict[str, Any]) -> bool:
     return any(info.get("status") == "done" for stage, info in ledger.get("stages", {}).items() if stage != "prepare")
 
 
-def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
-    """Versions, seed, device and git commit, for reproducibility."""
+def environment_record(seed: int, device: torch.device, threads: Any = None) -> dict[str, Any]:
+    """Versions, seed, device, threads (an avgen.threads.ThreadPlan) and git commit, for reproducibility."""
     from avgen.plugins import get_plugins
 
     try:
@@ -164,6 +164,7 @@ def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
         "argv": sys.argv,
         "plugins": plugins,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"threads": threads.record()} if threads is not None else {}),
     }
 
 

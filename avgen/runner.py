@@ -35,9 +35,7 @@ from avgen.featurize import Featurizer, SplitData, sample_rate, warn_skipped
 from avgen.components import EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.plugins import get_component
-from avgen.rundir import (
-    SPLITS, STAGES, RunDir, add_to_environment, environment_record, run_log, skipped_reasons, write_skipped,
-)
+from avgen.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, skipped_reasons, write_skipped
 from avgen.threads import ThreadPlan
 
 log = logging.getLogger("avgen")
@@ -220,6 +218,7 @@ class Run:
             self._featurizer = Featurizer(
                 self.recipe, self.dataset, self.encoder, self.representation, self.device, self.console, self.cache,
                 rank=self.rank, num_workers=self.num_workers, strict=self.strict, clip_entry_limit=self.clip_entry_limit,
+                run_dir=self.run_dir,
             )
         return self._featurizer
 
@@ -238,14 +237,7 @@ class Run:
         """A split's tensors: kept from the featurize stage, else featurized now (from the cache when it ran before)."""
         if split not in self._splits:
             self._splits[split], _ = self.featurizer.featurize_split(split)
-            self._record_precision()
         return self._splits[split]
-
-    def _record_precision(self) -> None:
-        """The encoder precision this process decided on, in environment.json (rank 0)."""
-        choice = self.featurizer.precision
-        if self.rank == 0 and choice is not None:
-            add_to_environment(self.run_dir, choice.record("featurize"))
 
     # ---- driver
 
@@ -258,7 +250,8 @@ class Run:
         main = self.rank == 0
         with self.dir.lock() if main else contextlib.nullcontext(), run_log(self.run_dir / "log.txt", main):
             if main:
-                self.dir.start(self.recipe.to_toml_dict(), self._environment, fresh)
+                self.dir.start(self.recipe.to_toml_dict(),
+                               lambda: environment_record(self.recipe.run.seed, self.device, self.threads), fresh)
             barrier(self.world)
             for stage in STAGES if only is None else (only,):
                 if only is None and self.dir.done(stage):
@@ -284,18 +277,11 @@ class Run:
                 log.info("stage %s done in %.1f s %s", stage, seconds, json.dumps(info, default=str))
             return self.dir.ledger()
 
-    def _environment(self) -> dict[str, Any]:
-        record = environment_record(self.recipe.run.seed, self.device)
-        if self.threads is not None:
-            record["threads"] = self.threads.record()
-        return record
-
     # ---- the inputs of each stage
 
     def _featurize(self) -> dict[str, Any]:
         splits, stats = featurize(self.featurizer, self.run_dir, self.rank, self.world)
         self._splits.update(splits)
-        self._record_precision()
         return stats
 
     def build_generator(self) -> tuple[torch.nn.Module, GeneratorShape]:
