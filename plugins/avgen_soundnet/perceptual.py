@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-
-import logging
-import math
-import sys
 
 from avgen import AvgenError, BuildContext, Loss, PrecisionChoice, autocast_for, choose_precision
 from avgen_soundnet.frozen import MEMO_BYTES, FrozenSoundNet
