@@ -325,16 +325,16 @@ class Featurizer:
         clips = self.dataset.clips("train")[: self.probe_clips]
         key = cache_key("bf16-check", self._encoder_id(), [_clip_id(c) for c in clips], torch.__version__, str(self.device),
                         native_bf16(self.device)[1])
-        entry = self.cache.get(key)
-        if entry is not None:
-            return float(entry["min_cosine"])
+        note = self.cache.note(key)
+        if note is not None and isinstance(note.get("min_cosine"), float):
+            return note["min_cosine"]
         loader = _ClipLoader(self.dataset, clips, self.encoder.fps, self.encoder.input_size, self.sizes()[1])
         frames = [item.frames for item in map(loader.__getitem__, range(len(clips))) if item.problem is None]
         if not frames:
             return None  # nothing readable to check on: stay in fp32
         stacked = torch.cat(frames)
         cosine = check_bf16(lambda: self.encoder.encode(stacked), self.device)
-        self.cache.put(key, {"min_cosine": torch.tensor(cosine, dtype=torch.float64)})
+        self.cache.put_note(key, {"min_cosine": cosine})
         return cosine
 
     def _encode_rep(self, wave: torch.Tensor, batch: int = 64) -> torch.Tensor:

@@ -103,3 +103,17 @@ def test_real_encoder_bf16_features_agree_with_fp32(monkeypatch, frames):
     batch = images.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: encoder.encode(batch), CPU))
     assert choice.value is not None and choice.value > 0.99, choice  # 0.999 is the rule; random frames vary more
+
+
+def test_the_check_result_is_a_cache_note_that_clear_removes(tmp_path):
+    """The featurize check's result is kept as a JSON note beside the tensor entries, not as an entry."""
+    from avgen.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.note("k") is None
+    cache.put_note("k", {"min_cosine": 0.9995})
+    assert cache.note("k") == {"min_cosine": 0.9995} and cache.info()["entries"] == 0
+    (tmp_path / "cache" / "notes" / "bad.json").write_text("{not json")
+    assert cache.note("bad") is None
+    cache.clear()
+    assert cache.note("k") is None
