@@ -26,6 +26,7 @@ _LAZY = {
     **dict.fromkeys(("atomic_path", "folder_mode", "write_json", "write_text"), "avgen.atomic"),
     **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),
     "cache_key": "avgen.cache",
+    **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen.precision"),
     "replicate_to_steps": "avgen.sequence",
     **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
     **dict.fromkeys(("BASELINE_TITLES", "ExampleClip", "example_clips", "html_page", "is_untrained", "read_json", "run_name",

@@ -18,11 +18,12 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from avgen.atomic import TEMP_SUFFIX, atomic_path
+from avgen.atomic import TEMP_SUFFIX, atomic_path, write_json
 from avgen.paths import cache_dir
 from avgen.tensorfile import DIGEST_KEY, map_verified, read_verified, tensor_digest
 
 log = logging.getLogger("avgen.cache")
+NOTES = "notes"  # the folder of small JSON records (FeatureCache.note), beside the <key[:2]>/ entry folders
 
 
 def cache_key(*parts: Any) -> str:
@@ -71,6 +72,18 @@ class FeatureCache:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)  # a Python write, so a full disk is an OSError that atomic_path reports
         return path
+
+    def note(self, key: str) -> dict[str, Any] | None:
+        """A small JSON record kept under key (e.g. a check's result, not a tensor entry), or None."""
+        try:
+            record = json.loads((self.root / NOTES / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def put_note(self, key: str, record: Mapping[str, Any]) -> None:
+        """Keep a small JSON record under key (atomically; ``cache clear`` removes it with the entries)."""
+        write_json(self.root / NOTES / f"{key}.json", dict(record))
 
     def info(self) -> dict[str, Any]:
         """Number of entries, bytes used, and temporary files left by killed writers (``cache clear`` removes them)."""

@@ -185,6 +185,11 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
 
 # ---------------------------------------------------------------- run
 
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(0, 1024), default=0, show_default=True,
+    help="CPU threads for torch (0: the cores avgen may use, divided among torchrun ranks); "
+         "each --workers process uses one (docs/reliability.md).")
+
 
 @cli.command("run")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -199,15 +204,16 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
               help="DataLoader worker processes for decoding video.")
 @click.option("--strict", is_flag=True,
               help="Stop at the first unreadable media file instead of skipping its clips (skipped.txt lists them).")
+@THREADS_OPTION
 @click.pass_context
 def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
-            device: str | None, only: str | None, workers: int, strict: bool) -> None:
+            device: str | None, only: str | None, workers: int, strict: bool, threads: int) -> None:
     """Run one or more RECIPES (TOML files, or folders of them) through every stage.
 
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
     """
-    _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict)
+    _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict, threads)
 
 
 class UserError(click.ClickException):
@@ -242,11 +248,14 @@ def _single_line(text: str) -> str:
 
 
 def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
-                 device: str | None, only: str | None, workers: int, strict: bool) -> None:
+                 device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
     from avgen.recipe import load_recipes
     from avgen.distributed import leave_process_group, resolve_device
     from avgen.runner import Run
+    from avgen.threads import apply_threads, plan_threads
+
+    plan = apply_threads(plan_threads(threads, workers))
 
     import time
 
@@ -262,7 +271,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
         if run_dir in run_dirs:
             raise AvgenError(f"two recipes write the same run directory {run_dir}; give each a different run.name")
         run_dirs.append(run_dir)
-        runs.append(Run(recipe, run_dir, dev, console=err_console, num_workers=workers, strict=strict))
+        runs.append(Run(recipe, run_dir, dev, console=err_console, num_workers=workers, strict=strict, threads=plan))
     for run in runs:  # errors of the data and representation settings come before any run directory exists
         run.preflight()
     for run in runs:
@@ -354,10 +363,11 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
               help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
 @click.option("--detector", "detector_name", default="motion_contacts", show_default=True,
               help="The detector component --onsets-out uses (avgen list detector).")
+@THREADS_OPTION
 def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path | None, out: Path, raw: bool,
                  library: Path | None, material: str | None, keep_audio: bool, device: str,
                  overrides: tuple[str, ...], onsets_out: Path | None, onsets_in: Path | None,
-                 detector_name: str) -> None:
+                 detector_name: str, threads: int) -> None:
     """Generate the sound of each VIDEO (or of every video in a folder) with a trained run or an exported model;
     writes <stem>.avgen.wav, <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's
     source and similarity). Long videos stream: memory does not grow with their length."""
@@ -366,6 +376,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     from avgen.generate import (load_model_folder, load_trained, material_class, return_freed_memory, select_bank,
                                 training_split)
     from avgen.distributed import resolve_device
+    from avgen.threads import apply_threads, plan_threads
 
     return_freed_memory()  # long videos: peak memory flat in their length
 
@@ -380,6 +391,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     if onsets_out and onsets_in:
         raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     dev = resolve_device(device)
+    apply_threads(plan_threads(threads))
     if onsets_out:  # an unknown detector fails before the model loads
         from avgen.plugins import get_component
 
@@ -566,6 +578,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2 (``--debug`` shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    from avgen.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before anything imports torch (docs/reliability.md, "Threads")
     try:
         code = cli.main(args=args, prog_name="avgen", standalone_mode=False)
         if isinstance(code, int) and code != 0:  # click returns ctx.exit(code) instead of exiting

@@ -25,8 +25,11 @@ from avgen.errors import AvgenError
 from avgen.media import MediaWarning, fit_frames, fit_length, resample
 from avgen.components import Clip
 from avgen.recipe import Recipe
+from avgen.rundir import add_to_environment
 from avgen.plugins import get_component
+from avgen.precision import PrecisionChoice, autocast_for, check_bf16, choose_precision, native_bf16
 from avgen.tensorfile import RowWriter, map_safetensors, scratch_file
+from avgen.threads import worker_init
 
 log = logging.getLogger("avgen")
 
@@ -212,6 +215,9 @@ class Featurizer:
     strict: bool = False  # stop at the first unreadable clip instead of skipping it
     clip_entry_limit: int = 256 << 20  # bytes: a larger split keeps only its split entry once that is written
     skipped: dict[str, list[str]] = field(default_factory=dict)  # split -> why each skipped clip was skipped
+    precision: PrecisionChoice | None = None  # fp32 or bf16 for the encoder, decided on first need ([featurize])
+    probe_clips: int = 8  # clips of the train split whose frames decide [featurize] precision = "auto"
+    run_dir: Path | None = None  # where rank 0 records the precision (environment.json), when in a run
 
     @property
     def sample_rate(self) -> int:
@@ -286,14 +292,50 @@ class Featurizer:
         return round(seconds * self.sample_rate), frames
 
     def clip_keys(self, clips: list[Clip]) -> list[str]:
-        """Cache keys of each clip's features and waveform (everything that produced them)."""
+        """Cache keys of each clip's features and waveform (everything that produced them, the precision included)."""
         enc_id = None
         if self.encoder is not None:
-            spec = self.recipe.encoder
-            enc_id = (spec.name, spec.params, get_component("encoder", spec.name).version, self.sizes()[1])
+            enc_id = self._encoder_id()
+            if self.resolve_precision().precision == "bf16":  # fp32 keys stay those of earlier versions
+                enc_id += ("bf16",)
         data = self.recipe.data
         audio_id = (data.name, data.params, get_component("dataset", data.name).version, self.sample_rate)
         return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
+
+    def _encoder_id(self) -> tuple[Any, ...]:
+        spec = self.recipe.encoder
+        return (spec.name, spec.params, get_component("encoder", spec.name).version, self.sizes()[1])
+
+    def resolve_precision(self) -> PrecisionChoice:
+        """The encoder's precision: the recipe's, or for 'auto' bf16 where native and the first train batch's
+        features agree with fp32 (the check's result is kept in the cache, so a rerun does not repeat it)."""
+        if self.precision is None:
+            if self.encoder is None:
+                self.precision = PrecisionChoice("fp32", "no encoder")
+            else:
+                self.precision = choose_precision(self.recipe.featurize.precision, self.device, self._bf16_check)
+                self.console.print(self.precision.line("featurize"), markup=False, highlight=False)
+                log.info("%s", self.precision.line("featurize"))
+                if self.run_dir is not None and self.rank == 0:
+                    add_to_environment(self.run_dir, self.precision.record("featurize"))
+        return self.precision
+
+    def _bf16_check(self) -> float | None:
+        """Min cosine of bf16 to fp32 features of the first train clips' frames (cached per data, encoder, machine)."""
+        clips = self.dataset.clips("train")[: self.probe_clips]
+        key = cache_key("bf16-check", self._encoder_id(), [_clip_id(c) for c in clips], torch.__version__, str(self.device),
+                        native_bf16(self.device)[1])
+        note = self.cache.note(key)
+        if note is not None and isinstance(note.get("min_cosine"), float):
+            return note["min_cosine"]
+        loader = _ClipLoader(self.dataset, clips, self.encoder.fps, self.encoder.input_size, self.sizes()[1])
+        frames = [item.frames for item in map(loader.__getitem__, range(len(clips))) if item.problem is None]
+        if not frames:
+            return None  # nothing readable to check on: stay in fp32
+        stacked = torch.cat(frames)
+        cosine = check_bf16(lambda: self.encoder.encode(stacked), self.device)
+        self.cache.put_note(key, {"min_cosine": cosine})
+        return cosine
 
     def _encode_rep(self, wave: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """The representation of every row of ``wave``, written batch by batch to a mapped scratch file."""
@@ -355,7 +397,7 @@ class Featurizer:
                         encoder.fps if encoder is not None else None,
                         encoder.input_size if encoder is not None else None, frames),
             batch_size=8, num_workers=self.num_workers, collate_fn=list,
-            persistent_workers=False,
+            persistent_workers=False, worker_init_fn=worker_init,
         )
         with progress_bar(self.console) as progress:
             task = progress.add_task(f"featurize {split}", total=len(todo))
@@ -375,7 +417,8 @@ class Featurizer:
                 batch_feats = None
                 if encoder is not None and good:
                     stacked = torch.cat([item.frames for _, item in good])
-                    batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
+                    with autocast_for(self.resolve_precision().precision, self.device):
+                        batch_feats = encoder.encode(stacked).float().cpu().reshape(len(good), frames, -1)
                 for k, (i, item) in enumerate(good):
                     wave = self._to_rate(item.wave.float(), samples)
                     entry = {"wave": wave}

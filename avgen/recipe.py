@@ -71,6 +71,15 @@ class TrainParams(_Strict):
         default_factory=dict, description="balance = 'grad_share': relative share per loss name (unlisted terms: 1)")
 
 
+class FeaturizeSection(_Strict):
+    """The [featurize] section: how the visual encoder runs."""
+
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto': bfloat16 where the device computes it natively (CPU AVX512-BF16/AMX, CUDA) and "
+                            "the first batch's features agree with fp32 (cosine >= 0.999), else fp32; 'fp32' or "
+                            "'bf16' force one")
+
+
 class EvalSection(_Strict):
     """The [eval] section: how test sounds are generated for the metrics."""
 
@@ -102,6 +111,7 @@ class Recipe(_Strict):
     generator: ComponentSpec | None = None
     loss: list[ComponentSpec] = Field(default_factory=list)
     metric: list[ComponentSpec] = Field(default_factory=list)
+    featurize: FeaturizeSection = FeaturizeSection()
     train: TrainParams = TrainParams()
     eval: EvalSection = EvalSection()
     source: Path | None = None
@@ -120,6 +130,7 @@ class Recipe(_Strict):
                     {"name": s.name, **({"weight": s.weight} if section == "loss" else {}), **_plain(s.params)}
                     for s in items
                 ]
+        out["featurize"] = _plain(self.featurize.model_dump())
         out["train"] = _plain(self.train.model_dump())
         out["eval"] = _plain(self.eval.model_dump())
         return out

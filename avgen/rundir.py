@@ -123,13 +123,23 @@ class RunDir:
         write_json(self.ledger_path, ledger)
 
 
+def add_to_environment(run_dir: Path, entries: dict[str, Any]) -> None:
+    """Add entries (e.g. a precision decided during featurize) to the run's environment.json."""
+    path = Path(run_dir) / "environment.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        record = {}
+    write_json(path, {**record, **entries})
+
+
 def _finished_beyond_prepare(ledger: dict[str, Any]) -> bool:
     """Whether a ledger records a finished stage whose results depend on more than the data."""
     return any(info.get("status") == "done" for stage, info in ledger.get("stages", {}).items() if stage != "prepare")
 
 
-def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
-    """Versions, seed, device and git commit, for reproducibility."""
+def environment_record(seed: int, device: torch.device, threads: Any = None) -> dict[str, Any]:
+    """Versions, seed, device, threads (an avgen.threads.ThreadPlan) and git commit, for reproducibility."""
     from avgen.plugins import get_plugins
 
     try:
@@ -154,6 +164,7 @@ def environment_record(seed: int, device: torch.device) -> dict[str, Any]:
         "argv": sys.argv,
         "plugins": plugins,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"threads": threads.record()} if threads is not None else {}),
     }
 
 

@@ -36,6 +36,7 @@ from avgen.components import EvalContext, GeneratorShape
 from avgen.recipe import Recipe
 from avgen.plugins import get_component
 from avgen.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, skipped_reasons, write_skipped
+from avgen.threads import ThreadPlan
 
 log = logging.getLogger("avgen")
 
@@ -167,6 +168,7 @@ class Run:
     num_workers: int = 0
     strict: bool = False  # stop at the first unreadable clip instead of skipping it
     clip_entry_limit: int = 256 << 20  # bytes: a larger split keeps only its split entry once that is written
+    threads: ThreadPlan | None = None  # the CLI's thread plan (avgen.threads), recorded in environment.json
 
     def __post_init__(self) -> None:
         self.recipe = self.recipe.with_absolute_paths()  # the run remembers where its data is, whatever the cwd later
@@ -216,6 +218,7 @@ class Run:
             self._featurizer = Featurizer(
                 self.recipe, self.dataset, self.encoder, self.representation, self.device, self.console, self.cache,
                 rank=self.rank, num_workers=self.num_workers, strict=self.strict, clip_entry_limit=self.clip_entry_limit,
+                run_dir=self.run_dir,
             )
         return self._featurizer
 
@@ -247,8 +250,8 @@ class Run:
         main = self.rank == 0
         with self.dir.lock() if main else contextlib.nullcontext(), run_log(self.run_dir / "log.txt", main):
             if main:
-                self.dir.start(self.recipe.to_toml_dict(), lambda: environment_record(self.recipe.run.seed, self.device),
-                               fresh)
+                self.dir.start(self.recipe.to_toml_dict(),
+                               lambda: environment_record(self.recipe.run.seed, self.device, self.threads), fresh)
             barrier(self.world)
             for stage in STAGES if only is None else (only,):
                 if only is None and self.dir.done(stage):

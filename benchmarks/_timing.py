@@ -27,6 +27,22 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
+def timed_together(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each fn, calling them in turn (one warm-up each): on a machine whose load varies,
+    the variants see the same load, so their ratio holds better than separate ``timed`` runs."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    sync(device)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def matmul_flops(device: torch.device, repeats: int) -> float:
     """fp32 FLOP/s of a large square sgemm (2 n^3 FLOPs), the machine's practical peak."""
     n = 4096 if device.type == "cuda" else 2048

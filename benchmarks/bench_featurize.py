@@ -5,7 +5,9 @@
 
 For each encoder at 224 px: FLOPs per frame (torch.utils.flop_counter), then frames/s of the CNN in
 eager NCHW, channels-last, channels-last + bf16 autocast (with its feature error against fp32) and
-(with --compile) torch.compile'd channels-last, and of the full ``encode()`` (uint8 frames in, features out).
+(with --compile) torch.compile'd channels-last, and of the full ``encode()`` (uint8 frames in, features out)
+in fp32 and as ``[featurize] precision = "auto"`` decides on this machine (bf16 where native and the
+batch's features agree with fp32 at cosine 0.999), timed in turn so that their ratio sees the same load.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import avgen
-from _timing import matmul_flops, record, timed  # benchmarks/_timing.py
+from _timing import matmul_flops, record, timed, timed_together  # benchmarks/_timing.py
 from avgen.errors import AvgenError
+from avgen.precision import MIN_COSINE, autocast_for, check_bf16, choose_precision
 
-BF16_MIN_COSINE = 0.999  # bf16 features are used only when every frame's cosine to fp32 is above this
+BF16_MIN_COSINE = MIN_COSINE  # bf16 features are used only when every frame's cosine to fp32 is at least this
 
 
 def flops_per_frame(model: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -97,9 +100,17 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, use_c
                 compiled_bf16()
                 run("torch.compile channels-last bf16", compiled_bf16, f"compile {time.perf_counter() - start:.0f} s")
     encoder.batch_size = batch
-    run("encode() uint8 -> features, fp32", lambda: encoder.encode(frames), "includes normalisation + copy to CPU")
-    encoder.precision = "bf16"
-    run("encode() uint8 -> features, bf16", lambda: encoder.encode(frames), "precision = 'bf16'")
+    choice = choose_precision("auto", device, lambda: check_bf16(lambda: encoder.encode(frames), device))
+
+    def auto() -> torch.Tensor:  # what featurize does with [featurize] precision = "auto"
+        with autocast_for(choice.precision, device):
+            return encoder.encode(frames)
+
+    both = timed_together({"fp32": lambda: encoder.encode(frames), "auto": auto}, device, max(repeats, 3))
+    rows.append(("encode() uint8 -> features, fp32", batch / both["fp32"], "includes normalisation + copy to CPU"))
+    rows.append(("encode() uint8 -> features, auto", batch / both["auto"],
+                 f"{both['fp32'] / both['auto']:.2f}x fp32: {choice.line('featurize')}"))
+    record("featurize", **{f"{name}_auto_speedup": both["fp32"] / both["auto"]})
 
     matmul_after = matmul_flops(device, repeats)
     matmul = max(matmul_before, matmul_after)  # the conservative choice on a machine with a varying load
@@ -122,7 +133,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--models", default="resnet50,alexnet,efficientnet_lite0")
+    parser.add_argument("--models", default="resnet50,efficientnet_lite0,alexnet")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (minutes of compiling on 2 cores)")
     args = parser.parse_args()
     if args.threads:

@@ -75,3 +75,30 @@ def test_long_video_memory_stays_flat_and_real_time_factor_within_twice_0_3(tmp_
     values = run_bench(tmp_path, "bench_longvideo.py", "--minutes", "0.5", "3", "--size", "640x360",
                        "--cache", str(tmp_path / "videos"))
     assert values["rss_growth_mb"] <= 50 and values["long_rtf"] <= 0.6, values
+
+def _native_bf16() -> tuple[bool, str]:
+    import torch
+
+    from avgen.precision import native_bf16
+
+    return native_bf16(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not _native_bf16()[0], reason=f"no native bf16 on this CPU ({_native_bf16()[1]})")
+def test_featurize_auto_precision_stays_at_least_as_fast_as_fp32(tmp_path):
+    """EfficientNet-Lite0 (ImageNet weights from its package): auto picks bf16 here, measured 2-2.8x fp32; half: 1.0x."""
+    values = run_bench(tmp_path, "bench_featurize.py", "--models", "efficientnet_lite0", "--repeats", "3")
+    assert values["efficientnet_lite0_auto_speedup"] >= 1.0, values
+
+
+def test_pocan_step_stays_above_half_of_the_1_5x_target(tmp_path):
+    """The whole POCAN step at GHD shapes against the plain SoundNet in the same run: target 1.5x, half of its gain 1.25x."""
+    values = run_bench(tmp_path, "bench_train.py", "--repeats", "7", "--threads", "1")
+    assert values["step_speedup"] >= 1.25, values
+    assert values["auto_loss_rel_diff"] <= 0.01, values
+
+
+def test_one_competing_process_slows_a_fit_epoch_less_than_twice_the_2_5x_target(tmp_path):
+    """avgen's thread choice beside one busy torch process: target < 2.5x slowdown, half of it: < 5x."""
+    values = run_bench(tmp_path, "bench_contention.py", "--settings", "avgen", "--repeats", "1")
+    assert values["pocan_avgen_slowdown"] < 5 and values["can_avgen_slowdown"] < 5, values

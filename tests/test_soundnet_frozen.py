@@ -1,0 +1,101 @@
+"""The frozen SoundNet of the perceptual loss: folded batch norm and matmul layers equal the model as written,
+the real clips' features are remembered, and precision 'auto' picks bf16 only when the loss agrees."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import avgen.precision as precision
+from avgen_soundnet import SoundNet8
+from avgen_soundnet.frozen import FrozenSoundNet
+from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
+
+
+@pytest.fixture(scope="module")
+def net() -> SoundNet8:
+    """A SoundNet8 with random weights and non-trivial batch-norm statistics (folding must use all four)."""
+    torch.manual_seed(0)
+    model = SoundNet8()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.requires_grad_(False)
+
+
+def waves(count: int, seed: int, samples: int = 11025) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    decay = torch.exp(-torch.arange(samples) / 2000.0)
+    return torch.randn(count, samples, generator=g) * decay * 0.3
+
+
+@pytest.mark.parametrize("layer", ["conv5", "conv7"])
+@pytest.mark.parametrize("samples", [11025, 44100])  # 0.5 s (conv6/conv7 as matmul) and 2 s (more steps)
+def test_folded_features_and_gradients_equal_the_model_as_written(net, layer, samples):
+    """In float64 (the fold is exact algebra); in float32 the features agree to rounding, while the gradient
+    may route through the other side of a ReLU or max-pool near-tie, so it is compared in float64 only."""
+    wave = waves(3, 1, samples)
+    with torch.no_grad():
+        torch.testing.assert_close(FrozenSoundNet(net, layer)(wave), net.features(wave, layer), rtol=1e-4, atol=1e-5)
+    double = copy.deepcopy(net).double()
+    plain_in, folded_in = wave.double().requires_grad_(True), wave.double().requires_grad_(True)
+    expected = double.features(plain_in, layer)
+    got = FrozenSoundNet(double, layer)(folded_in)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(folded_in.grad, plain_in.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_real_features_are_remembered_per_waveform(net, monkeypatch):
+    frozen = FrozenSoundNet(net, "conv7")
+    calls = []
+    original = FrozenSoundNet.__call__
+
+    def counting(self, wave):
+        calls.append(wave.shape[0])
+        return original(self, wave)
+
+    monkeypatch.setattr(FrozenSoundNet, "__call__", counting)
+    first, second = waves(4, 3), waves(2, 4)
+    a = frozen.fixed(first)
+    b = frozen.fixed(torch.cat([second, first[1:3]]))  # two new rows, two seen ones
+    assert calls == [4, 2]
+    torch.testing.assert_close(b[2:], a[1:3], rtol=0, atol=0)
+    torch.testing.assert_close(b, net.features(torch.cat([second, first[1:3]]), "conv7"), rtol=1e-4, atol=1e-5)
+    small = FrozenSoundNet(net, "conv7", memo_bytes=4096 + 100)  # room for one clip's 1024 floats
+    small.fixed(first)
+    assert len(small._memo) == 1
+
+
+def test_loss_equals_the_plain_loss(net):
+    generated, real = waves(4, 5), waves(4, 6)
+    plain = SoundNetPerceptual(net, PerceptualParams(), 22050, fast=False)
+    fast = SoundNetPerceptual(net, PerceptualParams(precision="fp32"), 22050)
+    for _ in range(2):  # the second call takes the targets from the memo
+        assert float(fast.perceptual(generated, real)) == pytest.approx(float(plain.perceptual(generated, real)), rel=1e-5)
+
+
+def test_auto_precision_uses_bf16_only_where_native_and_the_loss_agrees(net, monkeypatch):
+    generated, real = waves(4, 7), waves(4, 8)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "CPU has neither"))
+    loss = SoundNetPerceptual(net, PerceptualParams(), 22050)
+    loss.perceptual(generated, real)
+    assert loss.precision.precision == "fp32" and loss.precision.value is None
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))  # bf16 is emulated where not native
+    loss = SoundNetPerceptual(net, PerceptualParams(), 22050)
+    value = loss.perceptual(generated, real)
+    assert loss.precision.value is not None and loss.gradient_cosine is not None
+    assert loss.precision.precision == ("bf16" if loss.precision.value <= 0.01 else "fp32")
+    fp32 = SoundNetPerceptual(net, PerceptualParams(precision="fp32"), 22050).perceptual(generated, real)
+    assert float(value) == pytest.approx(float(fp32), rel=0.01)  # either way within the 1 % the check allows
+    identical = SoundNetPerceptual(net, PerceptualParams(), 22050)
+    identical.perceptual(real, real)  # fp32 loss 0: bf16 would invent a loss, so the check keeps fp32
+    assert identical.precision.precision == "fp32" or identical.precision.value == 0.0
