@@ -76,6 +76,7 @@ def test_long_video_memory_stays_flat_and_real_time_factor_within_twice_0_3(tmp_
                        "--cache", str(tmp_path / "videos"))
     assert values["rss_growth_mb"] <= 50 and values["long_rtf"] <= 0.6, values
 
+
 def _native_bf16() -> tuple[bool, str]:
     import torch
 
