@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -143,6 +144,11 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
+    try:  # the precision the run's features were made in: generate encodes frames the same way where it can
+        environment = json.loads((run_dir / "environment.json").read_text())
+        meta = {**meta, "featurize_precision": environment.get("featurize_precision", "fp32")}
+    except (OSError, ValueError, AttributeError):
+        pass
     return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
 
 
@@ -446,6 +452,15 @@ class SegmentDecoder:
         return self.push(torch.zeros(0))
 
 
+def encoder_precision(meta: dict[str, Any], device: torch.device) -> str:
+    """'bf16' when the run's features were made in bf16 and this device has native bf16, else 'fp32'."""
+    if meta.get("featurize_precision") != "bf16":
+        return "fp32"
+    from avgen.precision import native_bf16
+
+    return "bf16" if native_bf16(device)[0] else "fp32"
+
+
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
     """Make glibc's malloc give large blocks (>= ``threshold`` bytes) back to the system when freed.
 
@@ -468,17 +483,19 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
 
 
 def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: float = 2.0, first: int = 0,
-                   count: int | None = None, reader: Any = None) -> torch.Tensor:
+                   count: int | None = None, reader: Any = None, precision: str = "fp32") -> torch.Tensor:
     """Encoder features [count, dim] of frames first .. first + count - 1 at the encoder's fps (frame k shows
     time k / fps), decoded ``chunk_seconds`` at a time; by default every frame of ``duration`` seconds.
 
     The next chunk is decoded in a background thread while the encoder runs on the current one (FFmpeg
     and torch both release the GIL). ``reader`` (an ``avgen.media.FrameReader`` at the encoder's fps and
     size) carries on decoding where the previous call stopped; without it one is opened for this call.
+    ``precision`` 'bf16' encodes under bfloat16 autocast (as the run's featurize did, ``avgen.precision``).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from avgen.media import FrameReader
+    from avgen.precision import autocast_for
 
     if count is None:
         count = max(1, round(duration * encoder.fps))
@@ -495,7 +512,8 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
                 if i + 1 < len(starts):
                     after = starts[i + 1]
                     pending = pool.submit(reader.read, first + after, min(per_read, count - after))
-                feats.append(encoder.encode(frames).float())
+                with autocast_for(precision, getattr(encoder, "device", torch.device("cpu"))):
+                    feats.append(encoder.encode(frames).float())
     finally:
         if own:
             reader.close()
@@ -602,9 +620,10 @@ class VideoSound:
         self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
         self.names = list(meta.get("class_names") or [])
         self.features = features  # [frames, dim] of the whole video, when given: not read again
+        self.precision = encoder_precision(meta, device)
         self.clock = _Clock()
         self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
-                                        "sample_rate": self.rate}
+                                        "sample_rate": self.rate, "encoder_precision": self.precision}
 
     def _first_frame(self, start: float) -> int:
         return min(round(start * self.encoder.fps), max(self.video_frames, self.frames_per_clip) - self.frames_per_clip)
@@ -617,12 +636,13 @@ class VideoSound:
             return torch.stack([features[f:f + self.frames_per_clip] for f in firsts])
         if self.video_frames < self.frames_per_clip:  # a video shorter than one clip: pad with its last frame
             features = fit_frames(video_features(self.encoder, self.video, self.duration, count=self.video_frames,
-                                                 reader=self.reader), self.frames_per_clip)
+                                                 reader=self.reader, precision=self.precision), self.frames_per_clip)
             low = 0
         else:
             low = min(firsts)
             features = video_features(self.encoder, self.video, self.duration, first=low,
-                                      count=max(firsts) + self.frames_per_clip - low, reader=self.reader)
+                                      count=max(firsts) + self.frames_per_clip - low, reader=self.reader,
+                                      precision=self.precision)
         return torch.stack([features[f - low:f - low + self.frames_per_clip] for f in firsts])
 
     def blocks(self, progress: Any = None) -> Iterator[torch.Tensor]:
