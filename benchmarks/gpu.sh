@@ -14,7 +14,7 @@ if ! "$VENV/bin/python" -c "import avgen" 2>/dev/null; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q -e ".[test]" -e examples/avgen-plugin-example || { echo "pip install failed"; exit 1; }
 fi
-PY="$VENV/bin/python"
+PY="$(cd "$VENV" && pwd)/bin/python"  # absolute: the steps run inside benchmarks/
 export AVGEN_HOME="${AVGEN_HOME:-$PWD/$OUT/avgen_home}" AVGEN_BENCH_JSON="$PWD/$OUT/bench.jsonl"
 "$PY" - <<'PYEOF' | tee "$OUT/machine.txt"
 import platform, torch
@@ -34,7 +34,7 @@ step() {  # step NAME COMMAND...: run it, log it, note pass/fail with its time
     printf '%-28s %s (%d s)\n' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED rc=$rc")" $((SECONDS - start)) | tee -a "$OUT/summary.txt"
     [ $rc -eq 0 ] || failed=1
 }
-PYB="../$PY"
+PYB="$PY"
 step featurize  "$PYB" bench_featurize.py --device cuda --batch 128 --models resnet50,efficientnet_lite0,alexnet
 step soundnet   "$PYB" bench_soundnet.py --device cuda
 step train      "$PYB" bench_train.py --device cuda --repeats 10
