@@ -136,3 +136,21 @@ def test_the_plain_torch_network_is_timms_efficientnet_lite0(encoder, packaged):
     x = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 4 - 2
     with torch.no_grad():
         torch.testing.assert_close(ours(x), oracle(x), rtol=1e-4, atol=1e-5)
+
+
+def test_folding_batch_norms_keeps_the_features(packaged):
+    """The encoder folds each batch norm into its convolution (inference only): same features to float rounding."""
+    import copy
+
+    import timm
+
+    from avgen_vision.lite_net import EfficientNetLite0
+
+    state = efficientnet_lite.to_timm_keys(packaged, timm.create_model("efficientnet_lite0").state_dict())
+    plain = EfficientNetLite0().eval()
+    plain.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")})
+    fused = copy.deepcopy(plain).fuse_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(2)) * 4 - 2
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -38,7 +38,10 @@ class FrameEncoder(Encoder):
         cpu_batch: int = MAX_BATCH["cpu"],
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        model = model.eval().requires_grad_(False)
+        if hasattr(model, "fuse_for_inference"):  # e.g. batch norms folded into convolutions (frozen weights)
+            model = model.fuse_for_inference()
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.dim = dim
         self.fps = float(fps)
         self.input_size = input_size
