@@ -11,7 +11,7 @@ from importlib import import_module  # noqa: E402
 from typing import Any  # noqa: E402
 
 from avgen.card import KINDS, Card  # noqa: E402
-from avgen.errors import AvgenError, UnknownComponentError  # noqa: E402
+from avgen.errors import AvgenError, RunLockedError, UnknownComponentError  # noqa: E402
 from avgen.hookspecs import hookimpl  # noqa: E402
 from avgen.plugins import create, get_component, list_components  # noqa: E402
 from avgen.registry import Component, format_validation_error  # noqa: E402
@@ -21,8 +21,14 @@ _LAZY = {
     **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank",
                      "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"),
                     "avgen.components"),
-    **dict.fromkeys(("read_audio", "resample"), "avgen.media"),
-    "saved_model_of_run": "avgen.generate",
+    **dict.fromkeys(("mux_audio", "probe", "read_audio", "read_frames", "resample", "write_video", "write_wav"),
+                    "avgen.media"),
+    **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run", "select_bank",
+                     "video_features"), "avgen.generate"),
+    "build_dataset": "avgen.build",
+    **dict.fromkeys(("path_params", "validate_recipe"), "avgen.recipe"),
+    "resolve_device": "avgen.distributed",
+    "RunDir": "avgen.rundir",
     **dict.fromkeys(("atomic_path", "folder_mode", "write_json", "write_text"), "avgen.atomic"),
     **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),
     "cache_key": "avgen.cache",
@@ -30,11 +36,11 @@ _LAZY = {
     "replicate_to_steps": "avgen.sequence",
     **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
     **dict.fromkeys(("BASELINE_TITLES", "ExampleClip", "example_clips", "html_page", "is_untrained", "read_json", "run_name",
-                     "safe_name", "save_spectrograms", "spectrogram_panel"), "avgen.report"),
-    "mos": "avgen.listening",
+                     "read_recipe", "safe_name", "save_spectrograms", "spectrogram_panel", "write_report"), "avgen.report"),
+    **dict.fromkeys(("append_ratings", "mos"), "avgen.listening"),
 }
 
-__all__ = ["KINDS", "AvgenError", "Card", "Component", "UnknownComponentError", "__version__", "create",
+__all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__", "create",
            "format_validation_error", "get_component", "hookimpl", "list_components"]
 __all__ += sorted(_LAZY)
 

@@ -34,7 +34,7 @@ def serve_cmd(run_dirs: tuple[Path, ...], host: str, port: int, max_upload_mb: f
     listening/ratings.json). RUN_DIRS are run directories or folders of them (default: ./runs)."""
     import importlib
 
-    from avgen.errors import AvgenError
+    from avgen import AvgenError
 
     try:
         for module in ("starlette", "uvicorn"):

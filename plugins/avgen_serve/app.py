@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 from avgen_serve.jobs import Job, Jobs
 from avgen_serve.runs import ServedRun
@@ -190,7 +190,7 @@ def make_app(server: Server) -> Starlette:
 
 def _check_video(path: Path, name: str, max_seconds: float) -> Any:
     """Probe the upload: a readable video stream of a length the server accepts (not its file name)."""
-    from avgen.media import probe
+    from avgen import probe
 
     try:
         info = probe(path)
@@ -231,9 +231,7 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
 
 def _rewrite_report(run: ServedRun, console: Any) -> None:
     """Rewrite the run's report.html/report.md with the new mean opinion scores (skipped while the run is busy)."""
-    from avgen.errors import RunLockedError
-    from avgen.report import write_report
-    from avgen.rundir import RunDir
+    from avgen import RunDir, RunLockedError, write_report
 
     if not (run.path / "report.html").is_file():
         return

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 from avgen_serve.runs import METHODS, ServedRun
 
@@ -78,7 +78,7 @@ class Jobs:
         return job
 
     def _run(self, job: Job) -> None:
-        from avgen.media import mux_audio, write_wav
+        from avgen import mux_audio, write_wav
 
         job.state = "running"
         features: dict[str, Any] = {}  # the video's frame features once per encoder, shared by the runs using it

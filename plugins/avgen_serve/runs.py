@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from avgen.errors import AvgenError
-from avgen.report import read_json, read_recipe, run_name
+from avgen import AvgenError, read_json, read_recipe, run_name
 
 METHODS = ("raw", "exemplar")
 
@@ -58,7 +57,7 @@ class ServedRun:
 
     def trained(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """(recipe, encoder, representation, generator, meta), loaded once."""
-        from avgen.generate import load_trained
+        from avgen import load_trained
 
         with self._model_lock:
             if self._trained is None:
@@ -67,7 +66,7 @@ class ServedRun:
 
     def bank(self, console: Any) -> Any:
         """The run's training clips as an exemplar bank, built once (AvgenError when its dataset is gone)."""
-        from avgen.generate import select_bank
+        from avgen import select_bank
 
         recipe, encoder, representation, _, meta = self.trained()
         with self._bank_lock:
@@ -91,8 +90,7 @@ class ServedRun:
 
     def features(self, video: Path) -> torch.Tensor:
         """The encoder features of every frame of ``video`` (as ``generate_for_video`` computes them)."""
-        from avgen.generate import clip_seconds, video_features
-        from avgen.media import probe
+        from avgen import clip_seconds, probe, video_features
 
         recipe, encoder, _, _, meta = self.trained()
         return video_features(encoder, video, max(float(probe(video).duration), clip_seconds(recipe, meta)))
@@ -100,7 +98,7 @@ class ServedRun:
     def generate(self, video: Path, method: str, console: Any, features: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sound of ``video`` by this run's model: ``raw`` or ``exemplar`` (avgen generate's path)."""
-        from avgen.generate import generate_for_video
+        from avgen import generate_for_video
 
         recipe, encoder, representation, model, meta = self.trained()
         bank = self.bank(console) if method == "exemplar" else None
@@ -129,8 +127,7 @@ class ServedRun:
 
     def dataset_clip(self, clip_id: str) -> Any:
         """The dataset's Clip (video, start, duration) of a test clip, or None when the dataset is not there."""
-        from avgen.build import build_dataset
-        from avgen.recipe import path_params
+        from avgen import build_dataset, path_params
 
         with self._data_lock:
             if self._dataset_clips is None:
@@ -150,7 +147,7 @@ class ServedRun:
         return None if clip is None else self._dataset.load_audio(clip)
 
     def trained_recipe(self) -> Any:
-        from avgen.recipe import validate_recipe
+        from avgen import validate_recipe
 
         return validate_recipe(read_recipe(self.path), self.path / "recipe.toml").with_absolute_paths()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from avgen.errors import AvgenError
+from avgen import AvgenError
 
 
 def is_loopback(host: str) -> bool:
@@ -44,7 +44,7 @@ def serve(paths: list[Path], host: str, port: int, max_upload_bytes: int, max_vi
           keep_seconds: float, device: str) -> None:
     import uvicorn
 
-    from avgen.distributed import resolve_device
+    from avgen import resolve_device
 
     from avgen_serve.app import Server, make_app
     from avgen_serve.jobs import Jobs

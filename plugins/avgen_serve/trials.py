@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from avgen.errors import AvgenError
-from avgen.listening import append_ratings, mos
+from avgen import AvgenError, append_ratings, mos
 
 from avgen_serve.runs import METHODS, ServedRun
 
@@ -93,7 +92,7 @@ class Trials:
         return trial
 
     def _reference(self, runs: list[ServedRun], clip: str, folder: Path) -> Path:
-        from avgen.media import write_wav
+        from avgen import write_wav
 
         for run in runs:
             if (path := run.sound(clip, "reference")) is not None:
@@ -107,7 +106,7 @@ class Trials:
 
     def _video(self, run: ServedRun, clip_id: str, folder: Path) -> Path | None:
         """The clip's picture as a silent mp4 cut from the dataset's video; None when the dataset is not on disk."""
-        from avgen.media import probe, read_frames, write_video
+        from avgen import probe, read_frames, write_video
 
         clip = run.dataset_clip(clip_id)
         if clip is None or clip.video is None:
