@@ -660,7 +660,7 @@ class VideoSound:
             yield from self._runs(merged, decoder, phase, provenance, progress)
         finally:
             self.reader.close()
-        self._finish_summary(self.probability_sum, provenance)
+        self._finish_summary(provenance)
 
     def _runs(self, merged: "OverlapAdd", decoder: "SegmentDecoder | None", phase: str,
               provenance: list[dict[str, Any]], progress: Any) -> Iterator[torch.Tensor]:
@@ -668,7 +668,6 @@ class VideoSound:
         from avgen.retrieval import time_average, topk_cosine
 
         clock, starts = self.clock, self.starts
-        probability_sum = None
         for lo in range(0, len(starts), self.per_run):
             indices = range(lo, min(lo + self.per_run, len(starts)))
             windows = self._window_features(indices)
@@ -679,7 +678,7 @@ class VideoSound:
             probabilities = self.model.class_probabilities(outputs)
             if probabilities is not None:
                 part = probabilities.double().sum(0)
-                probability_sum = part if probability_sum is None else probability_sum + part
+                self.probability_sum = part if self.probability_sum is None else self.probability_sum + part
             ahead = indices.stop < len(starts)  # later windows still reach back before their start
             until = round(starts[indices.stop] * self.rate) if ahead else self.total  # where the sound is final
             if self.bank is not None:  # the nearest bank clip of each window (paper Eq. 8)
@@ -703,14 +702,13 @@ class VideoSound:
             clock.lap("decode")
             if progress is not None:
                 progress[0].advance(progress[1], len(indices))
-            self.probability_sum = probability_sum
             yield from (piece for piece in out if piece.numel())
 
-    def _finish_summary(self, probability_sum: torch.Tensor | None, provenance: list[dict[str, Any]]) -> None:
+    def _finish_summary(self, provenance: list[dict[str, Any]]) -> None:
         summary = self.summary
         summary["timings"] = self.clock.laps
-        if probability_sum is not None and self.names:
-            mean = (probability_sum / len(self.starts)).float()
+        if self.probability_sum is not None and self.names:
+            mean = (self.probability_sum / len(self.starts)).float()
             top = mean.topk(min(3, len(self.names)))
             summary["classes"] = {self.names[int(i)]: round(float(p), 4) for p, i in zip(top.values, top.indices)}
             summary["predicted"] = self.names[int(top.indices[0])]

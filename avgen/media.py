@@ -132,81 +132,30 @@ def read_frames(
     (at least 1). A video that ends early repeats its last frame. ``size`` is an int (square),
     (height, width), or None for the native size. Only the window is decoded.
     """
-    if fps <= 0:
-        raise AvgenError(f"frame rate must be positive, got fps={fps}")
-    path = _check_file(path)
-    height, width = _sizes(size)
-    with _open(path) as container:
-        if not container.streams.video:
-            raise AvgenError(f"media file '{path}' has no video stream; give a video (e.g. mp4) with picture")
-        stream = container.streams.video[0]
+    with FrameReader(path, fps, size, threaded=False) as reader:
         if duration is None:
+            container, stream = reader.container, reader.stream
             total = container.duration / av.time_base if container.duration else 0.0
             if stream.duration and stream.time_base:
                 total = max(total, float(stream.duration * stream.time_base))
             duration = max(total - start, 0.0)
         count = max(1, int(round(duration * fps)))
-        targets = [start + k / fps for k in range(count)]
-        frames = _decode_at(container, stream, targets, path, height, width)
-    return torch.from_numpy(np.stack(frames))
-
-
-def _decode_at(container, stream, targets: list[float], path: Path, height, width) -> list[np.ndarray]:
-    """The frame shown at each target time (the last frame whose start <= target), reformatted to RGB."""
-    start = targets[0]
-    if start > 0 and stream.time_base:
-        try:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            container.seek(0)
-    rate = float(stream.average_rate or stream.guessed_rate or 30)
-    header_end = _stream_end(stream)
-    out: list[np.ndarray] = []
-    previous = None  # (time, frame)
-    previous_rgb: np.ndarray | None = None
-    eps = 1e-6
-    try:
-        for index, frame in enumerate(container.decode(stream)):
-            time = frame.time if frame.time is not None else index / rate
-            while len(out) < len(targets) and previous is not None and time > targets[len(out)] + eps:
-                if previous_rgb is None:
-                    previous_rgb = _rgb(previous, height, width)
-                out.append(previous_rgb)
-            if len(out) == len(targets):
-                break
-            previous, previous_rgb = frame, None
-            if time > targets[-1] + eps:
-                break
-    except av.FFmpegError as exc:
-        if previous is None and not out:
-            raise AvgenError(f"cannot decode video '{path}': {_reason(exc)}; the file may be corrupt") from exc
-    if previous is None and not out:
-        raise AvgenError(f"video '{path}' has no decodable frames at {start:.3f} s; the file may be corrupt or shorter than that")
-    if len(out) < len(targets):  # the video ended early: hold its last frame
-        last_time = previous.time if previous is not None and previous.time is not None else None
-        if last_time is not None and header_end is not None and \
-                min(targets[-1], header_end) - last_time > max(TRUNCATION_TOLERANCE, 2 / rate):
-            raise AvgenError(
-                f"video '{path}' has no frames after {last_time:.3f} s although its header says it lasts "
-                f"{header_end:.3f} s; the file is truncated or corrupt"
-            )
-        last = previous_rgb if previous_rgb is not None else (_rgb(previous, height, width) if previous is not None else out[-1])
-        out.extend([last] * (len(targets) - len(out)))
-    return out
+        return reader.read_times([start + k / fps for k in range(count)])
 
 
 class FrameReader:
     """Frames of one video at ``fps``, read in order with one open container: frame k shows time k / fps.
 
     ``read(first, count)`` continues decoding where the previous read stopped (consecutive reads seek
-    once), with FFmpeg's frame threads, and converts only the frames asked for, scaled to ``size`` by the
-    decoder's scaler, never at full resolution into Python. Same frames as ``read_frames``.
+    once), with FFmpeg's frame threads (``threaded``), and converts only the frames asked for, scaled to
+    ``size`` by the decoder's scaler, never at full resolution into Python. ``read_frames`` is one
+    ``read_times`` of a fresh reader.
     """
 
     SEEK_AHEAD_SECONDS = 10.0  # a read further ahead than this seeks instead of decoding its way there
 
     def __init__(self, path: PathLike, fps: float, size: int | tuple[int, int] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, threaded: bool = True) -> None:
         if fps <= 0:
             raise AvgenError(f"frame rate must be positive, got fps={fps}")
         self.path = _check_file(path)
@@ -217,7 +166,8 @@ class FrameReader:
             self.container.close()
             raise AvgenError(f"media file '{self.path}' has no video stream; give a video (e.g. mp4) with picture")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # frame and slice threads
+        if threaded:
+            self.stream.thread_type = "AUTO"  # frame and slice threads
         if threads:
             self.stream.codec_context.thread_count = int(threads)
         self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
@@ -227,7 +177,7 @@ class FrameReader:
         self._previous: av.VideoFrame | None = None  # the last frame at or before the last target
         self._previous_rgb: np.ndarray | None = None
         self._index = 0  # decoded frames since the last seek (their time when the container has none)
-        self._next = 0  # the frame index the next consecutive read starts at
+        self._next: int | None = None  # the frame index a read continuing the decode starts at (None: seek)
 
     def __enter__(self) -> "FrameReader":
         return self
@@ -238,15 +188,15 @@ class FrameReader:
     def close(self) -> None:
         self.container.close()
 
-    def _seek(self, first: int) -> None:
-        start = first / self.fps
+    def _seek(self, start: float) -> None:
+        """Decode anew from the keyframe at or before ``start`` seconds (a fresh reader at 0 needs no seek)."""
         if start > 0 and self.stream.time_base:
             try:
                 self.container.seek(int(start / self.stream.time_base), stream=self.stream, backward=True,
                                     any_frame=False)
             except av.FFmpegError:
                 self.container.seek(0)
-        else:
+        elif self._frames is not None:
             self.container.seek(0)
         self._frames = iter(self.container.decode(self.stream))
         self._pending = self._previous = self._previous_rgb = None
@@ -269,9 +219,21 @@ class FrameReader:
 
     def read(self, first: int, count: int) -> torch.Tensor:
         """Frames first .. first + count - 1: uint8 [count, H, W, 3]."""
-        if self._frames is None or first < self._next or (first - self._next) / self.fps > self.SEEK_AHEAD_SECONDS:
-            self._seek(first)
-        targets = [(first + k) / self.fps for k in range(count)]
+        if self._next is None or first < self._next or (first - self._next) / self.fps > self.SEEK_AHEAD_SECONDS:
+            self._seek(first / self.fps)
+        frames = self._shown_at([(first + k) / self.fps for k in range(count)])
+        self._next = first + count
+        return frames
+
+    def read_times(self, targets: list[float]) -> torch.Tensor:
+        """The frame on screen at each of the increasing ``targets`` (seconds), decoded from a seek to the first."""
+        self._seek(targets[0])
+        self._next = None  # the next read() seeks
+        return self._shown_at(targets)
+
+    def _shown_at(self, targets: list[float]) -> torch.Tensor:
+        """Continue decoding: the last frame starting at or before each target, reformatted to RGB."""
+        count = len(targets)
         out: list[np.ndarray] = []
         eps = 1e-6
         while len(out) < count:
@@ -301,7 +263,6 @@ class FrameReader:
                 self._previous_rgb = _rgb(self._previous, self.height, self.width)
             last = self._previous_rgb if self._previous_rgb is not None else out[-1]
             out.extend([last] * (count - len(out)))
-        self._next = first + count
         return torch.from_numpy(np.stack(out))
 
 
