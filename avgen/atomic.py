@@ -3,6 +3,9 @@
 A crash, kill -9 or full disk leaves either the old file or the new one, never half of one.
 A write that fails (disk full, read-only folder, quota) removes its temporary file and raises
 ``AvgenError`` naming the path, so the CLI prints one line and the previous file stays intact.
+Ctrl-C (SIGINT) or SIGTERM at any instant leaves no temporary file either: the steps that create,
+rename or remove one run with those signals held back (``signals_deferred``), and the guard that
+removes it is in place before it exists.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import errno
 import functools
 import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,38 +63,113 @@ def folder_mode() -> int:
     return 0o777 & ~umask()
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block, then deliver them to the previous handlers (main thread only).
+
+    Python raises ``KeyboardInterrupt`` at any bytecode boundary; a short step that must not be cut in half
+    (create a temporary file *and* record its name, rename it into place) runs inside this block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives Python-level signals
+        return
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for number in DEFERRED_SIGNALS:
+            previous[number] = signal.signal(number, lambda signum, _frame: held.append(signum))
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(held):
+            handler = previous[number]
+            if callable(handler):
+                handler(number, None)  # e.g. KeyboardInterrupt from Python's default SIGINT handler
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(number)  # the default action (SIGTERM ends the process)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path`` atomically, on error it is removed."""
     path = Path(path)
+    tmp_path: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise write_error(path, exc) from exc
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-    except OSError as exc:  # raised by the caller's writer; a read error of some input passes through
-        tmp_path.unlink(missing_ok=True)
-        if exc.errno in _WRITE_ONLY_ERRNOS or exc.filename in (str(tmp_path), tmp_path):
+        with signals_deferred():  # the file and its name in tmp_path come into being together
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+                tmp_path = Path(tmp)
+                os.close(fd)
+            except OSError as exc:
+                raise write_error(path, exc) from exc
+        try:
+            yield tmp_path
+        except OSError as exc:  # raised by the caller's writer; a read error of some input passes through
+            if exc.errno in _WRITE_ONLY_ERRNOS or exc.filename in (str(tmp_path), tmp_path):
+                raise write_error(path, exc) from exc
+            raise
+        try:
+            os.chmod(tmp_path, file_mode())  # as any other tool's output, not mkstemp's 0600
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            with signals_deferred():  # renamed and forgotten together
+                os.replace(tmp_path, path)
+                tmp_path = None
+        except OSError as exc:
             raise write_error(path, exc) from exc
-        raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    try:
-        os.chmod(tmp_path, file_mode())  # as any other tool's output, not mkstemp's 0600
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException as exc:
-        tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
+    finally:
+        interrupted = None
+        while tmp_path is not None:  # inline, not a call: Python delivers signals on entering a function
+            try:
+                _remove(tmp_path)
+                tmp_path = None
+            except KeyboardInterrupt as exc:  # Ctrl-C during the clean-up: finish it, then pass it on
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
     _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
+    """A new empty folder beside ``target`` (mode as mkdir gives), removed on leaving unless it was renamed away.
+
+    Build a folder's content in it, then ``os.replace`` it onto ``target``: a crash, a failed write or
+    Ctrl-C at any instant leaves no half-written folder (``.<name>.<random><suffix>`` at worst after kill -9).
+    """
+    target = Path(target)
+    staging: Path | None = None
+    try:
+        with signals_deferred():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+                os.chmod(staging, folder_mode())  # as mkdir would make it, not mkdtemp's 0700
+            except OSError as exc:
+                raise folder_error(target, "the folder", exc, "choose another folder or fix its permissions") from exc
+        yield staging
+    finally:
+        interrupted = None
+        while staging is not None:  # as in atomic_path
+            try:
+                _remove(staging)
+                staging = None
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
 
 
 def write_error(path: Path, exc: OSError) -> WriteError:

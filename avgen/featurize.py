@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from avgen.atomic import TEMP_SUFFIX, WriteError, file_mode, write_error
+from avgen.atomic import TEMP_SUFFIX, WriteError, file_mode, signals_deferred, write_error
 from avgen.cache import FeatureCache, cache_key
 from avgen.console import progress_bar
 from avgen.errors import AvgenError
@@ -89,8 +89,9 @@ class _SplitRows:
             specs["features"] = (torch.float32, (self.count, *features.shape))
         if self.publish:
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX, dir=self.target.parent)
-            self.file, self.tmp_path = os.fdopen(fd, "w+b"), Path(name)
+            with signals_deferred():  # the file and its name in tmp_path (which close() removes) together
+                fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=TEMP_SUFFIX, dir=self.target.parent)
+                self.file, self.tmp_path = os.fdopen(fd, "w+b"), Path(name)
         else:
             self.file = scratch_file(self.scratch_dir)
         self.writer = RowWriter(self.file, specs)
@@ -107,8 +108,9 @@ class _SplitRows:
             if self.publish:
                 os.fchmod(self.file.fileno(), file_mode())
                 os.fsync(self.file.fileno())
-                os.replace(self.tmp_path, self.target)
-                self.tmp_path, self.published = None, True
+                with signals_deferred():
+                    os.replace(self.tmp_path, self.target)
+                    self.tmp_path, self.published = None, True
         except OSError as exc:
             raise self._error(exc) from exc
         tensors, _ = map_safetensors(self.file)

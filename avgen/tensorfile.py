@@ -22,6 +22,8 @@ from typing import BinaryIO, Mapping
 import torch
 from safetensors import safe_open
 
+from avgen.atomic import signals_deferred
+
 DIGEST_KEY = "avgen_sha256"  # safetensors metadata key: tensor_digest() of the file's tensors
 
 DTYPES: dict[str, torch.dtype] = {
@@ -110,8 +112,9 @@ def map_verified(source: str | os.PathLike[str] | BinaryIO) -> tuple[dict[str, t
 def scratch_file(folder: str | os.PathLike[str]) -> BinaryIO:
     """An unnamed file on disk in ``folder`` (its name is removed at once), freed when closed or the process dies."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".scratch.", suffix=".tmp", dir=folder)
-    os.unlink(name)
+    with signals_deferred():  # created and unlinked together: Ctrl-C in between would leave it on disk
+        fd, name = tempfile.mkstemp(prefix=".scratch.", suffix=".tmp", dir=folder)
+        os.unlink(name)
     return os.fdopen(fd, "w+b")
 
 

@@ -1,0 +1,190 @@
+"""Ctrl-C at every instant of an atomic write leaves the old file or the new one, and no temporary file.
+
+Not by luck: a trace function follows every bytecode instruction executed in the writer's frames
+(avgen/atomic.py, avgen/tensorfile.py and the standard library code they call: contextlib, tempfile,
+pathlib, shutil, os) and raises a real SIGINT at the N-th place where CPython can deliver one, for every
+N from the first to the last; Python runs its handler exactly as for a Ctrl-C from the terminal. CPython
+delivers signals only at its "eval breaker" checks: on entering a function (RESUME), on a backward jump,
+and when a call returns. So the signal is raised before each RESUME and backward jump, and before the
+first instruction after each call (and, more strictly than CPython, before each call too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dis
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from avgen.atomic import TEMP_SUFFIX, atomic_path, signals_deferred, stale_temp_files, staging_folder, write_bytes
+from avgen.tensorfile import scratch_file
+
+NOP = dis.opmap["NOP"]
+CALLS = {dis.opmap[name] for name in ("CALL", "CALL_FUNCTION_EX") if name in dis.opmap}
+CHECKS = {code for name, code in dis.opmap.items()
+          if name == "RESUME" or (name.startswith(("JUMP_BACKWARD", "POP_JUMP_BACKWARD")) and "NO_INTERRUPT" not in name)}
+
+
+def _watched_files() -> set[str]:
+    """The writer's modules and the standard library code they call into (a signal can land inside those too)."""
+    import avgen.atomic
+    import avgen.tensorfile
+
+    return {avgen.atomic.__file__, avgen.tensorfile.__file__, contextlib.__file__, tempfile.__file__,
+            pathlib.__file__, shutil.__file__, os.__file__}
+
+
+def interrupt_at(step: int, action: Callable[[], None]) -> tuple[bool, int]:
+    """Run ``action`` with SIGINT raised at its ``step``-th traced instruction: (interrupted, instructions seen)."""
+    files, seen, calls = _watched_files(), 0, {}
+
+    def tracer(frame, event, arg):
+        nonlocal seen
+        if frame.f_code.co_filename not in files:
+            return None
+        frame.f_trace_opcodes = True
+        if event != "opcode":
+            return tracer
+        op = frame.f_code.co_code[frame.f_lasti]
+        after_call, calls[id(frame)] = calls.get(id(frame), False), op in CALLS  # ids: holding frames would keep them alive
+        if op in CALLS or op in CHECKS or (after_call and op != NOP):
+            seen += 1
+            if seen == step:
+                signal.raise_signal(signal.SIGINT)  # the handler runs here, in the traced frame's thread
+        return tracer
+
+    interrupted = False
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.settrace(tracer)
+    try:
+        action()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sys.settrace(None)
+        signal.signal(signal.SIGINT, previous)
+    return interrupted, seen
+
+
+def every_instant(action: Callable[[], None], check: Callable[[bool], None], limit: int = 20000) -> int:
+    """Interrupt ``action`` at each instruction in turn until it runs to its end uninterrupted; check each outcome."""
+    step = 1
+    while step < limit:
+        interrupted, seen = interrupt_at(step, action)
+        check(interrupted)
+        if seen < step:  # the run ended before reaching this step: every instant has been tried
+            assert not interrupted
+            return step - 1
+        step += 1
+    raise AssertionError(f"the write took more than {limit} instructions")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "best.safetensors"
+    target.write_bytes(b"old")
+    outcomes = set()
+
+    def check(interrupted: bool) -> None:
+        assert leftovers(tmp_path) == [], leftovers(tmp_path)
+        content = target.read_bytes()
+        assert content in (b"old", b"new" * 1000)
+        if not interrupted:
+            assert content == b"new" * 1000
+        outcomes.add((interrupted, content == b"old"))
+        target.write_bytes(b"old")
+
+    steps = every_instant(lambda: write_bytes(target, b"new" * 1000), check)
+    assert steps > 100, steps  # the trace really covered the writer
+    assert (True, True) in outcomes and (False, False) in outcomes, outcomes
+
+
+def test_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_file(tmp_path):
+    """The caller's writer raises; Ctrl-C may land before, during or after the clean-up."""
+    target = tmp_path / "metrics.json"
+
+    def failing() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise ValueError("the writer failed")
+
+    def check(interrupted: bool) -> None:
+        assert list(tmp_path.iterdir()) == []
+
+    def action() -> None:
+        with pytest.raises(ValueError):
+            failing()
+
+    every_instant(action, check)
+
+
+def test_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "exported"
+
+    def build() -> None:
+        with staging_folder(target) as staging:
+            (staging / "config.json").write_text("{}")
+            os.replace(staging, target)
+
+    def check(interrupted: bool) -> None:
+        assert leftovers(tmp_path) == [], leftovers(tmp_path)
+        if target.exists():
+            assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+            if interrupted:
+                shutil.rmtree(target)
+        else:
+            assert interrupted
+
+    every_instant(build, check)
+
+
+def test_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named(tmp_path):
+    def make() -> None:
+        scratch_file(tmp_path).close()
+
+    def check(interrupted: bool) -> None:
+        assert list(tmp_path.iterdir()) == []
+
+    every_instant(make, check)
+
+
+def test_signals_deferred_delivers_a_held_sigint_after_the_block():
+    order = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            order.append("block ran to its end")
+    assert order == ["block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_deferred_delivers_a_held_sigterm_to_its_python_handler():
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda number, _frame: received.append(number))
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert received == []
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_stale_temp_files_finds_the_writers_temporary_names(tmp_path):
+    """The names the writer uses are the ones a resumed run sweeps up after kill -9."""
+    with atomic_path(tmp_path / "x.json") as tmp:
+        assert tmp.name.startswith(".x.json.") and tmp.name.endswith(TEMP_SUFFIX)
+        tmp.write_text("{}")
+        assert stale_temp_files(tmp_path) == [tmp]
+    assert stale_temp_files(tmp_path) == []
