@@ -8,6 +8,7 @@ read the component index (``avgen/index.py``), so they import no plugin and no t
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -574,10 +575,39 @@ def cache_clear(yes: bool) -> None:
 INTERRUPTED = "interrupted; finished stages and checkpoints are kept, rerun the same command to resume"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a scheduler, docker stop), raised where Ctrl-C would be so the same clean-up runs."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one line and exit 2 (``--debug`` shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    with _sigterm_as_interrupt():
+        _main(args, debug)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (temporary files removed, one line), unless a handler is set."""
+    try:
+        replace = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        if replace:
+            signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        replace = False
+    try:
+        yield
+    finally:
+        if replace:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(args: list[str], debug: bool) -> None:
     from avgen.threads import prefer_passive_wait
 
     prefer_passive_wait()  # before anything imports torch (docs/reliability.md, "Threads")
@@ -590,13 +620,13 @@ def main(argv: list[str] | None = None) -> None:
             err_console.print(INTERRUPTED, soft_wrap=True)
         else:
             err_console.print("aborted")
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc.__context__, Terminated) else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err_console.print(INTERRUPTED, soft_wrap=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except AvgenError as exc:
         if debug:
             traceback.print_exc()
