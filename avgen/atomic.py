@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from avgen.errors import AvgenError
+from avgen.errors import AvgenError, rerun_hint
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside the target
 
@@ -30,7 +30,7 @@ TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside
 _REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
             errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EIO: "I/O error",
             errno.EPERM: "operation not permitted", errno.EEXIST: "it is a file, not a folder",
-            errno.ENOTDIR: "part of its path is a file, not a folder"}
+            errno.ENOTDIR: "part of its path is a file, not a folder", errno.EISDIR: "it is a folder, not a file"}
 _WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
@@ -177,7 +177,7 @@ def write_error(path: Path, exc: OSError) -> WriteError:
     reason = _REASONS.get(exc.errno or 0, "write failed")
     detail = exc.strerror or str(exc)
     return WriteError(f"cannot write {path}: {reason} ({detail}); the previous file, if any, is kept; "
-                      "free space or fix the folder's permissions, then rerun the same command to resume")
+                      f"free space or fix the folder's permissions, then {rerun_hint()}")
 
 
 def folder_error(folder: Path, what: str, exc: OSError, fix: str) -> WriteError:

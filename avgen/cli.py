@@ -214,7 +214,10 @@ def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str,
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
     """
-    _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict, threads)
+    from avgen.errors import resumable
+
+    with resumable():  # its write errors say that the same command resumes
+        _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict, threads)
 
 
 class UserError(click.ClickException):
@@ -572,7 +575,13 @@ def cache_clear(yes: bool) -> None:
 # ---------------------------------------------------------------- entry point
 
 
-INTERRUPTED = "interrupted; finished stages and checkpoints are kept, rerun the same command to resume"
+INTERRUPTED = "interrupted; finished stages and checkpoints are kept, rerun the same command to resume"  # avgen run
+
+
+def _interrupted_line(args: list[str]) -> str:
+    """The line for Ctrl-C: only `avgen run` resumes where it stopped; the other commands start over."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    return INTERRUPTED if command == "run" else "interrupted"
 
 
 class Terminated(KeyboardInterrupt):
@@ -617,7 +626,7 @@ def _main(args: list[str], debug: bool) -> None:
             sys.exit(code)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            err_console.print(INTERRUPTED, soft_wrap=True)
+            err_console.print(_interrupted_line(args), soft_wrap=True)
         else:
             err_console.print("aborted")
         sys.exit(143 if isinstance(exc.__context__, Terminated) else 130)
@@ -625,7 +634,7 @@ def _main(args: list[str], debug: bool) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        err_console.print(INTERRUPTED, soft_wrap=True)
+        err_console.print(_interrupted_line(args), soft_wrap=True)
         sys.exit(143 if isinstance(exc, Terminated) else 130)
     except AvgenError as exc:
         if debug:
