@@ -33,6 +33,7 @@ _LAZY = {
                    "avgen.atomic"),
     **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),
     "cache_key": "avgen.cache",
+    "make_console": "avgen.console",
     **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen.precision"),
     "replicate_to_steps": "avgen.sequence",
     **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from avgen import __version__
+from avgen.console import make_console
 from avgen.errors import AvgenError
 from avgen.registry import KINDS
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 _BUILTIN = {"list", "show", "run", "cache", "generate"}
 

@@ -5,6 +5,10 @@ the background, under a scheduler or with its output in a file) a bar is never d
 ``LoggedProgress`` also writes a plain line (done/total, rate, ETA) at most every
 ``AVGEN_PROGRESS_SECONDS`` (30) seconds and when a task ends: to the console when it is not a
 terminal, and always to the ``avgen`` logger, which a run sends to its ``log.txt``.
+
+Every console avgen prints to is an ``AvgenConsole``: on a terminal it is rich's, elsewhere (a file, a
+pipe, a CI log) its lines are not wrapped at 80 columns, so tables keep their width and words are not
+folded ("POCAN (res+sp ec)").
 """
 
 from __future__ import annotations
@@ -14,12 +18,45 @@ import os
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 log = logging.getLogger("avgen.progress")
 DEFAULT_SECONDS = 30.0
+UNWRAPPED_WIDTH = 10_000  # columns of a console that is not a terminal: lines as long as what they hold
+RULE_WIDTH = 80  # a stage's rule ("──── fit ────") on such a console
+
+
+class AvgenConsole(Console):
+    """rich's Console, except where the output is not a terminal and ``COLUMNS`` is not set: rich would wrap
+    at 80 columns there; this console does not wrap (tables at their natural width, rules 80 wide)."""
+
+    def _unwrapped(self) -> bool:
+        columns = self._environ.get("COLUMNS")
+        return self._width is None and not self.is_terminal and not (columns and columns.isdigit())
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return ConsoleDimensions(UNWRAPPED_WIDTH, size.height) if self._unwrapped() else size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+    def rule(self, title: Any = "", **kwargs: Any) -> None:
+        if not self._unwrapped():
+            super().rule(title, **kwargs)
+            return
+        from rich.rule import Rule
+
+        self.print(Rule(title, **kwargs), width=RULE_WIDTH)
+
+
+def make_console(**kwargs: Any) -> AvgenConsole:
+    """The console every avgen command prints to (``stderr=True`` for messages and progress)."""
+    return AvgenConsole(**kwargs)
 
 
 def progress_seconds() -> float:

@@ -28,7 +28,7 @@ from avgen.build import (
 )
 from avgen.cache import FeatureCache, cache_key
 from avgen.checkpoint import checkpoint_meta
-from avgen.console import progress_bar
+from avgen.console import make_console, progress_bar
 from avgen.distributed import barrier, join_process_group
 from avgen.errors import AvgenError
 from avgen.featurize import Featurizer, SplitData, sample_rate, warn_skipped
@@ -163,7 +163,7 @@ class Run:
     recipe: Recipe
     run_dir: Path
     device: torch.device
-    console: Console = field(default_factory=lambda: Console(stderr=True))
+    console: Console = field(default_factory=lambda: make_console(stderr=True))
     cache: FeatureCache = field(default_factory=FeatureCache)
     num_workers: int = 0
     strict: bool = False  # stop at the first unreadable clip instead of skipping it
@@ -174,7 +174,7 @@ class Run:
         self.recipe = self.recipe.with_absolute_paths()  # the run remembers where its data is, whatever the cwd later
         self.rank, self.world, _ = join_process_group(self.device)
         if self.rank != 0:
-            self.console = Console(stderr=True, quiet=True)
+            self.console = make_console(stderr=True, quiet=True)
         self.dir = RunDir(self.run_dir)
         self._dataset: Any = None
         self._representation: Any = None

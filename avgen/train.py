@@ -472,6 +472,6 @@ def plot_loss_balance(history: list[dict], losses: list[WeightedLoss], path: Pat
 
 
 def _stderr_console() -> Any:
-    from rich.console import Console
+    from avgen.console import make_console
 
-    return Console(stderr=True)
+    return make_console(stderr=True)

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, read_json, run_name, write_text
+from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, make_console, read_json, run_name, write_text
 
 from avgen_eval.compare_page import PageMedia, files_folder, mos_cell, write_media
 
@@ -343,7 +342,7 @@ def compare_command(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    console = Console()
+    console = make_console()
     for table in rich_tables(rows):
         console.print(table)
     extra = f" and {files_folder(output)}/ ({', '.join(media.written)})" if media.written else ""

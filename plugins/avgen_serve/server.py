@@ -8,9 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-
-from avgen import AvgenError
+from avgen import AvgenError, make_console
 
 
 def is_loopback(host: str) -> bool:
@@ -51,7 +49,7 @@ def serve(paths: list[Path], host: str, port: int, max_upload_bytes: int, max_vi
     from avgen_serve.runs import ServedRun, find_runs
     from avgen_serve.trials import Trials
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     dev = resolve_device(device)
     runs = [ServedRun(f"r{i}", path, dev) for i, path in enumerate(find_runs(paths))]
     sock = bind(host, port)

@@ -41,11 +41,10 @@ def export_cmd(run_dir: Path, out_dir: Path, exemplars: bool) -> None:
     """Export the trained model of RUN_DIR to OUT_DIR (a new or empty folder): config.json, model.safetensors,
     the model card README.md, optional exemplars, SHA256SUMS; `avgen generate VIDEO --model OUT_DIR` needs
     nothing else, and the Hugging Face Hub's client can upload it as a model repository."""
-    from rich.console import Console
-
+    from avgen import make_console
     from avgen_share.export import export_run
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with console.status(f"exporting {run_dir}"):
         sizes = export_run(run_dir, out_dir, exemplars=exemplars, console=console)
     for name, size in sizes.items():

