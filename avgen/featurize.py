@@ -25,7 +25,7 @@ from avgen.errors import AvgenError
 from avgen.media import MediaWarning, fit_frames, fit_length, resample
 from avgen.components import Clip
 from avgen.recipe import Recipe
-from avgen.rundir import add_to_environment
+from avgen.rundir import add_to_environment, split_reason
 from avgen.plugins import get_component
 from avgen.precision import PrecisionChoice, autocast_for, check_bf16, choose_precision, native_bf16
 from avgen.tensorfile import RowWriter, map_safetensors, scratch_file
@@ -220,6 +220,7 @@ class Featurizer:
     precision: PrecisionChoice | None = None  # fp32 or bf16 for the encoder, decided on first need ([featurize])
     probe_clips: int = 8  # clips of the train split whose frames decide [featurize] precision = "auto"
     run_dir: Path | None = None  # where rank 0 records the precision (environment.json), when in a run
+    stage_lines: bool = True  # print the featurize stage's own lines (precision, clips per split); else log them only
 
     @property
     def sample_rate(self) -> int:
@@ -263,11 +264,16 @@ class Featurizer:
         if rep is not None and len(clips):
             reps = self._encode_rep(wave)
         skipped = f", {info['skipped']} skipped: see skipped.txt" if info.get("skipped") else ""
-        self.console.print(
-            f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache{skipped})",
-            markup=False,
-        )
+        self._stage_line(f"{split}: {len(clips)} clips ({info['encoded']} featurized, {info['from_cache']} from cache{skipped})",
+                         log_it=False)
         return SplitData(clips, wave, label, features, reps), info
+
+    def _stage_line(self, line: str, log_it: bool = True) -> None:
+        """A line of the featurize stage: on the console in a run, only in the log for `avgen generate --exemplar`."""
+        if self.stage_lines:
+            self.console.print(line, markup=False, highlight=False)
+        if log_it or not self.stage_lines:
+            log.info("%s", line)
 
     def _drop_bad_clips(self, split: str, clips: list[Clip], problems: dict[int, str]) -> list[Clip]:
         """The clips left after skipping unreadable ones; warns, remembers them for skipped.txt."""
@@ -316,8 +322,7 @@ class Featurizer:
                 self.precision = PrecisionChoice("fp32", "no encoder")
             else:
                 self.precision = choose_precision(self.recipe.featurize.precision, self.device, self._bf16_check)
-                self.console.print(self.precision.line("featurize"), markup=False, highlight=False)
-                log.info("%s", self.precision.line("featurize"))
+                self._stage_line(self.precision.line("featurize"))
                 if self.run_dir is not None and self.rank == 0:
                     add_to_environment(self.run_dir, self.precision.record("featurize"))
         return self.precision
@@ -441,12 +446,26 @@ def sample_rate(dataset: Any, representation: Any) -> int:
     return int(representation.sample_rate) if representation is not None else int(dataset.sample_rate)
 
 
+WARN_EACH = 5  # up to this many skipped items get a warning each; more are grouped by reason
+
+
 def warn_skipped(console: Console, messages: list[str], what: str) -> None:
-    """A warning for each of the first five skipped items (then a count of the rest); all of them go to the log."""
-    for message in messages[:5]:
-        console.print(f"warning: skipped {message}", markup=False, highlight=False, soft_wrap=True)
-    if len(messages) > 5:
-        console.print(f"warning: skipped {len(messages) - 5} more {what}", markup=False)
+    """A warning naming each skipped item when there are at most five; more: one warning per reason (its count
+    and the first item), e.g. a dataset's 25 rows of material 'None' are one line. All go to the log."""
+    lines = [f"skipped {message}" for message in messages]
+    if len(messages) > WARN_EACH:
+        groups: dict[str, list[str]] = {}
+        for message in messages:
+            groups.setdefault(split_reason(message)[1], []).append(message)
+        ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+        lines = [f"skipped {items[0]}" if len(items) == 1 else
+                 f"skipped {len(items)} {what}: {reason} (the first: {split_reason(items[0])[0] or items[0]})"
+                 for reason, items in ordered[:WARN_EACH]]
+        rest = [m for _, items in ordered[WARN_EACH:] for m in items]
+        if rest:
+            lines.append(f"skipped {len(rest)} more {what} for {len(ordered) - WARN_EACH} other reasons")
+    for line in lines:
+        console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     for message in messages:
         log.warning("skipped %s", message)
 

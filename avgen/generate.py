@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from avgen.atomic import atomic_path, write_json
 from avgen.build import raw_phase
-from avgen.errors import AvgenError
+from avgen.errors import AvgenError, shown
 from avgen.media import fit_frames
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     raw = copy.deepcopy(meta["recipe"])
     for item in overrides:
         if item.split("=", 1)[0].strip().split(".", 1)[0] not in GENERATION_SECTIONS:
-            raise AvgenError(f"--set {item!r}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
+            raise AvgenError(f"--set {shown(item)}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
                              "e.g. --set generator.steps=4")
         apply_override(raw, item)
     recipe = validate_recipe(raw, recipe_source)
@@ -257,7 +257,7 @@ def material_class(name: str, meta: dict[str, Any]) -> int:
     names = list(meta.get("class_names") or [])
     if name not in names:
         listed = ", ".join(names) if names else "none"
-        raise AvgenError(f"--material {name!r} is not a class of this model; its classes: {listed}")
+        raise AvgenError(f"--material {shown(name)} is not a class of this model; its classes: {listed}")
     return names.index(name)
 
 
@@ -291,10 +291,9 @@ def _featurized_training_split(recipe: "Recipe", run_dir: Path, device: torch.de
     The dataset is read where the run found it (its recorded absolute paths); a missing one is an
     error, never written anew.
     """
-    from rich.console import Console
-
     from avgen.build import build_dataset
     from avgen.cache import FeatureCache
+    from avgen.console import make_console
     from avgen.featurize import Featurizer
     from avgen.recipe import path_params
 
@@ -304,7 +303,8 @@ def _featurized_training_split(recipe: "Recipe", run_dir: Path, device: torch.de
             raise AvgenError(f"--exemplar needs the training clips of {run_dir}: data.{name} '{path}' is missing; "
                              "put the dataset back there, or use --raw")
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
-                            console if console is not None else Console(stderr=True), FeatureCache())
+                            console if console is not None else make_console(stderr=True), FeatureCache(),
+                            stage_lines=False)  # the run's featurize lines are not generate's
     train, _ = featurizer.featurize_split("train")
     return train, featurizer.dataset.class_names
 

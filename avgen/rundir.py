@@ -182,10 +182,15 @@ def skipped_reasons(messages: list[str]) -> dict[str, int]:
     """How many skipped rows give each reason, most common first; a message 'WHERE: WHY' counts under WHY."""
     counts: dict[str, int] = {}
     for message in messages:
-        _, sep, why = message.partition(": ")
-        reason = why.strip() if sep and why.strip() else message.strip()
+        reason = split_reason(message)[1]
         counts[reason] = counts.get(reason, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def split_reason(message: str) -> tuple[str, str]:
+    """A skipped item's message 'WHERE: WHY' as (WHERE, WHY); ('', message) when it has no 'WHERE: '."""
+    where, sep, why = message.partition(": ")
+    return (where, why.strip()) if sep and why.strip() else ("", message.strip())
 
 
 @contextmanager
