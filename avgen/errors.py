@@ -39,11 +39,15 @@ class RunLockedError(AvgenError):
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` for an error message, cut to about ``limit`` characters: a 100 KB ``--set`` value is
     echoed as its start, an ellipsis and its length, so the error stays one readable line."""
-    text = value if isinstance(value, str) else repr(value)
-    quoted = repr(text) if isinstance(value, str) else text
-    if len(quoted) <= limit:
-        return quoted
-    return f"{quoted[:limit]}... ({len(text)} characters)"
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value) if isinstance(value, str) else len(text)} characters)"
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` (a key, a name) as ``shown`` cuts a value, without quotes."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @contextlib.contextmanager

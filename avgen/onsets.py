@@ -29,7 +29,7 @@ MARGIN_SECONDS = 1.0
 class Onset(BaseModel):
     """One sound: when (seconds from the video's start), how sure, and what material."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN would pass every bound check unnoticed
 
     time: float = Field(ge=0, description="seconds from the start of the video")
     confidence: float = Field(1.0, ge=0, le=1, description="the detector's confidence (1 for onsets added by hand)")
@@ -40,7 +40,7 @@ class Onset(BaseModel):
 class OnsetsFile(BaseModel):
     """The whole file (docs/timing.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     format: str = FORMAT
     version: int = VERSION
@@ -65,7 +65,11 @@ def read_onsets(path: Path, class_names: list[str], duration: float) -> list[Ons
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise AvgenError(f"--onsets {path}: {where}: {first['msg']} (format in docs/timing.md)") from exc
+        message = first["msg"]
+        if first["type"] == "finite_number":  # NaN (JSON allows it) or +-Infinity
+            value = first.get("input")
+            message = f"{value} is not a number" if value != value else f"{value} is not a finite number"
+        raise AvgenError(f"--onsets {path}: {where}: {message} (format in docs/timing.md)") from exc
     if parsed.format != FORMAT:
         raise AvgenError(f"--onsets {path}: format is '{parsed.format}', expected '{FORMAT}'")
     for i, onset in enumerate(parsed.onsets):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from avgen.errors import AvgenError, RecipeError
+from avgen.errors import AvgenError, RecipeError, cut, shown
 from avgen.plugins import get_component
 from avgen.registry import format_validation_error
 
@@ -245,11 +245,11 @@ def parse_value(text: str) -> Any:
 def apply_override(raw: dict[str, Any], item: str, path: Path | str = "--set") -> None:
     """Apply ``a.b.c=value`` to the raw recipe; list sections take an index or a component name."""
     if "=" not in item:
-        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+        raise RecipeError(f"--set {shown(item)}: expected KEY=VALUE, e.g. --set train.epochs=5")
     key, value_text = item.split("=", 1)
     parts = [p for p in key.strip().split(".")]
     if not parts or any(not p for p in parts):
-        raise RecipeError(f"--set {item!r}: bad key {key!r}, e.g. --set generator.hidden=256")
+        raise RecipeError(f"--set {shown(item)}: bad key {shown(key)}, e.g. --set generator.hidden=256")
     value = parse_value(value_text.strip())
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -260,10 +260,10 @@ def apply_override(raw: dict[str, Any], item: str, path: Path | str = "--set") -
             node[part] = {}
         node = node[part]
         if not isinstance(node, (dict, list)):
-            raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            raise RecipeError(f"--set {shown(item)}: {'.'.join(parts[: i + 1])} is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
-        raise RecipeError(f"--set {item!r}: name a key inside {key.rsplit('.', 1)[0]}.{last}")
+        raise RecipeError(f"--set {shown(item)}: name a key inside {key.rsplit('.', 1)[0]}.{last}")
     node[last] = value
 
 
@@ -274,7 +274,7 @@ def _list_item(items: list[Any], part: str, where: str, item: str) -> Any:
     if len(matches) == 1:
         return matches[0]
     names = [str(x.get("name")) for x in items if isinstance(x, dict)]
-    raise RecipeError(f"--set {item!r}: no entry {part!r} in {where.rsplit('.', 1)[0]}; entries: {', '.join(names) or 'none'}")
+    raise RecipeError(f"--set {shown(item)}: no entry {shown(part)} in {where.rsplit('.', 1)[0]}; entries: {', '.join(names) or 'none'}")
 
 
 def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: str | None = None) -> Recipe:
@@ -285,7 +285,7 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: 
     for key in raw:
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise RecipeError(f"{_where(source, text, key)}: unknown section [{key}]; sections are {allowed}")
+            raise RecipeError(f"{_where(source, text, key)}: unknown section [{cut(key)}]; sections are {allowed}")
     if "data" not in raw:
         raise RecipeError(f"{source}: missing section [data] (e.g. [data] name = \"synthetic_hits\")")
     for key, value in _numbers(raw):

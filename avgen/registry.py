@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from avgen.card import KINDS, Card
-from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError
+from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError, cut, shown
 
 
 class NoParams(BaseModel):
@@ -132,13 +132,13 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """Pydantic's errors as one line: 'key: message; key: message'."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        loc = cut(".".join(str(p) for p in (prefix, *err["loc"]) if p != ""))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {shown(err['input'])})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
