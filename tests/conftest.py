@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ def run_avgen(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
     full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "avgen", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test interrupts: SIGINT at its default even when this process ignores
+    it (a shell starts background jobs with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import avgen_in_process, run_avgen
+from conftest import avgen_in_process, run_avgen, sigint_as_in_a_terminal
 
 # The tones dataset and mean_color encoder come from the example plugin; everything else is built in.
 RECIPE = """
@@ -104,7 +104,7 @@ def start_cli(args: list[str], home: Path, stderr: Path) -> subprocess.Popen[str
     env.pop("AVGEN_CACHE", None)
     with open(stderr, "w") as err:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "avgen", *args], env=env, text=True,
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=sigint_as_in_a_terminal)
 
 
 def cli_in_process(capsys, *args: str) -> tuple[int, list[str], str]:

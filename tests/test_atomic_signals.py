@@ -188,3 +188,33 @@ def test_stale_temp_files_finds_the_writers_temporary_names(tmp_path):
         tmp.write_text("{}")
         assert stale_temp_files(tmp_path) == [tmp]
     assert stale_temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_while_a_command_writes_leaves_nothing_and_says_one_line(tmp_path, number, code):
+    """A real command stopped mid-write: one line, its exit code, and no temporary folder or file left."""
+    import subprocess
+    import time
+
+    from conftest import sigint_as_in_a_terminal
+
+    out = tmp_path / "data" / "synth"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "AVGEN_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "avgen", "data", "synth", str(out), "--videos", "5000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".synth.") for p in out.parent.glob("*")) if out.parent.exists() else True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the command never started writing"
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside the writing of 5000 videos
+        proc.send_signal(number)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == code, err
+    assert lines and lines[-1].startswith("interrupted"), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.parent.iterdir()) == [], "a half-written dataset was left"
