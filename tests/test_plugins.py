@@ -166,12 +166,22 @@ def test_the_component_index_follows_plugins_installed_edited_and_removed(tmp_pa
         assert summaries == [] and "widget-cmd" not in commands
 
 
-@pytest.mark.parametrize("damage", ["not json", "truncated", "wrong type", "missing field", "a folder", "home is a file"])
-def test_a_damaged_component_index_never_breaks_the_cli(tmp_path: Path, avgen_home: Path, damage: str) -> None:
-    reference = run_avgen("list", "--json")
+@pytest.fixture(scope="module")
+def listed_with_a_fresh_index(tmp_path_factory) -> tuple[str, str]:
+    """(``avgen list --json`` output, the component index it wrote) in a new AVGEN_HOME, once for the module."""
+    home = tmp_path_factory.mktemp("index_home")
+    reference = run_avgen("list", "--json", env={"AVGEN_HOME": str(home), "AVGEN_CACHE": ""})
     assert reference.returncode == 0, reference.stderr[-2000:]
+    return reference.stdout, (home / "component-index.json").read_text()
+
+
+@pytest.mark.parametrize("damage", ["not json", "truncated", "wrong type", "missing field", "a folder", "home is a file"])
+def test_a_damaged_component_index_never_breaks_the_cli(tmp_path: Path, avgen_home: Path, damage: str,
+                                                        listed_with_a_fresh_index: tuple[str, str]) -> None:
+    listed, text = listed_with_a_fresh_index
     index = avgen_home / "component-index.json"
-    text = index.read_text()
+    avgen_home.mkdir(parents=True, exist_ok=True)
+    index.write_text(text)
     data = json.loads(text)
     env = None
     if damage == "not json":
@@ -194,7 +204,7 @@ def test_a_damaged_component_index_never_breaks_the_cli(tmp_path: Path, avgen_ho
     unusable = damage in ("a folder", "home is a file")  # nothing can be written: a second call sees the same state
     for _ in range(1 if unusable else 2):  # else the first call rewrites the index and the second reads it
         proc = run_avgen("list", "--json", env=env)
-        assert proc.returncode == 0 and proc.stdout == reference.stdout, proc.stderr[-2000:]
+        assert proc.returncode == 0 and proc.stdout == listed, proc.stderr[-2000:]
         helped = run_avgen("--help", env=env)
         assert helped.returncode == 0 and "compare" in helped.stdout, helped.stderr[-2000:]
     if not unusable:
