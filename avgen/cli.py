@@ -347,7 +347,10 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="A model folder written by `avgen export` (instead of --run; needs nothing else).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
-              help="Output folder, or an .mp4 path when there is one video.")
+              help="Where to write. A folder (made if missing) gets <stem>.avgen.mp4, .avgen.wav and .avgen.json per "
+                   "video; with one video, a path ending in .mp4, .mov or .mkv gets that video with the generated sound "
+                   "(and the .wav and .json beside it), a path ending in .wav the sound alone. An output is never "
+                   "written over an input.")
 @click.option("--raw/--exemplar", "raw", default=True, show_default=True,
               help="Raw sound (decode of s') or exemplar sound (nearest training clip: the run's training data, "
                    "or the sounds exported with --model).")
@@ -374,7 +377,8 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
                  detector_name: str, threads: int) -> None:
     """Generate the sound of each VIDEO (or of every video in a folder) with a trained run or an exported model;
     writes <stem>.avgen.wav, <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's
-    source and similarity). Long videos stream: memory does not grow with their length."""
+    source and similarity) into the -o folder, or for one video the -o file: OUT.mp4/.mov/.mkv (and OUT.wav,
+    OUT.json) or OUT.wav alone. Long videos stream: memory does not grow with their length."""
     import time
 
     from avgen.generate import (load_model_folder, load_trained, material_class, return_freed_memory, select_bank,
@@ -387,13 +391,11 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     if (run_dir is None) == (model_dir is None):
         raise AvgenError("give the model with --run RUN_DIR or --model MODEL_DIR (exactly one)")
     files = _video_files(videos)
-    single_file = out.suffix.lower() == ".mp4"
-    if single_file and len(files) > 1:
-        raise AvgenError(f"-o {out}: an .mp4 path takes one video; give a folder for {len(files)} videos")
     if (onsets_out or onsets_in) and len(files) > 1:
         raise AvgenError(f"--onsets/--onsets-out take one video, got {len(files)}")
     if onsets_out and onsets_in:
         raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
+    targets = _generate_targets(files, out, keep_audio, onsets_out, onsets_in)  # before the model loads
     dev = resolve_device(device)
     apply_threads(plan_threads(threads))
     if onsets_out:  # an unknown detector fails before the model loads
@@ -418,10 +420,11 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
         exemplar=not raw, library=library, run_dir=run_dir, model_bank=model_bank, recipe=recipe, encoder=encoder,
         representation=representation, meta=meta, device=dev, console=err_console)
     trained = (recipe, encoder, representation, model, meta, dev)
-    if not out.suffix and not out.exists():
-        out.mkdir(parents=True, exist_ok=True)
-    rows = _generate_videos(files, out if single_file else None, out, trained, bank, forced,
-                            (onsets_in, onsets_out, detector_name, train), keep_audio, str(run_dir or model_dir))
+    made = _output_folder(out) if _writes_a_folder(out) else None
+    rows = _generate_videos(files, targets, trained, bank, forced, (onsets_in, onsets_out, detector_name, train),
+                            keep_audio, str(run_dir or model_dir))
+    if made is not None and not any(made.iterdir()):  # every video failed: no empty folder left behind
+        made.rmdir()
     if len(files) > 1:
         err_console.print(_generate_table(rows))
     failed = [row for row in rows if "error" in row]
@@ -431,8 +434,66 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
         raise click.exceptions.Exit(1)
 
 
-def _generate_videos(files: list[Path], single: Path | None, folder: Path, trained: tuple, bank: Any,
-                     forced: int | None, onsets: tuple, keep_audio: bool, model_name: str) -> list[dict[str, Any]]:
+VIDEO_OUTPUTS = (".mp4", ".mov", ".mkv")  # `generate -o` paths written as one video file (media.CONTAINERS)
+SOUND_OUTPUT = ".wav"  # ... written as the sound alone
+MEDIA_SUFFIXES = set(VIDEO_SUFFIXES) | {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}  # not folder names
+
+
+def _writes_a_folder(out: Path) -> bool:
+    """``generate -o``: a folder unless it ends in a media suffix (and is not an existing folder)."""
+    return out.is_dir() or out.suffix.lower() not in MEDIA_SUFFIXES
+
+
+def _generate_targets(files: list[Path], out: Path, keep_audio: bool, onsets_out: Path | None,
+                      onsets_in: Path | None) -> dict[Path, tuple[Path | None, Path, Path | None]]:
+    """Each video's (video file or None, wav, json or None) from ``-o``; refuses, before the model loads, a media
+    suffix avgen does not write, a file path for several videos, a folder that cannot be written, and any output
+    that is one of the inputs (the videos, --onsets) or another output."""
+    from avgen.outputs import check_outputs, check_writable
+
+    suffix = out.suffix.lower()
+    if _writes_a_folder(out):
+        check_writable(out, "the output folder", "give a writable folder with -o")
+        targets = {video: (out / f"{video.stem}.avgen.mp4", out / f"{video.stem}.avgen.wav",
+                           out / f"{video.stem}.avgen.json") for video in files}
+    else:
+        if suffix not in VIDEO_OUTPUTS + (SOUND_OUTPUT,):
+            raise AvgenError(f"-o {out}: avgen generate writes {', '.join(VIDEO_OUTPUTS)} files (the video with the "
+                             f"generated sound), {SOUND_OUTPUT} files (the sound alone) or a folder")
+        if len(files) > 1:
+            raise AvgenError(f"-o {out}: a {suffix} path takes one video; give a folder for {len(files)} videos")
+        if suffix == SOUND_OUTPUT and keep_audio:
+            raise AvgenError(f"--keep-audio keeps the video's audio in a video file; -o {out} writes the sound alone")
+        check_writable(out.parent, "the output folder", "give a path in a writable folder with -o")
+        targets = {files[0]: (None, out, None) if suffix == SOUND_OUTPUT else
+                   (out, out.with_suffix(SOUND_OUTPUT), out.with_suffix(".json"))}
+    of = (lambda video: f" of {video}") if len(files) > 1 else (lambda video: "")
+    outputs = [(path, f"the output {kind}{of(video)}") for video, paths in targets.items()
+               for path, kind in zip(paths, ("video", "sound", "summary")) if path is not None]
+    if onsets_out is not None:
+        outputs.append((onsets_out, "--onsets-out"))
+    check_outputs(outputs, [*files, *([onsets_in] if onsets_in is not None else [])],
+                  "give another -o" + (" or --onsets-out" if onsets_out is not None else "")
+                  + (", or rename one of the videos" if len(files) > 1 else ""))
+    return targets
+
+
+def _output_folder(out: Path) -> Path | None:
+    """Make the output folder; returns it when it was made here (removed again if nothing is written into it)."""
+    from avgen.atomic import folder_error
+
+    if out.is_dir():
+        return None
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise folder_error(out, "the output folder", exc, "give a writable folder with -o") from exc
+    return out
+
+
+def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, Path, Path | None]], trained: tuple,
+                     bank: Any, forced: int | None, onsets: tuple, keep_audio: bool,
+                     model_name: str) -> list[dict[str, Any]]:
     """Generate each video under one progress bar (seconds of video done); a row per video for the summary.
 
     In a batch a video that fails (unreadable, no picture) is reported in its row and the others go on."""
@@ -460,18 +521,20 @@ def _generate_videos(files: list[Path], single: Path | None, folder: Path, train
         progress.update(task, total=sum(len(job.starts) if job else 1 for _, job in jobs))
         for video, job in jobs:
             t0 = time.perf_counter()
-            mp4 = single if single is not None else folder / f"{video.stem}.avgen.mp4"
+            mp4, wav_path, summary_path = targets[video]
             try:
                 if job is None:
                     wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
                                                     trained, progress.console, forced)
-                    wav = write_wav(mp4.with_suffix(".wav"), wave, summary["sample_rate"])
+                    wav = write_wav(wav_path, wave, summary["sample_rate"])
                     progress.advance(task)
                 else:
-                    wav = write_video_sound(job, mp4.with_suffix(".wav"), progress=(progress, task))
+                    wav = write_video_sound(job, wav_path, progress=(progress, task))
                     summary = job.summary
-                mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
-                write_json(mp4.with_suffix(".json"), {"model": model_name, **summary})
+                if mp4 is not None:
+                    mux_audio(video, wav, mp4, keep_original_audio=keep_audio)
+                if summary_path is not None:
+                    write_json(summary_path, {"model": model_name, **summary})
             except AvgenError as exc:
                 rows.append({"video": str(video), "error": str(exc)})
                 _batch_error(progress.console, len(files), video, exc)
@@ -479,12 +542,13 @@ def _generate_videos(files: list[Path], single: Path | None, folder: Path, train
             seconds = time.perf_counter() - t0
             rtf = seconds / max(summary["seconds"], 1e-9)
             classes = ", ".join(f"{k} {v:.2f}" for k, v in summary.get("classes", {}).items())
-            progress.console.print(f"{video} -> {mp4} ({summary['seconds']:.1f} s of video in {seconds:.1f} s, "
+            output = mp4 if mp4 is not None else wav
+            progress.console.print(f"{video} -> {output} ({summary['seconds']:.1f} s of video in {seconds:.1f} s, "
                                    f"real-time factor {rtf:.2f})" + (f"; classes: {classes}" if classes else ""),
                                    markup=False)
-            rows.append({"video": str(video), "output": str(mp4), "seconds": summary["seconds"], "took": seconds,
+            rows.append({"video": str(video), "output": str(output), "seconds": summary["seconds"], "took": seconds,
                          "rtf": rtf, "predicted": summary.get("material") or summary.get("predicted")})
-            console.print(str(mp4))
+            console.print(str(output))
     return rows
 
 

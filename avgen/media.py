@@ -466,6 +466,9 @@ def write_video(
     return path
 
 
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}  # mux_audio's output, by suffix
+
+
 def mux_audio(
     video: PathLike,
     audio: PathLike | torch.Tensor,
@@ -474,7 +477,7 @@ def mux_audio(
     keep_original_audio: bool = False,
     bitrate: int = 128_000,
 ) -> Path:
-    """Copy ``video``'s picture (no re-encoding) into ``out`` with ``audio`` as AAC.
+    """Copy ``video``'s picture (no re-encoding) into ``out`` (mp4; mov or Matroska by its suffix) with ``audio`` as AAC.
 
     ``audio`` is a file or a [T]/[C, T] tensor at ``sample_rate``; it is cut to the video's
     length. With ``keep_original_audio`` the source's first audio track is kept as a second track;
@@ -508,7 +511,7 @@ def mux_audio(
         channels, blocks = wave.shape[0], iter([wave.numpy()])
     out = Path(out)
     with atomic_path(out) as tmp, _open(video) as source:
-        with av.open(str(tmp), mode="w", format="mp4") as target:
+        with av.open(str(tmp), mode="w", format=CONTAINERS.get(out.suffix.lower(), "mp4")) as target:
             video_in = source.streams.video[0]
             video_out = target.add_stream_from_template(video_in)
             audio_out = target.add_stream("aac", rate=rate)

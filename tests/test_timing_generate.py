@@ -82,7 +82,7 @@ def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_
     run, video, env = timed_run
     measured = []
     for time in (1.0, 1.35):
-        path = tmp_path / f"at{time}.json"
+        path = tmp_path / f"onsets{time}.json"  # not at{time}.json: the summary written beside at{time}.mp4
         path.write_text(json.dumps(onsets_doc([(time, "carpet")])))
         out = tmp_path / f"at{time}.mp4"
         proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(out), "--onsets", str(path), mode, env=env)
@@ -98,7 +98,7 @@ def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_
 
 def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path):
     run, video, env = timed_run
-    path = tmp_path / "two.json"
+    path = tmp_path / "onsets.json"  # not two.json: the summary written beside two.mp4
     path.write_text(json.dumps(onsets_doc([(2.5, None), (0.6, "cloth")])))  # any order; material optional
     proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "two.mp4"), "--onsets", str(path),
                      "--exemplar", env=env)
