@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,22 @@ from avgen_share.card import LICENCE_FILE, component_rows, licence_file, model_c
 from avgen_share.folder import CARD, CONFIG, EXEMPLARS, FORMAT, WEIGHTS, write_bank, write_sums
 
 
+FIX = "give a new folder in a writable place as OUT_DIR"
+
+
 def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console: Any = None) -> dict[str, Any]:
     """Write the model folder of ``run_dir`` to ``out_dir`` (new or empty); returns file name -> bytes.
 
     The folder is written beside ``out_dir`` under a temporary name and renamed at the end, so an
-    interrupted export leaves no half folder behind.
+    interrupted or failed export leaves no half folder behind; an OUT_DIR that cannot be written (a file on
+    its path, no permission, a read-only file system) is refused before the model is loaded.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise avgen.AvgenError(f"{run_dir}: no such run directory; give the folder `avgen run` printed")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise avgen.AvgenError(f"{out_dir}: exists and is not an empty folder; give a new folder")
+    avgen.check_writable(out_dir, "the model folder", FIX)
     try:
         saved = avgen.saved_model_of_run(run_dir, torch.device("cpu"), exemplars=exemplars, console=console)
     except avgen.AvgenError as exc:
@@ -48,9 +52,7 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         "exemplars": None,
         "recipe": recipe,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with avgen.staging_folder(out_dir, suffix=".partial") as staging, avgen.named_as(staging, out_dir):
         weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in saved.weights.items()},
                                     metadata={"format": "pt"})
         with avgen.atomic_path(staging / WEIGHTS) as tmp:
@@ -67,7 +69,8 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
                     avgen.write_text(staging / extra, _redact_text((run_dir / extra).read_text(encoding="utf-8"),
                                                                    meta["recipe"], recipe))
                 else:
-                    shutil.copyfile(run_dir / extra, staging / extra)
+                    with avgen.atomic_path(staging / extra) as tmp:
+                        shutil.copyfile(run_dir / extra, tmp)
                 names.append(extra)
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
@@ -79,13 +82,12 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         names.append(LICENCE_FILE)
         write_sums(staging, names)
         sizes = {name: (staging / name).stat().st_size for name in sorted(os.listdir(staging))}
-        if out_dir.is_dir():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(staging, out_dir)
-        os.chmod(out_dir, avgen.folder_mode())
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if out_dir.is_dir():
+                out_dir.rmdir()  # empty (checked above)
+            os.replace(staging, out_dir)
+        except OSError as exc:
+            raise avgen.folder_error(out_dir, "the model folder", exc, FIX) from exc
     return sizes
 
 
