@@ -16,9 +16,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, make_console, read_json, run_name, write_text
+from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, make_console, read_json, run_name
 
-from avgen_eval.compare_page import PageMedia, files_folder, mos_cell, write_media
+from avgen_eval.compare_page import PageMedia, check_files_folder, files_folder, is_files_folder, mos_cell, write_page
 
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [
@@ -323,6 +323,20 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
     return tables
 
 
+def check_page(output: Path, run_dirs: list[Path]) -> None:
+    """Refuse, before any run is read, a page path that is a folder, cannot be written, is a file of one of the
+    runs (their report.html, metrics.json), or whose files folder was not written by avgen compare."""
+    from avgen import check_writable
+
+    if output.is_dir():
+        raise AvgenError(f"-o {output}: is a folder; give the HTML file to write, e.g. -o {output / 'compare.html'}")
+    check_writable(output.parent, "the folder of the compare page", "give a path in a writable folder with -o")
+    for run in run_dirs:
+        if output.exists() and Path(run).resolve() in output.resolve().parents:
+            raise AvgenError(f"-o {output}: is a file of the run {run}; an output never replaces an input: give another -o")
+    check_files_folder(output)
+
+
 @click.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("compare.html"), show_default=True,
@@ -335,10 +349,17 @@ def compare_command(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> 
     paper's Greatest Hits numbers (marked as other data unless the runs are on greatest_hits).
     The page links to each run's report and adds a bar chart of the headline metrics, players
     for the same few test clips (real, raw and exemplar sound with spectrograms) and, when a run
-    has listening-test ratings, their mean opinion scores."""
-    rows = compare_runs(list(run_dirs))
-    media = write_media(rows, output)
-    write_text(output, render_html(rows, media))
+    has listening-test ratings, their mean opinion scores.
+
+    A folder that an earlier compare wrote (compare_files/, matched by `avgen compare runs/quickstart/*/`) is
+    skipped. The page and its folder are checked before anything is read and written all or nothing."""
+    runs = [d for d in run_dirs if not is_files_folder(d)]
+    if not runs:
+        raise AvgenError(f"{', '.join(map(str, run_dirs))}: written by avgen compare, not run directories; "
+                         "pass the folders `avgen run` wrote")
+    check_page(output, runs)
+    rows = compare_runs(runs)
+    media = write_page(rows, output, lambda media: render_html(rows, media))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

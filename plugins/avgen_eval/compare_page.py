@@ -5,6 +5,10 @@ exemplar sound, each with its spectrogram) and the listening test's mean opinion
 The chart, sounds and spectrograms are files in ``<page>_files/`` next to the page, linked relatively:
 the page already links to the runs' reports, so it is a folder to move or zip as a whole, not a single
 file, and separate files keep it small (audio loads when played) instead of a page of base64.
+
+``write_page`` writes the page and its files folder together: the files into a staging folder beside it,
+the page to a temporary file, both put in place at the end. A failed write (a full disk) or Ctrl-C leaves
+the previous page and folder as they were and none of the new files.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
-from avgen import AvgenError, ExampleClip, example_clips, mos, read_json, safe_name, save_spectrograms, spectrogram_panel
+from avgen import (AvgenError, ExampleClip, atomic_path, example_clips, folder_error, mos, named_as, read_json,
+                   safe_name, save_spectrograms, spectrogram_panel, staging_folder, write_text)
 
 from avgen_eval.figures import save_bar_chart
 
@@ -51,17 +56,69 @@ def files_folder(output: Path) -> Path:
     return output.with_name(output.stem + "_files")
 
 
-def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CLIPS) -> PageMedia:
-    """Write the chart, sounds and spectrograms into the page's files folder (replacing what an earlier
-    compare wrote there) and collect links and mean opinion scores for ``render_html``."""
+def is_files_folder(path: Path) -> bool:
+    """Whether ``path`` is a files folder an earlier compare wrote (``avgen compare runs/*/`` may name one)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def check_files_folder(output: Path) -> None:
+    """The page's files folder may be replaced: missing, or written by avgen compare."""
+    folder = files_folder(output)
+    if folder.exists() and not is_files_folder(folder):
+        raise AvgenError(f"{folder}: exists and was not written by avgen compare; move it or pass another -o")
+
+
+def write_page(rows: list[dict[str, Any]], output: Path, render: Callable[[PageMedia], str],
+               clips: int = PLAYER_CLIPS) -> PageMedia:
+    """Write the page ``render(media)`` to ``output`` and its files folder beside it, replacing an earlier
+    compare's, all or nothing (see the module's docstring)."""
+    output = Path(output)
+    check_files_folder(output)
+    folder = files_folder(output)
+    with staging_folder(folder) as staging, named_as(staging, folder):
+        media = write_media(rows, output, clips, into=staging)
+        with atomic_path(output) as tmp:
+            tmp.write_bytes(render(media).encode("utf-8"))
+            _put_in_place(staging, folder)
+    return media
+
+
+def _put_in_place(staging: Path, folder: Path) -> None:
+    """Rename ``staging`` to ``folder``, replacing an earlier compare's folder there (restored if the rename fails)."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
+    try:
+        if old is not None:
+            os.replace(folder, old)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if old is not None:
+                os.replace(old, folder)
+                old = None
+            raise
+    except OSError as exc:
+        raise folder_error(folder, "the compare page's files folder", exc, "free space or pass another -o") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CLIPS, into: Path | None = None) -> PageMedia:
+    """Write the chart, sounds and spectrograms for the page ``output`` into ``into`` (a staging folder that becomes
+    the page's files folder; by default the files folder itself, replacing what an earlier compare wrote there)
+    and collect links and mean opinion scores for ``render_html``."""
     output = Path(output)
     page_dir = output.parent
     folder = files_folder(output)
-    if folder.exists() and not (folder / MARKER).is_file():
-        raise AvgenError(f"{folder}: exists and was not written by avgen compare; move it or pass another -o")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / MARKER).write_text("written by avgen compare; replaced on the next run\n", encoding="utf-8")
+    if into is None:
+        check_files_folder(output)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        into = folder
+    write_text(into / MARKER, "written by avgen compare; replaced on the next run\n")
+
+    def link(path: Path) -> str:  # a file written in ``into``, as the page will find it in ``folder``
+        return href(folder / path.relative_to(into), page_dir)
+
     media = PageMedia()
     runs = [r for r in rows if r["source"] == "run"]
     for row in runs:
@@ -76,11 +133,11 @@ def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CL
                 continue
             if scores:
                 media.mos[run_dir] = scores
-    chart = write_chart(rows, folder / "metrics.png")
+    chart = write_chart(rows, into / "metrics.png")
     if chart is not None:
-        media.chart = href(chart, page_dir)
+        media.chart = link(chart)
         media.written.append("bar chart")
-    media.players, shown = write_players(runs, folder, page_dir, clips)
+    media.players, shown = write_players(runs, into, link, clips)
     if shown:
         media.written.append(f"players for {shown} clips")
     return media
@@ -117,9 +174,10 @@ def _clip_ids(run_dir: str) -> list[str]:
     return [str(c["id"]) for c in clips if isinstance(c, dict) and "id" in c] if isinstance(clips, list) else []
 
 
-def write_players(runs: list[dict[str, Any]], folder: Path, page_dir: Path, count: int) -> tuple[str, int]:
+def write_players(runs: list[dict[str, Any]], folder: Path, link: Callable[[Path], str], count: int) -> tuple[str, int]:
     """The players section: one row per shared test clip (the first run of each folded row), else each run's own
-    examples; returns its HTML and how many clips it shows."""
+    examples, its files written into ``folder`` and named in the page by ``link``; returns its HTML and how many
+    clips it shows."""
     e = html.escape
     sources = [(row, row["runs"][0]) for row in runs if _clip_ids(row["runs"][0])]
     if not sources:
@@ -141,7 +199,7 @@ def write_players(runs: list[dict[str, Any]], folder: Path, page_dir: Path, coun
                 (f"{row['model']} {title}", Path(d) / c.sounds[kind]) if kind in c.sounds else (None, None)
                 for (row, d), c in zip(sources, clips) for kind, title in SOUNDS]
             body.append(f"<tr><td>{e(clip_id)}<br><small>{e(_clip_text(clips[0]))}</small></td>"
-                        + _sound_cells(cells, folder / safe_name(clip_id), page_dir) + "</tr>")
+                        + _sound_cells(cells, folder / safe_name(clip_id), link) + "</tr>")
         parts.append("<div style=\"overflow-x:auto\"><table id=\"players-table\"><tr>"
                      + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(body) + "</table></div>")
         return "\n".join(parts), len(ids)
@@ -154,7 +212,7 @@ def write_players(runs: list[dict[str, Any]], folder: Path, page_dir: Path, coun
             cells = [(title, Path(d) / clip.sounds[kind]) if kind in clip.sounds else (None, None)
                      for kind, title in (("real", "real"), *SOUNDS)]
             rows_html.append(f"<tr><td>{e(clip.id)}<br><small>{e(_clip_text(clip))}</small></td>"
-                             + _sound_cells(cells, folder / f"{k}-{safe_name(clip.id)}", page_dir) + "</tr>")
+                             + _sound_cells(cells, folder / f"{k}-{safe_name(clip.id)}", link) + "</tr>")
             shown += 1
         if rows_html:
             parts.append(f"<h3>{e(row['model'])}</h3><div style=\"overflow-x:auto\"><table class=\"players-own\">"
@@ -163,7 +221,7 @@ def write_players(runs: list[dict[str, Any]], folder: Path, page_dir: Path, coun
     return "\n".join(parts), shown
 
 
-def _sound_cells(cells: list[tuple[str | None, Path | None]], stem: Path, page_dir: Path) -> str:
+def _sound_cells(cells: list[tuple[str | None, Path | None]], stem: Path, link: Callable[[Path], str]) -> str:
     """One table cell per sound: its player over its spectrogram (copied into the files folder as stem-N.wav/png),
     all on the colour scale of the loudest sound in the row; an empty cell for a missing one."""
     panels = [spectrogram_panel(title, wav) if wav is not None else None for title, wav in cells]
@@ -174,11 +232,12 @@ def _sound_cells(cells: list[tuple[str | None, Path | None]], stem: Path, page_d
             out.append("<td></td>")
             continue
         copy, image = stem.with_name(f"{stem.name}-{n}.wav"), stem.with_name(f"{stem.name}-{n}.png")
-        shutil.copyfile(wav, copy)
+        with atomic_path(copy) as tmp:  # a full disk is one line naming the file, as for every other write
+            shutil.copyfile(wav, tmp)
         save_spectrograms(image, [panel], top=top, width=3.2)
         alt = html.escape(f"spectrogram: {title}")
-        out.append(f"<td><audio controls preload=\"none\" src=\"{href(copy, page_dir)}\"></audio><br>"
-                   f"<img src=\"{href(image, page_dir)}\" alt=\"{alt}\" width=\"256\"></td>")
+        out.append(f"<td><audio controls preload=\"none\" src=\"{link(copy)}\"></audio><br>"
+                   f"<img src=\"{link(image)}\" alt=\"{alt}\" width=\"256\"></td>")
     return "".join(out)
 
 
