@@ -27,6 +27,19 @@ def fingerprint(*paths: Path | None) -> str:
 SPLITS = ("train", "val", "test")
 
 
+def check_root(root: Path, key: str = "data.root") -> Path:
+    """``root``, or an AvgenError when it or a folder on its path is a file: raised as the dataset is built, so
+    `avgen run` stops before it makes a run directory (a missing folder is the dataset's own, later error)."""
+    root = Path(root)
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "it is" if path == root else f"'{path}' on its path is"
+                raise AvgenError(f"{key} '{root}': {where} a file, not a folder; set {key} to a folder")
+            break
+    return root
+
+
 class MediaClips(Dataset):
     """clips / load_frames / load_audio for clips that point at media files (worker-safe: no open handles)."""
 

@@ -45,6 +45,9 @@ def synth(out: Path, videos: int | None, seed: int | None, classes: int | None, 
         settings = SynthesisParams(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         raise AvgenError(f"avgen data synth: {format_validation_error(exc)}") from None
+    from avgen import check_writable
+
+    check_writable(out, "the dataset folder", "give a writable folder as OUT")
     began = time.perf_counter()
     wrote = synthesize(out, settings)
     counts = count_clips(out, settings.classes)

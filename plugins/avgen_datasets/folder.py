@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avgen import AvgenError, BuildContext, Clip
 
-from avgen_datasets.base import SPLITS, MediaClips, fingerprint
+from avgen_datasets.base import SPLITS, MediaClips, check_root, fingerprint
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
@@ -40,7 +40,7 @@ class Folder(MediaClips):
         if params.val_fraction + params.test_fraction >= 1:
             raise AvgenError(f"folder dataset: val_fraction + test_fraction must be < 1, got {params.val_fraction + params.test_fraction}")
         self.params = params
-        self.root = Path(params.root)
+        self.root = check_root(params.root)
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds
         self.class_names = self._class_dirs() if self.root.is_dir() else []

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avgen import AvgenError, BuildContext, Clip
 
-from avgen_datasets.base import MediaClips, fingerprint
+from avgen_datasets.base import MediaClips, check_root, fingerprint
 from avgen_datasets.materials import MATERIALS, normalize_material
 from avgen_datasets.splits import carve
 
@@ -90,7 +90,7 @@ class GreatestHits(MediaClips):
 
     def __init__(self, params: GreatestHitsParams) -> None:
         self.params = params
-        self.root = Path(params.root)
+        self.root = check_root(params.root)
         self.class_names = [normalize_material(m) for m in params.materials]
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import AvgenError, BuildContext, folder_mode, media, write_json, write_text
+from avgen import AvgenError, BuildContext, folder_error, media, named_as, staging_folder, write_json, write_text
 
 from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
@@ -199,34 +198,34 @@ def synthesize(root: Path, settings: SynthesisParams, progress: Any = None) -> b
     """Make ``root`` hold the dataset for ``settings``; returns False when it already did.
 
     Writes into a temporary sibling folder and renames it into place, so concurrent runs and
-    interrupted runs never leave a half-written dataset. A non-empty folder that this
-    generator did not write is never touched.
+    interrupted or failed runs (a full disk) never leave a half-written dataset. A non-empty folder
+    that this generator did not write is never touched; a folder that cannot be written is one line.
     """
     root = Path(root)
     wanted = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.manifest_settings()}
     if read_manifest(root) == wanted:
         return False
+    if root.exists() and not root.is_dir():
+        raise AvgenError(f"'{root}' is a file, not a folder; choose a folder for the synthetic dataset")
     if root.exists() and any(root.iterdir()) and read_manifest(root) is None:
         raise AvgenError(f"'{root}' exists and was not written by synthetic_hits; choose an empty folder for root or delete it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        os.chmod(staging, folder_mode())  # the dataset folder as mkdir would make it, not mkdtemp's 0700
+    with staging_folder(root) as staging, named_as(staging, root):
         with _progress(progress, f"synthesizing {settings.videos} videos into {root}", settings.videos) as advance:
             write_dataset(staging, settings, on_video=advance)
-        if root.exists():
-            if read_manifest(root) == wanted:  # another process finished first
-                return False
-            old = root.with_name(f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
         try:
-            os.replace(staging, root)
-        except OSError:
-            if read_manifest(root) != wanted:
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            if root.exists():
+                if read_manifest(root) == wanted:  # another process finished first
+                    return False
+                old = root.with_name(f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+                os.replace(root, old)
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(staging, root)
+            except OSError:
+                if read_manifest(root) != wanted:
+                    raise
+        except OSError as exc:
+            raise folder_error(root, "the dataset folder", exc, "choose a writable folder for it") from exc
     return True
 
 

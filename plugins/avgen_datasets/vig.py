@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from avgen import AvgenError, BuildContext, Clip
 
-from avgen_datasets.base import MediaClips, fingerprint
+from avgen_datasets.base import MediaClips, check_root, fingerprint
 from avgen_datasets.splits import carve
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
@@ -54,7 +54,7 @@ class Vig(MediaClips):
 
     def __init__(self, params: VigParams) -> None:
         self.params = params
-        self.root = Path(params.root)
+        self.root = check_root(params.root)
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds
         self.class_names = list(params.classes)
