@@ -25,6 +25,7 @@ _LAZY = {
                     "avgen.media"),
     **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run", "select_bank",
                      "video_features"), "avgen.generate"),
+    **dict.fromkeys(("SoundModel", "load"), "avgen.model"),
     "build_dataset": "avgen.build",
     **dict.fromkeys(("path_params", "validate_recipe"), "avgen.recipe"),
     "resolve_device": "avgen.distributed",

@@ -85,3 +85,58 @@ def avgen_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[in
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+# A tiny can_lstm run on synthetic_hits (6 videos of 4 s, 3 materials, the example plugin's mean_color encoder),
+# trained once per session and shared: tests read it, and copy it before changing anything in it.
+TINY_RECIPE = """
+[run]
+name = "tiny"
+seed = 0
+
+[data]
+name = "synthetic_hits"
+root = "{root}"
+videos = 6
+classes = 3
+video_seconds = 4.0
+
+[encoder]
+name = "mean_color"
+fps = 8
+input_size = 32
+
+[representation]
+name = "stft"
+n_iter = 4
+
+[generator]
+name = "can_lstm"
+hidden = 16
+
+[[loss]]
+name = "class_nll"
+
+[[loss]]
+name = "spec_smooth_l1"
+weight = 50.0
+
+[train]
+epochs = 2
+batch_size = 8
+
+[[metric]]
+name = "recall_at_k"
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
+    """The run directory of TINY_RECIPE: its data in ``run.parents[1] / "data"`` (named relative to the working
+    directory, as the shipped recipes do), its feature cache in ``run.parents[1] / "home"``."""
+    base = tmp_path_factory.mktemp("tiny")
+    recipe = base / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.format(root="data"))
+    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env={"AVGEN_HOME": str(base / "home")}, cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "runs" / "tiny"

@@ -45,9 +45,8 @@ class ServedRun:
         self.name = run_name(self.path)
         recipe = read_recipe(self.path)
         self.generator = str((recipe.get("generator") or {}).get("name", "?"))
-        self._model_lock, self._bank_lock, self._data_lock = threading.Lock(), threading.Lock(), threading.Lock()
-        self._trained: tuple | None = None
-        self._bank: Any = None
+        self._model_lock, self._data_lock = threading.Lock(), threading.Lock()
+        self._model: Any = None
         self._dataset_clips: dict[str, Any] | None = None
         self._dataset: Any = None
 
@@ -55,32 +54,20 @@ class ServedRun:
         return {"key": self.key, "name": self.name, "generator": self.generator, "path": str(self.path),
                 "test_clips": len(self.test_clips())}
 
-    def trained(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """(recipe, encoder, representation, generator, meta), loaded once."""
-        from avgen import load_trained
+    def model(self) -> Any:
+        """The run's ``avgen.SoundModel``, loaded once."""
+        import avgen
 
         with self._model_lock:
-            if self._trained is None:
-                self._trained = load_trained(self.path, self.device)
-            return self._trained
-
-    def bank(self, console: Any) -> Any:
-        """The run's training clips as an exemplar bank, built once (AvgenError when its dataset is gone)."""
-        from avgen import select_bank
-
-        recipe, encoder, representation, _, meta = self.trained()
-        with self._bank_lock:
-            if self._bank is None:
-                self._bank = select_bank(exemplar=True, library=None, run_dir=self.path, model_bank=None, recipe=recipe,
-                                         encoder=encoder, representation=representation, meta=meta,
-                                         device=self.device, console=console)
-            return self._bank
+            if self._model is None:
+                self._model = avgen.load(self.path, self.device)
+            return self._model
 
     def pending(self, method: str) -> str:
         """What the first generation of ``method`` must do first, for the progress line ('' when ready)."""
-        if self._trained is None:
+        if self._model is None:
             return " (loading the model)"
-        if method == "exemplar" and self._bank is None:
+        if method == "exemplar" and not self._model.has_bank():
             return " (indexing the training clips, once per server)"
         return ""
 
@@ -89,21 +76,13 @@ class ServedRun:
         return json.dumps((read_recipe(self.path).get("encoder") or {}), sort_keys=True, default=str)
 
     def features(self, video: Path) -> torch.Tensor:
-        """The encoder features of every frame of ``video`` (as ``generate_for_video`` computes them)."""
-        from avgen import clip_seconds, probe, video_features
-
-        recipe, encoder, _, _, meta = self.trained()
-        return video_features(encoder, video, max(float(probe(video).duration), clip_seconds(recipe, meta)))
+        """The encoder features of every frame of ``video`` (as ``SoundModel.sound`` reads them)."""
+        return self.model().features(video)
 
     def generate(self, video: Path, method: str, console: Any, features: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The sound of ``video`` by this run's model: ``raw`` or ``exemplar`` (avgen generate's path)."""
-        from avgen import generate_for_video
-
-        recipe, encoder, representation, model, meta = self.trained()
-        bank = self.bank(console) if method == "exemplar" else None
-        return generate_for_video(video, recipe, encoder, representation, model, meta, self.device, exemplar_bank=bank,
-                                  features=features)
+        return self.model().sound(video, exemplar=method == "exemplar", features=features, console=console)
 
     # ------------------------------------------------------------ test clips (for the listening test)
 
