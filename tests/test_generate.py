@@ -18,59 +18,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from avgen.generate import OverlapAdd, SegmentDecoder, crossfade_windows, window_starts
-from conftest import avgen_in_process, error_lines, run_avgen
+from conftest import TINY_RECIPE, avgen_in_process, error_lines, run_avgen
 
-RECIPE = """
-[run]
-name = "tiny"
-seed = 0
-
-[data]
-name = "synthetic_hits"
-root = "{root}"
-videos = 6
-classes = 3
-video_seconds = 4.0
-
-[encoder]
-name = "mean_color"
-fps = 8
-input_size = 32
-
-[representation]
-name = "stft"
-n_iter = 4
-
-[generator]
-name = "can_lstm"
-hidden = 16
-
-[[loss]]
-name = "class_nll"
-
-[[loss]]
-name = "spec_smooth_l1"
-weight = 50.0
-
-[train]
-epochs = 2
-batch_size = 8
-
-[[metric]]
-name = "recall_at_k"
-"""
+RECIPE = TINY_RECIPE  # the recipe of the shared tiny run (conftest.py), for modules that train their own variant
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
+@pytest.fixture
+def trained_run(tiny_run: Path) -> Path:
     """A trained run whose recipe names its data relative to the working directory, as the shipped recipes do."""
-    base = tmp_path_factory.mktemp("gen")
-    recipe = base / "tiny.toml"
-    recipe.write_text(RECIPE.format(root="data"))
-    env = {"AVGEN_HOME": str(base / "home")}
-    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env=env, cwd=base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base / "runs" / "tiny"
+    return tiny_run
 
 
 def audio_seconds(path: Path) -> tuple[int, float]:

@@ -19,18 +19,14 @@ import soundfile as sf
 from avgen.listening import read_ratings
 from conftest import error_lines, run_avgen
 from serve_support import Browser, ServeProcess, audio_elements_loaded, chromium
-from test_generate import RECIPE
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny trained run (about 20 s on 2 cores), its AVGEN_HOME (feature cache) and a video of its dataset."""
-    base = tmp_path_factory.mktemp("serve")
-    (base / "tiny.toml").write_text(RECIPE.format(root="data"))
-    env = {"AVGEN_HOME": str(base / "home")}
-    proc = run_avgen("run", str(base / "tiny.toml"), "--out", str(base / "runs"), env=env, cwd=base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"run": base / "runs" / "tiny", "env": env, "video": sorted((base / "data").glob("*_denoised.mp4"))[0]}
+def tiny(tiny_run: Path) -> dict:
+    """The shared tiny trained run, its AVGEN_HOME (feature cache) and a video of its dataset."""
+    base = tiny_run.parents[1]
+    return {"run": tiny_run, "env": {"AVGEN_HOME": str(base / "home")},
+            "video": sorted((base / "data").glob("*_denoised.mp4"))[0]}
 
 
 def rms_of_wav(data: bytes) -> tuple[float, float]:

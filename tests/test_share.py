@@ -15,31 +15,19 @@ from safetensors.torch import load_file
 
 import avgen
 from conftest import avgen_in_process, error_lines, run_avgen
-from test_generate import RECIPE
 
 FOLDER_FILES = {"README.md", "LICENSE.md", "SHA256SUMS", "config.json", "model.safetensors", "exemplars.safetensors",
                 "metrics.json", "recipe.toml"}
 
 
-def train_tiny(base: Path) -> Path:
-    """A trained can_lstm run under ``base`` (its data in base/data, its cache in base/home)."""
-    recipe = base / "tiny.toml"
-    base.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(RECIPE.format(root=str(base / "data")))
-    proc = run_avgen("run", str(recipe), "--out", str(base / "runs"), env={"AVGEN_HOME": str(base / "home")}, cwd=base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base / "runs" / "tiny"
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> tuple[Path, Path]:
-    """(run directory, its exported model folder)."""
-    base = tmp_path_factory.mktemp("share")
-    run = train_tiny(base)
-    proc = run_avgen("export", str(run), str(base / "model"), env={"AVGEN_HOME": str(base / "home")})
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the shared tiny run directory, its exported model folder)."""
+    out = tmp_path_factory.mktemp("share") / "model"
+    proc = run_avgen("export", str(tiny_run), str(out), env={"AVGEN_HOME": str(tiny_run.parents[1] / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == str(base / "model")
-    return run, base / "model"
+    assert proc.stdout.strip() == str(out)
+    return tiny_run, out
 
 
 def test_export_writes_the_hub_layout_with_the_sha256_of_every_file(exported: tuple[Path, Path]) -> None:

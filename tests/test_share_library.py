@@ -18,7 +18,6 @@ from avgen_share.library import LIBRARY_CSV, UNKNOWN_LICENCE, detect_onsets, ind
 from conftest import avgen_in_process, run_avgen
 from library_support import fetch_sonic_pi, write_library
 from test_generate import RECIPE
-from test_share import train_tiny
 
 RATE = 22050
 
@@ -124,11 +123,6 @@ def short_video(path: Path, seconds: float = 0.5, fps: int = 8) -> Path:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("libgen"))
 
 
 def test_generate_with_a_library_records_file_offset_licence_and_similarity(tiny_run: Path, tmp_path: Path) -> None:
