@@ -111,28 +111,30 @@ class SoundModel:
         return video_features(self.encoder, Path(video), duration, precision=encoder_precision(self.meta, self.device))
 
     def stream(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
-               material: str | int | None = None, features: torch.Tensor | None = None, hop_fraction: float = 0.5,
-               console: Any = None) -> Any:
+               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
+               hop_fraction: float = 0.5, console: Any = None) -> Any:
         """The sound of ``video`` as a stream (``VideoSound``: ``blocks()`` yields it in order, memory flat in the
         video's length; ``summary`` once done). See ``sound`` for the options."""
         from avgen.generate import VideoSound
 
-        bank = self.bank(library, console) if (exemplar or library is not None) else None
+        if bank is None and (exemplar or library is not None):
+            bank = self.bank(library, console)
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
                           material=self._class_index(material), features=features)
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
-              material: str | int | None = None, features: torch.Tensor | None = None, hop_fraction: float = 0.5,
-              console: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+              bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
+              hop_fraction: float = 0.5, console: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """(sound [T] in [-1, 1] at ``sample_rate``, summary) of a whole video: clip-length windows every
         ``hop_fraction`` of a clip, generated and overlap-added.
 
         ``exemplar``: each window takes its nearest training clip (paper Eq. 8) instead of the raw sound;
-        ``library``: ... its nearest clip of a folder of your own sounds; ``material`` (a class name or index)
+        ``library``: ... its nearest clip of a folder of your own sounds; ``bank``: ... of an ``avgen.ExemplarBank``
+        already made (``bank()``, kept for many videos); ``material`` (a class name or index)
         forces the generator's class; ``features`` (from ``features(video)``) skip reading the frames again.
         """
-        job = self.stream(video, exemplar=exemplar, library=library, material=material, features=features,
+        job = self.stream(video, exemplar=exemplar, library=library, bank=bank, material=material, features=features,
                           hop_fraction=hop_fraction, console=console)
         return _scaled(torch.cat(list(job.blocks()))), job.summary
 
@@ -141,8 +143,7 @@ class SoundModel:
         """(raw sound [samples], generator outputs) of one clip's frames, uint8 [N, H, W, 3] as
         ``avgen.read_frames`` gives them (other sizes are resized to the encoder's input), N frames spread
         over the clip."""
-        from avgen.build import raw_phase
-        from avgen.generate import decode, encoder_precision, predict
+        from avgen.generate import encoder_precision, predict
         from avgen.media import fit_frames
         from avgen.precision import autocast_for
 
@@ -160,10 +161,24 @@ class SoundModel:
         index = self._class_index(material)
         labels = None if index is None else torch.tensor([index])
         outputs = predict(self.generator, window, self.device, labels=labels)
-        samples = round(self.clip_seconds * self.sample_rate)
-        wave = decode(self.representation, outputs["rep"], raw_phase(self.recipe, self.representation), samples,
-                      self.device)[0]
-        return _scaled(wave), outputs
+        return _scaled(self.raw_sound(outputs["rep"])[0]), outputs
+
+    def window_outputs(self, video: str | Path, times: Sequence[float]) -> dict[str, torch.Tensor]:
+        """The generator's outputs for the clip-length windows of ``video`` centred on each of ``times`` (seconds)."""
+        from avgen.generate import predict
+        from avgen.onsets import window_features
+
+        per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
+        windows = window_features(self.features(video), list(times), self.encoder.fps, per_clip)
+        return predict(self.generator, windows, self.device)
+
+    def raw_sound(self, rep: torch.Tensor) -> torch.Tensor:
+        """Clip waveforms [N, samples] decoded from generated representations [N, D, F] (the raw sound)."""
+        from avgen.build import raw_phase
+        from avgen.generate import decode
+
+        return decode(self.representation, rep, raw_phase(self.recipe, self.representation),
+                      round(self.clip_seconds * self.sample_rate), self.device)
 
     def class_probabilities(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The generator's class probabilities [B, C] in ``outputs`` (None when it has no class head)."""
@@ -194,17 +209,33 @@ def load(path: str | Path, device: str | torch.device = "auto", settings: Sequen
     ``device``: 'auto' (CUDA when available), 'cpu', 'cuda' or a ``torch.device``; ``settings``:
     generation settings as ``avgen generate --set`` takes them, e.g. ``["generator.steps=4"]``.
     """
-    from avgen.distributed import resolve_device
-    from avgen.generate import load_model_folder, load_trained
-
     path = Path(path)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
     if not path.is_dir():
         raise AvgenError(f"{path}: no such folder; give a run directory (avgen run) or a model folder (avgen export)")
-    if is_run_dir(path):
-        recipe, encoder, representation, generator, meta = load_trained(path, dev, tuple(settings))
-        return SoundModel(recipe=recipe, encoder=encoder, representation=representation, generator=generator,
-                          meta=meta, device=dev, source=path, run_dir=path)
+    return (load_run if is_run_dir(path) else load_folder)(path, device, settings)
+
+
+def load_run(path: str | Path, device: str | torch.device = "auto", settings: Sequence[str] = ()) -> SoundModel:
+    """The best model of the run directory ``path`` (``avgen generate --run``)."""
+    from avgen.generate import load_trained
+
+    path, dev = Path(path), _device(device)
+    recipe, encoder, representation, generator, meta = load_trained(path, dev, tuple(settings))
+    return SoundModel(recipe=recipe, encoder=encoder, representation=representation, generator=generator,
+                      meta=meta, device=dev, source=path, run_dir=path)
+
+
+def load_folder(path: str | Path, device: str | torch.device = "auto", settings: Sequence[str] = ()) -> SoundModel:
+    """The model of a folder ``avgen export`` wrote (``avgen generate --model``)."""
+    from avgen.generate import load_model_folder
+
+    path, dev = Path(path), _device(device)
     recipe, encoder, representation, generator, meta, bank = load_model_folder(path, dev, tuple(settings))
     return SoundModel(recipe=recipe, encoder=encoder, representation=representation, generator=generator, meta=meta,
                       device=dev, source=path, bank=bank)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    from avgen.distributed import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)

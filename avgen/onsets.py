@@ -183,57 +183,37 @@ def summary_line(onsets: list[Onset]) -> str:
 # ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
 
 
-def _clip_and_rate(recipe: Any, representation: Any, meta: dict[str, Any]) -> tuple[float, int]:
-    clip = float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
-    return clip, int(meta.get("sample_rate") or representation.sample_rate)
-
-
-def _window_outputs(video: Path, times: list[float], duration: float, clip: float, encoder: Any, model: Any,
-                    device: torch.device) -> dict[str, torch.Tensor]:
-    """The generator's outputs for the clip-length windows of video centred on ``times``."""
-    from avgen.generate import predict, video_features
-
-    frames_per_clip = max(1, round(clip * encoder.fps))
-    features = video_features(encoder, video, max(duration, clip))
-    return predict(model, window_features(features, times, encoder.fps, frames_per_clip), device)
-
-
-def detect_onsets(video: Path, detector: Any, duration: float, recipe: Any, encoder: Any, representation: Any,
-                  model: Any, meta: dict[str, Any], device: torch.device) -> list[Onset]:
-    """The detector's events over the video, each with the generator's material for the window centred on it."""
+def detect_onsets(video: Path, detector: Any, duration: float, model: Any) -> list[Onset]:
+    """The detector's events over the video, each with the material the model (``avgen.SoundModel``) gives the
+    window centred on it."""
     events = detect_events(detector, video, duration)
     probabilities = None
     if events.shape[0]:
-        clip, _ = _clip_and_rate(recipe, representation, meta)
-        outputs = _window_outputs(video, events[:, 0].tolist(), duration, clip, encoder, model, device)
-        probabilities = model.class_probabilities(outputs)
-    return label_events(events, probabilities, list(meta.get("class_names") or []))
+        probabilities = model.class_probabilities(model.window_outputs(video, events[:, 0].tolist()))
+    return label_events(events, probabilities, model.class_names)
 
 
-def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, recipe: Any, encoder: Any, representation: Any,
-                    model: Any, meta: dict[str, Any], device: torch.device, train: Any = None) -> torch.Tensor:
+def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, train: Any = None) -> torch.Tensor:
     """The video's sound made of one sound per onset, each starting at its onset's time.
 
     ``train`` (the run's training split) picks exemplars: the training clip nearest to the window's
     s' (Eq. 8), among the clips of the onset's material when it names one. Without it, the window's
     raw sound (the generator decides the material).
     """
-    from avgen.build import raw_phase
-    from avgen.generate import decode
     from avgen.retrieval import time_average
 
-    clip, rate = _clip_and_rate(recipe, representation, meta)
+    rate = model.sample_rate
     total = round(duration * rate)
     if not onsets:
         return torch.zeros(total)
-    outputs = _window_outputs(video, [o.time for o in onsets], duration, clip, encoder, model, device)
+    outputs = model.window_outputs(video, [o.time for o in onsets])
     if train is not None:
-        names = list(meta.get("class_names") or [])
+        names = model.class_names
         wanted = [names.index(o.material) if o.material is not None else None for o in onsets]
         chosen = nearest_of_material(time_average(outputs["rep"]), time_average(train.rep), train.label, wanted)
         pieces = [train.wave[i] for i in chosen]
     else:
-        pieces = list(decode(representation, outputs["rep"], raw_phase(recipe, representation), round(clip * rate), device))
+        pieces = list(model.raw_sound(outputs["rep"]))
     wave = place_sounds(onsets, pieces, rate, total)
     peak = float(wave.abs().max())
     return wave / peak if peak > 1.0 else wave

@@ -173,12 +173,15 @@ def write_dataset(
         for number, vid in enumerate(ids)
     ]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures = [pool.submit(write_video_files, root, settings, *job) for job in jobs]
         for done, future in enumerate(as_completed(futures), start=1):
             future.result()
             if on_video is not None:
                 on_video(done, settings.videos)
+    finally:  # on an error or Ctrl-C the videos not yet started are dropped, not written first
+        pool.shutdown(wait=True, cancel_futures=True)
     write_text(root / "train.txt", "\n".join(train_ids) + "\n")
     write_text(root / "test.txt", "\n".join(test_ids) + "\n")
     manifest = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.manifest_settings()}
