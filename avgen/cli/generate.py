@@ -231,7 +231,7 @@ def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, P
                                    markup=False)
             rows.append({"video": str(video), "output": str(output), "seconds": summary["seconds"], "took": seconds,
                          "rtf": rtf, "predicted": summary.get("material") or summary.get("predicted")})
-            console.print(str(output))
+            console.print(str(output), markup=False, highlight=False, soft_wrap=True)  # a path for scripts: never wrapped
     return rows
 
 

@@ -71,7 +71,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
                           f"on {run.device}")
         run.execute(only=only, fresh=fresh)
         if run.rank == 0:
-            console.print(f"run directory: {run.run_dir}", markup=False)
+            console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
     leave_process_group()
     if runs and runs[0].rank != 0:  # under torchrun only rank 0 compares and reports
         return
