@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,25 @@ EXAMPLE = REPO / "examples" / "avgen-plugin-example"
 # Set before torch is imported (it reads them when it loads its OpenMP and MKL runtimes).
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_stay_in_the_session(tmp_path_factory: pytest.TempPathFactory):
+    """TMPDIR for this process and every process a test starts is a folder of this session's own, and the
+    session fails when anything is left in it: a test (or the code it runs) leaves no temporary file behind
+    outside its tmp_path."""
+    folder = tmp_path_factory.mktemp("tmpdir")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # tempfile reads TMPDIR again
+    yield folder
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
+    left = sorted(str(p.relative_to(folder)) for p in folder.iterdir())
+    assert not left, f"temporary files were left behind by the tests: {left[:10]}"
 
 
 @pytest.fixture
