@@ -31,6 +31,8 @@ def temporary_files_stay_in_the_session(tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("tmpdir")
     before = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(folder)
+    # torch keeps a compile cache under $TMPDIR/torchinductor_<user> (made on bf16 CPUs): a cache, not a leftover
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
     tempfile.tempdir = None  # tempfile reads TMPDIR again
     yield folder
     if before is None:
