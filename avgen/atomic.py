@@ -93,11 +93,15 @@ def signals_deferred() -> Iterator[None]:
                 signal.raise_signal(number)  # the default action (SIGTERM ends the process)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _remove(path: Path, tries: int = 3) -> None:
+    """Remove a file or folder; a folder is tried again while something still adds to it (a writer ending)."""
+    for _ in range(tries):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        if not os.path.lexists(path):
+            return
 
 
 @contextlib.contextmanager
@@ -142,30 +146,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_folder(path.parent)
 
 
-@contextlib.contextmanager
-def staging_folder(target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
+class staging_folder:  # noqa: N801  (used as a function: ``with staging_folder(target) as staging``)
     """A new empty folder beside ``target`` (mode as mkdir gives), removed on leaving unless it was renamed away.
 
     Build a folder's content in it, then ``os.replace`` it onto ``target``: a crash, a failed write or
     Ctrl-C at any instant leaves no half-written folder (``.<name>.<random><suffix>`` at worst after kill -9).
+    A class, not a generator: contextlib's ``__enter__`` can take a Ctrl-C after the folder exists and before
+    the ``with`` block holds it; here a Ctrl-C held back during the creation is delivered inside ``__enter__``,
+    which removes the folder first.
     """
-    target = Path(target)
-    staging: Path | None = None
-    try:
-        with signals_deferred():
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
-                os.chmod(staging, folder_mode())  # as mkdir would make it, not mkdtemp's 0700
-            except OSError as exc:
-                raise folder_error(target, "the folder", exc, "choose another folder or fix its permissions") from exc
-        yield staging
-    finally:
+
+    def __init__(self, target: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> None:
+        self.target, self.suffix = Path(target), suffix
+        self.path: Path | None = None
+
+    def __enter__(self) -> Path:
+        try:
+            with signals_deferred():
+                try:
+                    self.target.parent.mkdir(parents=True, exist_ok=True)
+                    self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=self.suffix,
+                                                      dir=self.target.parent))
+                    os.chmod(self.path, folder_mode())  # as mkdir would make it, not mkdtemp's 0700
+                except OSError as exc:
+                    raise folder_error(self.target, "the folder", exc,
+                                       "choose another folder or fix its permissions") from exc
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.path
+
+    def __exit__(self, *exc_info: Any) -> None:
         interrupted = None
-        while staging is not None:  # as in atomic_path
+        while self.path is not None:  # as in atomic_path
             try:
-                _remove(staging)
-                staging = None
+                _remove(self.path)
+                self.path = None
             except KeyboardInterrupt as exc:
                 interrupted = exc
         if interrupted is not None:
