@@ -15,20 +15,15 @@ import pytest
 import soundfile as sf
 
 from conftest import error_lines, run_avgen
-from test_generate import RECIPE
 
 HOP = 512  # librosa's onset hop (samples); the output's onset is measured to within one hop
 
 
-@pytest.fixture(scope="module")
-def timed_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> tuple[Path, Path, dict]:
-    """(trained run, a video of its dataset, env): the tiny can_lstm run of test_generate."""
-    base = tmp_path_factory.mktemp("timing")
-    (base / "tiny.toml").write_text(RECIPE.format(root="data") + '\n[[metric]]\nname = "av_sync"\n')
-    env = {"AVGEN_HOME": str(base / "home")}
-    proc = run_avgen("run", str(base / "tiny.toml"), "--out", str(base / "runs"), env=env, cwd=base)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base / "runs" / "tiny", base / "data" / "synth0000_denoised.mp4", env
+@pytest.fixture
+def timed_run(tiny_run: Path) -> tuple[Path, Path, dict]:
+    """(the shared tiny run, with av_sync among its metrics; a video of its dataset; env)."""
+    base = tiny_run.parents[1]
+    return tiny_run, base / "data" / "synth0000_denoised.mp4", {"AVGEN_HOME": str(base / "home")}
 
 
 def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(timed_run):
