@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 import avgen
 from avgen import media
-from conftest import run_avgen
+from conftest import avgen_in_process, run_avgen
 from test_timing_sync import CONTACTS, FPS, render_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,16 +99,18 @@ def test_timing_eval_on_a_folder_without_split_files_is_one_line_and_exit_2(tmp_
     assert "test.txt" in proc.stderr
 
 
-def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(synth, tmp_path):
+def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(synth, tmp_path, capsys, monkeypatch):
     root, env = synth
     head = tmp_path / "head.safetensors"
     fit = run_avgen("timing", "fit", str(root), "-o", str(head), "--epochs", "200", env=env)
     assert fit.returncode == 0 and head.is_file(), fit.stderr
     scores = {}
+    monkeypatch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
     for name, extra in (("motion_contacts", []), ("learned_contacts", ["--param", f"weights={head}"])):
-        proc = run_avgen("timing", "eval", str(root), "--split", "train", "--detector", name, *extra, "--json", env=env)
-        assert proc.returncode == 0, proc.stderr
-        scores[name] = json.loads(proc.stdout)
+        code, out, lines = avgen_in_process(capsys, "timing", "eval", str(root), "--split", "train", "--detector", name,
+                                            *extra, "--json")  # in this process: the real fit ran above
+        assert code == 0, lines
+        scores[name] = json.loads(out)
     # on the videos it was trained on (a check that training works; held-out numbers are in docs/timing.md)
     assert scores["learned_contacts"]["f1"] > max(0.8, scores["motion_contacts"]["f1"]), scores
 
