@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -95,13 +96,18 @@ class Browser:
         import websocket
 
         profile.mkdir(parents=True, exist_ok=True)
+        # Chromium's and PulseAudio's own temporary folders, removed by close(): a short path of its own, as the
+        # sockets Chromium makes there must fit in 108 characters (a test's tmp_path is too long)
+        self.scratch = Path(tempfile.mkdtemp(prefix="avgen-chromium-", dir="/tmp" if os.path.isdir("/tmp") else None))
         port_file = profile / "DevToolsActivePort"
         port_file.unlink(missing_ok=True)  # a stale one from an earlier browser in this profile
         self.proc = subprocess.Popen(
             [executable, "--headless=new", "--no-sandbox", "--remote-debugging-port=0", f"--user-data-dir={profile}",
              "--no-first-run", "--no-default-browser-check", "--disable-gpu", "--mute-audio",
-             "--autoplay-policy=no-user-gesture-required", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.scratch)})
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().strip()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -187,6 +193,7 @@ class Browser:
             else:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> "Browser":
         return self
