@@ -137,8 +137,18 @@ def get_registry() -> Registry:
 
 
 def get_component(kind: str, name: str) -> Component:
-    """The registered component of this kind and name."""
-    return get_registry().get(kind, name)
+    """The registered component of this kind and name; when there is none and a plugin failed to load, the error
+    names that plugin and why (the component may be one it would have registered)."""
+    plugins = get_plugins()
+    try:
+        return plugins.registry.get(kind, name)
+    except UnknownComponentError as exc:
+        broken = [info for info in plugins.info.values() if info.broken]
+        if not broken or kind not in KINDS:
+            raise
+        failed = "; ".join(f"plugin '{info.name}' ({info.distribution} {info.version}) failed to load: {info.error}"
+                           for info in broken)
+        raise UnknownComponentError(f"{exc}; {failed}") from None
 
 
 def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:

@@ -41,6 +41,24 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plu
     assert "broken plugin" in table.stdout and "broken_plugin" in table.stdout
 
 
+def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Path, example_plugin: None) -> None:
+    """A recipe (or `avgen show`) asking for a component of a plugin that did not import says which plugin and why."""
+    from conftest import TINY_RECIPE
+
+    site = tmp_path / "site"
+    fake_distribution(site, "gru-plugin", "gru_plugin", "import no_such_module_xyz\n")
+    recipe = tmp_path / "gru.toml"
+    recipe.write_text(TINY_RECIPE.format(root=str(tmp_path / "data")).replace('name = "can_lstm"', 'name = "gru_regressor"'))
+    env = {**with_path(site), "AVGEN_HOME": str(tmp_path / "home")}
+    for args in (["run", str(recipe), "--out", str(tmp_path / "runs")], ["show", "gru_regressor"]):
+        proc = run_avgen(*args, env=env)
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "gru_regressor" in lines[0] and "plugin 'gru_plugin' (gru-plugin 0.1) failed to load" in lines[0], lines
+        assert "no_such_module_xyz" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_misspelled_hook_marks_plugin_broken(tmp_path: Path) -> None:
     site = tmp_path / "site"
     source = "import avgen\n@avgen.hookimpl\ndef register_encoder(register):\n    pass\n"

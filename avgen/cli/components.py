@@ -80,7 +80,9 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
 
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise AvgenError(f"no component named '{name}'{hint} (see `avgen list`)")
+        failed = "".join(f"; plugin '{p.name}' ({p.distribution} {p.version}) failed to load: {p.error}"
+                         for p in index.broken)
+        raise AvgenError(f"no component named '{name}'{hint} (see `avgen list`){failed}")
     for c in found:
         fields = c.params
         if as_json:
