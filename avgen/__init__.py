@@ -13,7 +13,7 @@ from typing import Any  # noqa: E402
 from avgen.card import KINDS, Card  # noqa: E402
 from avgen.errors import AvgenError, RunLockedError, UnknownComponentError  # noqa: E402
 from avgen.hookspecs import hookimpl  # noqa: E402
-from avgen.plugins import create, get_component, list_components  # noqa: E402
+from avgen.plugins import component_source, create, get_component, list_components  # noqa: E402
 from avgen.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
@@ -44,7 +44,8 @@ _LAZY = {
     **dict.fromkeys(("append_ratings", "mos"), "avgen.listening"),
 }
 
-__all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__", "create",
+__all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__",
+           "component_source", "create",
            "format_validation_error", "get_component", "hookimpl", "list_components"]
 __all__ += sorted(_LAZY)
 

@@ -151,6 +151,15 @@ def get_component(kind: str, name: str) -> Component:
         raise UnknownComponentError(f"{exc}; {failed}") from None
 
 
+def component_source(kind: str, name: str) -> dict[str, str]:
+    """Where a registered component comes from: its name, plugin, distribution and the distribution's version
+    (what an exported model records so another machine knows what to ``pip install``)."""
+    component = get_component(kind, name)
+    info = get_plugins().info.get(component.plugin)
+    return {"name": name, "plugin": component.plugin, "distribution": info.distribution if info else "?",
+            "version": info.version if info else "?"}
+
+
 def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:
     """Registered components, optionally of one kind and matching a glob pattern."""
     if kind is not None and kind not in KINDS:

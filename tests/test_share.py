@@ -268,3 +268,26 @@ def test_an_export_interrupted_before_the_end_leaves_no_folder(exported: tuple[P
     code, _, lines = avgen_in_process(capsys, "export", str(run), str(tmp_path / "model"))
     assert code == 130 and lines[-1].startswith("interrupted"), lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_folder_records_where_each_component_comes_from_and_names_a_missing_one(
+        exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avgen_share.folder import write_sums
+
+    run, model = exported
+    components = json.loads((model / "config.json").read_text())["components"]
+    assert components["generator"] == {"name": "can_lstm", "plugin": "lstm", "distribution": "avgen",
+                                       "version": avgen.__version__}
+    assert components["encoder"]["distribution"] == "avgen-plugin-example"  # mean_color comes from the example
+    # the same folder, as exported on a machine with a plugin this one lacks
+    moved = tmp_path / "model"
+    shutil.copytree(model, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["components"]["generator"] = {"name": "gru_regressor", "plugin": "gru", "distribution": "avgen-gru",
+                                         "version": "0.3"}
+    (moved / "config.json").write_text(json.dumps(config))
+    write_sums(moved, sorted(p.name for p in moved.iterdir() if p.name != "SHA256SUMS"))
+    video = sorted((run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--model", str(moved), "-o", str(tmp_path / "out"))
+    assert code == 2 and len(lines) == 1, lines
+    assert "generator 'gru_regressor'" in lines[0] and "pip install 'avgen-gru==0.3'" in lines[0], lines

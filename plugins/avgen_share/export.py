@@ -17,6 +17,7 @@ from avgen_share.folder import CARD, CONFIG, EXEMPLARS, FORMAT, WEIGHTS, write_b
 
 
 FIX = "give a new folder in a writable place as OUT_DIR"
+COMPONENT_SECTIONS = {"encoder": "encoder", "representation": "representation", "generator": "generator"}
 
 
 def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console: Any = None) -> dict[str, Any]:
@@ -50,6 +51,8 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         "class_names": list(meta["class_names"]), "shape": meta["shape"],
         "sample_rate": meta["sample_rate"], "clip_seconds": meta["clip_seconds"],
         "exemplars": None,
+        "components": {section: avgen.component_source(kind, recipe[section]["name"])
+                       for section, kind in COMPONENT_SECTIONS.items()},
         "recipe": recipe,
     }
     with avgen.staging_folder(out_dir, suffix=".partial") as staging, avgen.named_as(staging, out_dir):

@@ -97,6 +97,7 @@ def read_model_folder(folder: Path) -> Any:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise avgen.AvgenError(f"{folder / CONFIG}: format {config.get('format') if isinstance(config, dict) else None!r}, "
                                f"this avgen reads {FORMAT!r}")
+    check_installed(folder, config.get("components"))
     meta = {key: config.get(key) for key in ("recipe", "class_names", "shape", "sample_rate", "clip_seconds")}
     weights = _load(folder / WEIGHTS)
     bank = None
@@ -143,3 +144,21 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise avgen.AvgenError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def check_installed(folder: Path, components: Any) -> None:
+    """Every component the folder's config.json records is registered here; else one line naming the
+    ``pip install`` that brings it (folders exported before components were recorded are not checked)."""
+    if not isinstance(components, dict):
+        return
+    for section, source in components.items():
+        if not isinstance(source, dict) or not isinstance(source.get("name"), str):
+            continue
+        try:
+            avgen.get_component(section, source["name"])
+        except avgen.UnknownComponentError:
+            dist, version = source.get("distribution", "?"), source.get("version", "?")
+            raise avgen.AvgenError(
+                f"--model {folder}: its {section} '{source['name']}' comes from the plugin '{source.get('plugin', '?')}' "
+                f"of the distribution {dist} {version}, which is not installed here: pip install '{dist}=={version}'"
+            ) from None
