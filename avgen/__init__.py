@@ -23,7 +23,7 @@ _LAZY = {
                     "avgen.components"),
     **dict.fromkeys(("mux_audio", "probe", "read_audio", "read_frames", "resample", "write_video", "write_wav"),
                     "avgen.media"),
-    **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run", "select_bank",
+    **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run",
                      "video_features"), "avgen.generate"),
     **dict.fromkeys(("SoundModel", "load"), "avgen.model"),
     "build_dataset": "avgen.build",

@@ -235,23 +235,6 @@ def library_bank(path: Path, representation: Any, representation_spec: dict[str,
     return bank
 
 
-def select_bank(*, exemplar: bool, library: Path | None, run_dir: Path | None, model_bank: Any, recipe: Any,
-                encoder: Any, representation: Any, meta: dict[str, Any], device: torch.device, console: Any) -> Any:
-    """The exemplar bank ``avgen generate`` picks from: the library, else (with --exemplar) the run's training
-    split or the bank exported with the model; None for raw sound."""
-    if library is not None:
-        return library_bank(library, representation, dict(meta["recipe"]["representation"]), clip_seconds(recipe, meta),
-                            console)
-    if not exemplar:
-        return None
-    if run_dir is not None:
-        return exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
-    if model_bank is None:
-        raise AvgenError("--exemplar: this model folder was exported without exemplar sounds; "
-                         "give --library SFX_DIR, or use --raw")
-    return model_bank
-
-
 def material_class(name: str, meta: dict[str, Any]) -> int:
     """The class index of ``--material NAME`` among the model's classes."""
     names = list(meta.get("class_names") or [])
