@@ -512,11 +512,13 @@ def generate_for_video(video: Path, recipe: Any, encoder: Any, representation: A
     job = VideoSound(video, recipe, encoder, representation, model, meta, device, hop_fraction=hop_fraction,
                      batch=batch, exemplar_bank=exemplar_bank, material=material, segment_seconds=segment_seconds,
                      features=features)
-    wave = torch.cat(list(job.blocks()))
+    return within_unit(torch.cat(list(job.blocks()))), job.summary
+
+
+def within_unit(wave: torch.Tensor) -> torch.Tensor:
+    """``wave`` scaled into [-1, 1] when its peak exceeds it (for PCM), else unchanged."""
     peak = float(wave.abs().max()) if wave.numel() else 0.0
-    if peak > 1.0:  # keep the waveform in [-1, 1] for PCM
-        wave = wave / peak
-    return wave, job.summary
+    return wave / peak if peak > 1.0 else wave
 
 
 def write_video_sound(job: "VideoSound", path: Path, progress: Any = None) -> Path:

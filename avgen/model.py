@@ -136,14 +136,16 @@ class SoundModel:
         """
         job = self.stream(video, exemplar=exemplar, library=library, bank=bank, material=material, features=features,
                           hop_fraction=hop_fraction, console=console)
-        return _scaled(torch.cat(list(job.blocks()))), job.summary
+        from avgen.generate import within_unit
+
+        return within_unit(torch.cat(list(job.blocks()))), job.summary
 
     def sound_of_frames(self, frames: torch.Tensor, *, material: str | int | None = None,
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(raw sound [samples], generator outputs) of one clip's frames, uint8 [N, H, W, 3] as
         ``avgen.read_frames`` gives them (other sizes are resized to the encoder's input), N frames spread
         over the clip."""
-        from avgen.generate import encoder_precision, predict
+        from avgen.generate import encoder_precision, predict, within_unit
         from avgen.media import fit_frames
         from avgen.precision import autocast_for
 
@@ -161,7 +163,7 @@ class SoundModel:
         index = self._class_index(material)
         labels = None if index is None else torch.tensor([index])
         outputs = predict(self.generator, window, self.device, labels=labels)
-        return _scaled(self.raw_sound(outputs["rep"])[0]), outputs
+        return within_unit(self.raw_sound(outputs["rep"])[0]), outputs
 
     def window_outputs(self, video: str | Path, times: Sequence[float]) -> dict[str, torch.Tensor]:
         """The generator's outputs for the clip-length windows of ``video`` centred on each of ``times`` (seconds)."""
@@ -190,12 +192,6 @@ class SoundModel:
                 raise AvgenError(f"material {material}: the model has {len(self.class_names)} classes")
             return material
         return self.material(material)
-
-
-def _scaled(wave: torch.Tensor) -> torch.Tensor:
-    """``wave`` scaled into [-1, 1] when it exceeds it (for PCM)."""
-    peak = float(wave.abs().max()) if wave.numel() else 0.0
-    return wave / peak if peak > 1.0 else wave
 
 
 def is_run_dir(path: Path) -> bool:

@@ -214,6 +214,6 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
         pieces = [train.wave[i] for i in chosen]
     else:
         pieces = list(model.raw_sound(outputs["rep"]))
-    wave = place_sounds(onsets, pieces, rate, total)
-    peak = float(wave.abs().max())
-    return wave / peak if peak > 1.0 else wave
+    from avgen.generate import within_unit
+
+    return within_unit(place_sounds(onsets, pieces, rate, total))
