@@ -7,7 +7,7 @@ STFT 2048/512, 22 050 Hz, 0.5 s clips; 4 videos, 2 epochs: speed does not depend
 the model learned) in a temporary folder. Without --video it uses a 10 s video of the
 synthetic set. Prints the time of each phase (frame features, LSTM, Griffin-Lim decode or
 exemplar retrieval, overlap-add) for raw and exemplar sound, the real-time factor (seconds of
-work per second of video) and its ratio to DESIGN.md's target of 0.1.
+work per second of video) and its ratio to the target of 0.1.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_longvideo.py [--run runs/quickstart/pocan] [--minutes 1 10] [--size 1280x720]
 
-Issue 22's targets: a 10-minute 720p video generates with peak memory (RSS of the whole command) within
+The targets: a 10-minute 720p video generates with peak memory (RSS of the whole command) within
 100 MB of a 1-minute one's, at a real-time factor (wall seconds of the whole command, start-up included,
 per second of video) under 0.3. The videos are made once with PyAV (benchmarks/_video.py, x264 ultrafast)
 in --cache; without --run a small quickstart-shaped run is trained (bench_generate.py). Also prints the

@@ -1,5 +1,5 @@
 """`avgen generate` on camera-shaped H.264 video (1280x720 and 1920x1080, 30 fps): the whole command, start-up
-and model load included, against issue 22's target.
+and model load included, against the target below.
 
     python benchmarks/bench_realvideo.py [--run runs/quickstart/pocan] [--seconds 10] [--repeats 2]
 

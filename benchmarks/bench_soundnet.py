@@ -3,7 +3,7 @@
     python benchmarks/bench_soundnet.py [--device cpu|cuda] [--repeats 5] [--threads N]
 
 Each time is also given as a fraction of the machine's fp32 matmul rate measured in the same run
-(FLOPs counted by torch.utils.flop_counter), and forward + backward against DESIGN.md's 0.1 s.
+(FLOPs counted by torch.utils.flop_counter), and forward + backward against the expected 0.1 s.
 
 Uses the fetched weights when present (`avgen weights fetch soundnet`); the timing does not depend
 on the weight values, so without them it times a randomly initialised SoundNet8 and says so.
@@ -21,7 +21,7 @@ from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
 from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py
 
 BATCH, SAMPLES = 40, 11025  # 40 clips of 0.5 s at 22 050 Hz
-DESIGN_SECONDS = 0.1  # DESIGN.md's expected forward + backward time on 2 quiet cores
+DESIGN_SECONDS = 0.1  # the expected forward + backward time on 2 quiet cores (docs/benchmarks.md)
 
 
 def main() -> None:
@@ -72,7 +72,7 @@ def main() -> None:
               f"{achieved / 1e9:6.0f} GFLOP/s = {100 * achieved / rate:5.1f} % of fp32 matmul")
     backward = seconds["forward + backward to the waveform:"]
     record("soundnet", forward_backward_seconds=backward)
-    print(f"forward + backward: {backward * 1e3:.1f} ms vs DESIGN.md's {DESIGN_SECONDS * 1e3:.0f} ms: {DESIGN_SECONDS / backward:.2f}x the expected speed")
+    print(f"forward + backward: {backward * 1e3:.1f} ms vs the expected {DESIGN_SECONDS * 1e3:.0f} ms: {DESIGN_SECONDS / backward:.2f}x the expected speed")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ COLUMNS = [
     ("log_spectral_distance", "lsd_raw", "LSD", False),
     ("soundnet_fd", "fd_raw", "SoundNet FD", False),
 ]
-PAPER = {  # Greatest Hits (another dataset), DESIGN.md section 1: R@1, R@5, R@10, classifier accuracy on raw sound
+PAPER = {  # Greatest Hits (another dataset), POCAN paper (Chen et al. 2018) Tables 2 and 3: R@1, R@5, R@10, classifier accuracy on raw sound
     "owens": {"R@1": 0.1734, "R@5": 0.4349, "R@10": 0.5838, "cls acc raw": 0.2011},
     "can": {"R@1": 0.3013, "R@5": 0.5364, "R@10": 0.6476, "cls acc raw": 0.3546},
     "pocan": {"R@1": 0.3302, "R@5": 0.5719, "R@10": 0.6553, "cls acc raw": 0.3632},

@@ -1,4 +1,4 @@
-"""Does the converted SoundNet behave like SoundNet on real recordings? (issue 6; output in docs/soundnet.md)
+"""Does the converted SoundNet behave like SoundNet on real recordings? (output in docs/soundnet.md)
 
 Uses CC0 recordings from the Debian package sonic-pi-samples (fetched with `apt-get download`
 and unpacked with `dpkg-deb -x`, never installed) and the weights from `avgen weights fetch soundnet`.

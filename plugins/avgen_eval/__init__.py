@@ -1,4 +1,4 @@
-"""Evaluation metrics (sound classifier, onsets, log-spectral distance) and `avgen compare` (issue 8)."""
+"""Evaluation metrics (sound classifier, onsets, log-spectral distance) and `avgen compare`."""
 
 from __future__ import annotations
 

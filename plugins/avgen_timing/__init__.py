@@ -1,4 +1,4 @@
-"""Timing: when each sound happens. A CPU contact detector, the audio-video sync metric and the timeline figure (issue 20)."""
+"""Timing: when each sound happens. A CPU contact detector, the audio-video sync metric and the timeline figure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Visual encoders: torchvision ResNets and AlexNet fc7, timm models, EfficientNet-Lite0 (issue 12)."""
+"""Visual encoders: torchvision ResNets and AlexNet fc7, timm models, EfficientNet-Lite0."""
 
 from __future__ import annotations
 
