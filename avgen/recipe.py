@@ -166,6 +166,47 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+# ---------------------------------------------------------------- the recipes that ship with avgen
+
+
+def recipes_folder() -> Path:
+    """The shipped recipes: ``avgen/recipes/`` in an installed wheel (hatch_build.py puts the source tree's
+    ``recipes/`` there), else ``recipes/`` beside the ``avgen`` package (a clone or an editable install)."""
+    package = Path(__file__).resolve().parent
+    inside = package / "recipes"
+    return inside if inside.is_dir() else package.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name (the file's stem) -> path of every shipped recipe, sorted by name."""
+    folder = recipes_folder()
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def recipe_summary(path: Path) -> str:
+    """A recipe's one-line description: its first comment line (every shipped recipe starts with one)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            return ""
+        if text := line.lstrip("#").strip():
+            return text
+    return ""
+
+
+def find_recipe(item: str | Path) -> Path:
+    """A recipe argument as a path: an existing file or folder, anything that looks like a path (ends in .toml or
+    has a folder in it, ``a/b``), or else the name of a shipped recipe (``quickstart`` -> the shipped file)."""
+    path = Path(item)
+    if path.exists() or path.suffix == ".toml" or len(path.parts) != 1:
+        return path
+    shipped = shipped_recipes()
+    if path.name in shipped:
+        return shipped[path.name]
+    names = ", ".join(shipped) or "none in this install"
+    raise RecipeError(f"{cut(str(item))}: no such recipe file, nor a shipped recipe of that name; shipped recipes: "
+                      f"{names} (`avgen recipes` describes them)")
+
+
 # ---------------------------------------------------------------- loading and overrides
 
 

@@ -23,7 +23,7 @@ from avgen.errors import AvgenError
 console = make_console()
 err_console = make_console(stderr=True)
 
-_BUILTIN = {"list", "show", "run", "cache", "generate"}
+_BUILTIN = {"list", "show", "run", "recipes", "cache", "generate"}
 
 
 class AvgenGroup(click.Group):
@@ -200,4 +200,4 @@ def _main(args: list[str], debug: bool) -> None:
         sys.exit(1)
 
 
-from avgen.cli import cache, components, generate, run  # noqa: E402,F401  (each registers its commands on `cli`)
+from avgen.cli import cache, components, generate, recipes, run  # noqa: E402,F401  (each registers its commands on `cli`)

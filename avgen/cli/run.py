@@ -28,7 +28,10 @@ from avgen.errors import AvgenError
 @click.pass_context
 def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
             device: str | None, only: str | None, workers: int, strict: bool, threads: int) -> None:
-    """Run one or more RECIPES (TOML files, or folders of them) through every stage.
+    """Run one or more RECIPES (TOML files, folders of them, or names of shipped recipes) through every stage.
+
+    A name that is not a file, such as `quickstart`, is a recipe that ships with avgen
+    (`avgen recipes` lists them); its data and runs go under the working directory.
 
     A re-run of the same recipe resumes after the last finished stage; several recipes
     share the feature cache and end with a comparison table.
@@ -42,6 +45,7 @@ def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str,
 def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
                  device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
+    paths = _expand_recipes(recipes)  # an unknown name stops here, before torch is imported
     from avgen.recipe import load_recipes
     from avgen.distributed import leave_process_group, resolve_device
     from avgen.runner import Run
@@ -52,7 +56,6 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     import time
 
     started = time.perf_counter()
-    paths = _expand_recipes(recipes)
     loaded = [r for p in paths for r in load_recipes(p, overrides)]  # validate all before running any
     runs, run_dirs = [], []
     for recipe in loaded:
@@ -93,8 +96,11 @@ def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:
 
 
 def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
+    """The recipe files: folders expanded, names of shipped recipes resolved (``avgen.recipe.find_recipe``)."""
+    from avgen.recipe import find_recipe
+
     paths: list[Path] = []
-    for item in items:
+    for item in map(find_recipe, items):
         if item.is_dir():
             found = sorted(item.glob("*.toml"))
             if not found:
