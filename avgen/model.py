@@ -33,6 +33,8 @@ class SoundModel:
         self.meta, self.device, self.source, self.run_dir = meta, device, Path(source), run_dir
         self._exported_bank = bank  # the exemplar sounds an exported folder carries (None for a run)
         self._training_bank: Any = None
+        self._detector: Any = None  # built on first use; False: the model keeps none
+        self.detector_name: str | None = None  # its component name, once ``detector`` is read
         self._lock = threading.Lock()  # the local page generates from several threads
 
     def __repr__(self) -> str:
@@ -165,14 +167,52 @@ class SoundModel:
         outputs = predict(self.generator, window, self.device, labels=labels)
         return within_unit(self.raw_sound(outputs["rep"])[0]), outputs
 
-    def window_outputs(self, video: str | Path, times: Sequence[float]) -> dict[str, torch.Tensor]:
-        """The generator's outputs for the clip-length windows of ``video`` centred on each of ``times`` (seconds)."""
+    def window_outputs(self, video: str | Path, times: Sequence[float], material: str | int | None = None,
+                       ) -> dict[str, torch.Tensor]:
+        """The generator's outputs for the clip-length windows of ``video`` centred on each of ``times`` (seconds),
+        with the class forced to ``material`` when given."""
         from avgen.generate import predict
         from avgen.onsets import window_features
 
         per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
         windows = window_features(self.features(video), list(times), self.encoder.fps, per_clip)
-        return predict(self.generator, windows, self.device)
+        index = self._class_index(material)
+        labels = None if index is None else torch.full((windows.shape[0],), index, dtype=torch.long)
+        return predict(self.generator, windows, self.device, labels=labels)
+
+    # ------------------------------------------------------------ events
+
+    @property
+    def detector(self) -> Any:
+        """The contact detector kept with the model (``detector.json`` in the run or model folder, written by
+        ``avgen timing fit --run``), built on first use; None when the model has none."""
+        if self._detector is None:
+            from avgen.onsets import kept_detector
+
+            self._detector, self.detector_name = kept_detector(self.source) or (False, None)
+        return self._detector or None
+
+    def events(self, video: str | Path, *, detector: Any = None, exemplar: bool = False,
+               library: str | Path | None = None, bank: Any = None, material: str | int | None = None,
+               console: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(sound [T] in [-1, 1], summary) of ``video`` driven by events: the contacts ``detector`` (default: the
+        model's own, see ``detector``) finds, one sound per contact (raw, or with ``exemplar``/``library``/``bank``
+        the nearest exemplar of the contact's material), silence elsewhere."""
+        from avgen.media import probe
+        from avgen.onsets import detect_onsets, sound_at_onsets
+
+        detector = detector if detector is not None else self.detector
+        if detector is None:
+            raise AvgenError(f"{self.source}: the model keeps no contact detector; fit one with "
+                             f"`avgen timing fit --run RUN_DIR`, or pass a detector")
+        if bank is None and (exemplar or library is not None):
+            bank = self.bank(library, console)
+        video = Path(video)
+        duration = float(probe(video).duration)
+        onsets = detect_onsets(video, detector, duration, self, material=material)
+        wave = sound_at_onsets(video, onsets, duration, self, bank=bank, material=material)
+        return wave, {"video": str(video), "seconds": duration, "sample_rate": self.sample_rate, "mode": "events",
+                      "onsets": len(onsets), "contacts": [o.model_dump() for o in onsets]}
 
     def raw_sound(self, rep: torch.Tensor) -> torch.Tensor:
         """Clip waveforms [N, samples] decoded from generated representations [N, D, F] (the raw sound)."""

@@ -183,22 +183,29 @@ def summary_line(onsets: list[Onset]) -> str:
 # ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
 
 
-def detect_onsets(video: Path, detector: Any, duration: float, model: Any) -> list[Onset]:
+def detect_onsets(video: Path, detector: Any, duration: float, model: Any, material: str | int | None = None,
+                  ) -> list[Onset]:
     """The detector's events over the video, each with the material the model (``avgen.SoundModel``) gives the
-    window centred on it."""
+    window centred on it (``material``: that class for every event)."""
     events = detect_events(detector, video, duration)
     probabilities = None
     if events.shape[0]:
         probabilities = model.class_probabilities(model.window_outputs(video, events[:, 0].tolist()))
-    return label_events(events, probabilities, model.class_names)
+    onsets = label_events(events, probabilities, model.class_names)
+    if material is not None:
+        name = model.class_names[model._class_index(material)]
+        onsets = [o.model_copy(update={"material": name}) for o in onsets]
+    return onsets
 
 
-def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, train: Any = None) -> torch.Tensor:
+def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, bank: Any = None,
+                    material: str | int | None = None) -> torch.Tensor:
     """The video's sound made of one sound per onset, each starting at its onset's time.
 
-    ``train`` (the run's training split) picks exemplars: the training clip nearest to the window's
-    s' (Eq. 8), among the clips of the onset's material when it names one. Without it, the window's
-    raw sound (the generator decides the material).
+    With ``bank`` (an ``avgen.ExemplarBank``), each onset takes the exemplar nearest to its window's
+    s' (Eq. 8), among the exemplars of the onset's material when it names one and the bank knows
+    its rows' classes. Without it, the window's raw sound (with the class forced to ``material``
+    when given; else the generator decides).
     """
     from avgen.retrieval import time_average
 
@@ -206,14 +213,37 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
     total = round(duration * rate)
     if not onsets:
         return torch.zeros(total)
-    outputs = model.window_outputs(video, [o.time for o in onsets])
-    if train is not None:
+    outputs = model.window_outputs(video, [o.time for o in onsets], material=material)
+    if bank is not None:
         names = model.class_names
-        wanted = [names.index(o.material) if o.material is not None else None for o in onsets]
-        chosen = nearest_of_material(time_average(outputs["rep"]), time_average(train.rep), train.label, wanted)
-        pieces = [train.wave[i] for i in chosen]
+        classes = [entry.get("class") for entry in bank.entries]
+        labels = torch.tensor([names.index(c) if c in names else -1 for c in classes])
+        restrict = any(c in names for c in classes)
+        wanted = [names.index(o.material) if o.material is not None and restrict else None for o in onsets]
+        chosen = nearest_of_material(time_average(outputs["rep"]), bank.reps, labels, wanted)
+        pieces = [bank.waves[i] for i in chosen]
     else:
         pieces = list(model.raw_sound(outputs["rep"]))
     from avgen.generate import within_unit
 
     return within_unit(place_sounds(onsets, pieces, rate, total))
+
+
+DETECTOR_FILE = "detector.json"  # in a run or model folder: {"detector": NAME, "params": {...}}
+
+
+def kept_detector(folder: Path) -> tuple[Any, str] | None:
+    """(detector, its component name) a run or model folder keeps (``detector.json``; a relative file in its
+    params is relative to the folder), or None when it keeps none."""
+    from avgen.components import BuildContext
+    from avgen.plugins import get_component
+
+    path = Path(folder) / DETECTOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        name, params = spec["detector"], dict(spec.get("params") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AvgenError(f"{path}: unreadable ({exc}); fit the detector again with `avgen timing fit --run`") from exc
+    return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name

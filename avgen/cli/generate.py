@@ -60,13 +60,18 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
               help="Also write the detected contacts (time, confidence, material, probability) to this JSON file (docs/timing.md).")
 @click.option("--onsets", "onsets_in", type=click.Path(path_type=Path),
               help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
-@click.option("--detector", "detector_name", default="motion_contacts", show_default=True,
-              help="The detector component --onsets-out uses (avgen list detector).")
+@click.option("--detector", "detector_name", default=None,
+              help="The detector component that finds contacts for events and --onsets-out (avgen list detector); "
+                   "default: the model's own (`avgen timing fit --run`), else motion_contacts.")
+@click.option("--mode", type=click.Choice(["auto", "events", "windows"]), default="auto", show_default=True,
+              help="events: one sound at each detected contact, silence elsewhere; windows: clip-length windows every "
+                   "half clip, each sounding; auto: events when the model keeps a contact detector or --detector is "
+                   "given, else windows.")
 @THREADS_OPTION
 def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path | None, out: Path, raw: bool,
                  library: Path | None, material: str | None, keep_audio: bool, device: str,
                  overrides: tuple[str, ...], onsets_out: Path | None, onsets_in: Path | None,
-                 detector_name: str, threads: int) -> None:
+                 detector_name: str | None, mode: str, threads: int) -> None:
     """Generate the sound of each VIDEO (or of every video in a folder) with a trained run or an exported model;
     writes <stem>.avgen.wav, <stem>.avgen.mp4 and <stem>.avgen.json (predicted class; per window, the exemplar's
     source and similarity) into the -o folder, or for one video the -o file: OUT.mp4/.mov/.mkv (and OUT.wav,
@@ -90,7 +95,9 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     targets = _generate_targets(files, out, keep_audio, onsets_out, onsets_in)  # before the model loads
     dev = resolve_device(device)
     apply_threads(plan_threads(threads))
-    if onsets_out:  # an unknown detector fails before the model loads
+    if onsets_in and mode == "events":
+        raise AvgenError("--onsets places the sounds where the file says; --mode events detects them: give one")
+    if detector_name is not None:  # an unknown detector fails before the model loads
         from avgen.plugins import get_component
 
         get_component("detector", detector_name)
@@ -98,15 +105,10 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     model = load_run(run_dir, dev, overrides) if run_dir is not None else load_folder(model_dir, dev, overrides)
     err_console.print(f"loaded {model.name} from {run_dir or model_dir} in {time.perf_counter() - started:.1f} s")
     forced = model.material(material) if material is not None else None
-    train = None
-    if onsets_in and not raw:  # one exemplar per onset, of the onset's material: the training split itself
-        if run_dir is None or library is not None:
-            raise AvgenError("--onsets with --exemplar takes the exemplars from the run's training clips: give --run "
-                             "(not --model or --library), or use --raw")
-        train = model.training_split(err_console)
-    bank = None if onsets_in or (raw and library is None) else model.bank(library, err_console)
+    detector = _detector(model, detector_name, mode, bool(onsets_out), bool(onsets_in))
+    bank = None if raw and library is None else model.bank(library, err_console)
     made = _output_folder(out) if _writes_a_folder(out) else None
-    rows = _generate_videos(files, targets, model, bank, forced, (onsets_in, onsets_out, detector_name, train),
+    rows = _generate_videos(files, targets, model, bank, forced, (onsets_in, onsets_out, detector),
                             keep_audio, str(run_dir or model_dir))
     if made is not None and not any(made.iterdir()):  # every video failed: no empty folder left behind
         made.rmdir()
@@ -189,14 +191,14 @@ def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, P
     from avgen.generate import write_video_sound
     from avgen.media import mux_audio, write_wav
 
-    onsets_in, onsets_out, detector_name, train = onsets
+    onsets_in, onsets_out, detector = onsets
     rows: list[dict[str, Any]] = []
     with progress_bar(err_console) as progress:
         task = progress.add_task("generate", total=None)
         jobs: list[tuple[Path, Any]] = []
         for video in files:  # probe every video first: the bar counts windows of all of them
             try:
-                job = None if (onsets_in or onsets_out) else model.stream(video, bank=bank, material=forced)
+                job = None if (onsets_in or onsets_out or detector) else model.stream(video, bank=bank, material=forced)
                 jobs.append((video, job))
             except AvgenError as exc:
                 rows.append({"video": str(video), "error": str(exc)})
@@ -207,8 +209,8 @@ def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, P
             mp4, wav_path, summary_path = targets[video]
             try:
                 if job is None:
-                    wave, summary = _generate_timed(video, onsets_in, onsets_out, detector_name, train, bank,
-                                                    model, progress.console, forced)
+                    wave, summary = _generate_timed(video, onsets_in, onsets_out, detector, bank, model,
+                                                    progress.console, forced)
                     wav = write_wav(wav_path, wave, summary["sample_rate"])
                     progress.advance(task)
                 else:
@@ -261,20 +263,40 @@ def _generate_table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
-def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector_name: str, train: Any,
-                    bank: Any, model: Any, out_console: Any, forced: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """--onsets-out: detect, write the file, then generate as usual; --onsets: one sound per onset of the file."""
-    from avgen.media import probe
-    from avgen.onsets import detect_onsets, read_onsets, sound_at_onsets, summary_line, write_onsets
+def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_in: bool) -> tuple[str, Any] | None:
+    """(name, detector) that finds the contacts (events mode, --onsets-out), or None for sliding windows."""
     from avgen.plugins import create
 
+    if onsets_in or (mode == "windows" and not onsets_out):
+        return None
+    if name is not None:
+        return name, create("detector", name)
+    if model.detector is not None:
+        return f"{model.detector_name} (kept with the model)", model.detector
+    if mode == "events" or onsets_out:
+        return "motion_contacts", create("detector", "motion_contacts")  # needs no training
+    return None
+
+
+def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector: tuple[str, Any] | None, bank: Any,
+                    model: Any, out_console: Any, forced: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Events: one sound per detected contact (--onsets-out also writes them); --onsets: one per onset of the file."""
+    from avgen.media import probe
+    from avgen.onsets import Onset, read_onsets, sound_at_onsets, summary_line, write_onsets
+
     duration = float(probe(video).duration)
-    if onsets_out is not None:
-        found = detect_onsets(video, create("detector", detector_name), duration, model)
-        write_onsets(onsets_out, found, video, duration, detector_name, model.class_names)
-        out_console.print(f"{onsets_out}: {summary_line(found)}", markup=False, highlight=False)
-        return model.sound(video, bank=bank, material=forced)
+    if onsets_in is None:
+        name, found_by = detector
+        wave, summary = model.events(video, detector=found_by, bank=bank, material=forced)
+        summary["detector"] = name
+        found = [Onset.model_validate(o) for o in summary["contacts"]]
+        if onsets_out is not None:
+            write_onsets(onsets_out, found, video, duration, name, model.class_names)
+            out_console.print(f"{onsets_out}: {summary_line(found)}", markup=False, highlight=False)
+        else:
+            out_console.print(f"{video}: {summary_line(found)}", markup=False, highlight=False)
+        return wave, summary
     onsets = read_onsets(onsets_in, model.class_names, duration)
     out_console.print(f"{onsets_in}: {summary_line(onsets)}", markup=False, highlight=False)
-    wave = sound_at_onsets(video, onsets, duration, model, train=train)
+    wave = sound_at_onsets(video, onsets, duration, model, bank=bank, material=forced)
     return wave, {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "onsets": len(onsets)}

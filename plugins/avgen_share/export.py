@@ -75,6 +75,11 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
                     with avgen.atomic_path(staging / extra) as tmp:
                         shutil.copyfile(run_dir / extra, tmp)
                 names.append(extra)
+        detector = keep_detector(run_dir, staging)
+        if detector is not None:
+            config["detector"] = detector["detector"]
+            config["components"]["detector"] = avgen.component_source("detector", detector["detector"])
+            names += [DETECTOR, detector["params"]["weights"]] if "weights" in detector["params"] else [DETECTOR]
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
         splits = (avgen.read_json(run_dir / "dataset.json") or {}).get("splits") or {}
@@ -92,6 +97,35 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
         except OSError as exc:
             raise avgen.folder_error(out_dir, "the model folder", exc, FIX) from exc
     return sizes
+
+
+DETECTOR = "detector.json"  # the contact detector a run keeps (avgen timing fit --run), with its head file
+
+
+def keep_detector(run_dir: Path, staging: Path) -> dict[str, Any] | None:
+    """Copy the run's detector.json, and the head file it names, into the model folder (the head under its own
+    name); returns the copied spec, or None when the run keeps no detector."""
+    import json
+
+    path = run_dir / DETECTOR
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        params = dict(spec.get("params") or {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise avgen.AvgenError(f"{path}: unreadable ({exc}); fit the detector again with `avgen timing fit --run`") from exc
+    if isinstance(params.get("weights"), str) and params["weights"] not in ("default", "none"):
+        head = Path(params["weights"]) if Path(params["weights"]).is_absolute() else run_dir / params["weights"]
+        if not head.is_file():
+            raise avgen.AvgenError(f"{path}: names {head}, which is missing; fit it again with `avgen timing fit --run`")
+        params["weights"] = "detector.safetensors"
+        with avgen.atomic_path(staging / params["weights"]) as tmp:
+            shutil.copyfile(head, tmp)
+    trained_on = {k: v for k, v in (spec.get("trained_on") or {}).items() if k != "root"}  # no local paths
+    spec = {"detector": spec.get("detector"), "params": params, "trained_on": trained_on}
+    avgen.write_json(staging / DETECTOR, spec)
+    return spec
 
 
 def redact_paths(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""`avgen timing eval`: a detector's precision and recall against annotated contact times (Greatest Hits layout)."""
+"""`avgen timing eval | fit | sync`: score a detector on annotated contacts, train one from any footage with sound,
+and score picture-sound agreement of any videos with sound."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,7 @@ import numpy as np
 
 from avgen import AvgenError
 
-
-def annotated_times(path: Path) -> list[float]:
-    """Contact times of a ``{id}_times.txt`` (first column; every row is a contact, whatever its material)."""
-    times = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split()
-        if parts:
-            try:
-                value = float(parts[0])
-            except ValueError:
-                continue
-            if math.isfinite(value) and value >= 0:
-                times.append(value)
-    return sorted(times)
+from avgen_timing.footage import annotated_times
 
 
 def match(found: np.ndarray, truth: np.ndarray, tolerance: int) -> tuple[int, list[int]]:
@@ -136,33 +123,194 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
 
 
 @timing_group.command("fit")
-@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Fit on the training videos of this run and keep the head in it (detector.json): "
+                   "`avgen generate --run` then places one sound per detected contact.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Head file to write (default: $AVGEN_HOME/weights/timing/learned_contacts.safetensors, "
-                   "which learned_contacts loads).")
+                   "which learned_contacts loads; with --run: RUN/detector.safetensors).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
-              help="Which split file lists the training videos.")
+              help="A Greatest-Hits-layout folder: which split file lists the training videos.")
+@click.option("--labels", type=click.Choice(["auto", "audio", "annotated"]), default="auto", show_default=True,
+              help="Contacts: annotated times where a video has them ({id}_times.txt), else its soundtrack's onsets "
+                   "(auto); always the soundtrack (audio); only annotated times (annotated).")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def fit_command(root: Path, out: Path | None, split: str, epochs: int, seed: int) -> None:
-    """Train learned_contacts' head on the annotated contacts of ROOT's videos (Greatest Hits layout)."""
+def fit_command(paths: tuple[Path, ...], run_dir: Path | None, out: Path | None, split: str, labels: str,
+                epochs: int, seed: int) -> None:
+    """Train learned_contacts' head on videos with sound: a folder (searched recursively), video files, a
+    Greatest-Hits-layout folder (its SPLIT.txt), or with --run the run's training videos. No annotation is
+    needed: a contact is where the video's own sound has an onset."""
+    from avgen_timing.footage import check_has_sound
+    from avgen_timing.learned import default_weights, fit_head, save_head, video_samples
+
+    videos = training_videos(paths, run_dir, split)
+    if labels != "annotated":
+        check_has_sound(videos)
+    with _bar() as (bar, task):
+        bar.update(task, description="motion features and contacts", total=len(videos))
+        samples = video_samples(videos, labels, lambda: bar.advance(task))
+    head = fit_head([(f, y) for f, y, _ in samples.values()], epochs=epochs, seed=seed)
+    sources = sorted({source for _, _, source in samples.values()})
+    info = {"videos": len(videos), "labels": sources, "epochs": epochs, "seed": seed,
+            **({"run": run_dir.name} if run_dir is not None else {"root": [str(p) for p in paths]})}
+    if run_dir is not None:
+        path = keep_in_run(run_dir, head, out, info)
+    else:
+        path = save_head(head, out or default_weights(), info)
+    contacts = sum(int(y.sum()) for _, y, _ in samples.values())
+    click.echo(f"{path}: head trained on {len(videos)} videos ({contacts} contacts from {' and '.join(sources)} times)")
+
+
+RUN_DETECTOR = "detector.json"  # in a run or model folder: the contact detector `avgen generate` uses
+RUN_HEAD = "detector.safetensors"
+
+
+def training_videos(paths: tuple[Path, ...], run_dir: Path | None, split: str) -> list[Path]:
+    """The videos ``timing fit`` learns from (one line when there are none)."""
+    from avgen_timing.footage import find_videos
+
+    if run_dir is not None:
+        if paths:
+            raise AvgenError("give the videos (PATHS) or --run RUN_DIR, not both")
+        return run_training_videos(run_dir)
+    if not paths:
+        raise AvgenError("give a folder of videos with sound, video files, or --run RUN_DIR")
+    if len(paths) == 1 and paths[0].is_dir() and (paths[0] / f"{split}.txt").is_file():  # Greatest Hits layout
+        root = paths[0]
+        videos = [root / f"{vid}_denoised.mp4" for vid in video_ids(root, split)]
+        missing = [v for v in videos if not v.is_file()]
+        if missing:
+            raise AvgenError(f"{missing[0]}: listed in {split}.txt but missing")
+        if not videos:
+            raise AvgenError(f"{root / f'{split}.txt'}: lists no video")
+        return videos
+    return find_videos(paths)
+
+
+def run_training_videos(run_dir: Path) -> list[Path]:
+    """The distinct source videos of a run's training clips."""
+    import avgen
+
+    if not (run_dir / "recipe.toml").is_file():
+        raise AvgenError(f"{run_dir}: not a run directory (no recipe.toml); give the folder `avgen run` printed")
+    recipe = avgen.validate_recipe(avgen.read_recipe(run_dir), run_dir / "recipe.toml")
+    dataset = avgen.build_dataset(recipe)
+    dataset.prepare()
+    videos = list(dict.fromkeys(c.video for c in dataset.clips("train") if c.video is not None))
+    if not videos:
+        raise AvgenError(f"{run_dir}: its training clips have no video files to learn contacts from")
+    return [Path(v) for v in videos]
+
+
+def keep_in_run(run_dir: Path, head: Any, out: Path | None, info: dict[str, Any]) -> Path:
+    """Write the head into the run (or ``out``) and the run's detector.json naming it."""
+    from avgen import write_json
+
+    from avgen_timing.learned import save_head
+
+    path = save_head(head, out or run_dir / RUN_HEAD, info)
+    weights = str(path.relative_to(run_dir)) if path.resolve().is_relative_to(run_dir.resolve()) else str(path.resolve())
+    write_json(run_dir / RUN_DETECTOR, {"detector": "learned_contacts", "params": {"weights": weights},
+                                        "trained_on": info})
+    return path
+
+
+@timing_group.command("sync")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--detector", "detector_name", default="motion_contacts", show_default=True,
+              help="The detector whose contacts and contact strength stand for the picture.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A detector parameter; repeatable.")
+@click.option("--reference", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Score each video's soundtrack onsets against those of the video of the same name in this folder "
+                   "(e.g. avgen's clip.avgen.mp4 against the real clip.mp4) instead of the detector's contacts.")
+@click.option("--leave-one-out", is_flag=True,
+              help="learned_contacts only: score each video with a head fitted on the others' soundtracks.")
+@click.option("--tolerance", type=click.FloatRange(0.001, 1.0), default=0.1, show_default=True,
+              help="A contact within this many seconds of an onset is correct.")
+@click.option("--max-offset", type=click.FloatRange(0.01, 5.0), default=0.5, show_default=True,
+              help="Largest audio-video offset searched (s).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON to this file.")
+def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str, ...], reference: Path | None,
+                 leave_one_out: bool, tolerance: float, max_offset: float, as_json: bool, out: Path | None) -> None:
+    """Score videos against their own soundtrack: the detector's contacts against the sound's onsets (precision,
+    recall, F1 at +-TOLERANCE s) and each video's audio-video offset. Works on real footage and on avgen's outputs."""
+    import avgen
+    from avgen_timing.scoring import score_folder
+
+    if reference is not None and not reference.is_dir():
+        raise AvgenError(f"--reference {reference}: no such folder")
+    if out is not None:
+        avgen.check_outputs([(out, "-o")], list(paths), "give another -o")
+    settings = parse_params(params)
+    if leave_one_out:
+        if detector_name != "learned_contacts":
+            raise AvgenError("--leave-one-out fits learned_contacts on the other videos: add --detector learned_contacts")
+        factory = leave_one_out_factory(settings)
+    else:
+        detector = avgen.create("detector", detector_name, **settings)
+        factory = lambda videos, video: detector  # noqa: E731
+    with _bar() as (bar, task):
+        bar.update(task, description=f"scoring ({detector_name})")
+        result = score_folder(list(paths), factory, tolerance, max_offset, reference,
+                              progress=lambda: bar.advance(task))
+    result = {"detector": detector_name, "leave_one_out": leave_one_out, "tolerance_s": tolerance, **result}
+    if out is not None:
+        avgen.write_json(out, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(sync_table(result))
+
+
+def leave_one_out_factory(settings: dict[str, str]) -> Any:
+    """A factory giving, for each video, learned_contacts with a head fitted on the other videos' soundtracks."""
+    from avgen_timing.learned import LearnedContacts, LearnedContactsParams, fit_head, video_samples
+
+    samples: dict[Path, Any] = {}
+
+    def factory(videos: list[Path], video: Path) -> Any:
+        if len(videos) < 2:
+            raise AvgenError("--leave-one-out needs at least two videos")
+        if not samples:
+            samples.update(video_samples(videos, "audio"))
+        detector = LearnedContacts(LearnedContactsParams(weights="none", **settings))
+        detector.head.load_state_dict(fit_head([samples[v][:2] for v in videos if v != video]).state_dict())
+        return detector
+
+    return factory
+
+
+def sync_table(result: dict[str, Any]) -> str:
+    """The per-video rows and the totals as plain text."""
+    lines = [f"{'video':40} {'onsets':>6} {'found':>6} {'P':>6} {'R':>6} {'F1':>6} {'offset ms':>9}"]
+    for r in result["videos"]:
+        offset = "-" if r["offset_ms"] is None else f"{r['offset_ms']:+.0f}"
+        lines.append(f"{Path(r['video']).name[:40]:40} {r['onsets']:6d} {r['found']:6d} {r['precision']:6.3f} "
+                     f"{r['recall']:6.3f} {r['f1']:6.3f} {offset:>9}")
+    s = result["summary"]
+    lines.append(f"{s['videos']} videos: precision {s['precision']:.3f}, recall {s['recall']:.3f}, F1 {s['f1']:.3f} at "
+                 f"+-{result['tolerance_s'] * 1000:g} ms ({result['detector']}"
+                 + (", leave one video out" if result["leave_one_out"] else "") + ")"
+                 + (f"; |offset| {s['offset_ms_mean_abs']:.0f} ms on average, {s['within_one_frame']:.0%} within one "
+                    f"frame ({s['frame_ms']:.1f} ms)" if s["offset_ms_mean_abs"] is not None else ""))
+    return "\n".join(lines)
+
+
+def _bar() -> Any:
+    """A transient progress bar on stderr: ``with _bar() as (bar, task)``."""
+    import contextlib
+
     from avgen import make_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from avgen import media
-    from avgen_timing.learned import SETTINGS, default_weights, fit_head, frame_features, labels_for, save_head
+    @contextlib.contextmanager
+    def bar() -> Any:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=make_console(stderr=True), transient=True) as progress:
+            yield progress, progress.add_task("", total=None)
 
-    ids = video_ids(root, split)
-    samples = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=make_console(stderr=True), transient=True) as bar:
-        task = bar.add_task("motion features", total=len(ids))
-        for vid in ids:
-            frames = media.read_frames(root / f"{vid}_denoised.mp4", SETTINGS["fps"], SETTINGS["input_size"])
-            features = frame_features(frames, SETTINGS)
-            samples.append((features, labels_for(annotated_times(root / f"{vid}_times.txt"), features.shape[0], SETTINGS["fps"])))
-            bar.advance(task)
-    head = fit_head(samples, epochs=epochs, seed=seed)
-    path = save_head(head, out or default_weights(), {"root": str(root.resolve()), "split": split, "videos": len(ids),
-                                                       "epochs": epochs, "seed": seed})
-    click.echo(f"{path}: head trained on {len(ids)} videos ({sum(int(l.sum()) for _, l in samples)} contacts)")
+    return bar()

@@ -65,12 +65,14 @@ SETTINGS = {"fps": 30.0, "input_size": 128, "max_shift": 4, "cell": 4, "top": 0.
 class LearnedContacts(Detector):
     """Contacts where the trained head's probability peaks."""
 
-    def __init__(self, p: LearnedContactsParams) -> None:
+    def __init__(self, p: LearnedContactsParams, folder: Path | None = None) -> None:
         self.p = p
         self.settings = dict(SETTINGS)
         self.head = Head(3 * (2 * self.settings["window"] + 1))
         if p.weights != "none":
             path = default_weights() if p.weights == "default" else Path(p.weights)
+            if folder is not None and not path.is_absolute() and p.weights != "default":
+                path = folder / path  # a head kept in a run or model folder (detector.json) names it relative to it
             if not path.is_file():
                 raise AvgenError(f"learned_contacts: no head at {path}; train one with `avgen timing fit DATA_ROOT`"
                                  + ("" if p.weights == "default" else f" -o {path}"))
@@ -88,7 +90,7 @@ class LearnedContacts(Detector):
 
 
 def make_learned_contacts(params: LearnedContactsParams, context: BuildContext) -> LearnedContacts:
-    return LearnedContacts(params)
+    return LearnedContacts(params, context.run_dir if context is not None else None)
 
 
 def fit_head(samples: list[tuple[torch.Tensor, torch.Tensor]], epochs: int = 300, seed: int = 0) -> Head:
@@ -97,7 +99,7 @@ def fit_head(samples: list[tuple[torch.Tensor, torch.Tensor]], epochs: int = 300
     x = torch.cat([f for f, _ in samples])
     y = torch.cat([l for _, l in samples]).float()
     if y.sum() == 0:
-        raise AvgenError("no annotated contact in the training videos")
+        raise AvgenError("no contact in the training videos (no annotated time, no onset in their sound)")
     torch.manual_seed(seed)
     head = Head(x.shape[1])
     head.mean.copy_(x.mean(0))
@@ -118,6 +120,25 @@ def save_head(head: Head, path: Path, info: dict[str, Any]) -> Path:
         save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp),
                   metadata={"settings": json.dumps(SETTINGS), "trained_on": json.dumps(info)})
     return path
+
+
+def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None,
+                  ) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
+    """Per video, (motion features [N, 39], contact labels [N], 'annotated' or 'audio'): the labels are the
+    annotated times where a times file is beside the video, else the onsets of its own soundtrack."""
+    from avgen import read_frames
+
+    from avgen_timing.footage import contact_times
+
+    out = {}
+    for video in videos:
+        frames = read_frames(video, SETTINGS["fps"], SETTINGS["input_size"])
+        features = frame_features(frames, SETTINGS)
+        times, source = contact_times(video, labels)
+        out[video] = (features, labels_for(list(times), features.shape[0], SETTINGS["fps"]), source)
+        if progress is not None:
+            progress()
+    return out
 
 
 def labels_for(times: list[float], count: int, fps: float) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""`avgen timing sync`: how well a video's picture and its own soundtrack agree, on CPU, for any video with sound.
+
+Per video: the detector's contacts against the soundtrack's onsets (precision, recall, F1 with
+each onset matched to at most one contact within +-tolerance s), and the audio-video offset of
+the whole video (the lag within +-max_offset that maximises the covariance of the soundtrack's
+onset envelope with the detector's contact strength: one offset per recording, from all of its
+contacts). With a reference folder the video's soundtrack onsets are scored against those of
+the reference video of the same name instead (avgen's output against the real sound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from avgen import AvgenError, probe, read_frames
+
+from avgen_timing.footage import (RATE, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
+                                  soundtrack)
+from avgen_timing.sync import best_offset, onset_envelope
+
+CHUNK = 20.0  # seconds of frames read at once (plus MARGIN each side): memory flat in the video's length
+MARGIN = 1.0
+
+
+def picture_curves(detector: Any, video: Path, duration: float) -> tuple[np.ndarray, np.ndarray]:
+    """(contact strength [N] with frame k at k / fps, events [K, 2] in seconds) over the whole video."""
+    fps = detector.fps
+    strengths, events = [], []
+    start = 0.0
+    while start < duration:
+        lo, hi = max(0.0, start - MARGIN), min(duration, start + CHUNK + MARGIN)
+        frames = read_frames(video, fps, detector.input_size, start=lo, duration=max(hi - lo, 1.0 / fps))
+        first, last = round((start - lo) * fps), round((min(start + CHUNK, duration) - lo) * fps)
+        strengths.append(detector.strength(frames).double().numpy()[first:last])
+        found = detector.detect(frames).double().numpy().reshape(-1, 2)
+        found[:, 0] += lo
+        events.append(found[(found[:, 0] >= start) & (found[:, 0] < start + CHUNK)])
+        start += CHUNK
+    return np.concatenate(strengths) if strengths else np.zeros(0), np.concatenate(events) if events else np.zeros((0, 2))
+
+
+def reference_for(video: Path, reference: Path) -> Path:
+    """The video in ``reference`` whose name is ``video``'s without avgen's ``.avgen`` (any video suffix)."""
+    stem = video.name.split(".avgen.")[0] if ".avgen." in video.name else video.stem
+    matches = sorted(p for p in reference.glob(f"{stem}.*") if p.is_file() and p.suffix.lower() != ".json"
+                     and ".avgen." not in p.name)
+    if not matches:
+        raise AvgenError(f"{video}: no video named {stem}.* in --reference {reference}")
+    return matches[0]
+
+
+def score_video(video: Path, detector: Any, tolerance: float, max_offset: float, reference: Path | None = None,
+                truth: np.ndarray | None = None) -> dict[str, Any]:
+    """One video's row: its contacts (or with ``reference``, its soundtrack's onsets) against the true onsets,
+    and its audio-video offset."""
+    duration = float(probe(video).duration)
+    wave = soundtrack(video)
+    own = sound_onsets(wave)
+    if reference is not None:
+        truth, source = sound_onsets(soundtrack(reference)), "reference soundtrack"
+    elif truth is not None:
+        source = "given"
+    else:
+        truth, source = contact_times(video)
+        source = "annotated" if source == "annotated" else "soundtrack"
+    strength, events = picture_curves(detector, video, duration)
+    found = own if reference is not None else events[:, 0]
+    errors = match_times(np.asarray(found, dtype=np.float64), np.asarray(truth, dtype=np.float64), tolerance)
+    envelope, step = onset_envelope(torch.from_numpy(np.ascontiguousarray(wave)), RATE, 200.0, 30.0)
+    offset = best_offset(envelope, step, 0.0, strength, detector.fps, 0.0, max_offset) if own.size else None
+    return {
+        "video": str(video), "reference": str(reference) if reference is not None else None, "seconds": round(duration, 3),
+        "truth": source, "onsets": int(len(truth)), "found": int(len(found)), "matched": len(errors),
+        **scores(len(errors), len(found), len(truth)),
+        "mean_abs_error_ms": round(float(np.mean(np.abs(errors)) * 1000), 1) if errors else None,
+        "offset_ms": round(offset * 1000, 1) if offset is not None else None,
+    }
+
+
+def summarise(rows: list[dict[str, Any]], frame: float) -> dict[str, Any]:
+    """Micro-averaged precision/recall/F1 over the videos, mean |offset| and the share within one frame."""
+    matched, found, truth = (sum(r[k] for r in rows) for k in ("matched", "found", "onsets"))
+    offsets = np.array([abs(r["offset_ms"]) for r in rows if r["offset_ms"] is not None]) / 1000
+    return {
+        "videos": len(rows), "onsets": truth, "found": found, "matched": matched, **scores(matched, found, truth),
+        "offset_ms_mean_abs": round(float(offsets.mean() * 1000), 1) if offsets.size else None,
+        "within_one_frame": round(float((offsets <= frame + 1e-9).mean()), 4) if offsets.size else None,
+        "frame_ms": round(frame * 1000, 2),
+    }
+
+
+def score_folder(paths: list[Path], detector_factory: Callable[[list[Path], Path], Any], tolerance: float,
+                 max_offset: float, reference: Path | None = None, progress: Callable[[], None] | None = None,
+                 ) -> dict[str, Any]:
+    """Rows for every video of ``paths`` and their summary. ``detector_factory(videos, video)`` gives the
+    detector scoring ``video`` (the same one for all, or one fitted on the others: leave one video out)."""
+    videos = find_videos(paths, outputs=True)
+    if reference is not None:
+        pairs = [(video, reference_for(video, reference)) for video in videos]  # every pair found before any work
+    else:
+        pairs = [(video, None) for video in videos]
+    for video, ref in pairs:
+        for path in (video, ref) if ref is not None else (video,):
+            sound_file(path)
+    rows = []
+    detector = None
+    for video, ref in pairs:
+        detector = detector_factory(videos, video)
+        rows.append(score_video(video, detector, tolerance, max_offset, ref))
+        if progress is not None:
+            progress()
+    frame = 1.0 / detector.fps if detector is not None else 0.0
+    return {"summary": summarise(rows, frame), "videos": rows}

@@ -1,0 +1,173 @@
+"""Timing on footage that carries its own sound, no annotation: `avgen timing fit` labels contacts with the
+soundtrack's onsets, `avgen timing sync` scores any video against its own sound, and a run that keeps a fitted
+detector generates one sound per contact (events), silence elsewhere.
+
+The videos are rendered here (tests/test_timing_sync.py's falling block filmed by a shaking camera, with a
+clack at each contact) and muxed into real mp4 files with their sound.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from avgen import media
+from conftest import avgen_in_process, run_avgen
+from test_timing_sync import CONTACTS, FPS, RATE, render_video, soundtrack
+
+pytestmark = pytest.mark.usefixtures("one_thread", "avgen_home")
+
+
+def with_sound(video: Path, out: Path, shift: float = 0.0) -> Path:
+    """``video`` with the clacks at each contact (+ shift s) as its own audio track."""
+    wav = out.with_suffix(".wav")
+    sf.write(wav, soundtrack(shift).numpy(), RATE)
+    media.mux_audio(video, wav, out)
+    wav.unlink()
+    return out
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three videos with their own sound (in a sub-folder, as a user's footage may be)."""
+    root = tmp_path_factory.mktemp("footage")
+    silent = render_video(root / "silent.mp4")
+    (root / "takes").mkdir()
+    for name in ("a", "b", "c"):
+        with_sound(silent, root / "takes" / f"{name}.mp4")
+    silent.unlink()
+    return root / "takes"
+
+
+def test_the_soundtrack_onsets_are_the_contacts(footage):
+    from avgen_timing.footage import contact_times
+
+    times, source = contact_times(footage / "a.mp4")
+    assert source == "audio"
+    assert len(times) == len(CONTACTS)
+    assert np.abs(times - np.array(CONTACTS)).max() <= 0.5 / FPS  # within half a frame of where the clacks start
+
+
+def test_fit_on_a_folder_without_annotations_then_sync_scores_the_fitted_head(footage, tmp_path, capsys):
+    head = tmp_path / "head.safetensors"
+    code, out, err = avgen_in_process(capsys, "timing", "fit", str(footage), "-o", str(head), "--epochs", "200")
+    assert code == 0, err
+    assert f"head trained on 3 videos ({3 * len(CONTACTS)} contacts from audio times)" in out
+    report = tmp_path / "sync.json"
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(footage), "--detector", "learned_contacts",
+                                      "--param", f"weights={head}", "-o", str(report))
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    assert result["summary"]["videos"] == 3 and result["summary"]["onsets"] == 3 * len(CONTACTS)
+    assert result["summary"]["f1"] >= 0.9  # fitted on these very videos: each contact found within 100 ms
+    assert result["summary"]["within_one_frame"] == 1.0  # the sound is in sync with the picture
+    assert "3 videos: precision" in out
+
+
+@pytest.mark.parametrize("shift", [-0.2, 0.1])
+def test_sync_measures_a_known_shift_of_the_sound(footage, tmp_path, capsys, shift):
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    with_sound(footage / "a.mp4", shifted / "late.mp4", shift)  # the audio track replaced
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(shifted), "--json")
+    assert code == 0, err
+    row = json.loads(out)["videos"][0]
+    assert abs(row["offset_ms"] / 1000 - shift) <= 1 / FPS  # motion_contacts, no training: within one frame
+
+
+def test_sync_against_a_reference_scores_one_soundtrack_against_another(footage, tmp_path, capsys):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    with_sound(footage / "a.mp4", outputs / "a.avgen.mp4", 0.05)  # 50 ms late: matched within 100 ms
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(outputs), "--reference", str(footage), "--json")
+    assert code == 0, err
+    row = json.loads(out)["videos"][0]
+    assert row["reference"] == str(footage / "a.mp4")
+    assert (row["precision"], row["recall"]) == (1.0, 1.0)
+    assert abs(row["mean_abs_error_ms"] - 50) <= 25
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(outputs), "--reference", str(footage),
+                                      "--json", "--tolerance", "0.02")
+    assert json.loads(out)["summary"]["f1"] == 0.0  # 50 ms is outside +-20 ms
+
+
+def test_leave_one_out_fits_on_the_other_videos(footage, capsys):
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(footage), "--detector", "learned_contacts",
+                                      "--leave-one-out", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["leave_one_out"] and result["summary"]["f1"] >= 0.8
+
+
+def test_bad_input_is_one_line_and_exit_2(footage, tmp_path, capsys):
+    silent = render_video(tmp_path / "mute.mp4")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (("timing", "fit", str(silent)), "has no sound track"),
+        (("timing", "sync", str(silent)), "has no sound track"),
+        (("timing", "fit", str(empty)), "folder holds no videos"),
+        (("timing", "sync", str(tmp_path / "nothing")), "no such file or folder"),
+        (("timing", "sync", str(footage), "--leave-one-out"), "add --detector learned_contacts"),
+        (("timing", "sync", str(footage), "--reference", str(empty)), "no video named"),
+        (("timing", "fit"), "give a folder of videos with sound"),
+        (("timing", "fit", str(footage), "--run", str(tmp_path)), "not both"),
+        (("timing", "fit", "--run", str(tmp_path)), "not a run directory"),
+    ]
+    for args, expected in cases:
+        code, out, err = avgen_in_process(capsys, *args)
+        assert code == 2, (args, err)
+        assert len(err) == 1 and expected in err[0], (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mute.mp4"]  # nothing written
+
+
+def test_a_run_that_keeps_a_detector_generates_one_sound_per_contact(tiny_run, tmp_path, capsys):
+    """`timing fit --run` keeps the head in the run; `generate` then defaults to events: a sound at each contact
+    found, silence elsewhere; --mode windows gives the sliding windows back; the export carries the detector."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = tiny_run.parents[1]
+    proc = run_avgen("timing", "fit", "--run", str(run), cwd=data)
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads((run / "detector.json").read_text())
+    assert spec["detector"] == "learned_contacts" and (run / spec["params"]["weights"]).is_file()
+
+    video = sorted((data / "data").glob("*_denoised.mp4"))[0]
+    events_wav, windows_wav = tmp_path / "events.wav", tmp_path / "windows.wav"
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(events_wav))
+    assert code == 0, err
+    assert any("onsets" in line for line in err)
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(windows_wav),
+                                    "--mode", "windows")
+    assert code == 0, err
+    events, rate = sf.read(events_wav)
+    windows, _ = sf.read(windows_wav)
+    assert events.shape == windows.shape
+
+    from avgen_timing.footage import annotated_times, times_file
+    from avgen_timing.learned import LearnedContacts, LearnedContactsParams
+
+    detector = LearnedContacts(LearnedContactsParams(weights=str(run / "detector.safetensors")))
+    found = detector.detect(media.read_frames(video, detector.fps, detector.input_size))[:, 0].numpy()
+    assert found.size > 0
+    # silence before the first contact (each sound starts at its contact), and sound after it
+    first = int(round(found.min() * rate))
+    assert np.abs(events[: max(first - int(0.02 * rate), 0)]).max(initial=0.0) == 0.0
+    assert np.abs(events[first:]).max() > 0
+    # the contacts are near the annotated ones (the head was fitted on this run's training videos)
+    truth = np.array(annotated_times(times_file(video)))
+    assert min(np.abs(truth - t).min() for t in found) <= 0.1
+
+    model_dir = tmp_path / "model"
+    proc = run_avgen("export", str(run), str(model_dir), cwd=data)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((model_dir / "detector.json").read_text())["params"]["weights"] == "detector.safetensors"
+    assert "detector" in json.loads((model_dir / "config.json").read_text())["components"]
+    out = tmp_path / "from_model.wav"
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--model", str(model_dir), "-o", str(out))
+    assert code == 0, err
+    assert np.allclose(sf.read(out)[0], events, atol=1e-4)  # the same contacts, the same sounds
