@@ -49,6 +49,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     from avgen.recipe import load_recipes
     from avgen.distributed import leave_process_group, resolve_device
     from avgen.runner import Run
+    from avgen.rundir import STAGES
     from avgen.threads import apply_threads, plan_threads
 
     plan = apply_threads(plan_threads(threads, workers))
@@ -79,7 +80,12 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     if runs and runs[0].rank != 0:  # under torchrun only rank 0 compares and reports
         return
     if len(run_dirs) > 1:
-        _compare(click.get_current_context(), run_dirs)
+        if only is not None and STAGES.index(only) < STAGES.index("evaluate"):
+            # the stage re-run marked evaluate as not done: metrics.json is missing or out of date
+            err_console.print(f"no comparison: --only {only} runs no evaluate stage (run the same command without "
+                              f"--only to finish the runs and compare them)", markup=False, soft_wrap=True)
+        else:
+            _compare(click.get_current_context(), run_dirs)
     err_console.print(f"total time: {time.perf_counter() - started:.1f} s")
 
 
