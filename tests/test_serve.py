@@ -57,6 +57,7 @@ def test_serve_refuses_a_folder_without_trained_runs(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert len(lines) == 1 and "holds no trained run" in lines[0]
+    assert lines[0].endswith("train one with `avgen run quickstart`")  # a shipped recipe, run by name
 
 
 def test_api_checks_uploads_rates_blind_trials_and_cleans_up(tiny: dict, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def find_runs(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
                        | {p.parents[1].resolve() for p in path.glob("*/*/checkpoints/best.safetensors")})
         if not inner:
             raise AvgenError(f"{path}: holds no trained run (no checkpoints/best.safetensors); train one with "
-                             "`avgen run recipes/quickstart.toml`")
+                             "`avgen run quickstart`")
         found.extend(inner)
     unique = list(dict.fromkeys(found))
     for run in unique:
