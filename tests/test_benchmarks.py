@@ -1,4 +1,5 @@
-"""Performance regressions: each benchmark, run small, must stay above half of its DESIGN.md target.
+"""Performance regressions: each benchmark, run small, must stay above half of its target (the number in
+each test's name or docstring).
 
 Slow (minutes) and meaningful only on a quiet machine: `python -m pytest -m slow tests/test_benchmarks.py`.
 Each benchmark appends its ratios as JSON lines to $AVGEN_BENCH_JSON (benchmarks/_timing.record).
@@ -35,7 +36,7 @@ def run_bench(tmp_path: Path, script: str, *args: str, timeout: float = 1800) ->
 
 def test_stft_griffin_lim_stays_above_half_of_5x_librosa_on_one_thread(tmp_path):
     """Encode + 32-iteration Griffin-Lim against librosa clip by clip, both timed in the same run on one thread
-    (wave-2 target 5x); the default nnAudio encode and the torch.fft one."""
+    (target 5x); the default nnAudio encode and the torch.fft one."""
     values = run_bench(tmp_path, "bench_audio.py", "--clips", "128", "--repeats", "2", "--threads", "1")
     assert values["librosa_loop_ratio"] >= 2.5, values
     assert values["torch_encode_librosa_loop_ratio"] >= 2.5, values
@@ -57,20 +58,20 @@ def test_generate_real_time_factor_stays_under_twice_0_1(tmp_path):
 
 
 def test_exact_retrieval_at_100k_stays_within_twice_the_matmul_limit(tmp_path):
-    """Exact search is bound by its matmul (DESIGN: < 10 ms/query at 1 M); at 100 k it must stay near that bound."""
+    """Exact search is bound by its matmul (target: < 10 ms/query at 1 M); at 100 k it must stay near that bound."""
     values = run_bench(tmp_path, "bench_retrieval.py", "--sizes", "100000", "--backend", "exact")
     assert values["exact_fp32_100000_ms_per_query"] <= 2 * values["exact_limit_100000_ms_per_query"], values
 
 
 def test_generate_on_720p_footage_stays_within_twice_its_target_and_loads_in_2_s(tmp_path):
-    """Issue 22: the whole `avgen generate` on 10 s of 720p H.264 <= 0.25 x 10 + 1.5 s; loading the run < 1 s."""
+    """Target: the whole `avgen generate` on 10 s of 720p H.264 <= 0.25 x 10 + 1.5 s; loading the run < 1 s."""
     values = run_bench(tmp_path, "bench_realvideo.py", "--sizes", "720p", "--repeats", "1",
                        "--cache", str(tmp_path / "videos"))
     assert values["720p_target_ratio"] >= 0.5 and values["720p_load_seconds"] <= 2.0, values
 
 
 def test_long_video_memory_stays_flat_and_real_time_factor_within_twice_0_3(tmp_path):
-    """Issue 22: peak memory does not grow with the video's length (here 3 min against 30 s, at most half the
+    """Target: peak memory does not grow with the video's length (here 3 min against 30 s, at most half the
     10-against-1-minute allowance of 100 MB) and the whole command runs faster than 0.6 x real time."""
     values = run_bench(tmp_path, "bench_longvideo.py", "--minutes", "0.5", "3", "--size", "640x360",
                        "--cache", str(tmp_path / "videos"))

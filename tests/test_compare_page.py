@@ -1,5 +1,5 @@
-"""The compare page (issue 21): relative links to each run's report, the bar chart, players for the same
-test clips with spectrograms, and the listening test's mean opinion scores; through the real CLI."""
+"""The compare page (`avgen compare -o PAGE.html`): relative links to each run's report, the bar chart, players
+for the same test clips with spectrograms, and the listening test's mean opinion scores; through the real CLI."""
 
 from __future__ import annotations
 

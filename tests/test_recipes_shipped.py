@@ -9,7 +9,7 @@ import pytest
 from avgen.recipe import load_recipes
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
-PAPER = {  # DESIGN.md section 1: what each paper recipe must state
+PAPER = {  # what each paper recipe must state: its generator, losses and their weights
     "pocan_ghd": ("can_lstm", ["class_nll", "spec_smooth_l1", "soundnet_perceptual"], [1.0, 50.0, 100.0]),
     "can_ghd": ("can_lstm", ["class_nll", "spec_smooth_l1"], [1.0, 50.0]),
     "pocan_vig": ("can_lstm", ["class_nll", "spec_smooth_l1", "soundnet_perceptual"], [1.0, 50.0, 100.0]),

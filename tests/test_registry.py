@@ -30,7 +30,7 @@ def make(params: P, context: avgen.BuildContext) -> Sized:
 
 
 def test_kinds_are_the_six_of_the_design_and_the_detector() -> None:
-    """DESIGN.md's six kinds, plus ``detector`` (visual event detectors, issue 20)."""
+    """The six kinds of component a recipe is made of, plus ``detector`` (visual event detectors)."""
     assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector")
 
 

@@ -1,5 +1,5 @@
-"""Bad input found by trying it (issue 16): each case is one line on stderr and exit code 2, or a
-warning and a count, never a traceback or a silent wrong result.
+"""Bad input found by trying it (malformed, missing or unwritable on purpose): each case is one line on stderr
+and exit code 2, or a warning and a count, never a traceback or a silent wrong result.
 
 Unwritable folders (a run directory, the cache), bad annotation rows of Greatest Hits and VIG,
 a misspelled kind in `avgen list`, and an untrained model (train.epochs = 0). A full disk while
