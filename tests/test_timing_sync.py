@@ -168,3 +168,17 @@ def test_without_clips_or_dataset_the_metric_measures_nothing(tmp_path):
                       test_labels=torch.zeros(1, dtype=torch.long), real_waves=torch.zeros(1, RATE // 2))
     assert metric.compute(ctx) == {}
     assert dataclasses.fields(EvalContext)  # the generic fields the metric reads exist on the public context
+
+
+def test_the_offset_of_a_video_comes_from_all_of_its_clips():
+    """Each clip alone may peak at a neighbouring contact; the clips of one video share one offset (the peak of
+    their summed curves), and another video keeps its own."""
+    from avgen_timing.sync import pooled_offsets
+
+    lags = np.array([-0.1, 0.0, 0.1])
+    curves = [(lags, np.array([0.0, 0.9, 1.0])),   # video a, clip 1: alone it would say +0.1
+              (lags, np.array([1.0, 0.8, 0.0])),   # video a, clip 2: alone -0.1
+              (lags, np.array([0.0, 0.9, 0.1])),   # video a, clip 3: alone 0.0
+              None,                                # video a, a clip without an onset
+              (lags, np.array([0.0, 0.1, 0.2]))]   # video b
+    assert pooled_offsets(curves, ["a", "a", "a", "a", "b"]) == [0.0, 0.0, 0.0, None, 0.1]

@@ -1,10 +1,12 @@
-"""``av_sync``: does the sound happen when the picture says? Audio-video offset per clip, on CPU.
+"""``av_sync``: does the sound happen when the picture says? Audio-video offset of each source video, on CPU.
 
 Per test clip: the onset envelope of its sound (real, and each generated kind) is slid over the
 detector's per-frame contact strength of the same video, read over the clip widened by
-``max_offset`` each side; the offset is the lag (within +-``max_offset``) of the highest
-covariance. A positive offset means the sound comes late. Reported: mean |offset| in
-ms and the fraction of clips within one video frame (1 / the detector's fps), per sound.
+``max_offset`` each side, giving a covariance per lag. The curves of the clips of one source
+video are summed and the lag (within +-``max_offset``) of the highest total is that video's
+offset, given to each of its clips (``per = "clip"``: each clip's own curve alone). A positive
+offset means the sound comes late. Reported: mean |offset| in ms and the fraction of clips
+within one video frame (1 / the detector's fps), per sound.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,6 +38,8 @@ class SyncParams(BaseModel):
     rate: float = Field(200.0, ge=50, le=8000, description="frames per second of the onset envelope and of the offset search")
     top_db: float = Field(30.0, gt=0, description="log-energy floor below the clip's loudest frame (dB): quieter sounds and room noise make no onset")
     timeline_clips: int = Field(3, ge=0, le=50, description="test clips drawn in figures/timeline.png")
+    per: Literal["video", "clip"] = Field("video", description="one offset per source video from all of its test "
+                                                                "clips (video), or one per clip alone (clip)")
 
 
 # ---------------------------------------------------------------- signals
@@ -56,11 +60,11 @@ def onset_envelope(wave: torch.Tensor, sample_rate: int, rate: float, top_db: fl
     return rise.numpy(), hop / sample_rate
 
 
-def best_offset(envelope: np.ndarray, env_step: float, env_start: float, visual: np.ndarray, fps: float,
-                visual_start: float, max_offset: float) -> float | None:
-    """The lag L in [-max_offset, max_offset] (steps of env_step) maximising the covariance of envelope(t) and
-    visual(t - L); None when either signal is flat. Times: envelope frame j at env_start + (j + 0.5) env_step,
-    visual frame k at visual_start + k / fps (linear interpolation; zero outside).
+def offset_scores(envelope: np.ndarray, env_step: float, env_start: float, visual: np.ndarray, fps: float,
+                  visual_start: float, max_offset: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lags [L], covariance of envelope(t) and visual(t - lag) [L]) for lags in [-max_offset, max_offset] (steps of
+    env_step), the envelope scaled to unit norm; None when either signal is flat. Times: envelope frame j at
+    env_start + (j + 0.5) env_step, visual frame k at visual_start + k / fps (linear interpolation; zero outside).
 
     Covariance, not correlation: normalising by the visual window of each lag would favour lags
     whose window is nearly flat.
@@ -73,8 +77,30 @@ def best_offset(envelope: np.ndarray, env_step: float, env_start: float, visual:
     lags = np.arange(-steps, steps + 1) * env_step
     vis_times = visual_start + np.arange(visual.size) / fps
     shifted = np.interp(times[None, :] - lags[:, None], vis_times, visual, left=0.0, right=0.0)  # [lags, J]
-    score = shifted @ a
+    return lags, shifted @ (a / np.linalg.norm(a))
+
+
+def best_offset(envelope: np.ndarray, env_step: float, env_start: float, visual: np.ndarray, fps: float,
+                visual_start: float, max_offset: float) -> float | None:
+    """The lag in [-max_offset, max_offset] maximising the covariance of envelope(t) and visual(t - lag) (see
+    offset_scores); None when either signal is flat."""
+    found = offset_scores(envelope, env_step, env_start, visual, fps, visual_start, max_offset)
+    if found is None:
+        return None
+    lags, score = found
     return float(lags[int(np.argmax(score))])  # ties: the most negative lag, the same on every machine
+
+
+def pooled_offsets(curves: list[tuple[np.ndarray, np.ndarray] | None], groups: list[str]) -> list[float | None]:
+    """One offset per source video, from the sum of its clips' covariance curves (a recording has one audio-video
+    offset; each clip alone sees a few contacts and a +-max_offset window that may hold the neighbouring ones),
+    given to each of its clips; None for a clip whose curve is None."""
+    total: dict[str, np.ndarray] = {}
+    for curve, group in zip(curves, groups):
+        if curve is not None:
+            total[group] = total[group] + curve[1] if group in total else curve[1].copy()
+    return [None if curve is None else float(curve[0][int(np.argmax(total[group]))])
+            for curve, group in zip(curves, groups)]
 
 
 # ---------------------------------------------------------------- the metric
@@ -147,11 +173,15 @@ class SyncMetric(Metric):
         frame = 1.0 / self.detector.fps
         out: dict[str, float] = {}
         offsets: dict[str, list[float | None]] = {}
+        groups = [clip.group or str(clip.video) for clip in ctx.test_clips]
         for kind, waves in sounds.items():
-            found = []
+            curves = []
             for clip, vis, wave in zip(ctx.test_clips, visuals, waves):
                 env, step = onset_envelope(wave, ctx.sample_rate, self.p.rate, self.p.top_db)
-                found.append(best_offset(env, step, clip.start, vis.strength, self.detector.fps, vis.start, self.p.max_offset))
+                curves.append(offset_scores(env, step, clip.start, vis.strength, self.detector.fps, vis.start,
+                                            self.p.max_offset))
+            found = pooled_offsets(curves, groups) if self.p.per == "video" else \
+                [None if c is None else float(c[0][int(np.argmax(c[1]))]) for c in curves]
             offsets[kind] = found
             valid = np.array([abs(o) for o in found if o is not None])
             out[f"sync_offset_ms_{kind}"] = round(float(valid.mean() * 1000), 3) if valid.size else float("nan")
