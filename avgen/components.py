@@ -4,12 +4,15 @@ A plugin subclasses one of ``Dataset``, ``Encoder``, ``Representation``, ``Gener
 ``Metric`` or ``Detector`` (or provides the same attributes), registers a factory ``factory(params, context)``
 and gets a ``BuildContext`` with everything the core knows at build time. The core calls only
 what is declared here: it never probes a component for optional attributes, so every default
-lives on these classes. Shapes: B = batch, T = samples, D = representation bins, F = frames
+lives on these classes. What a class must implement is marked ``@abstractmethod``; the classes are
+not ABCs (a partial subclass may be made in a test), but ``check_contract`` refuses a built
+component that leaves one unimplemented. Shapes: B = batch, T = samples, D = representation bins, F = frames
 (t_s), N = video frames, C = classes.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -77,17 +80,17 @@ class Dataset:
     def prepare(self, progress: Any = None) -> None:
         """Make the data available (e.g. synthesize it) or raise AvgenError saying what to put where."""
 
+    @abstractmethod
     def clips(self, split: str) -> list[Clip]:
         """Clips of a split: 'train', 'val' or 'test'."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_frames(self, clip: Clip, fps: float, size: int) -> Tensor:
         """Frames of the clip sampled at fps, resized to size x size: uint8 [N, size, size, 3]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_audio(self, clip: Clip) -> Tensor:
         """Mono float32 waveform [T] at sample_rate, exactly round(duration * sample_rate) long."""
-        raise NotImplementedError
 
     def skipped_rows(self, split: str) -> list[str]:
         """Annotation rows left out of a split, one line each saying why (default: none)."""
@@ -102,9 +105,9 @@ class Encoder:
     input_size: int  # frames are resized to input_size x input_size
     REQUIRED: ClassVar[tuple[str, ...]] = ("dim", "fps", "input_size", "encode")
 
+    @abstractmethod
     def encode(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [N, dim]."""
-        raise NotImplementedError
 
 
 class Representation(nn.Module):
@@ -119,17 +122,17 @@ class Representation(nn.Module):
     continues_phase: bool = False
     REQUIRED: ClassVar[tuple[str, ...]] = ("sample_rate", "dim", "phases", "frame_hop", "frames", "encode", "decode", "to")
 
+    @abstractmethod
     def frames(self, num_samples: int) -> int:
         """F for a waveform of num_samples samples (22 for 0.5 s at 22 050 Hz)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, wave: Tensor, sample_rate: int | None = None) -> Tensor:
         """[B, T] -> [B, D, F]; resamples first when sample_rate differs."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, rep: Tensor, phase: str = "zero", reference: Tensor | None = None, length: int | None = None) -> Tensor:
         """[B, D, F] -> [B, T] with one of ``phases``; 'given' takes the phase of the reference waveform."""
-        raise NotImplementedError
 
 
 class Generator(nn.Module):
@@ -138,8 +141,15 @@ class Generator(nn.Module):
     The hooks below have defaults that suit a plain regressor; override the ones you need.
     """
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("forward", "prepare", "training_outputs", "mean_outputs", "class_probabilities",
-                                           "class_outputs")
+    # the keys of training_outputs that losses (Loss.needs) and metrics (Metric.needs) may ask for; an instance may
+    # narrow it in __init__ when its params decide (e.g. "probs" only with a class head)
+    provides: frozenset[str] = frozenset({"rep"})
+    REQUIRED: ClassVar[tuple[str, ...]] = ("forward", "provides", "prepare", "training_outputs", "mean_outputs",
+                                           "class_probabilities", "class_outputs")
+
+    @abstractmethod
+    def forward(self, features: Tensor) -> dict[str, Tensor]:
+        """features [B, N, feature_dim] -> {"rep": s' [B, D, F], ...}."""
 
     def prepare(self, train: Mapping[str, Tensor]) -> None:
         """Called once before training with the training split ({"features", "rep", "label"}); e.g. statistics."""
@@ -183,10 +193,12 @@ class Loss:
     """
 
     needs_wave: bool = False  # the core decodes s' to a waveform (outputs["wave"]) for this loss
-    REQUIRED: ClassVar[tuple[str, ...]] = ("needs_wave", "__call__")
+    needs: frozenset[str] = frozenset()  # the generator outputs it reads, matched against Generator.provides
+    REQUIRED: ClassVar[tuple[str, ...]] = ("needs_wave", "needs", "__call__")
 
+    @abstractmethod
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+        """A scalar tensor: the loss of the batch."""
 
 
 @dataclass
@@ -238,10 +250,12 @@ class SavedModel:
 class Metric:
     """Evaluation metric: ``compute(ctx) -> {"name": number}``; may write figures to ctx.run_dir."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("compute",)
+    needs: frozenset[str] = frozenset()  # generator outputs it reads (e.g. "rep": generated sound), vs Generator.provides
+    REQUIRED: ClassVar[tuple[str, ...]] = ("needs", "compute")
 
+    @abstractmethod
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        raise NotImplementedError
+        """{name: number}."""
 
 
 class Detector:
@@ -256,13 +270,13 @@ class Detector:
     input_size: int  # frames are resized to input_size x input_size
     REQUIRED: ClassVar[tuple[str, ...]] = ("fps", "input_size", "strength", "detect")
 
+    @abstractmethod
     def strength(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [N]: how strongly frame k looks like an event (>= 0)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def detect(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [K, 2]: events as (seconds from the first frame, confidence in [0, 1]), by time."""
-        raise NotImplementedError
 
 
 BASES: dict[str, type] = {"dataset": Dataset, "encoder": Encoder, "representation": Representation,
@@ -276,6 +290,16 @@ def check_contract(kind: str, obj: Any, name: str, plugin: str) -> Any:
     if missing:
         raise AvgenError(f"plugin '{plugin}': {kind} '{name}' does not follow the contract: no {', '.join(missing)} "
                          f"(subclass avgen.{base.__name__}, which has defaults)")
+    # the marker @abstractmethod sets (what ABCMeta reads), looked up on the class
+    abstract = [attr for attr in base.REQUIRED if getattr(getattr(type(obj), attr, None), "__isabstractmethod__", False)]
+    if abstract:
+        raise AvgenError(f"plugin '{plugin}': {kind} '{name}' does not follow the contract: {type(obj).__name__} does "
+                         f"not implement {', '.join(abstract)} (avgen.{base.__name__} has no default for it)")
+    declared = {"generator": "provides", "loss": "needs", "metric": "needs"}.get(kind)
+    keys = getattr(obj, declared) if declared else frozenset()
+    if not isinstance(keys, (set, frozenset)) or not all(isinstance(key, str) for key in keys):
+        raise AvgenError(f"plugin '{plugin}': {kind} '{name}' declares {declared}={keys!r}; give a frozenset of output "
+                         'names, e.g. frozenset({"rep"})')
     if kind == "generator" and not isinstance(obj, nn.Module):
         raise AvgenError(f"plugin '{plugin}': generator '{name}' must be a torch.nn.Module (subclass avgen.Generator)")
     if kind == "representation":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -87,6 +88,13 @@ class Registry:
                 f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by "
                 f"plugin '{plugin}'; uninstall one or rename its component"
             )
+        try:
+            inspect.signature(factory).bind(None, None)
+        except TypeError:  # not callable, or not callable as factory(params, context)
+            what = f"{factory.__name__}{inspect.signature(factory)}" if inspect.isfunction(factory) else repr(factory)
+            raise TypeError(f"{kind} '{name}' from plugin '{plugin}': its factory {what} must take (params, context)") from None
+        except ValueError:  # a callable whose signature Python cannot read (some builtins): not checked
+            pass
         try:
             card = card if isinstance(card, Card) else Card.model_validate(dict(card or {}))
         except ValidationError as exc:

@@ -24,7 +24,7 @@ from rich.console import Console
 from avgen.atomic import write_json
 from avgen.baseline import baseline_losses, compare_line
 from avgen.build import (
-    build_dataset, build_encoder, build_generator, build_loss, build_representation, generator_shape, raw_phase,
+    build_dataset, build_encoder, build_generator, build_loss, build_representation, generator_shape, rehearse,
 )
 from avgen.cache import FeatureCache, cache_key
 from avgen.checkpoint import checkpoint_meta
@@ -227,11 +227,10 @@ class Run:
         return sample_rate(self.dataset, self.representation)
 
     def preflight(self) -> None:
-        """Build the dataset and representation now, so their errors come before the run directory exists."""
-        _ = self.dataset
-        rep = self.representation
-        if rep is not None:
-            raw_phase(self.recipe, rep)
+        """Build every component and rehearse one training step (``avgen.build.rehearse``), so that plugin mistakes
+        come before the run directory exists and any data is read."""
+        rehearse(self.recipe, self.dataset, self.representation, lambda: (self.encoder, self.featurizer.sizes()),
+                 self.device)
 
     def featurized(self, split: str) -> SplitData:
         """A split's tensors: kept from the featurize stage, else featurized now (from the cache when it ran before)."""

@@ -64,19 +64,10 @@ def fit(
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train`` (resuming from run_dir/checkpoints/last.* when present)."""
-    losses = _unique_names(losses)
-    needs_wave = any(loss.fn.needs_wave for loss in losses)
+    losses, needs_wave = check_objective(losses, params, representation)
     size = _check_split(train, "train", needs_wave)
     if val is not None:
         _check_split(val, "val", needs_wave)
-    if needs_wave and representation is None:
-        raise AvgenError("fit: a loss needs the decoded waveform but no representation was given")
-    if needs_wave and params.decode_phase not in representation.phases:
-        raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
-                         f"{', '.join(representation.phases)}")
-    unknown = sorted(set(params.balance_shares) - {loss.name for loss in losses})
-    if unknown:
-        raise AvgenError(f"train.balance_shares names {', '.join(unknown)}; the losses are {', '.join(l.name for l in losses)}")
     rank, world, device = join_process_group(device)
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
@@ -196,6 +187,21 @@ def fit(
     if world > 1:
         dist.barrier()
     return FitResult(best_path, last_path, state["history"], state["best_epoch"], state["stopped_early"])
+
+
+def check_objective(losses: list[WeightedLoss], params: TrainParams, representation: Any) -> tuple[list[WeightedLoss], bool]:
+    """(the losses with unique names, whether one needs s' decoded); [train] settings they contradict are an AvgenError."""
+    losses = _unique_names(losses)
+    needs_wave = any(loss.fn.needs_wave for loss in losses)
+    if needs_wave and representation is None:
+        raise AvgenError("fit: a loss needs the decoded waveform but no representation was given")
+    if needs_wave and params.decode_phase not in representation.phases:
+        raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
+                         f"{', '.join(representation.phases)}")
+    unknown = sorted(set(params.balance_shares) - {loss.name for loss in losses})
+    if unknown:
+        raise AvgenError(f"train.balance_shares names {', '.join(unknown)}; the losses are {', '.join(l.name for l in losses)}")
+    return losses, needs_wave
 
 
 class _TrainingForward(nn.Module):

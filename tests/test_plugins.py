@@ -73,7 +73,7 @@ def test_duplicate_component_names_both_plugins(tmp_path: Path, example_plugin: 
     source = (
         "import avgen\nfrom avgen.registry import NoParams\n"
         "@avgen.hookimpl\ndef register_metrics(register):\n"
-        "    register('mean_energy', lambda p: None, NoParams, summary='clash')\n"
+        "    register('mean_energy', lambda p, context: None, NoParams, summary='clash')\n"
     )
     fake_distribution(site, "clash-plugin", "clash_plugin", source)
     proc = run_avgen("list", env=with_path(site))
@@ -117,7 +117,7 @@ from widget_plugin.parts import SUMMARY, widget_command
 
 @avgen.hookimpl
 def register_metrics(register):
-    register("widget", lambda p: None, NoParams, summary=SUMMARY)
+    register("widget", lambda p, context: None, NoParams, summary=SUMMARY)
 
 
 @avgen.hookimpl

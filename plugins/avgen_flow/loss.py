@@ -15,6 +15,7 @@ class FlowMatchingMse(Loss):
     """Mean squared error between the predicted and the target velocity, over bins, frames and clips."""
 
     needs_wave = False
+    needs = frozenset({"velocity", "velocity_target"})
 
     def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
         if "velocity" not in outputs or "velocity_target" not in outputs:

@@ -96,6 +96,8 @@ class VelocityNet(nn.Module):
 class FlowMatching(Generator):
     """The flow_matching generator: ``forward`` samples s'; ``training_outputs`` gives the velocities."""
 
+    provides = frozenset({"rep", "velocity", "velocity_target"})  # and logits, probs with a class head (__init__)
+
     def __init__(self, params: FlowParams, shape: GeneratorShape) -> None:
         super().__init__()
         if params.kernel % 2 == 0:
@@ -107,6 +109,8 @@ class FlowMatching(Generator):
         self.class_head = nn.Linear(shape.feature_dim, shape.num_classes) if has_head and shape.num_classes > 0 else None
         if params.class_condition and self.class_head is None:
             raise AvgenError("flow_matching: class_condition needs a dataset with classes (num_classes > 0)")
+        if self.class_head is not None:
+            self.provides = self.provides | {"logits", "probs"}
         self.register_buffer("rep_mean", torch.zeros(shape.rep_dim, 1))
         self.register_buffer("rep_std", torch.ones(shape.rep_dim, 1))
         self._stats_ready = False

@@ -15,6 +15,8 @@ from avgen_lstm.backbone import CanParams, FrameLSTM
 class CanLSTM(Generator):
     """The CAN/POCAN generator: f_i = W h_i + b split into d_c class logits and d_s residual values."""
 
+    provides = frozenset({"rep", "residual", "logits", "probs"})
+
     def __init__(self, params: CanParams, shape: GeneratorShape) -> None:
         super().__init__()
         if shape.num_classes < 1:

@@ -37,6 +37,7 @@ class ClassNll(Loss):
     """L_cls = -log p[c], averaged over the clips of the batch that have a class (label >= 0)."""
 
     needs_wave = False
+    needs = frozenset({"probs"})  # a class head's [B, C] probabilities (can_lstm; flow_matching with class_head)
 
     def __init__(self, params: ClassNllParams) -> None:
         self.eps = params.eps
@@ -60,6 +61,7 @@ class SpecSmoothL1(Loss):
     """L_reg = sum smooth-L1(s' - s) with beta = 1, per clip, averaged over the batch (paper Eq. 6)."""
 
     needs_wave = False
+    needs = frozenset({"rep"})
 
     def __init__(self, params: SmoothL1Params) -> None:
         self.beta = params.beta

@@ -13,6 +13,8 @@ from avgen_lstm.backbone import FrameLSTM, LstmParams, mean_per_bin
 class OwensLSTM(Generator):
     """LSTM over replicated frame features with a linear projection to d_s per step."""
 
+    provides = frozenset({"rep", "residual"})
+
     def __init__(self, params: LstmParams, shape: GeneratorShape) -> None:
         super().__init__()
         self.shape = shape

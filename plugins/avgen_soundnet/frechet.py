@@ -79,6 +79,8 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class SoundNetFrechet(Metric):
     """fd_<source>: Frechet distance of time-pooled SoundNet features, generated vs real test audio."""
 
+    needs = frozenset({"rep"})  # generated sound: a [generator]
+
     def __init__(self, params: FrechetParams) -> None:
         self.params = params
 

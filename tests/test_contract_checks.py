@@ -1,0 +1,236 @@
+"""The plugin contract checks itself before any work: a third-party plugin's mistake is one line naming the plugin
+and the component, exit 2, before the data is made or featurized (avgen.build.rehearse, check_contract, register)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+import avgen
+from avgen.components import check_contract
+from avgen.errors import AvgenError
+from avgen.registry import Registry
+from conftest import TINY_RECIPE, error_lines, run_avgen
+from test_plugins import fake_distribution, with_path
+
+# A plugin as a new user writes it: a GRU generator and a spectral loss. Each test swaps one part for a mistake.
+GRU_PLUGIN = '''
+import torch
+from pydantic import BaseModel, ConfigDict
+
+import avgen
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GRURegressor(avgen.Generator):
+    def __init__(self, shape):
+        super().__init__()
+        self.steps = shape.steps
+        self.gru = torch.nn.GRU(shape.feature_dim, 8, batch_first=True)
+        self.out = torch.nn.Linear(8, shape.rep_dim)
+
+    def forward(self, features):
+        hidden, _ = self.gru(avgen.replicate_to_steps(features, self.steps))
+        return {"rep": self.out(hidden).transpose(1, 2)}  # [B, D, F]
+
+
+class SpectralL1(avgen.Loss):
+    needs = frozenset({"rep"})
+
+    def __call__(self, outputs, batch):
+        return (outputs["rep"] - batch["rep"]).abs().mean()
+
+
+def make_gru(params, context):
+    return GRURegressor(context.require_shape("gru_regressor"))
+
+
+@avgen.hookimpl
+def register_generators(register):
+    register("gru_regressor", make_gru, params=Params)
+
+
+@avgen.hookimpl
+def register_losses(register):
+    register("spectral_l1", lambda params, context: SpectralL1(), params=Params)
+'''
+
+GRU_RECIPE = TINY_RECIPE.replace('name = "can_lstm"\nhidden = 16', 'name = "gru_regressor"').replace(
+    '[[loss]]\nname = "class_nll"\n\n[[loss]]\nname = "spec_smooth_l1"\nweight = 50.0', '[[loss]]\nname = "spectral_l1"')
+assert 'name = "gru_regressor"' in GRU_RECIPE and "class_nll" not in GRU_RECIPE
+
+MISTAKES = {  # what the plugin author got wrong -> (the edits to GRU_PLUGIN, a pattern the one error line matches)
+    "a factory without context": (
+        [("def make_gru(params, context):\n    return GRURegressor(context.require_shape",
+          "def make_gru(params):\n    return GRURegressor(params.require_shape")],
+        r"generator 'gru_regressor' from plugin 'gru_plugin': its factory make_gru\(params\) must take \(params, context\)"),
+    "rep as [B, F, D]": (
+        [('return {"rep": self.out(hidden).transpose(1, 2)}', 'return {"rep": self.out(hidden)}')],
+        r"plugin 'gru_plugin': generator 'gru_regressor': training_outputs gave rep \[2, (\d+), (\d+)\] for a batch of 2; "
+        r"expected \[B, D, F\] = \[2, \2, \1\]"),
+    "a loss that needs probs": (
+        [('needs = frozenset({"rep"})', 'needs = frozenset({"rep", "probs"})')],
+        r"loss 'spectral_l1' \(plugin 'gru_plugin'\) needs probs from the generator, but generator 'gru_regressor' "
+        r"\(plugin 'gru_plugin'\) provides rep;"),
+    "a loss reading an output it does not declare": (
+        [('return (outputs["rep"] - batch["rep"]).abs().mean()', 'return outputs["probs"].mean()')],
+        r"plugin 'gru_plugin': loss 'spectral_l1' failed on a batch of 2 random clips before the run: KeyError: 'probs'"),
+    "a loss per clip": (
+        [('.abs().mean()', '.abs().mean(dim=(1, 2))')],
+        r"plugin 'gru_plugin': loss 'spectral_l1': gave \[2\] for a batch of 2; expected a scalar tensor"),
+    "a generator without forward": (
+        [("    def forward(self, features):", "    def fwd(self, features):")],
+        r"plugin 'gru_plugin': generator 'gru_regressor' does not follow the contract: GRURegressor does not implement "
+        r"forward"),
+    "a generator whose weights the loss never reaches": (
+        [('return {"rep": self.out(hidden).transpose(1, 2)}', 'return {"rep": self.out(hidden).transpose(1, 2).detach()}')],
+        r"no gradient reaches the weights of generator 'gru_regressor' \(plugin 'gru_plugin'\) from the losses spectral_l1"),
+    "a generator that declares an output it does not give": (
+        [("class GRURegressor(avgen.Generator):\n", 'class GRURegressor(avgen.Generator):\n    provides = frozenset({"rep", "probs"})\n'),
+         ('needs = frozenset({"rep"})', 'needs = frozenset({"rep", "probs"})')],
+        r"plugin 'gru_plugin': generator 'gru_regressor': training_outputs gave rep, without probs, which it declares"),
+}
+
+
+def edited(edits: list[tuple[str, str]]) -> str:
+    source = GRU_PLUGIN
+    for old, new in edits:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    return source
+
+
+def install(site: Path, source: str) -> None:
+    fake_distribution(site, "gru-plugin", "gru_plugin", source)
+
+
+def run_recipe(tmp_path: Path, recipe_text: str, site: Path | None = None):
+    recipe = tmp_path / "gru.toml"
+    recipe.write_text(recipe_text.format(root=str(tmp_path / "data")))
+    env = {**(with_path(site) if site else {}), "AVGEN_HOME": str(tmp_path / "home")}
+    return run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), env=env)
+
+
+def assert_nothing_was_read(tmp_path: Path) -> None:
+    """No run directory, no data made (prepare) and no cache file (featurize)."""
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+    assert [p for p in (tmp_path / "home").rglob("*") if p.is_file() and "cache" in p.parts] == []
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_plugin_mistake_is_one_line_naming_it_before_any_data_is_read(mistake: str, tmp_path: Path,
+                                                                       example_plugin: None) -> None:
+    edits, pattern = MISTAKES[mistake]
+    install(tmp_path / "site", edited(edits))
+    proc = run_recipe(tmp_path, GRU_RECIPE, tmp_path / "site")
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert_nothing_was_read(tmp_path)
+
+
+def test_a_wrong_factory_marks_the_plugin_broken_in_avgen_list(tmp_path: Path) -> None:
+    edits, pattern = MISTAKES["a factory without context"]
+    install(tmp_path / "site", edited(edits))
+    proc = run_avgen("list", "--json", env={**with_path(tmp_path / "site"), "AVGEN_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    broken = {p["name"]: p["error"] for p in json.loads(proc.stdout)["broken_plugins"]}
+    assert re.search("register_generators failed: TypeError: " + pattern, broken["gru_plugin"]), broken
+
+
+def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plugin: None) -> None:
+    install(tmp_path / "site", GRU_PLUGIN)
+    proc = run_recipe(tmp_path, GRU_RECIPE.replace("epochs = 2", "epochs = 1"), tmp_path / "site")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tiny"
+    assert json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]["epochs"] == 1
+    assert (run_dir / "report.html").is_file()
+
+
+def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: Path, example_plugin: None) -> None:
+    """class_nll needs a class head; owens_lstm has none (it used to fail at the first training step)."""
+    proc = run_recipe(tmp_path, TINY_RECIPE.replace('name = "can_lstm"', 'name = "owens_lstm"'))
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert ("loss 'class_nll' (plugin 'lstm') needs probs from the generator, but generator 'owens_lstm' "
+            "(plugin 'lstm') provides rep, residual") in lines[0]
+    assert_nothing_was_read(tmp_path)
+
+
+def test_a_metric_that_needs_generated_sound_in_a_recipe_without_a_generator(tmp_path: Path,
+                                                                             example_plugin: None) -> None:
+    recipe = TINY_RECIPE.split("[generator]")[0] + '[[metric]]\nname = "soundnet_fd"\n'
+    proc = run_recipe(tmp_path, recipe)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "metric 'soundnet_fd' (plugin 'soundnet') needs rep from the generator, but the recipe has no [generator]" \
+        in lines[0]
+    assert_nothing_was_read(tmp_path)
+
+
+def test_generate_names_the_plugin_that_failed_to_load(tmp_path: Path) -> None:
+    """`avgen run` and `avgen show` are covered in test_plugins.py; `avgen generate --detector` likewise."""
+    fake_distribution(tmp_path / "site", "gru-plugin", "gru_plugin", "import no_such_module_xyz\n")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # the detector is looked up before any video is read
+    proc = run_avgen("generate", str(video), "--run", str(tmp_path / "runs" / "x"), "--detector", "gru_contacts",
+                     "-o", str(tmp_path / "out.wav"),
+                     env={**with_path(tmp_path / "site"), "AVGEN_HOME": str(tmp_path / "home")})
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "gru_contacts" in lines[0] and "plugin 'gru_plugin' (gru-plugin 0.1) failed to load" in lines[0]
+    assert "no_such_module_xyz" in lines[0]
+
+
+# ---------------------------------------------------------------- the checks in-process
+
+
+class NoParams(BaseModel):
+    pass
+
+
+def test_register_refuses_a_factory_that_cannot_take_params_and_context() -> None:
+    registry = Registry()
+    for factory in (lambda params: None, lambda: None, lambda params, context, extra: None, "not callable"):
+        with pytest.raises(TypeError, match="loss 'l1' from plugin 'mine': its factory .* must take \\(params, context\\)"):
+            registry.register("loss", "mine", "l1", factory, NoParams)
+    for factory in (lambda params, context: None, lambda *args: None, lambda params, context=None, **kw: None, dict):
+        Registry().register("loss", "mine", "l1", factory, NoParams)
+
+
+class HalfLoss(avgen.Loss):
+    """Declares what it needs but implements nothing."""
+
+    needs = frozenset({"rep"})
+
+
+class WrongNeeds(avgen.Loss):
+    needs = ["rep"]  # a list: not a frozenset
+
+    def __call__(self, outputs, batch):
+        return outputs["rep"].mean()
+
+
+class Plain(avgen.Generator):
+    def forward(self, features):
+        return {"rep": features.mean(1, keepdim=True).transpose(1, 2)}
+
+
+def test_check_contract_refuses_what_a_base_class_marks_abstract_and_bad_declarations() -> None:
+    with pytest.raises(AvgenError, match=r"plugin 'mine': loss 'half' does not follow the contract: HalfLoss does not "
+                                         r"implement __call__"):
+        check_contract("loss", HalfLoss(), "half", "mine")
+    with pytest.raises(AvgenError, match=r"plugin 'mine': loss 'wrong' declares needs=\['rep'\]; give a frozenset"):
+        check_contract("loss", WrongNeeds(), "wrong", "mine")
+    generator = check_contract("generator", Plain(), "plain", "mine")
+    assert generator.provides == frozenset({"rep"}) and avgen.Loss.needs == frozenset() == avgen.Metric.needs
+    assert generator(torch.ones(2, 3, 4))["rep"].shape == (2, 4, 1)
