@@ -5,7 +5,8 @@ confidence) with the generator's material for each (the class head's most probab
 the window centred on the event). ``--onsets`` reads such a file, edited or not, and builds the
 sound from it alone: per onset, the window of video centred on it is generated, its sound
 (the exemplar: nearest training clip, of the onset's material when it names one; or the raw
-decode) is cut at its own onset and mixed in at the onset's time. Nothing else sounds.
+decode) is cut at its attack and mixed in at the onset's time, lasting until the next onset. Nothing else
+sounds.
 """
 
 from __future__ import annotations
@@ -130,17 +131,17 @@ def label_events(events: torch.Tensor, probabilities: torch.Tensor | None, class
     return onsets
 
 
-def first_onset(wave: torch.Tensor, sample_rate: int, level: float = 0.25, frame_seconds: float = 0.0025) -> int:
-    """Sample where a sound starts: the first frame (``frame_seconds`` long) whose peak |wave| reaches
-    ``level`` x the clip's peak; 0 for silence."""
-    x = wave.detach().float().abs().reshape(-1)
-    peak = float(x.max()) if x.numel() else 0.0
-    if peak <= 0:
-        return 0
+def attack(wave: torch.Tensor, sample_rate: int, frame_seconds: float = 0.005) -> int:
+    """Sample where a hit's sound attacks: the start of the frame (``frame_seconds`` long) before its loudest
+    one; 0 for silence. A generated hit rises over tens of milliseconds (its spectrogram frames are ~10 ms
+    and the phase is estimated), so its first audible sample is well before the hit itself."""
+    x = wave.detach().float().reshape(-1)
     hop = max(1, round(frame_seconds * sample_rate))
-    frames = torch.nn.functional.pad(x, (0, (-x.numel()) % hop)).reshape(-1, hop).amax(1)
-    first = int(torch.nonzero(frames >= level * peak)[0, 0])
-    return first * hop + int(torch.nonzero(x[first * hop:first * hop + hop] >= level * peak)[0, 0])
+    frames = x.numel() // hop
+    if frames == 0 or not bool(x.abs().amax() > 0):
+        return 0
+    energy = x[: frames * hop].reshape(frames, hop).square().mean(1)
+    return max(0, int(energy.argmax()) - 1) * hop
 
 
 def mix_at(total: int, sounds: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
@@ -154,10 +155,25 @@ def mix_at(total: int, sounds: list[torch.Tensor], starts: list[int]) -> torch.T
     return out.float()
 
 
-def place_sounds(onsets: list[Onset], pieces: list[torch.Tensor], sample_rate: int, total: int) -> torch.Tensor:
-    """Each piece cut at its own onset (first_onset) and mixed in at its onset's time."""
-    cut = [piece[first_onset(piece, sample_rate):] for piece in pieces]
-    return mix_at(total, cut, [round(o.time * sample_rate) for o in onsets])
+def place_sounds(onsets: list[Onset], pieces: list[torch.Tensor], sample_rate: int, total: int,
+                 fade_seconds: float = 0.01) -> torch.Tensor:
+    """Each piece cut at its attack (see ``attack``), faded in over 2 ms, mixed in at its onset's time, and ended
+    (faded out over ``fade_seconds``) where the next onset starts, so every contact is heard as its own onset."""
+    starts = [round(o.time * sample_rate) for o in onsets]
+    order = sorted(range(len(onsets)), key=lambda k: starts[k])
+    cut: list[torch.Tensor] = [torch.zeros(0)] * len(onsets)
+    for rank, k in enumerate(order):
+        piece = pieces[k].detach().float().reshape(-1)
+        piece = piece[attack(piece, sample_rate):].clone()
+        rise = min(piece.numel(), max(1, round(0.002 * sample_rate)))
+        piece[:rise] *= torch.linspace(0, 1, rise)
+        if rank + 1 < len(order):
+            piece = piece[: max(0, starts[order[rank + 1]] - starts[k])]
+            fall = min(piece.numel(), max(1, round(fade_seconds * sample_rate)))
+            if fall:
+                piece[piece.numel() - fall:] *= torch.linspace(1, 0, fall)
+        cut[k] = piece
+    return mix_at(total, cut, starts)
 
 
 def nearest_of_material(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, wanted: list[int | None]) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 
 from avgen import AvgenError, probe, read_frames
 
-from avgen_timing.footage import (RATE, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
+from avgen_timing.footage import (RATE, VIDEO_SUFFIXES, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
                                   soundtrack)
 from avgen_timing.sync import best_offset, onset_envelope
 
@@ -46,8 +46,8 @@ def picture_curves(detector: Any, video: Path, duration: float) -> tuple[np.ndar
 def reference_for(video: Path, reference: Path) -> Path:
     """The video in ``reference`` whose name is ``video``'s without avgen's ``.avgen`` (any video suffix)."""
     stem = video.name.split(".avgen.")[0] if ".avgen." in video.name else video.stem
-    matches = sorted(p for p in reference.glob(f"{stem}.*") if p.is_file() and p.suffix.lower() != ".json"
-                     and ".avgen." not in p.name)
+    matches = sorted(p for p in reference.glob(f"{stem}.*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                     and p.stem == stem)
     if not matches:
         raise AvgenError(f"{video}: no video named {stem}.* in --reference {reference}")
     return matches[0]
