@@ -278,6 +278,13 @@ class Detector:
     def detect(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [K, 2]: events as (seconds from the first frame, confidence in [0, 1]), by time."""
 
+    def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
+        """Learn from a run's training ``videos`` (their annotated times, or the onsets of their own sound) and keep
+        what was learned in ``folder``; returns the params (file names relative to ``folder``) that rebuild the
+        fitted detector there. The recipe's ``[detector]`` section calls it in the fit stage. A detector that
+        learns nothing keeps this default."""
+        return {}
+
 
 BASES: dict[str, type] = {"dataset": Dataset, "encoder": Encoder, "representation": Representation,
                           "generator": Generator, "loss": Loss, "metric": Metric, "detector": Detector}

@@ -263,3 +263,18 @@ def kept_detector(folder: Path) -> tuple[Any, str] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AvgenError(f"{path}: unreadable ({exc}); fit the detector again with `avgen timing fit --run`") from exc
     return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name
+
+
+def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any) -> dict[str, Any]:
+    """Fit the recipe's [detector] on the training videos and keep it in the run (detector.json, which
+    ``avgen generate`` and ``av_sync`` use); info: the detector and how many videos it learned from."""
+    from avgen.components import BuildContext
+    from avgen.plugins import get_component
+
+    spec = recipe.detector
+    videos = list(dict.fromkeys(Path(c.video) for c in dataset.clips("train") if c.video is not None))
+    console.print(f"detector: fitting {spec.name} on {len(videos)} training videos", markup=False)
+    detector = get_component("detector", spec.name).build(spec.params, BuildContext(run_dir=run_dir))
+    params = {**spec.params, **detector.fit(videos, run_dir)}
+    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)}})
+    return {"name": spec.name, "videos": len(videos)}

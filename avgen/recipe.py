@@ -16,7 +16,8 @@ from avgen.errors import AvgenError, RecipeError, cut, shown
 from avgen.plugins import get_component
 from avgen.registry import format_validation_error
 
-COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator"}
+COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator",
+                      "detector": "detector"}
 LIST_SECTIONS = {"loss": "loss", "metric": "metric"}
 MAX_LOSS_WEIGHT = 1e6
 
@@ -109,6 +110,7 @@ class Recipe(_Strict):
     encoder: ComponentSpec | None = None
     representation: ComponentSpec | None = None
     generator: ComponentSpec | None = None
+    detector: ComponentSpec | None = None  # fitted on the training videos and kept in the run (detector.json)
     loss: list[ComponentSpec] = Field(default_factory=list)
     metric: list[ComponentSpec] = Field(default_factory=list)
     featurize: FeaturizeSection = FeaturizeSection()

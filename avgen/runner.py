@@ -291,15 +291,19 @@ class Run:
         return model.to(self.device), shape
 
     def _fit(self) -> dict[str, Any]:
+        from avgen.onsets import fit_detector
+
+        kept = {"detector": fit_detector(self.recipe, self.dataset, self.run_dir, self.console)} \
+            if self.recipe.detector is not None else {}
         if self.recipe.generator is None:
             self.console.print("no [generator] in the recipe: nothing to train", markup=False)
-            return {"skipped": "no generator"}
+            return {"skipped": "no generator", **kept}
         train, val = self.featurized("train"), self.featurized("val")
         model, shape = self.build_generator()
         meta = checkpoint_meta(self.recipe.to_toml_dict(), self.dataset.class_names, shape, self.sample_rate,
                                self.dataset.clip_seconds)
-        return fit(self.recipe, model, shape, train, val, self.representation, meta, self.run_dir, self.device,
-                   self.console)
+        return {**fit(self.recipe, model, shape, train, val, self.representation, meta, self.run_dir, self.device,
+                      self.console), **kept}
 
     def _generate(self) -> dict[str, Any]:
         if self.recipe.generator is None:

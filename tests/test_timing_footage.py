@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_and_exit_2(footage, tmp_path, capsys):
         (("timing", "sync", str(footage), "--leave-one-out"), "add --detector learned_contacts"),
         (("timing", "sync", str(footage), "--reference", str(empty)), "no video named"),
         (("timing", "fit"), "give a folder of videos with sound"),
-        (("timing", "fit", str(footage), "--run", str(tmp_path)), "not both"),
+        (("timing", "fit", str(footage), "--run", str(tmp_path)), "not a run directory"),
         (("timing", "fit", "--run", str(tmp_path)), "not a run directory"),
     ]
     for args, expected in cases:
@@ -171,3 +171,29 @@ def test_a_run_that_keeps_a_detector_generates_one_sound_per_contact(tiny_run, t
     code, _, err = avgen_in_process(capsys, "generate", str(video), "--model", str(model_dir), "-o", str(out))
     assert code == 0, err
     assert np.allclose(sf.read(out)[0], events, atol=1e-4)  # the same contacts, the same sounds
+
+
+def test_a_recipe_detector_is_fitted_in_the_run_and_drives_generate_and_av_sync(tmp_path, capsys):
+    """[detector] in a recipe: the fit stage fits it on the training videos and keeps it (detector.json);
+    `generate` then defaults to events and av_sync ('auto') measures against it."""
+    from conftest import TINY_RECIPE
+
+    recipe = tmp_path / "events.toml"
+    recipe.write_text(TINY_RECIPE.format(root="data") + '\n[detector]\nname = "learned_contacts"\n'
+                      + '\n[[metric]]\nname = "av_sync"\ntimeline_clips = 0\n')
+    proc = run_avgen("run", str(recipe), "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    spec = json.loads((run / "detector.json").read_text())
+    assert spec["detector"] == "learned_contacts" and (run / spec["params"]["weights"]).is_file()
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["stages"]["fit"]["detector"] == {"name": "learned_contacts", "videos": 4}
+    assert "av_sync" in json.loads((run / "metrics.json").read_text())
+    assert "detector: fitting learned_contacts on 4 training videos" in proc.stderr
+
+    video = sorted((tmp_path / "data").glob("*_denoised.mp4"))[0]
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / f"{video.stem}.avgen.json").read_text())
+    assert summary["mode"] == "events" and summary["detector"].startswith("learned_contacts")
+    assert summary["onsets"] == len(summary["contacts"])

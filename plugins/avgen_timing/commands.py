@@ -125,8 +125,9 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
 @timing_group.command("fit")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Fit on the training videos of this run and keep the head in it (detector.json): "
-                   "`avgen generate --run` then places one sound per detected contact.")
+              help="Keep the head in this run (detector.json): `avgen generate --run` then places one sound per "
+                   "detected contact. Without PATHS it learns from the run's training videos; with PATHS from those "
+                   "(e.g. your own footage with sound, for a run trained on other data).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Head file to write (default: $AVGEN_HOME/weights/timing/learned_contacts.safetensors, "
                    "which learned_contacts loads; with --run: RUN/detector.safetensors).")
@@ -140,8 +141,8 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
 def fit_command(paths: tuple[Path, ...], run_dir: Path | None, out: Path | None, split: str, labels: str,
                 epochs: int, seed: int) -> None:
     """Train learned_contacts' head on videos with sound: a folder (searched recursively), video files, a
-    Greatest-Hits-layout folder (its SPLIT.txt), or with --run the run's training videos. No annotation is
-    needed: a contact is where the video's own sound has an onset."""
+    Greatest-Hits-layout folder (its SPLIT.txt), or with --run alone the run's training videos. No annotation
+    is needed: a contact is where the video's own sound has an onset."""
     from avgen_timing.footage import check_has_sound
     from avgen_timing.learned import default_weights, fit_head, save_head, video_samples
 
@@ -171,10 +172,10 @@ def training_videos(paths: tuple[Path, ...], run_dir: Path | None, split: str) -
     """The videos ``timing fit`` learns from (one line when there are none)."""
     from avgen_timing.footage import find_videos
 
-    if run_dir is not None:
-        if paths:
-            raise AvgenError("give the videos (PATHS) or --run RUN_DIR, not both")
+    if run_dir is not None and not paths:
         return run_training_videos(run_dir)
+    if run_dir is not None and not (run_dir / "recipe.toml").is_file():
+        raise AvgenError(f"{run_dir}: not a run directory (no recipe.toml); give the folder `avgen run` printed")
     if not paths:
         raise AvgenError("give a folder of videos with sound, video files, or --run RUN_DIR")
     if len(paths) == 1 and paths[0].is_dir() and (paths[0] / f"{split}.txt").is_file():  # Greatest Hits layout

@@ -68,22 +68,47 @@ class LearnedContacts(Detector):
     def __init__(self, p: LearnedContactsParams, folder: Path | None = None) -> None:
         self.p = p
         self.settings = dict(SETTINGS)
-        self.head = Head(3 * (2 * self.settings["window"] + 1))
+        self.head = Head(3 * (2 * self.settings["window"] + 1)).eval()
+        self.path: Path | None = None  # the head file, read on first use (a recipe's [detector] is built to be fitted)
         if p.weights != "none":
-            path = default_weights() if p.weights == "default" else Path(p.weights)
-            if folder is not None and not path.is_absolute() and p.weights != "default":
-                path = folder / path  # a head kept in a run or model folder (detector.json) names it relative to it
-            if not path.is_file():
-                raise AvgenError(f"learned_contacts: no head at {path}; train one with `avgen timing fit DATA_ROOT`"
-                                 + ("" if p.weights == "default" else f" -o {path}"))
-            self.head.load_state_dict(load_file(str(path)))
-        self.head.eval()
+            self.path = default_weights() if p.weights == "default" else Path(p.weights)
+            if folder is not None and not self.path.is_absolute() and p.weights != "default":
+                self.path = folder / self.path  # a head kept in a run or model folder names it relative to it
         self.fps = self.settings["fps"]
         self.input_size = self.settings["input_size"]
 
+    def trained_head(self) -> Head:
+        """The head, read from its file on first use; one line when there is none."""
+        if self.path is not None:
+            if not self.path.is_file():
+                raise AvgenError(f"learned_contacts: no head at {self.path}; train one with `avgen timing fit VIDEOS`"
+                                 + ("" if self.p.weights == "default" else f" -o {self.path}"))
+            self.head.load_state_dict(load_file(str(self.path)))
+            self.path = None
+        return self.head
+
     def strength(self, frames: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.sigmoid(self.head(frame_features(frames, self.settings)))
+            return torch.sigmoid(self.trained_head()(frame_features(frames, self.settings)))
+
+    def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
+        """Fit the head on the videos' contacts (annotated times, else their own sound's onsets) and keep it in
+        ``folder`` as detector.safetensors. Fitted heads are cached by the videos and settings, so the variants
+        of a recipe fit once."""
+        from avgen import cache_dir, cache_key
+
+        stamp = [(str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns) for v in videos]
+        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp)}.safetensors"
+        if not cached.is_file():
+            samples = video_samples(videos)
+            head = fit_head([(f, y) for f, y, _ in samples.values()])
+            save_head(head, cached, {"videos": len(videos), "labels": sorted({s for _, _, s in samples.values()})})
+        target = folder / "detector.safetensors"
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(cached.read_bytes())
+        self.head.load_state_dict(load_file(str(target)))
+        self.path = None
+        return {"weights": target.name}
 
     def detect(self, frames: torch.Tensor) -> torch.Tensor:
         return events(self.strength(frames), self.fps, self.p.min_gap, self.p.threshold, min_score=1.0)

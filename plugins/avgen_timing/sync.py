@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from safetensors.torch import load_file, save_file
 
-from avgen import BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component
+from avgen import (BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component,
+                   kept_detector)
 
 from avgen_timing.detector import MotionContacts
 from avgen_timing.learned import LearnedContacts
@@ -33,7 +34,8 @@ log = logging.getLogger("avgen.timing.sync")
 class SyncParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    detector: str = Field("motion_contacts", description="the detector whose contact strength is the picture's timing")
+    detector: str = Field("auto", description="the detector whose contact strength is the picture's timing; 'auto': the "
+                                              "run's own ([detector], fitted on its training videos), else motion_contacts")
     max_offset: float = Field(0.5, gt=0, le=5, description="largest audio-video offset searched (s)")
     rate: float = Field(200.0, ge=50, le=8000, description="frames per second of the onset envelope and of the offset search")
     top_db: float = Field(30.0, gt=0, description="log-energy floor below the clip's loudest frame (dB): quieter sounds and room noise make no onset")
@@ -121,14 +123,26 @@ VERSION = "1"  # of the cached visual curves
 class SyncMetric(Metric):
     def __init__(self, params: SyncParams) -> None:
         self.p = params
-        self.component = get_component("detector", params.detector)
-        self.detector = create("detector", params.detector)
+        self.name = params.detector
+        self.detector: Any = None
+        if params.detector != "auto":
+            self.component = get_component("detector", params.detector)
+            self.detector = create("detector", params.detector)
+
+    def resolve(self, ctx: EvalContext) -> None:
+        """detector = "auto": the detector the run keeps (fitted on its training videos), else motion_contacts."""
+        if self.detector is not None:
+            return
+        kept = kept_detector(ctx.run_dir) if ctx.run_dir is not None else None
+        self.detector, self.name = kept if kept is not None else (create("detector", "motion_contacts"), "motion_contacts")
+        self.component = get_component("detector", self.name)
 
     def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
         """Every test clip's ClipVisual, from the cache when this detector saw these clips before (the variants of
         a recipe share their test clips)."""
+        self.resolve(ctx)
         clips = [(c.id, c.start, c.duration, str(c.video), c.fingerprint) for c in ctx.test_clips]
-        key = cache_key("av_sync", VERSION, self.p.detector, self.component.version, self.detector_settings(),
+        key = cache_key("av_sync", VERSION, self.name, self.component.version, self.detector_settings(),
                         self.p.max_offset, clips)
         path = cache_dir() / "timing" / f"{key}.safetensors"
         if path.is_file():
@@ -148,7 +162,7 @@ class SyncMetric(Metric):
             return self.detector.p.model_dump()
         if isinstance(self.detector, LearnedContacts):
             digest = hashlib.sha256()
-            for name, value in sorted(self.detector.head.state_dict().items()):
+            for name, value in sorted(self.detector.trained_head().state_dict().items()):
                 digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
             return {**self.detector.p.model_dump(), "head": digest.hexdigest()}
         return {}
