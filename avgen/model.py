@@ -170,15 +170,41 @@ class SoundModel:
     def window_outputs(self, video: str | Path, times: Sequence[float], material: str | int | None = None,
                        ) -> dict[str, torch.Tensor]:
         """The generator's outputs for the clip-length windows of ``video`` centred on each of ``times`` (seconds),
-        with the class forced to ``material`` when given."""
+        with the class forced to ``material`` when given. Only the frames of the windows are encoded when they
+        are fewer than half the video's (a few contacts in a long video cost what they hold)."""
         from avgen.generate import predict
-        from avgen.onsets import window_features
 
-        per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
-        windows = window_features(self.features(video), list(times), self.encoder.fps, per_clip)
         index = self._class_index(material)
+        windows = self._window_features(Path(video), list(times))
         labels = None if index is None else torch.full((windows.shape[0],), index, dtype=torch.long)
         return predict(self.generator, windows, self.device, labels=labels)
+
+    def _window_features(self, video: Path, times: list[float]) -> torch.Tensor:
+        """Encoder features [K, frames per clip, dim] of the windows centred on ``times`` (clamped to the video)."""
+        from avgen.generate import encoder_precision, video_features
+        from avgen.media import FrameReader, probe
+        from avgen.onsets import window_features
+
+        fps = self.encoder.fps
+        per_clip = max(1, round(self.clip_seconds * fps))
+        total = max(1, round(max(float(probe(video).duration), self.clip_seconds) * fps))  # as ``features`` reads
+        firsts = [min(max(0, round(t * fps - per_clip / 2)), total - per_clip) for t in times]
+        needed = sorted({f + i for f in firsts for i in range(per_clip)})
+        if total < 2 * per_clip or len(needed) > total / 2:
+            return window_features(self.features(video), times, fps, per_clip)
+        runs: list[list[int]] = []  # consecutive frame indices, each encoded once
+        for k in needed:
+            if runs and k == runs[-1][1]:
+                runs[-1][1] = k + 1
+            else:
+                runs.append([k, k + 1])
+        rows: dict[int, torch.Tensor] = {}
+        with FrameReader(video, fps, self.encoder.input_size) as reader:
+            for first, end in runs:
+                feats = video_features(self.encoder, video, 0.0, first=first, count=end - first, reader=reader,
+                                       precision=encoder_precision(self.meta, self.device))
+                rows.update({first + i: row for i, row in enumerate(feats)})
+        return torch.stack([torch.stack([rows[f + i] for i in range(per_clip)]) for f in firsts])
 
     # ------------------------------------------------------------ events
 
@@ -209,8 +235,8 @@ class SoundModel:
             bank = self.bank(library, console)
         video = Path(video)
         duration = float(probe(video).duration)
-        onsets = detect_onsets(video, detector, duration, self, material=material)
-        wave = sound_at_onsets(video, onsets, duration, self, bank=bank, material=material)
+        onsets, outputs = detect_onsets(video, detector, duration, self, material=material)
+        wave = sound_at_onsets(video, onsets, duration, self, bank=bank, material=material, outputs=outputs)
         return wave, {"video": str(video), "seconds": duration, "sample_rate": self.sample_rate, "mode": "events",
                       "onsets": len(onsets), "contacts": [o.model_dump() for o in onsets]}
 

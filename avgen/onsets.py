@@ -200,28 +200,32 @@ def summary_line(onsets: list[Onset]) -> str:
 
 
 def detect_onsets(video: Path, detector: Any, duration: float, model: Any, material: str | int | None = None,
-                  ) -> list[Onset]:
+                  ) -> tuple[list[Onset], dict[str, torch.Tensor] | None]:
     """The detector's events over the video, each with the material the model (``avgen.SoundModel``) gives the
-    window centred on it (``material``: that class for every event)."""
+    window centred on it (``material``: that class for every event), and the generator's outputs for those
+    windows (None without events)."""
     events = detect_events(detector, video, duration)
-    probabilities = None
+    outputs = probabilities = None
     if events.shape[0]:
-        probabilities = model.class_probabilities(model.window_outputs(video, events[:, 0].tolist()))
+        outputs = model.window_outputs(video, events[:, 0].tolist(), material=material)
+        probabilities = model.class_probabilities(outputs)
     onsets = label_events(events, probabilities, model.class_names)
     if material is not None:
         name = model.class_names[model._class_index(material)]
         onsets = [o.model_copy(update={"material": name}) for o in onsets]
-    return onsets
+    return onsets, outputs
 
 
 def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, bank: Any = None,
-                    material: str | int | None = None) -> torch.Tensor:
+                    material: str | int | None = None, outputs: dict[str, torch.Tensor] | None = None,
+                    ) -> torch.Tensor:
     """The video's sound made of one sound per onset, each starting at its onset's time.
 
     With ``bank`` (an ``avgen.ExemplarBank``), each onset takes the exemplar nearest to its window's
     s' (Eq. 8), among the exemplars of the onset's material when it names one and the bank knows
     its rows' classes. Without it, the window's raw sound (with the class forced to ``material``
-    when given; else the generator decides).
+    when given; else the generator decides). ``outputs``: the generator's outputs for the onsets' windows,
+    when already made.
     """
     from avgen.retrieval import time_average
 
@@ -229,7 +233,8 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
     total = round(duration * rate)
     if not onsets:
         return torch.zeros(total)
-    outputs = model.window_outputs(video, [o.time for o in onsets], material=material)
+    if outputs is None:
+        outputs = model.window_outputs(video, [o.time for o in onsets], material=material)
     if bank is not None:
         names = model.class_names
         classes = [entry.get("class") for entry in bank.entries]

@@ -112,3 +112,21 @@ def test_load_of_what_is_not_a_model_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(avgen.AvgenError, match="not a model folder"):
         avgen.load(tmp_path / "empty")
+
+
+def test_windows_of_a_few_contacts_encode_only_their_frames(model: avgen.SoundModel, tiny_run: Path, monkeypatch) -> None:
+    """A few windows in a longer video: only their frames go through the encoder, and their features are those
+    the whole video's features give (to float rounding: the encoder sees other batches)."""
+    from avgen.onsets import window_features
+
+    video = a_video(tiny_run)
+    fps, per_clip = model.encoder.fps, max(1, round(model.clip_seconds * model.encoder.fps))
+    times = [0.1, 1.0, 1.1, 3.9]  # clamped at both ends; the middle two overlap
+    whole = window_features(model.features(video), times, fps, per_clip)
+    seen = []
+    encode = model.encoder.encode
+    monkeypatch.setattr(model.encoder, "encode", lambda frames: seen.append(frames.shape[0]) or encode(frames))
+    sparse = model._window_features(video, times)
+    assert sparse.shape == whole.shape
+    assert torch.allclose(sparse, whole, atol=1e-5)
+    assert sum(seen) < model.features(video).shape[0] / 2  # what was encoded for the windows alone
