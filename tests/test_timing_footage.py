@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from avgen import media
-from conftest import avgen_in_process, run_avgen
+from conftest import avgen_in_process
 from test_timing_sync import CONTACTS, FPS, RATE, render_video, soundtrack
 
 pytestmark = pytest.mark.usefixtures("one_thread", "avgen_home")
@@ -125,18 +125,18 @@ def test_bad_input_is_one_line_and_exit_2(footage, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mute.mp4"]  # nothing written
 
 
-def test_a_run_that_keeps_a_detector_generates_one_sound_per_contact(tiny_run, tmp_path, capsys):
+def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per_contact(tiny_run, tmp_path, capsys):
     """`timing fit --run` keeps the head in the run; `generate` then defaults to events: a sound at each contact
-    found, silence elsewhere; --mode windows gives the sliding windows back; the export carries the detector."""
+    found, silence before the first; --mode windows gives the sliding windows back."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    data = tiny_run.parents[1]
-    proc = run_avgen("timing", "fit", "--run", str(run), cwd=data)
-    assert proc.returncode == 0, proc.stderr
+    data = tiny_run.parents[1] / "data"
+    code, out, err = avgen_in_process(capsys, "timing", "fit", "--run", str(run))
+    assert code == 0, err
     spec = json.loads((run / "detector.json").read_text())
     assert spec["detector"] == "learned_contacts" and (run / spec["params"]["weights"]).is_file()
 
-    video = sorted((data / "data").glob("*_denoised.mp4"))[0]
+    video = sorted(data.glob("*_denoised.mp4"))[0]
     events_wav, windows_wav = tmp_path / "events.wav", tmp_path / "windows.wav"
     code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(events_wav))
     assert code == 0, err
@@ -154,42 +154,31 @@ def test_a_run_that_keeps_a_detector_generates_one_sound_per_contact(tiny_run, t
     detector = LearnedContacts(LearnedContactsParams(weights=str(run / "detector.safetensors")))
     found = detector.detect(media.read_frames(video, detector.fps, detector.input_size))[:, 0].numpy()
     assert found.size > 0
-    # silence before the first contact (each sound starts at its contact), and sound after it
-    first = int(round(found.min() * rate))
+    first = int(round(found.min() * rate))  # silence before the first contact, sound from it on
     assert np.abs(events[: max(first - int(0.02 * rate), 0)]).max(initial=0.0) == 0.0
     assert np.abs(events[first:]).max() > 0
-    # the contacts are near the annotated ones (the head was fitted on this run's training videos)
-    truth = np.array(annotated_times(times_file(video)))
+    truth = np.array(annotated_times(times_file(video)))  # fitted on this run's training videos
     assert min(np.abs(truth - t).min() for t in found) <= 0.1
 
-    model_dir = tmp_path / "model"
-    proc = run_avgen("export", str(run), str(model_dir), cwd=data)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((model_dir / "detector.json").read_text())["params"]["weights"] == "detector.safetensors"
-    assert "detector" in json.loads((model_dir / "config.json").read_text())["components"]
-    out = tmp_path / "from_model.wav"
-    code, _, err = avgen_in_process(capsys, "generate", str(video), "--model", str(model_dir), "-o", str(out))
-    assert code == 0, err
-    assert np.allclose(sf.read(out)[0], events, atol=1e-4)  # the same contacts, the same sounds
 
-
-def test_a_recipe_detector_is_fitted_in_the_run_and_drives_generate_and_av_sync(tmp_path, capsys):
+def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_path, capsys, monkeypatch):
     """[detector] in a recipe: the fit stage fits it on the training videos and keeps it (detector.json);
-    `generate` then defaults to events and av_sync ('auto') measures against it."""
+    `generate` then defaults to events, av_sync ('auto') measures against it, and the exported folder carries it."""
     from conftest import TINY_RECIPE
 
+    monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "events.toml"
     recipe.write_text(TINY_RECIPE.format(root="data") + '\n[detector]\nname = "learned_contacts"\n'
                       + '\n[[metric]]\nname = "av_sync"\ntimeline_clips = 0\n')
-    proc = run_avgen("run", str(recipe), "--out", "runs", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = avgen_in_process(capsys, "run", str(recipe), "--out", "runs")
+    assert code == 0, err[-20:]
     run = tmp_path / "runs" / "tiny"
     spec = json.loads((run / "detector.json").read_text())
     assert spec["detector"] == "learned_contacts" and (run / spec["params"]["weights"]).is_file()
     stages = json.loads((run / "stages.json").read_text())
     assert stages["stages"]["fit"]["detector"] == {"name": "learned_contacts", "videos": 4}
     assert "av_sync" in json.loads((run / "metrics.json").read_text())
-    assert "detector: fitting learned_contacts on 4 training videos" in proc.stderr
+    assert any("detector: fitting learned_contacts on 4 training videos" in line for line in err)
 
     video = sorted((tmp_path / "data").glob("*_denoised.mp4"))[0]
     code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"))
@@ -197,3 +186,16 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_drives_generate_and_av_sync(
     summary = json.loads((tmp_path / "out" / f"{video.stem}.avgen.json").read_text())
     assert summary["mode"] == "events" and summary["detector"].startswith("learned_contacts")
     assert summary["onsets"] == len(summary["contacts"])
+
+    model_dir = tmp_path / "model"
+    code, _, err = avgen_in_process(capsys, "export", str(run), str(model_dir))
+    assert code == 0, err
+    assert json.loads((model_dir / "detector.json").read_text())["params"]["weights"] == "detector.safetensors"
+    assert "detector" in json.loads((model_dir / "config.json").read_text())["components"]
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--model", str(model_dir), "-o",
+                                    str(tmp_path / "from_model"))
+    assert code == 0, err
+    again = json.loads((tmp_path / "from_model" / f"{video.stem}.avgen.json").read_text())
+    assert again["contacts"] == summary["contacts"]  # the same detector, the same contacts
+    assert np.allclose(sf.read(tmp_path / "from_model" / f"{video.stem}.avgen.wav")[0],
+                       sf.read(tmp_path / "out" / f"{video.stem}.avgen.wav")[0], atol=1e-4)

@@ -125,7 +125,12 @@ def fit_head(samples: list[tuple[torch.Tensor, torch.Tensor]], epochs: int = 300
     y = torch.cat([l for _, l in samples]).float()
     if y.sum() == 0:
         raise AvgenError("no contact in the training videos (no annotated time, no onset in their sound)")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        return _fit(x, y, epochs)
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, epochs: int) -> Head:
     head = Head(x.shape[1])
     head.mean.copy_(x.mean(0))
     head.std.copy_(x.std(0).clamp_min(1e-6))
