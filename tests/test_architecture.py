@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-AVGEN = Path(__file__).resolve().parents[1] / "avgen"
+ROOT = Path(__file__).resolve().parents[1]
+AVGEN = ROOT / "avgen"
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -87,3 +88,37 @@ def test_no_import_cycle_in_avgen():
 def test_runner_is_a_short_stage_table():
     lines = len((AVGEN / "runner.py").read_text(encoding="utf-8").splitlines())
     assert lines < 350, f"avgen/runner.py has {lines} lines; keep it under 350 (move the work into its own module)"
+
+
+def public_api_violations(tree: ast.AST) -> list[str]:
+    """Imports of avgen that go past its public namespace: ``from avgen.x import ...``, ``import avgen.x``, and
+    ``from avgen import name`` where name is not in ``avgen.__all__`` (a private module, ``media`` included)."""
+    import avgen
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("avgen."):
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+            elif node.module == "avgen":
+                found += [f"line {node.lineno}: from avgen import {a.name}" for a in node.names
+                          if a.name not in avgen.__all__]
+        elif isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name.startswith("avgen.")]
+    return found
+
+
+def test_the_public_api_check_sees_private_imports():
+    tree = ast.parse("from avgen import media, read_frames\nimport avgen.generate\nfrom avgen.model import load\n"
+                     "import avgen\nfrom avgen_timing.footage import find_videos\n")
+    assert public_api_violations(tree) == ["line 1: from avgen import media", "line 2: import avgen.generate",
+                                           "line 3: from avgen.model import ..."]
+
+
+def test_plugins_and_examples_import_only_the_public_api():
+    """A plugin (shipped or an example) sees what a third-party package sees: ``avgen``'s public names."""
+    files = sorted(p for folder in (ROOT / "plugins", ROOT / "examples") for p in folder.rglob("*.py")
+                   if "build" not in p.parts)
+    assert len(files) > 40
+    bad = {str(p.relative_to(ROOT)): v for p in files if (v := public_api_violations(ast.parse(p.read_text())))}
+    assert not bad, f"imports past avgen's public names (use the names avgen exports): {bad}"

@@ -70,16 +70,16 @@ class MediaClips(Dataset):
 
     def load_frames(self, clip: Clip, fps: float, size: int) -> torch.Tensor:
         """Frames of the clip at fps, size x size: uint8 [N, size, size, 3], N = round(duration * fps)."""
-        from avgen import media
+        from avgen import read_frames
 
         if clip.video is None:
             raise AvgenError(f"clip '{clip.id}' has no video file; this dataset is audio-only")
-        return media.read_frames(clip.video, fps, size, start=clip.start, duration=clip.duration)
+        return read_frames(clip.video, fps, size, start=clip.start, duration=clip.duration)
 
     def load_audio(self, clip: Clip) -> torch.Tensor:
         """Mono float32 [round(duration * sample_rate)], zero-padded if the file ends early."""
-        from avgen import media
+        from avgen import read_audio
 
         source = clip.audio if clip.audio is not None else clip.video
-        wave, _ = media.read_audio(source, sample_rate=self.sample_rate, start=clip.start, duration=clip.duration)
+        wave, _ = read_audio(source, sample_rate=self.sample_rate, start=clip.start, duration=clip.duration)
         return wave

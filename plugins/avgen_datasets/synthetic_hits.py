@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import AvgenError, BuildContext, folder_error, media, named_as, staging_folder, write_json, write_text
+from avgen import (AvgenError, BuildContext, folder_error, named_as, staging_folder, write_json, write_text, write_video,
+                   write_wav)
 
 from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
@@ -142,10 +143,10 @@ def write_video_files(root: Path, settings: SynthesisParams, number: int, vid: s
     rng = np.random.default_rng([settings.seed, number])
     segments = plan_segments(settings, materials, rng)
     wave = render_audio(segments, settings.video_seconds, settings.audio_rate, rng)
-    media.write_wav(root / f"{vid}_denoised.wav", wave, settings.audio_rate)
+    write_wav(root / f"{vid}_denoised.wav", wave, settings.audio_rate)
     renderer = SceneRenderer(segments, settings.size, settings.fps, rng, HARD if settings.difficulty == "hard" else None)
     num_frames = int(round(settings.video_seconds * settings.fps))
-    media.write_video(root / f"{vid}_denoised.mp4", renderer.frames(num_frames), settings.fps)
+    write_video(root / f"{vid}_denoised.mp4", renderer.frames(num_frames), settings.fps)
     write_text(root / f"{vid}_times.txt", times_text(segments))
 
 

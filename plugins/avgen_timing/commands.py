@@ -31,7 +31,7 @@ def match(found: np.ndarray, truth: np.ndarray, tolerance: int) -> tuple[int, li
 
 def evaluate_detector(root: Path, detector: Any, split: str, tolerance: int, progress: Any = None) -> dict[str, Any]:
     """Precision, recall and F1 at +-tolerance frames over the videos of a split, with a chance baseline."""
-    from avgen import media
+    from avgen import read_frames
 
     ids = video_ids(root, split)
     tp = detected = annotated = frames_total = 0
@@ -40,7 +40,7 @@ def evaluate_detector(root: Path, detector: Any, split: str, tolerance: int, pro
         video, times = root / f"{vid}_denoised.mp4", root / f"{vid}_times.txt"
         if not video.is_file() or not times.is_file():
             raise AvgenError(f"{root}: video '{vid}' of {split}.txt has no {video.name} or {times.name}")
-        frames = media.read_frames(video, detector.fps, detector.input_size)
+        frames = read_frames(video, detector.fps, detector.input_size)
         found = np.round(detector.detect(frames)[:, 0].double().numpy() * detector.fps).astype(np.int64)
         truth = np.round(np.array(annotated_times(times)) * detector.fps).astype(np.int64)
         hits, errs = match(found, truth, tolerance)
