@@ -14,20 +14,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import error_lines, run_avgen
+from conftest import avgen_in_process
 
 HOP = 512  # librosa's onset hop (samples); the output's onset is measured to within one hop
 
 
 @pytest.fixture
-def timed_run(tiny_run: Path) -> tuple[Path, Path, dict]:
-    """(the shared tiny run, with av_sync among its metrics; a video of its dataset; env)."""
+def timed_run(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(the shared tiny run, with av_sync among its metrics; a video of its dataset), its AVGEN_HOME set."""
     base = tiny_run.parents[1]
-    return tiny_run, base / "data" / "synth0000_denoised.mp4", {"AVGEN_HOME": str(base / "home")}
+    monkeypatch.setenv("AVGEN_HOME", str(base / "home"))
+    return tiny_run, base / "data" / "synth0000_denoised.mp4"
 
 
 def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(timed_run):
-    run, _, _ = timed_run
+    run, _ = timed_run
     sync = json.loads((run / "metrics.json").read_text())["av_sync"]
     for kind in ("real", "raw", "exemplar"):
         assert sync[f"sync_clips_{kind}"] >= 1 and 0 <= sync[f"sync_within_frame_{kind}"] <= 1
@@ -55,12 +56,12 @@ def measured_onsets(wav: Path) -> tuple[np.ndarray, int]:
     return librosa.onset.onset_detect(y=y, sr=sr, hop_length=HOP, units="time"), sr
 
 
-def test_onsets_out_writes_the_detected_contacts_in_the_documented_format(timed_run, tmp_path):
-    run, video, env = timed_run
+def test_onsets_out_writes_the_detected_contacts_in_the_documented_format(timed_run, tmp_path, capsys):
+    run, video = timed_run
     hits = tmp_path / "hits.json"
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "out.mp4"),
-                     "--onsets-out", str(hits), env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "out.mp4"),
+                     "--onsets-out", str(hits))
+    assert code == 0, err
     assert (tmp_path / "out.mp4").is_file() and (tmp_path / "out.wav").is_file()  # the usual sound as well
     doc = json.loads(hits.read_text())
     assert doc["format"] == "avgen-onsets" and doc["version"] == 1 and doc["detector"] == "motion_contacts"
@@ -73,15 +74,15 @@ def test_onsets_out_writes_the_detected_contacts_in_the_documented_format(timed_
 
 
 @pytest.mark.parametrize("mode", ["--exemplar", "--raw"])
-def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_run, tmp_path, mode):
-    run, video, env = timed_run
+def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_run, tmp_path, mode, capsys):
+    run, video = timed_run
     measured = []
     for time in (1.0, 1.35):
         path = tmp_path / f"onsets{time}.json"  # not at{time}.json: the summary written beside at{time}.mp4
         path.write_text(json.dumps(onsets_doc([(time, "carpet")])))
         out = tmp_path / f"at{time}.mp4"
-        proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(out), "--onsets", str(path), mode, env=env)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(out), "--onsets", str(path), mode)
+        assert code == 0, err
         onsets, sr = measured_onsets(out.with_suffix(".wav"))
         y, _ = sf.read(str(out.with_suffix(".wav")))
         assert np.abs(y[: round(time * sr) - 1]).max() == 0  # nothing sounds before the onset
@@ -91,21 +92,21 @@ def test_an_edited_onset_moves_the_hit_in_the_output_by_the_edited_amount(timed_
     assert abs((measured[1] - measured[0]) - 0.35) <= HOP / sr
 
 
-def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path):
-    run, video, env = timed_run
+def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path, capsys):
+    run, video = timed_run
     path = tmp_path / "onsets.json"  # not two.json: the summary written beside two.mp4
     path.write_text(json.dumps(onsets_doc([(2.5, None), (0.6, "cloth")])))  # any order; material optional
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "two.mp4"), "--onsets", str(path),
-                     "--exemplar", env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "two.mp4"), "--onsets", str(path),
+                     "--exemplar")
+    assert code == 0, err
     onsets, sr = measured_onsets(tmp_path / "two.wav")
     y, _ = sf.read(str(tmp_path / "two.wav"))
     assert np.abs(y[: round(0.6 * sr) - 1]).max() == 0 and np.abs(y[round(1.1 * sr):round(2.5 * sr) - 1]).max() == 0
     near = lambda t: [o for o in onsets if abs(o - t) <= 2 * HOP / sr]  # noqa: E731
     assert near(0.6) and near(2.5), onsets  # a hit at each onset (an exemplar may hold more than one, e.g. a scratch)
     path.write_text(json.dumps(onsets_doc([])))
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "none.mp4"), "--onsets", str(path), env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "none.mp4"), "--onsets", str(path))
+    assert code == 0, err
     y, _ = sf.read(str(tmp_path / "none.wav"))
     assert np.abs(y).max() == 0  # every onset deleted: silence
 
@@ -129,20 +130,23 @@ def test_a_bad_onsets_file_is_one_line(tmp_path, doc, expected):
     assert expected in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
 
 
-def test_a_bad_onsets_file_exits_2_with_one_error_line(timed_run, tmp_path):
-    run, video, env = timed_run
+def test_a_bad_onsets_file_exits_2_with_one_error_line(timed_run, tmp_path, capsys):
+    run, video = timed_run
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(onsets_doc([(1.0, "marble")])))
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "x.mp4"), "--onsets", str(path), env=env)
-    errors = [line for line in error_lines(proc) if line.startswith("error:")]  # after the "loaded ..." line
-    assert proc.returncode == 2 and len(errors) == 1 and "marble" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "x.mp4"), "--onsets", str(path))
+    errors = [line for line in err if line.startswith("error:")]  # after the "loaded ..." line
+    assert code == 2 and len(errors) == 1 and "marble" in errors[0] and not any("Traceback" in e for e in err), err
 
 
-def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(timed_run, tmp_path):
-    run, video, env = timed_run
-    both = run_avgen("generate", str(video), "--run", str(run), "--onsets", "a.json", "--onsets-out", "b.json", env=env)
-    unknown = run_avgen("generate", str(video), "--run", str(run), "--onsets-out", str(tmp_path / "h.json"),
-                        "--detector", "nope", env=env)
-    for proc in (both, unknown):
-        assert proc.returncode == 2 and len(error_lines(proc)) == 1, proc.stderr
-    assert "nope" in unknown.stderr
+def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(timed_run, tmp_path, capsys):
+    run, video = timed_run
+    both = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "--onsets", "a.json", "--onsets-out",
+                            "b.json")
+    unknown = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "--onsets-out",
+                               str(tmp_path / "h.json"), "--detector", "nope")
+    events = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "--onsets", "a.json", "--mode",
+                              "events")
+    for code, _, err in (both, unknown, events):
+        assert code == 2 and len(err) == 1, err
+    assert "nope" in unknown[2][0]
