@@ -160,6 +160,11 @@ def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per
     truth = np.array(annotated_times(times_file(video)))  # fitted on this run's training videos
     assert min(np.abs(truth - t).min() for t in found) <= 0.1
 
+    still = media.write_video(tmp_path / "still.mp4", np.full((60, 64, 64, 3), 90, dtype=np.uint8), 30)
+    code, _, err = avgen_in_process(capsys, "generate", str(still), "--run", str(run), "-o", str(tmp_path / "still.wav"))
+    assert code == 0, err
+    assert np.abs(sf.read(tmp_path / "still.wav")[0]).max() == 0  # nothing happens: a silent track, no error
+
 
 def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_path, capsys, monkeypatch):
     """[detector] in a recipe: the fit stage fits it on the training videos and keeps it (detector.json);
