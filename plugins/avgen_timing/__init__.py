@@ -6,6 +6,7 @@ from avgen import hookimpl
 
 from avgen_timing.detector import MotionContactsParams, make_motion_contacts
 from avgen_timing.learned import LearnedContactsParams, make_learned_contacts
+from avgen_timing.regions import RegionContactsParams, make_region_contacts
 from avgen_timing.sync import SyncParams, make_sync
 
 
@@ -22,6 +23,15 @@ def register_detectors(register):
         summary="contacts where a small MLP on +-6 frames of motion features peaks; train it with `avgen timing fit ROOT`",
         card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
               "weights": "$AVGEN_HOME/weights/timing/learned_contacts.safetensors (avgen timing fit)"},
+    )
+    register(
+        "region_contacts", make_region_contacts, params=RegionContactsParams,
+        summary="contacts where the most-moving region's motion peaks (repeated frames skipped, camera compensated; "
+                "CPU); `avgen timing fit --detector region_contacts` adds a motion-vector head where it cross-validates better",
+        card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
+              "definition": "score(t) = mean of the strongest 0.3 % of 12 px regions' camera-compensated change from the "
+                            "previous distinct frame (per frame) minus the median region; peaks >= threshold x the clip's largest",
+              "weights": "none (the prior); or a file from avgen timing fit --detector region_contacts"},
     )
 
 

@@ -138,17 +138,27 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
                    "(auto); always the soundtrack (audio); only annotated times (annotated).")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--detector", "detector_name", type=click.Choice(["learned_contacts", "region_contacts"]),
+              default="learned_contacts", show_default=True,
+              help="What to fit: learned_contacts' head, or region_contacts (its prior's threshold, and a head kept "
+                   "only where it beats the prior in cross-validation; default file "
+                   "$AVGEN_HOME/weights/timing/region_contacts.safetensors).")
 def fit_command(paths: tuple[Path, ...], run_dir: Path | None, out: Path | None, split: str, labels: str,
-                epochs: int, seed: int) -> None:
-    """Train learned_contacts' head on videos with sound: a folder (searched recursively), video files, a
-    Greatest-Hits-layout folder (its SPLIT.txt), or with --run alone the run's training videos. No annotation
-    is needed: a contact is where the video's own sound has an onset."""
+                epochs: int, seed: int, detector_name: str) -> None:
+    """Train learned_contacts' head (or region_contacts) on videos with sound: a folder (searched recursively),
+    video files, a Greatest-Hits-layout folder (its SPLIT.txt), or with --run alone the run's training videos.
+    No annotation is needed: a contact is where the video's own sound has an onset."""
     from avgen_timing.footage import check_has_sound
     from avgen_timing.learned import default_weights, fit_head, save_head, video_samples
 
     videos = training_videos(paths, run_dir, split)
     if labels != "annotated":
         check_has_sound(videos)
+    if detector_name == "region_contacts":
+        from avgen_timing.regions import fit_videos
+
+        click.echo(fit_videos(videos, labels, run_dir, out, epochs, seed, [str(p) for p in paths]))
+        return
     with _bar() as (bar, task):
         bar.update(task, description="motion features and contacts", total=len(videos))
         samples = video_samples(videos, labels, lambda: bar.advance(task))
@@ -227,7 +237,8 @@ def keep_in_run(run_dir: Path, head: Any, out: Path | None, info: dict[str, Any]
               help="Score each video's soundtrack onsets against those of the video of the same name in this folder "
                    "(e.g. avgen's clip.avgen.mp4 against the real clip.mp4) instead of the detector's contacts.")
 @click.option("--leave-one-out", is_flag=True,
-              help="learned_contacts only: score each video with a head fitted on the others' soundtracks.")
+              help="learned_contacts or region_contacts: score each video with the detector fitted on the others' "
+                   "soundtracks.")
 @click.option("--tolerance", type=click.FloatRange(0.001, 1.0), default=0.1, show_default=True,
               help="A contact within this many seconds of an onset is correct.")
 @click.option("--max-offset", type=click.FloatRange(0.01, 5.0), default=0.5, show_default=True,
@@ -248,9 +259,15 @@ def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str,
         avgen.check_outputs([(out, "-o")], list(paths), "give another -o")
     settings = parse_params(params)
     if leave_one_out:
-        if detector_name != "learned_contacts":
-            raise AvgenError("--leave-one-out fits learned_contacts on the other videos: add --detector learned_contacts")
-        factory = leave_one_out_factory(settings)
+        if detector_name == "region_contacts":
+            from avgen_timing.regions import leave_one_out_factory as region_factory
+
+            factory = region_factory(settings)
+        elif detector_name != "learned_contacts":
+            raise AvgenError("--leave-one-out fits a detector on the other videos: add --detector learned_contacts "
+                             "or --detector region_contacts")
+        else:
+            factory = leave_one_out_factory(settings)
     else:
         detector = avgen.create("detector", detector_name, **settings)
         factory = lambda videos, video: detector  # noqa: E731
