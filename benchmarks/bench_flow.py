@@ -69,15 +69,13 @@ def quality(recipe, representation, model, test, device) -> dict[str, float]:
     return scores
 
 
-def generate_seconds(video, recipe, encoder, representation, model, meta, device, repeats) -> tuple[float, float]:
-    """Median (whole generate, sampler alone) seconds for the video."""
-    from avgen.generate import generate_for_video
-
-    generate_for_video(video, recipe, encoder, representation, model, meta, device)  # warm-up
+def generate_seconds(video, loaded, repeats) -> tuple[float, float]:
+    """Median (whole generate, sampler alone) seconds for the video, with the loaded ``avgen.SoundModel``."""
+    loaded.sound(video)  # warm-up
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _, summary = generate_for_video(video, recipe, encoder, representation, model, meta, device)
+        _, summary = loaded.sound(video)
         runs.append((time.perf_counter() - t0, summary["timings"]["generator"]))
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
@@ -96,12 +94,13 @@ def main() -> None:
     device = torch.device("cpu")
 
     from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py
-    from avgen.generate import load_trained
-    from avgen.media import probe
+    import avgen
+    from avgen import probe
 
     if not (args.run / "checkpoints").is_dir():
         raise SystemExit(f"{args.run}: no trained run; avgen run recipes/flow_quickstart.toml first")
-    recipe, encoder, representation, model, meta = load_trained(args.run, device)
+    loaded = avgen.load(args.run, device)
+    recipe, encoder, representation, model = loaded.recipe, loaded.encoder, loaded.representation, loaded.generator
     if recipe.generator.name != "flow_matching":
         raise SystemExit(f"{args.run}: generator {recipe.generator.name}, not flow_matching")
     video = args.video or ten_second_video(recipe)
@@ -114,15 +113,17 @@ def main() -> None:
           f"{peak / 1e9:.1f} GFLOP/s")
     peer = None
     if args.peer:
-        peer_recipe, _, peer_rep, peer_model, _ = load_trained(args.peer, device)
+        peer_loaded = avgen.load(args.peer, device)
+        peer_recipe, peer_rep, peer_model = peer_loaded.recipe, peer_loaded.representation, peer_loaded.generator
         peer_test = test_split(peer_recipe, encoder, peer_rep, device)
         peer = quality(peer_recipe, peer_rep, peer_model, peer_test, device)
         print(f"peer {args.peer} ({peer_recipe.generator.name}): " + ", ".join(f"{k} {v:.3f}" for k, v in peer.items()))
     rows = []
     windows = test.features[:40]
     for steps in [int(s) for s in args.steps.split(",")]:
-        recipe, encoder, representation, model, meta = load_trained(args.run, device, [f"generator.steps={steps}"])
-        whole, sampler = generate_seconds(video, recipe, encoder, representation, model, meta, device, args.repeats)
+        loaded = avgen.load(args.run, device, [f"generator.steps={steps}"])
+        recipe, representation, model = loaded.recipe, loaded.representation, loaded.generator
+        whole, sampler = generate_seconds(video, loaded, args.repeats)
         with torch.no_grad():
             flops = counted_flops(lambda: model(windows))
             seconds = timed(lambda: model(windows), device, args.repeats)

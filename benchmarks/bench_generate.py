@@ -74,13 +74,12 @@ def train_small_run(folder: Path) -> Path:
 
 def ten_second_video(run_dir: Path) -> Path:
     """The first video of the run's dataset that lasts at least 10 s."""
-    from avgen.generate import load_trained
-    from avgen.media import probe
+    import avgen
 
-    recipe = load_trained(run_dir, torch.device("cpu"))[0]
+    recipe = avgen.validate_recipe(avgen.read_recipe(run_dir), run_dir / "recipe.toml")
     root = Path(recipe.data.params.get("root", "."))
     for video in sorted(root.rglob("*.mp4")):
-        if probe(video).duration >= 10.0:
+        if avgen.probe(video).duration >= 10.0:
             return video
     raise SystemExit(f"no video of 10 s or more under {root}; pass --video")
 
@@ -98,30 +97,30 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from avgen.generate import exemplar_bank, generate_for_video, load_trained
+    import avgen
     from _timing import record  # benchmarks/_timing.py
-    from avgen.media import probe
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run or train_small_run(Path(tmp))
         video = args.video or ten_second_video(run_dir)
         device = torch.device(args.device)
         started = time.perf_counter()
-        recipe, encoder, representation, model, meta = load_trained(run_dir, device)
+        model = avgen.load(run_dir, device)
         load_seconds = time.perf_counter() - started
+        recipe, encoder = model.recipe, model.encoder
         if args.encoder_precision:
             encoder.precision = args.encoder_precision
-        bank = exemplar_bank(recipe, run_dir, device, encoder, representation)
-        duration = probe(video).duration
+        bank = model.bank()
+        duration = avgen.probe(video).duration
         print(f"video {video} ({duration:.1f} s), run {run_dir}, {args.threads} threads, {args.device}, "
               f"encoder {recipe.encoder.name} at {encoder.fps} fps in {encoder.precision}; "
               f"model load {load_seconds:.2f} s (not counted)")
-        for mode, kwargs in (("raw", {}), ("exemplar", {"exemplar_bank": bank})):
-            generate_for_video(video, recipe, encoder, representation, model, meta, device, **kwargs)  # warm-up
+        for mode, kwargs in (("raw", {}), ("exemplar", {"bank": bank})):
+            model.sound(video, **kwargs)  # warm-up
             runs = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                _, summary = generate_for_video(video, recipe, encoder, representation, model, meta, device, **kwargs)
+                _, summary = model.sound(video, **kwargs)
                 runs.append((time.perf_counter() - t0, summary["timings"]))
             seconds, timings = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
             rtf = seconds / duration
