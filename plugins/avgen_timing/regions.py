@@ -416,7 +416,7 @@ def load_model(path: Path) -> Model:
             head = Head(state["mean"].numel())
             head.load_state_dict(state)
             head.eval()
-        return Model(mode, float(tensors["threshold"][0]), head, json.loads(meta.get("report", "{}")))
+        return Model(mode, round(float(tensors["threshold"][0]), 6), head, json.loads(meta.get("report", "{}")))
     except Exception as exc:  # noqa: BLE001  one line for any unreadable file
         raise AvgenError(f"region_contacts: {path} is unreadable ({exc}); fit it again with `avgen timing fit "
                          "VIDEOS --detector region_contacts`") from exc
