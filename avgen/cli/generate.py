@@ -12,6 +12,7 @@ from avgen.cli import THREADS_OPTION, cli, console, err_console
 from avgen.errors import AvgenError
 
 
+FALLBACK_DETECTOR = "region_contacts"  # the contact detector of a model that keeps none: it needs no training
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
@@ -62,7 +63,7 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
               help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
 @click.option("--detector", "detector_name", default=None,
               help="The detector component that finds contacts for events and --onsets-out (avgen list detector); "
-                   "default: the model's own (`avgen timing fit --run`), else motion_contacts.")
+                   f"default: the model's own (`avgen timing fit --run`), else {FALLBACK_DETECTOR} (no training).")
 @click.option("--mode", type=click.Choice(["auto", "events", "windows"]), default="auto", show_default=True,
               help="events: one sound at each detected contact, silence elsewhere; windows: clip-length windows every "
                    "half clip, each sounding; auto: events when the model keeps a contact detector or --detector is "
@@ -274,7 +275,7 @@ def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_
     if model.detector is not None:
         return f"{model.detector_name} (kept with the model)", model.detector
     if mode == "events" or onsets_out:
-        return "motion_contacts", create("detector", "motion_contacts")  # needs no training
+        return FALLBACK_DETECTOR, create("detector", FALLBACK_DETECTOR)
     return None
 
 

@@ -27,6 +27,7 @@ from avgen import (BuildContext, EvalContext, Metric, atomic_path, cache_dir, ca
 
 from avgen_timing.detector import MotionContacts
 from avgen_timing.learned import LearnedContacts
+from avgen_timing.regions import RegionContacts
 
 log = logging.getLogger("avgen.timing.sync")
 
@@ -35,7 +36,8 @@ class SyncParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     detector: str = Field("auto", description="the detector whose contact strength is the picture's timing; 'auto': the "
-                                              "run's own ([detector], fitted on its training videos), else motion_contacts")
+                                              "run's own ([detector], fitted on its training videos), else "
+                                              "motion_contacts")
     max_offset: float = Field(0.5, gt=0, le=5, description="largest audio-video offset searched (s)")
     rate: float = Field(200.0, ge=50, le=8000, description="frames per second of the onset envelope and of the offset search")
     top_db: float = Field(30.0, gt=0, description="log-energy floor below the clip's loudest frame (dB): quieter sounds and room noise make no onset")
@@ -118,6 +120,8 @@ class ClipVisual:
 
 
 VERSION = "1"  # of the cached visual curves
+FALLBACK = "motion_contacts"  # needs no training, and its contact is the frame where motion stops (region_contacts'
+# peaks come earlier on a slow approach, which would bias an offset)
 
 
 class SyncMetric(Metric):
@@ -134,7 +138,7 @@ class SyncMetric(Metric):
         if self.detector is not None:
             return
         kept = kept_detector(ctx.run_dir) if ctx.run_dir is not None else None
-        self.detector, self.name = kept if kept is not None else (create("detector", "motion_contacts"), "motion_contacts")
+        self.detector, self.name = kept if kept is not None else (create("detector", FALLBACK), FALLBACK)
         self.component = get_component("detector", self.name)
 
     def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
@@ -161,10 +165,11 @@ class SyncMetric(Metric):
         if isinstance(self.detector, MotionContacts):
             return self.detector.p.model_dump()
         if isinstance(self.detector, LearnedContacts):
-            digest = hashlib.sha256()
-            for name, value in sorted(self.detector.trained_head().state_dict().items()):
-                digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
-            return {**self.detector.p.model_dump(), "head": digest.hexdigest()}
+            return {**self.detector.p.model_dump(), "head": weights_digest(self.detector.trained_head())}
+        if isinstance(self.detector, RegionContacts):
+            fitted = self.detector.fitted()
+            return {**self.detector.p.model_dump(), "mode": fitted.mode, "threshold": fitted.threshold,
+                    "head": weights_digest(fitted.head) if fitted.head is not None else None}
         return {}
 
     def visual(self, ctx: EvalContext, clip: Any) -> ClipVisual:
@@ -207,6 +212,14 @@ class SyncMetric(Metric):
             save_timeline(ctx.run_dir / "figures" / "timeline.png", ctx, visuals[: self.p.timeline_clips], sounds,
                           offsets, self.p)
         return out
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names and bytes): what a fitted head contributes to a cache key."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def pack(visuals: list[ClipVisual]) -> dict[str, torch.Tensor]:
