@@ -29,6 +29,17 @@ def trained_run(tiny_run: Path) -> Path:
     return tiny_run
 
 
+def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consoles 200 columns wide for the CLI in this process, as run_avgen's COLUMNS=200 makes them in a subprocess:
+    avgen.cli's console and err_console read COLUMNS when avgen.cli is imported (80 in a pytest-xdist worker), the
+    consoles a command makes read it then."""
+    from avgen import cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    for console in (cli.console, cli.err_console):
+        monkeypatch.setattr(console, "_width", 200)
+
+
 def audio_seconds(path: Path) -> tuple[int, float]:
     """(number of audio streams, seconds of decoded audio in the first one)."""
     with av.open(str(path)) as container:
@@ -73,6 +84,7 @@ def test_crossfade_windows_of_spectrogram_frames_is_per_bin() -> None:
 
 
 def test_generate_raw_on_a_synthetic_video(trained_run: Path, tmp_path: Path) -> None:
+    """The real `python -m avgen generate` in a subprocess (the other generate tests run the CLI in this process)."""
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(tmp_path),
                      env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
@@ -84,29 +96,36 @@ def test_generate_raw_on_a_synthetic_video(trained_run: Path, tmp_path: Path) ->
     assert (tmp_path / f"{video.stem}.avgen.wav").is_file()
 
 
-def test_generate_exemplar_to_a_file(trained_run: Path, tmp_path: Path) -> None:
+def test_generate_exemplar_to_a_file(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[1]
     out = tmp_path / "out.mp4"
-    proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(out), "--exemplar",
-                     env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(trained_run.parents[1] / "home"))
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(trained_run), "-o", str(out),
+                                      "--exemplar")
+    assert code == 0, lines[-20:]
     assert abs(audio_seconds(out)[1] - video_seconds(video)) < 0.1
 
 
-def test_exemplar_from_another_directory_uses_the_run_data_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
+def test_exemplar_from_another_directory_uses_the_run_data_and_writes_none(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe's data root is relative: generate, run elsewhere, finds the data where the run found it."""
     base = trained_run.parents[1]
     video = sorted((base / "data").glob("*_denoised.mp4"))[0]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     entries = sorted((base / "home" / "cache").rglob("*.safetensors"))
-    proc = run_avgen("generate", str(video), "--run", str(trained_run), "-o", str(tmp_path / "out.mp4"), "--exemplar",
-                     env={"AVGEN_HOME": str(base / "home")}, cwd=elsewhere)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(base / "home"))
+    wide_consoles(monkeypatch)
+    monkeypatch.chdir(elsewhere)
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(trained_run), "-o",
+                                      str(tmp_path / "out.mp4"), "--exemplar")
+    assert code == 0, lines[-20:]
+    stderr = "\n".join(lines)
     assert list(elsewhere.iterdir()) == []  # no data synthesized into the working directory
-    assert "featurize train" not in proc.stderr  # no featurize progress: the training clips came from the cache ...
+    assert "featurize train" not in stderr  # no featurize progress: the training clips came from the cache ...
     assert sorted((base / "home" / "cache").rglob("*.safetensors")) == entries  # ... and nothing was added to it
-    assert "featurized, " not in proc.stderr  # the run's featurize stage lines are not generate's
+    assert "featurized, " not in stderr  # the run's featurize stage lines are not generate's
     assert abs(audio_seconds(tmp_path / "out.mp4")[1] - video_seconds(video)) < 0.1
 
 
@@ -123,15 +142,17 @@ def copy_with_recipe_value(run_dir: Path, to: Path, section: str, key: str, valu
     return to
 
 
-def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: Path, tmp_path: Path) -> None:
+def test_exemplar_without_the_run_data_is_one_line_and_writes_none(
+        trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that recorded a relative data root (written before runs kept absolute paths), its data not found."""
     run = copy_with_recipe_value(trained_run, tmp_path / "old_run", "data", "root", "data")
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
-    proc = run_avgen("generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"), "--exemplar",
-                     env={"AVGEN_HOME": str(tmp_path / "home")}, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = error_lines(proc)
-    assert lines[-1].startswith("error: --exemplar needs the training clips") and "Traceback" not in proc.stderr
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "out"),
+                                      "--exemplar")
+    assert code == 2, lines[-20:]
+    assert lines[-1].startswith("error: --exemplar needs the training clips") and not any("Traceback" in line for line in lines)
     assert f"data.root '{tmp_path / 'data'}' is missing" in lines[-1]
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
@@ -140,7 +161,7 @@ def test_exemplar_without_the_run_data_is_one_line_and_writes_none(trained_run: 
 def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Through the CLI entry point in this process (a subprocess per case cost 2-3 s of start-up; the real
-    `python -m avgen generate` runs in the tests above and below)."""
+    `python -m avgen generate` runs in test_generate_raw_on_a_synthetic_video and under a write limit below)."""
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
     run = trained_run
     if case == "missing":
@@ -211,10 +232,13 @@ def big_buck_bunny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.network
-def test_generate_on_a_real_video_keeping_its_audio(trained_run: Path, tmp_path: Path, big_buck_bunny: Path) -> None:
-    proc = run_avgen("generate", str(big_buck_bunny), "--run", str(trained_run), "-o", str(tmp_path), "--keep-audio",
-                     env={"AVGEN_HOME": str(trained_run.parents[1] / "home")})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_generate_on_a_real_video_keeping_its_audio(trained_run: Path, tmp_path: Path, big_buck_bunny: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVGEN_HOME", str(trained_run.parents[1] / "home"))
+    code, _, lines = avgen_in_process(capsys, "generate", str(big_buck_bunny), "--run", str(trained_run), "-o",
+                                      str(tmp_path), "--keep-audio")
+    assert code == 0, lines[-20:]
     mp4 = tmp_path / "bigbuckbunny.avgen.mp4"
     count, seconds = audio_seconds(mp4)
     assert count == 2  # generated track first, the original kept second
@@ -342,7 +366,9 @@ def test_segments_of_a_stationary_sound_join_without_seams(continues: bool) -> N
     assert seamless == continues, (dips, one_pass_dip, join_flux, one_pass_flux)
 
 
-def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_path: Path) -> None:
+def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder: every video generated under one progress bar, a summary row each; a corrupt file is reported
     in its row (exit 1) without stopping the others. A folder without videos is one line, exit 2."""
     folder = tmp_path / "clips"
@@ -352,22 +378,25 @@ def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_pa
         shutil.copy(video, folder / video.name)
     (folder / "broken.mp4").write_bytes(b"not a video at all" * 100)
     (folder / "notes.txt").write_text("ignored")
-    env = {"AVGEN_HOME": str(trained_run.parents[1] / "home"), "COLUMNS": "200"}
-    proc = run_avgen("generate", str(folder), "--run", str(trained_run), "-o", str(tmp_path / "out"), env=env)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(trained_run.parents[1] / "home"))
+    wide_consoles(monkeypatch)
+    code, out, lines = avgen_in_process(capsys, "generate", str(folder), "--run", str(trained_run), "-o",
+                                        str(tmp_path / "out"))
+    assert code == 1, lines[-20:]
+    stderr = "\n".join(lines)
     outputs = sorted(p.name for p in (tmp_path / "out").glob("*.avgen.mp4"))
     assert outputs == sorted(f"{v.stem}.avgen.mp4" for v in videos)
     for name in outputs:
         assert audio_seconds(tmp_path / "out" / name)[1] > 1.0
-    assert f"error: {folder / 'broken.mp4'}: cannot read media file" in proc.stderr and "Traceback" not in proc.stderr
-    assert "avgen generate: 2 of 3 videos" in " ".join(proc.stderr.split())  # the summary table's title
-    assert proc.stdout.split() == [str(tmp_path / "out" / name) for name in outputs]
+    assert f"error: {folder / 'broken.mp4'}: cannot read media file" in stderr and "Traceback" not in stderr
+    assert "avgen generate: 2 of 3 videos" in " ".join(stderr.split())  # the summary table's title
+    assert out.split() == [str(tmp_path / "out" / name) for name in outputs]
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_avgen("generate", str(empty), "--run", str(trained_run), env=env)
-    assert proc.returncode == 2 and error_lines(proc) == [f"error: {empty}: folder holds no videos "
-                                                          "(.mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg, .mpeg)"]
+    code, _, lines = avgen_in_process(capsys, "generate", str(empty), "--run", str(trained_run))
+    assert code == 2 and lines == [f"error: {empty}: folder holds no videos "
+                                   "(.mp4, .mov, .mkv, .avi, .webm, .m4v, .mpg, .mpeg)"]
 
 
 def test_loading_a_run_imports_no_heavy_optional_library(trained_run: Path) -> None:

@@ -22,7 +22,8 @@ FOLDER_FILES = {"README.md", "LICENSE.md", "SHA256SUMS", "config.json", "model.s
 
 @pytest.fixture(scope="module")
 def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the shared tiny run directory, its exported model folder)."""
+    """(the shared tiny run directory, its exported model folder), exported by the real `python -m avgen export`
+    in a subprocess (the other export tests run the CLI in this process)."""
     out = tmp_path_factory.mktemp("share") / "model"
     proc = run_avgen("export", str(tiny_run), str(out), env={"AVGEN_HOME": str(tiny_run.parents[1] / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -224,18 +225,18 @@ def test_a_generator_without_classes_refuses_material(example_plugin: None) -> N
 def test_material_changes_the_predicted_class_and_the_sound(exported: tuple[Path, Path], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without --material in this process, with it through the real CLI in a subprocess."""
+    """Without and with --material, both through the CLI entry point in this process (the real `python -m avgen
+    generate --model` runs in test_generate_from_a_copied_folder_alone)."""
     run, model = exported
     video = sorted((run.parents[1] / "data").glob("*_denoised.mp4"))[0]
-    env = {"AVGEN_HOME": str(tmp_path / "home")}
-    monkeypatch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
     code, _, lines = avgen_in_process(capsys, "generate", str(video), "--model", str(model), "-o", str(tmp_path / "free"))
     assert code == 0, lines
     before = json.loads((tmp_path / "free" / f"{video.stem}.avgen.json").read_text())
     other = next(name for name in ("carpet", "ceramic", "cloth") if name != before["predicted"])
-    proc = run_avgen("generate", str(video), "--model", str(model), "--material", other, "-o", str(tmp_path / "forced"),
-                     env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--model", str(model), "--material", other,
+                                      "-o", str(tmp_path / "forced"))
+    assert code == 0, lines[-20:]
     after = json.loads((tmp_path / "forced" / f"{video.stem}.avgen.json").read_text())
     assert after["predicted"] == other == after["material"] and after["classes"][other] == 1.0
     wave_free, _ = sf.read(tmp_path / "free" / f"{video.stem}.avgen.wav")
@@ -246,6 +247,7 @@ def test_material_changes_the_predicted_class_and_the_sound(exported: tuple[Path
 def test_without_the_share_plugin_a_model_folder_is_one_line(exported: tuple[Path, Path], tmp_path: Path) -> None:
     run, model = exported
     video = sorted((run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    # a subprocess: AVGEN_LOAD_PLUGINS is read once, when a process first loads its plugins
     proc = run_avgen("generate", str(video), "--model", str(model), "-o", str(tmp_path / "x"),
                      env={"AVGEN_HOME": str(tmp_path / "home"), "AVGEN_LOAD_PLUGINS": "audio,lstm,example"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

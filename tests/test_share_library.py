@@ -15,9 +15,9 @@ import torch
 
 import avgen
 from avgen_share.library import LIBRARY_CSV, UNKNOWN_LICENCE, detect_onsets, index_library
-from conftest import avgen_in_process, run_avgen
+from conftest import avgen_in_process
 from library_support import fetch_sonic_pi, write_library
-from test_generate import RECIPE
+from test_generate import RECIPE, wide_consoles
 
 RATE = 22050
 
@@ -125,7 +125,8 @@ def short_video(path: Path, seconds: float = 0.5, fps: int = 8) -> Path:
     return path
 
 
-def test_generate_with_a_library_records_file_offset_licence_and_similarity(tiny_run: Path, tmp_path: Path) -> None:
+def test_generate_with_a_library_records_file_offset_licence_and_similarity(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "wavs"
     (root / "wood").mkdir(parents=True)
     files = {"wood/low.wav": (200, [0.2, 1.1]), "wood/mid.wav": (900, [0.4]), "high.wav": (3000, [0.3, 0.9])}
@@ -133,11 +134,13 @@ def test_generate_with_a_library_records_file_offset_licence_and_similarity(tiny
         sf.write(root / name, strikes(times, 1.5, RATE, freq, seed), RATE, subtype="FLOAT")
     (root / LIBRARY_CSV).write_text("file,label,licence,source\nhigh.wav,glass,CC0-1.0,made here\n")
     video = short_video(tmp_path / "one_window.mp4")
-    proc = run_avgen("generate", str(video), "--run", str(tiny_run), "--library", str(root), "-o", str(tmp_path / "out"),
-                     env={"AVGEN_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    wide_consoles(monkeypatch)
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(tiny_run), "--library", str(root),
+                                      "-o", str(tmp_path / "out"))
+    assert code == 0, lines[-20:]
     record = json.loads((tmp_path / "out" / "one_window.avgen.json").read_text())
-    assert record["exemplars"] == f"sound library {root.resolve()}" and "indexed 5 clips from 3 files" in proc.stderr
+    assert record["exemplars"] == f"sound library {root.resolve()}" and "indexed 5 clips from 3 files" in "\n".join(lines)
     (window,) = record["provenance"]
     assert window["file"] in files and (window["start"], window["end"]) == (0.0, 0.5)
     expected = {"licence": "CC0-1.0", "label": "glass", "source": "made here"} if window["file"] == "high.wav" else \
@@ -194,15 +197,17 @@ def sonic_pi_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.network
 def test_a_library_of_real_recordings_is_indexed_and_named_in_the_record(sonic_pi_library: Path, tiny_run: Path,
-                                                                          tmp_path: Path) -> None:
+                                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     rows = {r["file"]: r for r in csv.DictReader(open(sonic_pi_library / LIBRARY_CSV))}
     assert len(rows) >= 150
     video = sorted((tiny_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
-    env = {"AVGEN_HOME": str(tmp_path / "home")}
-    proc = run_avgen("generate", str(video), "--run", str(tiny_run), "--library", str(sonic_pi_library),
-                     "-o", str(tmp_path / "out"), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    indexed = [line for line in proc.stderr.splitlines() if "indexed" in line]
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    wide_consoles(monkeypatch)
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(tiny_run), "--library",
+                                      str(sonic_pi_library), "-o", str(tmp_path / "out"))
+    assert code == 0, lines[-20:]
+    indexed = [line for line in lines if "indexed" in line]
     assert indexed and f"from {len(rows)} files (0 skipped)" in indexed[0]
     clips = int(indexed[0].split("indexed ")[1].split()[0])
     assert clips >= 300  # a few hundred clips around the onsets of 165 recordings
@@ -213,12 +218,14 @@ def test_a_library_of_real_recordings_is_indexed_and_named_in_the_record(sonic_p
         assert window["licence"] == rows[window["file"]]["licence"] and window["licence"] in ("CC0", "MIT")
         assert window["source"] == rows[window["file"]]["source"]
     # the second run reads the index from the cache
-    again = run_avgen("generate", str(video), "--run", str(tiny_run), "--library", str(sonic_pi_library),
-                      "-o", str(tmp_path / "out2"), env=env)
-    assert again.returncode == 0 and f"{clips} clips from the index cache" in again.stderr
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(tiny_run), "--library",
+                                      str(sonic_pi_library), "-o", str(tmp_path / "out2"))
+    assert code == 0 and f"{clips} clips from the index cache" in "\n".join(lines), lines[-20:]
 
 
-def test_a_run_takes_its_exemplar_sounds_from_a_library(tmp_path: Path, example_plugin: None) -> None:
+def test_a_run_takes_its_exemplar_sounds_from_a_library(tmp_path: Path, example_plugin: None,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """eval.library: the generate stage's exemplar sounds (and the report's players) come from the library; the
     training-clip retrieval behind R@K is unchanged."""
     root = tmp_path / "wavs"
@@ -228,9 +235,11 @@ def test_a_run_takes_its_exemplar_sounds_from_a_library(tmp_path: Path, example_
     (root / LIBRARY_CSV).write_text("file,label,licence,source\nhit250.wav,low,CC0-1.0,made here\n")
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(RECIPE.format(root=str(tmp_path / "data")))
-    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", f"eval.library={root}",
-                     env={"AVGEN_HOME": str(tmp_path / "home")}, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "runs"), "--set",
+                                      f"eval.library={root}")
+    assert code == 0, lines[-20:]
     run = tmp_path / "runs" / "tiny"
     index = json.loads((run / "generated" / "index.json").read_text())
     assert index["clips"] and all(c["exemplar_id"] is None and len(c["retrieved"]) >= 1 for c in index["clips"])
