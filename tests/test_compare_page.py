@@ -1,5 +1,6 @@
 """The compare page (`avgen compare -o PAGE.html`): relative links to each run's report, the bar chart, players
-for the same test clips with spectrograms, and the listening test's mean opinion scores; through the real CLI."""
+for the same test clips with spectrograms, and the listening test's mean opinion scores; through the CLI entry point
+in this process (the real `python -m avgen compare` runs in test_eval_compare.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -18,6 +17,7 @@ import soundfile as sf
 from scipy import stats
 
 from avgen.listening import mos
+from conftest import avgen_in_process
 
 RATE = 22050
 CLIPS = [f"vid{v}_{k:04d}" for v in range(3) for k in range(3)]  # 9 test clips
@@ -61,9 +61,11 @@ def write_ratings(run: Path, scores: dict[str, list[float]]) -> None:
     (run / "listening" / "ratings.json").write_text(json.dumps({"version": 1, "ratings": ratings}))
 
 
-def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "avgen", "compare", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=180)
+def compare(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str,
+            cwd: Path) -> tuple[int, str, list[str]]:
+    """`avgen compare ARGS` in the folder ``cwd``: (exit code, stdout, non-empty stderr lines)."""
+    monkeypatch.chdir(cwd)
+    return avgen_in_process(capsys, "compare", *args)
 
 
 def refs(page: str, tag: str, attr: str) -> list[str]:
@@ -74,7 +76,7 @@ def is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_page_links_chart_players_and_mos(tmp_path):
+def test_compare_page_links_chart_players_and_mos(tmp_path, capsys, monkeypatch):
     root = tmp_path / "project"
     runs = root / "runs"
     owens = write_run(runs, "owens", CLIPS, r1=0.2, generator="owens_lstm")
@@ -83,11 +85,13 @@ def test_compare_page_links_chart_players_and_mos(tmp_path):
     write_run(runs, "can", CLIPS[1:], generator="can_lstm", report=False)  # 8 clips: the first is missing
     raw, exemplar = [60.0, 70.0, 80.0, 94.0], [40.0]
     write_ratings(owens, {"raw": raw, "exemplar": exemplar, "reference": [90.0, 100.0]})
-    proc = compare("runs/owens", "runs/pocan_s0", "runs/pocan_s1", "runs/can", "-o", "pages/compare.html", cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    assert "pages/compare_files" in proc.stdout.replace("\n", "")
+    code, out, lines = compare(capsys, monkeypatch, "runs/owens", "runs/pocan_s0", "runs/pocan_s1", "runs/can", "-o",
+                               "pages/compare.html", cwd=root)
+    assert code == 0, lines
+    assert "pages/compare_files" in out.replace("\n", "")
 
     # moved as a whole (zipped and unpacked elsewhere), the page still finds everything: links are relative
+    monkeypatch.chdir(tmp_path)  # out of the folder that moves
     moved = tmp_path / "elsewhere"
     shutil.move(root, moved)
     page_dir = moved / "pages"
@@ -141,13 +145,13 @@ def test_mos_is_the_mean_and_t_interval(tmp_path):
     assert got["exemplar"] == {"mean": 80.0, "ci95": None, "n": 1} and "reference" not in got
 
 
-def test_no_mos_column_without_ratings_and_own_examples_without_shared_clips(tmp_path):
+def test_no_mos_column_without_ratings_and_own_examples_without_shared_clips(tmp_path, capsys, monkeypatch):
     a = write_run(tmp_path, "a", CLIPS[:4])
     b = write_run(tmp_path, "b", [f"other_{k}" for k in range(4)])
     (b / "listening").mkdir()
     (b / "listening" / "ratings.json").write_text("{not json")  # unreadable: a line on the page, no column
-    proc = compare("a", "b", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    code, _, lines = compare(capsys, monkeypatch, "a", "b", cwd=tmp_path)
+    assert code == 0, lines
     page = (tmp_path / "compare.html").read_text()
     assert "MOS raw" not in page and 'id="mos-errors"' in page and "ratings.json" in page
     assert 'id="no-shared-clips"' in page and "players-table" not in page
@@ -160,6 +164,6 @@ def test_no_mos_column_without_ratings_and_own_examples_without_shared_clips(tmp
     # a files folder that compare did not write is left alone: one line, exit 2
     (tmp_path / "mine_files").mkdir()
     (tmp_path / "mine_files" / "keep.txt").write_text("mine")
-    proc = compare("a", "-o", "mine.html", cwd=tmp_path)
-    assert proc.returncode == 2 and "mine_files" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    code, _, lines = compare(capsys, monkeypatch, "a", "-o", "mine.html", cwd=tmp_path)
+    assert code == 2 and len(lines) == 1 and "mine_files" in lines[0], lines
     assert (tmp_path / "mine_files" / "keep.txt").read_text() == "mine"

@@ -11,7 +11,7 @@ import torch
 
 from avgen import GeneratorShape, create
 from avgen.plugins import get_component
-from conftest import avgen_in_process, run_avgen
+from conftest import avgen_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -293,9 +293,12 @@ def test_a_flow_recipe_runs_end_to_end_and_generate_overrides_steps_and_guidance
     import numpy as np
 
     (tmp_path / "flow.toml").write_text(RECIPE)
-    env = {"AVGEN_HOME": str(tmp_path / "home")}
-    proc = run_avgen("run", "flow.toml", "--out", "runs", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the CLI entry point in this process (the real `python -m avgen run` and `generate` run in conftest.py's
+    # tiny_run and in test_generate.py)
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    code, _, lines = avgen_in_process(capsys, "run", "flow.toml", "--out", "runs")
+    assert code == 0, lines[-20:]
     run_dir = tmp_path / "runs" / "flow_tiny"
     fit = json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]
     assert set(fit["val"]) >= {"flow_matching_mse", "class_nll"}
@@ -304,8 +307,8 @@ def test_a_flow_recipe_runs_end_to_end_and_generate_overrides_steps_and_guidance
     outputs = {}
     for name, extra in {"default": [], "guided": ["--set", "generator.guidance=3", "--set", "generator.steps=3"]}.items():
         out = tmp_path / f"{name}.mp4"
-        proc = run_avgen("generate", str(video), "--run", str(run_dir), "-o", str(out), *extra, env=env, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run_dir), "-o", str(out), *extra)
+        assert code == 0, lines[-20:]
         with av.open(str(out)) as container:
             assert any(s.type == "audio" for s in container.streams)
         import soundfile
@@ -313,8 +316,7 @@ def test_a_flow_recipe_runs_end_to_end_and_generate_overrides_steps_and_guidance
         outputs[name], _ = soundfile.read(out.with_suffix(".wav"))
     assert outputs["default"].shape == outputs["guided"].shape
     assert np.abs(outputs["default"] - outputs["guided"]).max() > 1e-3  # the override reached the sampler
-    # bad settings through the CLI entry point in this process (the real `python -m avgen generate` ran above)
-    monkeypatch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
+    # bad settings
     code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run_dir), "--set", "generator.steps=0",
                                       "-o", str(tmp_path / "bad"))
     assert code == 2 and len(lines) == 1, lines

@@ -10,7 +10,8 @@ import torch
 
 import avgen.precision as precision
 from avgen.precision import MIN_COSINE, PrecisionChoice, check_bf16, choose_precision, min_row_cosine, native_bf16
-from conftest import EXAMPLE, run_avgen
+from conftest import EXAMPLE, avgen_in_process
+from test_generate import wide_consoles
 
 CPU = torch.device("cpu")
 
@@ -72,24 +73,27 @@ def _env(run_dir: Path) -> dict:
     return json.loads((run_dir / "environment.json").read_text())
 
 
-def test_run_records_the_choice_and_keeps_fp32_and_bf16_features_apart(tmp_path, example_plugin):
-    """Real CLI runs of the example recipe: fp32 forced, then bf16 forced, share no feature entry; both are recorded."""
+def test_run_records_the_choice_and_keeps_fp32_and_bf16_features_apart(tmp_path, example_plugin, capsys, monkeypatch):
+    """CLI runs of the example recipe (the entry point in this process): fp32 forced, then bf16 forced, share no
+    feature entry; both are recorded."""
     recipe = EXAMPLE / "tones.toml"
-    env = {"AVGEN_HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    wide_consoles(monkeypatch)
     small = ["--set", "data.clips_per_class=4", "--only", "featurize"]
-    first = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=fp32",
-                      "--set", "run.name=fp32", *small, env=env)
-    assert first.returncode == 0, first.stderr
-    assert "featurize precision: fp32 (set in the recipe)" in first.stderr
-    second = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=bf16",
-                       "--set", "run.name=bf16", *small, env=env)
-    assert second.returncode == 0, second.stderr
-    assert "0 from cache" in second.stderr  # no fp32 entry is reused for bf16
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "runs"), "--set",
+                                      "featurize.precision=fp32", "--set", "run.name=fp32", *small)
+    assert code == 0, lines
+    assert "featurize precision: fp32 (set in the recipe)" in "\n".join(lines)
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "runs"), "--set",
+                                      "featurize.precision=bf16", "--set", "run.name=bf16", *small)
+    assert code == 0, lines
+    assert "0 from cache" in "\n".join(lines)  # no fp32 entry is reused for bf16
     assert _env(tmp_path / "runs" / "fp32")["featurize_precision"] == "fp32"
     record = _env(tmp_path / "runs" / "bf16")
     assert record["featurize_precision"] == "bf16" and record["threads"]["interop"] == 1
-    bad = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--set", "featurize.precision=fp16", env=env)
-    assert bad.returncode == 2 and "featurize.precision" in bad.stderr
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "runs"), "--set",
+                                      "featurize.precision=fp16")
+    assert code == 2 and "featurize.precision" in "\n".join(lines), lines
 
 
 def test_real_encoder_bf16_features_agree_with_fp32(monkeypatch, frames):

@@ -63,20 +63,30 @@ def test_every_contact_of_a_rendered_video_is_found_within_one_frame(tmp_path):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A small synthetic dataset (3 videos of 10 s) written by the real CLI, and the env of the CLI runs."""
+    """A small synthetic dataset (3 videos of 10 s) written by the CLI entry point in this process (its output is in
+    the test's captured setup output), and the env of the CLI runs."""
+    from avgen.cli import main
+
     base = tmp_path_factory.mktemp("synth")
     env = {"AVGEN_HOME": str(base / "home")}
-    made = run_avgen("data", "synth", str(base / "synth"), "--videos", "3", "--classes", "3", env=env)
-    assert made.returncode == 0, made.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
+        try:
+            main(["data", "synth", str(base / "synth"), "--videos", "3", "--classes", "3"])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    assert code == 0
     return base / "synth", env
 
 
-def test_timing_eval_counts_like_an_optimal_assignment(synth):
+def test_timing_eval_counts_like_an_optimal_assignment(synth, capsys, monkeypatch):
     """`avgen timing eval` on a small synthetic set against a maximum matching computed here (scipy)."""
     root, env = synth
-    proc = run_avgen("timing", "eval", str(root), "--split", "train", "--json", env=env)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    monkeypatch.setenv("AVGEN_HOME", env["AVGEN_HOME"])
+    code, out, lines = avgen_in_process(capsys, "timing", "eval", str(root), "--split", "train", "--json")
+    assert code == 0, lines
+    result = json.loads(out)
 
     detector = avgen.create("detector", "motion_contacts")
     matched = detected = annotated = 0
@@ -93,15 +103,17 @@ def test_timing_eval_counts_like_an_optimal_assignment(synth):
     assert result["recall"] == pytest.approx(matched / annotated, abs=1e-4)
 
 
-def test_timing_eval_on_a_folder_without_split_files_is_one_line_and_exit_2(tmp_path):
-    proc = run_avgen("timing", "eval", str(tmp_path), env={"AVGEN_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
-    assert "test.txt" in proc.stderr
+def test_timing_eval_on_a_folder_without_split_files_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    code, _, lines = avgen_in_process(capsys, "timing", "eval", str(tmp_path))
+    assert code == 2 and len(lines) == 1, lines
+    assert "test.txt" in lines[0]
 
 
 def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(synth, tmp_path, capsys, monkeypatch):
     root, env = synth
     head = tmp_path / "head.safetensors"
+    # the real `python -m avgen timing fit` in a subprocess (the timing commands' one check in a separate process)
     fit = run_avgen("timing", "fit", str(root), "-o", str(head), "--epochs", "200", env=env)
     assert fit.returncode == 0 and head.is_file(), fit.stderr
     scores = {}
@@ -115,11 +127,11 @@ def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(s
     assert scores["learned_contacts"]["f1"] > max(0.8, scores["motion_contacts"]["f1"]), scores
 
 
-def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path):
+def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     media.write_video(tmp_path / "v_denoised.mp4", np.stack([scene((0, 0), k) for k in range(10)]), 30)
     (tmp_path / "v_times.txt").write_text("0.1 wood hit static\n")
     (tmp_path / "test.txt").write_text("v\n")  # a Greatest-Hits-layout folder: the head is needed to detect
-    proc = run_avgen("timing", "eval", str(tmp_path), "--detector", "learned_contacts",
-                     env={"AVGEN_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 2 and len([l for l in proc.stderr.splitlines() if l.strip()]) == 1, proc.stderr
-    assert "avgen timing fit" in proc.stderr
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    code, _, lines = avgen_in_process(capsys, "timing", "eval", str(tmp_path), "--detector", "learned_contacts")
+    assert code == 2 and len(lines) == 1, lines
+    assert "avgen timing fit" in lines[0]
