@@ -17,6 +17,7 @@ from avgen.errors import AvgenError
 from avgen import Dataset
 
 from avgen_datasets.materials import MATERIALS
+from conftest import avgen_in_process
 
 from test_media import STEP, write_grey_video  # the same grey-ramp videos (frame i is grey i * STEP)
 
@@ -125,7 +126,9 @@ def test_greatest_hits_filters_and_errors(ghd_root, tmp_path):
 
 # ---------------------------------------------------------------- synthetic_hits
 
-def test_avgen_data_synth_writes_a_dataset_greatest_hits_loads(tmp_path):
+def test_avgen_data_synth_writes_a_dataset_greatest_hits_loads(tmp_path, capsys):
+    """The real `python -m avgen data synth` in a subprocess (the command's one check in a separate process); the
+    refused settings through the entry point in this process."""
     out = tmp_path / "synth"
     env = {**os.environ, "AVGEN_LOAD_PLUGINS": "datasets"}  # only this plugin: faster start-up
     result = subprocess.run(
@@ -150,10 +153,9 @@ def test_avgen_data_synth_writes_a_dataset_greatest_hits_loads(tmp_path):
     frames = ds.load_frames(hit, fps=15, size=64)
     assert frames.shape == (8, 64, 64, 3)
 
-    bad = subprocess.run([sys.executable, "-m", "avgen", "data", "synth", str(out), "--classes", "40"],
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert bad.returncode == 2 and "classes" in bad.stderr and "Traceback" not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    code, _, lines = avgen_in_process(capsys, "data", "synth", str(out), "--classes", "40")
+    assert code == 2 and len(lines) == 1, lines
+    assert "classes" in lines[0] and "Traceback" not in lines[0]
 
 
 def test_synthetic_hits_prepare_is_seeded_and_idempotent(tmp_path):

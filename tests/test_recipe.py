@@ -9,6 +9,7 @@ import pytest
 from avgen.errors import RecipeError
 from avgen.recipe import apply_override, load_recipe, parse_value
 from conftest import avgen_in_process, error_lines, run_avgen
+from test_generate import wide_consoles
 
 GOOD = """
 [run]
@@ -94,11 +95,13 @@ def test_bad_recipes_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
-def test_missing_file_and_debug_traceback(tmp_path: Path) -> None:
+def test_missing_file_and_debug_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real `python -m avgen` in a subprocess: a user error is one line and exit status 2; --debug adds the
+    traceback (through the entry point in this process)."""
     proc = run_avgen("run", str(tmp_path / "nope.toml"))
     assert proc.returncode == 2 and error_lines(proc) == [f"error: {tmp_path / 'nope.toml'}: recipe file not found"]
-    debug = run_avgen("--debug", "run", str(tmp_path / "nope.toml"))
-    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    code, _, lines = avgen_in_process(capsys, "--debug", "run", str(tmp_path / "nope.toml"))
+    assert code == 2 and "Traceback" in "\n".join(lines), lines
 
 
 def test_variants_expand_into_one_recipe_each(tmp_path: Path, example_plugin: None) -> None:
@@ -117,11 +120,14 @@ def test_variants_expand_into_one_recipe_each(tmp_path: Path, example_plugin: No
 
 
 def test_variant_runs_share_a_group_folder_and_end_with_a_comparison(tmp_path: Path, avgen_home: Path,
-                                                                     example_plugin: None) -> None:
+                                                                     example_plugin: None,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     text = GOOD + '\n[[variant]]\nname = "small"\nrepresentation = { name = "mel", n_mels = 8 }\n' \
                   '\n[[variant]]\nname = "base"\n'
-    proc = run_avgen("run", str(write(tmp_path, text)), "--out", str(tmp_path / "runs"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    wide_consoles(monkeypatch)
+    code, out, lines = avgen_in_process(capsys, "run", str(write(tmp_path, text)), "--out", str(tmp_path / "runs"))
+    assert code == 0, lines[-20:]
     for name in ("small", "base"):
         assert (tmp_path / "runs" / "t" / name / "metrics.json").is_file()
-    assert "mean_energy" in proc.stdout and "small" in proc.stdout  # the comparison table
+    assert "mean_energy" in out and "small" in out  # the comparison table

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import avgen_in_process, error_lines, run_avgen
+from conftest import avgen_in_process
+from test_generate import wide_consoles
 
 TONES = '[run]\nname = "tiny"\n\n[data]\nname = "tones"\nclasses = 2\nclips_per_class = 4\n'
 
@@ -31,18 +32,19 @@ def one_error_line(lines: list[str]) -> str:
 
 
 def test_an_out_folder_below_a_regular_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
+                                                                capsys: pytest.CaptureFixture[str],
                                                                 example_plugin: None) -> None:
     """--out below a regular file (ENOTDIR, which stops root too): one line naming the run directory and --out."""
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TONES)
     (tmp_path / "a_file").write_text("not a folder\n")
     out = tmp_path / "a_file" / "runs"
-    proc = run_avgen("run", str(recipe), "--out", str(out))
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    line = one_error_line(error_lines(proc))
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(out))
+    assert code == 2, lines[-20:]
+    line = one_error_line(lines)
     assert line.startswith(f"error: cannot write the run directory {out / 'tiny'}: part of its path is a file, "
                            "not a folder") and "--out" in line
-    assert "Traceback" not in proc.stderr
+    assert not any("Traceback" in line for line in lines)
 
 
 def test_a_read_only_file_system_under_out_is_one_line_exit_2(tmp_path: Path, avgen_home: Path,
@@ -73,30 +75,33 @@ def test_a_read_only_file_system_under_out_is_one_line_exit_2(tmp_path: Path, av
 @pytest.mark.parametrize("variable", ["AVGEN_CACHE", "AVGEN_HOME"])
 @pytest.mark.parametrize("command", ["run", "cache"])
 def test_a_cache_or_home_variable_pointing_at_a_file_is_one_line_exit_2(tmp_path: Path, avgen_home: Path, variable: str,
-                                                                       command: str, example_plugin: None) -> None:
+                                                                       command: str, capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       example_plugin: None) -> None:
     """AVGEN_CACHE / AVGEN_HOME naming a regular file (FileExistsError): one line naming the variable and the path."""
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TONES)
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder\n")
     args = ("run", str(recipe), "--out", str(tmp_path / "runs")) if command == "run" else ("cache", "info")
-    proc = run_avgen(*args, env={variable: str(a_file)})
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    monkeypatch.setenv(variable, str(a_file))  # both are read when a command needs the folder
+    code, _, lines = avgen_in_process(capsys, *args)
+    assert code == 2, lines[-20:]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
     what = "the cache folder" if variable == "AVGEN_CACHE" else "the avgen home folder"
     assert lines[0].startswith(f"error: cannot write {what} {a_file}: it is a file, not a folder"), lines
     assert f"{variable} points there" in lines[0]
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, avgen_home: Path) -> None:
+def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, avgen_home: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """No AVGEN_CACHE, but $AVGEN_HOME/cache is a regular file: the line names it and AVGEN_CACHE."""
     avgen_home.mkdir(parents=True)
     (avgen_home / "cache").write_text("not a folder\n")
-    proc = run_avgen("cache", "info")
-    assert proc.returncode == 2
-    assert error_lines(proc) == [
+    code, _, lines = avgen_in_process(capsys, "cache", "info")
+    assert code == 2
+    assert lines == [
         f"error: cannot write the cache folder {avgen_home / 'cache'}: it is a file, not a folder (File exists); "
         "it is $AVGEN_HOME/cache: make it a writable folder or set AVGEN_CACHE to one"]
 
@@ -106,7 +111,9 @@ def test_a_file_where_the_default_cache_folder_goes_is_one_line(tmp_path: Path, 
 
 @pytest.mark.parametrize("bad", [["inf"], ["nan", "-0.500000"]], ids=["inf", "nan_or_negative"])
 def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and_counted(tmp_path: Path, avgen_home: Path,
-                                                                                         bad: list[str]) -> None:
+                                                                                         bad: list[str],
+                                                                                         capsys: pytest.CaptureFixture[str],
+                                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A hit time of inf (was an OverflowError), nan or below 0 (were silently clips at t = 0): each row is
     skipped with a warning naming the file and line, listed in skipped.txt and counted in stages.json."""
     import html
@@ -132,14 +139,15 @@ def test_greatest_hits_rows_with_time_inf_nan_or_negative_are_skipped_warned_and
                       "val_fraction = 0\nsample_rate = 8000\n")
     out = tmp_path / "runs"
 
-    proc = run_avgen("run", str(recipe), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    wide_consoles(monkeypatch)
+    code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(out))
+    assert code == 0, lines[-20:]
     train, test = root / "2015-01-01-10-00-00_times.txt", root / "2015-01-02-09-00-00_times.txt"
     why = "is not a finite number of seconds >= 0"
     expected = [f"train\tline {i + 2} of {train}: hit time {float(t)!r} {why}" for i, t in enumerate(bad)]
     expected.append(f"test\tline 2 of {test}: hit time {float(bad[-1])!r} {why}")
     assert (out / "ghd" / "skipped.txt").read_text().splitlines() == expected
-    warnings = [line for line in error_lines(proc) if line.startswith("warning: skipped line")]
+    warnings = [line for line in lines if line.startswith("warning: skipped line")]
     assert warnings == ["warning: skipped " + line.split("\t", 1)[1] for line in expected]
     prepare = json.loads((out / "ghd" / "stages.json").read_text())["stages"]["prepare"]
     assert prepare["skipped_rows"] == {"train": len(bad), "test": 1}
@@ -194,13 +202,15 @@ def test_train_epochs_0_warns_and_marks_the_report_and_the_ledger_untrained(tmp_
     """--set train.epochs=0 used to write a full report of an untrained model without a word."""
     import json
 
-    from reliability_support import run_args, run_cli, write_recipe
+    from reliability_support import run_args, write_recipe
 
     recipe, out, home = write_recipe(tmp_path), tmp_path / "runs", tmp_path / "home"
-    proc = run_cli(run_args(recipe, out, "train.epochs=0"), home)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("AVGEN_HOME", str(home))  # run and compare in this process: no interpreter start-up
+    wide_consoles(monkeypatch)
+    code, _, lines = avgen_in_process(capsys, *run_args(recipe, out, "train.epochs=0"))
+    assert code == 0, lines[-20:]
     assert ("warning: train.epochs = 0: the model is untrained; generate and evaluate use its initial random weights "
-            "and the report is marked UNTRAINED") in error_lines(proc)
+            "and the report is marked UNTRAINED") in lines
     run_dir = out / "tiny"
     fit = json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]
     assert fit["untrained"] is True and fit["epochs"] == 0
@@ -210,7 +220,6 @@ def test_train_epochs_0_warns_and_marks_the_report_and_the_ledger_untrained(tmp_
     page = (run_dir / "report.html").read_text()
     assert "<title>avgen run: tiny (untrained)</title>" in page and '<p id="untrained"' in page and banner in page
 
-    monkeypatch.setenv("AVGEN_HOME", str(home))  # compare in this process: one interpreter start-up less
     code, printed, lines = avgen_in_process(capsys, "compare", str(run_dir), "-o", str(tmp_path / "compare.html"), "--json")
     assert code == 0, lines[-20:]
     row = json.loads(printed)[0]

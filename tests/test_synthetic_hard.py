@@ -17,7 +17,7 @@ from avgen_datasets.materials import MATERIALS
 from avgen_datasets.synthesis import HARD, LOOKS_AND_SOUNDS, look_table
 from avgen_datasets.synthetic_hits import SynthesisParams, plan_segments, synthesize, write_dataset
 
-from conftest import run_avgen
+from conftest import avgen_in_process
 
 # Written by the generator as it was before the hard preset existed (git 46f274b), for
 # SynthesisParams(videos=3, seed=7, classes=5, fps=10, size=32, video_seconds=3, segments=2):
@@ -121,16 +121,18 @@ def test_hard_plan_draws_looks_and_puts_a_fifth_of_contacts_out_of_frame() -> No
     assert all(seg.look is None for seg in easy)
 
 
-def test_avgen_data_synth_hard_writes_a_folder_the_loader_reads(tmp_path: Path) -> None:
+def test_avgen_data_synth_hard_writes_a_folder_the_loader_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the CLI entry point in this process (the real `python -m avgen data synth` runs in test_datasets.py)."""
     out = tmp_path / "hard"
-    proc = run_avgen("data", "synth", str(out), "--videos", "2", "--classes", "4", "--size", "32", "--difficulty", "hard")
-    assert proc.returncode == 0, proc.stderr
+    code, _, lines = avgen_in_process(capsys, "data", "synth", str(out), "--videos", "2", "--classes", "4", "--size", "32",
+                                      "--difficulty", "hard")
+    assert code == 0, lines
     settings = json.loads((out / "synthetic_hits.json").read_text())["settings"]
     assert settings["difficulty"] == "hard" and settings["hard_scene"]["shared"] == HARD.shared  # new knobs regenerate
     # the same settings again: up to date, nothing rewritten
     assert synthesize(out, SynthesisParams(videos=2, classes=4, size=32, difficulty="hard")) is False
-    bad = run_avgen("data", "synth", str(tmp_path / "x"), "--difficulty", "brutal")
-    assert bad.returncode == 2 and "brutal" in bad.stderr
+    code, _, lines = avgen_in_process(capsys, "data", "synth", str(tmp_path / "x"), "--difficulty", "brutal")
+    assert code == 2 and "brutal" in "\n".join(lines), lines
     from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
 
     dataset = GreatestHits(GreatestHitsParams(root=out, materials=list(MATERIALS[:4])))

@@ -11,7 +11,7 @@ import torch
 
 import avgen.threads as threads
 from avgen.threads import plan_threads, worker_init
-from conftest import EXAMPLE, run_avgen
+from conftest import EXAMPLE, avgen_in_process
 
 
 def test_plan_uses_the_allowed_cores_unless_told(monkeypatch):
@@ -52,14 +52,22 @@ def test_dataloader_workers_use_one_thread_each():
     assert [int(x) for x in loader] == [1, 1]
 
 
-def test_cli_threads_option_is_applied_and_recorded(tmp_path, example_plugin):
+def test_cli_threads_option_is_applied_and_recorded(tmp_path, example_plugin, capsys, monkeypatch):
+    """Through the CLI entry point in this process: --threads sets this process's torch threads (put back after)."""
     out = tmp_path / "runs"
-    proc = run_avgen("run", str(EXAMPLE / "tones.toml"), "--out", str(out), "--set", "data.clips_per_class=4",
-                     "--only", "prepare", "--threads", "2", env={"AVGEN_HOME": str(tmp_path / "home")})
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the option, not the process's own count, makes it 2
+    try:
+        code, _, lines = avgen_in_process(capsys, "run", str(EXAMPLE / "tones.toml"), "--out", str(out), "--set",
+                                          "data.clips_per_class=4", "--only", "prepare", "--threads", "2")
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, lines
     record = json.loads((out / "tones_example" / "environment.json").read_text())
     assert record["threads"]["intra"] == 2 and record["torch_threads"] == 2
     assert record["threads"]["omp_wait_policy"] == "PASSIVE"
-    bad = run_avgen("run", str(EXAMPLE / "tones.toml"), "--threads", "-1")
-    assert bad.returncode == 2 and "--threads" in bad.stderr
-    assert "--threads" in run_avgen("generate", "--help").stdout
+    code, _, lines = avgen_in_process(capsys, "run", str(EXAMPLE / "tones.toml"), "--threads", "-1")
+    assert code == 2 and "--threads" in "\n".join(lines), lines
+    code, printed, _ = avgen_in_process(capsys, "generate", "--help")
+    assert code == 0 and "--threads" in printed
