@@ -96,15 +96,28 @@ def example_plugin() -> None:
 
 
 def avgen_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, list[str]]:
-    """Run the real CLI entry point in this process: (exit code, stdout, non-empty stderr lines)."""
-    from avgen.cli import main
+    """Run the real CLI entry point in this process: (exit code, stdout, non-empty stderr lines). Its consoles are
+    200 columns wide, as ``run_avgen``'s COLUMNS=200 makes them in a subprocess (avgen.cli's two consoles read
+    COLUMNS when it is imported: 80 in a pytest-xdist worker)."""
+    from avgen import cli
 
     capsys.readouterr()
+    saved = os.environ.get("COLUMNS"), [c._width for c in (cli.console, cli.err_console)]
+    os.environ["COLUMNS"] = "200"
+    for c in (cli.console, cli.err_console):
+        c._width = 200
     try:
-        main(list(args))
+        cli.main(list(args))
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
+    finally:
+        if saved[0] is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved[0]
+        for c, width in zip((cli.console, cli.err_console), saved[1]):
+            c._width = width
     out, err = capsys.readouterr()
     return code, out, [line for line in err.splitlines() if line.strip()]
 
