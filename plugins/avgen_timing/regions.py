@@ -320,13 +320,22 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
 
     out = {}
     for video in videos:
-        frames = read_frames(video, SETTINGS["fps"], SETTINGS["input_size"])
-        prior, per_frame = frame_statistics(frames, SETTINGS)
-        times, source = contact_times(video, labels)
-        out[video] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
+        stat = video.stat()
+        key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns, labels)
+        if key not in _SAMPLES:  # `timing fit` then `timing sync --leave-one-out` in one process read each once
+            frames = read_frames(video, SETTINGS["fps"], SETTINGS["input_size"])
+            prior, per_frame = frame_statistics(frames, SETTINGS)
+            times, source = contact_times(video, labels)
+            _SAMPLES[key] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
+            while len(_SAMPLES) > 256:
+                _SAMPLES.pop(next(iter(_SAMPLES)))
+        out[video] = _SAMPLES[key]
         if progress is not None:
             progress()
     return out
+
+
+_SAMPLES: dict[tuple[str, int, int, str], Sample] = {}  # per video file (path, size, mtime) and labels: its Sample
 
 
 def f1_of(found: list[np.ndarray], truth: list[np.ndarray], tolerance: float = TOLERANCE) -> float:
