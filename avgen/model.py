@@ -183,12 +183,12 @@ class SoundModel:
         """Encoder features [K, frames per clip, dim] of the windows centred on ``times`` (clamped to the video)."""
         from avgen.generate import encoder_precision, video_features
         from avgen.media import FrameReader, probe
-        from avgen.onsets import window_features
+        from avgen.onsets import window_features, window_starts
 
         fps = self.encoder.fps
         per_clip = max(1, round(self.clip_seconds * fps))
         total = max(1, round(max(float(probe(video).duration), self.clip_seconds) * fps))  # as ``features`` reads
-        firsts = [min(max(0, round(t * fps - per_clip / 2)), total - per_clip) for t in times]
+        firsts = window_starts(times, fps, per_clip, total)
         needed = sorted({f + i for f in firsts for i in range(per_clip)})
         if total < 2 * per_clip or len(needed) > total / 2:
             return window_features(self.features(video), times, fps, per_clip)

@@ -113,9 +113,14 @@ def window_features(features: torch.Tensor, times: list[float], fps: float, fram
 
     if features.shape[0] < frames_per_clip:
         features = fit_frames(features, frames_per_clip)
-    firsts = [min(max(0, round(t * fps - frames_per_clip / 2)), features.shape[0] - frames_per_clip) for t in times]
+    firsts = window_starts(times, fps, frames_per_clip, features.shape[0])
     return torch.stack([features[f:f + frames_per_clip] for f in firsts]) if firsts else \
         features.new_zeros(0, frames_per_clip, features.shape[1])
+
+
+def window_starts(times: list[float], fps: float, frames_per_clip: int, frames: int) -> list[int]:
+    """The first frame of the clip-length window centred on each time, clamped inside ``frames`` frames."""
+    return [min(max(0, round(t * fps - frames_per_clip / 2)), frames - frames_per_clip) for t in times]
 
 
 def label_events(events: torch.Tensor, probabilities: torch.Tensor | None, class_names: list[str]) -> list[Onset]:

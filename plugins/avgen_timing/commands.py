@@ -12,20 +12,14 @@ import numpy as np
 
 from avgen import AvgenError
 
-from avgen_timing.footage import annotated_times
+from avgen_timing.footage import annotated_times, match_times
 
 
 def match(found: np.ndarray, truth: np.ndarray, tolerance: int) -> tuple[int, list[int]]:
     """One-to-one matches (frame indices) within +-tolerance, each true contact taking the nearest free detection:
     (matches, signed errors found - truth)."""
-    free = list(range(len(found)))
-    errors = []
-    for t in truth:
-        near = [j for j in free if abs(int(found[j]) - int(t)) <= tolerance]
-        if near:
-            j = min(near, key=lambda j: (abs(int(found[j]) - int(t)), j))
-            free.remove(j)
-            errors.append(int(found[j]) - int(t))
+    errors = [round(e) for e in match_times(np.asarray(found, dtype=np.float64), np.asarray(truth, dtype=np.float64),
+                                            tolerance)]  # frame indices are whole numbers: exact as floats
     return len(errors), errors
 
 
