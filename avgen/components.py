@@ -278,6 +278,11 @@ class Detector:
     def detect(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [K, 2]: events as (seconds from the first frame, confidence in [0, 1]), by time."""
 
+    def curves(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(strength, detect) of the same frames. A detector whose events are the peaks of its strength overrides
+        it to compute the strength once."""
+        return self.strength(frames), self.detect(frames)
+
     def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
         """Learn from a run's training ``videos`` (their annotated times, or the onsets of their own sound) and keep
         what was learned in ``folder``; returns the params (file names relative to ``folder``) that rebuild the

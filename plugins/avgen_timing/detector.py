@@ -40,7 +40,11 @@ class MotionContacts(Detector):
         return contact_score(self.energy(frames), self.p.before)
 
     def detect(self, frames: torch.Tensor) -> torch.Tensor:
-        return events(self.strength(frames), self.fps, self.p.min_gap, self.p.threshold, self.p.min_score)
+        return self.curves(frames)[1]
+
+    def curves(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score = self.strength(frames)
+        return score, events(score, self.fps, self.p.min_gap, self.p.threshold, self.p.min_score)
 
 
 def events(score: torch.Tensor, fps: float, min_gap: float, threshold: float, min_score: float) -> torch.Tensor:

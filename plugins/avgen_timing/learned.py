@@ -111,7 +111,11 @@ class LearnedContacts(Detector):
         return {"weights": target.name}
 
     def detect(self, frames: torch.Tensor) -> torch.Tensor:
-        return events(self.strength(frames), self.fps, self.p.min_gap, self.p.threshold, min_score=1.0)
+        return self.curves(frames)[1]
+
+    def curves(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score = self.strength(frames)
+        return score, events(score, self.fps, self.p.min_gap, self.p.threshold, min_score=1.0)
 
 
 def make_learned_contacts(params: LearnedContactsParams, context: BuildContext) -> LearnedContacts:

@@ -35,8 +35,9 @@ def picture_curves(detector: Any, video: Path, duration: float) -> tuple[np.ndar
         lo, hi = max(0.0, start - MARGIN), min(duration, start + CHUNK + MARGIN)
         frames = read_frames(video, fps, detector.input_size, start=lo, duration=max(hi - lo, 1.0 / fps))
         first, last = round((start - lo) * fps), round((min(start + CHUNK, duration) - lo) * fps)
-        strengths.append(detector.strength(frames).double().numpy()[first:last])
-        found = detector.detect(frames).double().numpy().reshape(-1, 2)
+        strength, found = detector.curves(frames)
+        strengths.append(strength.double().numpy()[first:last])
+        found = found.double().numpy().reshape(-1, 2)
         found[:, 0] += lo
         events.append(found[(found[:, 0] >= start) & (found[:, 0] < start + CHUNK)])
         start += CHUNK

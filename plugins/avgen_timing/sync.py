@@ -178,10 +178,11 @@ class SyncMetric(Metric):
         lo = max(0.0, clip.start - margin)
         wide = dataclasses.replace(clip, start=lo, duration=clip.start + clip.duration + margin - lo)
         frames = ctx.dataset.load_frames(wide, self.detector.fps, self.detector.input_size)
-        events = self.detector.detect(frames).double().numpy().reshape(-1, 2)
+        strength, events = self.detector.curves(frames)
+        events = events.double().numpy().reshape(-1, 2)
         events[:, 0] += lo
         energy = self.detector.energy(frames).double().numpy() if isinstance(self.detector, MotionContacts) else None
-        return ClipVisual(lo, self.detector.fps, self.detector.strength(frames).double().numpy(), events, energy)
+        return ClipVisual(lo, self.detector.fps, strength.double().numpy(), events, energy)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.test_clips is None or ctx.dataset is None:
