@@ -1,68 +1,25 @@
-"""The report stage: ``report.html`` (self-contained, opens from disk) and ``report.md`` of a run.
+"""What a run directory holds, as its report shows it, and the report stage's entry point ``write_report``.
 
-Both hold the warnings (a collapsed model, an untrained one), the metrics table (every value
-exactly as in ``metrics.json``), the reference baselines beside the run, the fit line, the
-annotation rows the dataset dropped, the figures, the example clips (spectrograms of ground
-truth / raw / exemplar and audio players) and the recipe. Anything a run lacks (no generator,
-no figures, no metrics yet) is left out.
+``collect`` reads a run directory into a ``RunContents``: the warnings (a collapsed model, an untrained
+one), the metrics and the reference baselines beside the run, the fit line, the annotation rows the
+dataset dropped, the figures, the recipe, and the sections plugins add (hook ``run_sections``, e.g. the
+listening test's mean opinion scores). ``write_report`` hands it to the plugin that renders reports
+(hook ``render_report``; the eval plugin writes ``report.html`` and ``report.md``,
+plugins/avgen_eval/report.py). Anything a run lacks (no generator, no figures, no metrics yet) is
+left empty. The small readers here (``read_json``, ``read_recipe``, ``run_name``, ``is_untrained``) are
+public for plugins that read run directories.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avgen.atomic import atomic_path, write_text
-
-SOUND_KINDS: tuple[tuple[str, str], ...] = (("real", "ground truth"), ("raw", "raw sound"), ("exemplar", "exemplar sound"))
-
-CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
-       padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: .6em 0; }
-th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: left; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.paper td { color: #555; font-style: italic; background: #fafafa; }
-tr.baseline td { color: #335; background: #f4f7fb; }
-.warning { color: #b00; font-weight: bold; border: 2px solid #b00; border-radius: 6px; padding: .5em .8em; }
-figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: .9em; color: #555; }
-.clip { border: 1px solid #ddd; border-radius: 6px; padding: .6em; margin: .8em 0; }
-.players { display: flex; gap: 1em; flex-wrap: wrap; } .players div { font-size: .9em; }
-pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
-"""
-
-
-# ---------------------------------------------------------------- shared helpers (also used by `avgen compare`)
-
-
-def format_number(value: Any) -> str:
-    """A metric value as text that parses back to exactly the same number (Python's shortest repr)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return "nan" if math.isnan(value) else repr(float(value))
-
-
-def html_page(title: str, body: str) -> str:
-    """A complete HTML document with the report style."""
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
-
-
-def data_uri(path: Path, mime: str) -> str:
-    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+# ---------------------------------------------------------------- reading a run directory
 
 
 def read_json(path: Path) -> Any:
@@ -88,21 +45,8 @@ def is_untrained(run_dir: Path) -> bool:
     return isinstance(fit, dict) and fit.get("epochs") == 0
 
 
-UNTRAINED = ("UNTRAINED: train.epochs = 0, the generator was never trained; every result below comes from its "
-             "initial random weights")
-
-
-COLLAPSED = ("COLLAPSED? The model's predictions look collapsed (nearly the same for every clip, or a score at "
-             "chance); its numbers below say little about the method:")
-BASELINE_TITLES = {"this run": "this run", "chance": "chance (random training clips)",
-                   "visual_nn": "visual nearest neighbour", "train_mean": "training-mean spectrogram",
-                   "oracle": "oracle (the true test sound)"}
-BASELINES_NOTE = ("Each baseline retrieves training clips and is scored like the run: visual nearest neighbour by the "
-                  "time-averaged frame features, the training mean and the oracle by the representation (docs/evaluation.md). "
-                  "A method below visual nearest neighbour is not yet using the sound.")
-
-
 def read_recipe(run_dir: Path) -> dict[str, Any]:
+    """The run's recipe.toml as a dict, or {} when it is missing or unreadable."""
     try:
         return tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
@@ -265,38 +209,52 @@ def pick_examples(clips: list[Any], count: int) -> list[Any]:
 # ---------------------------------------------------------------- what a run directory holds
 
 
-@dataclass
-class ExampleClip:
-    """One example test clip: its sounds (kind -> wav path, relative to the run) and labels."""
+@dataclass(frozen=True)
+class RunSummary:
+    """How a table of several runs (``avgen compare``) shows a ``RunSection``: a few columns, one cell per run."""
 
-    id: str
-    label: str
-    predicted: str | None
-    exemplar_id: str | None
-    sounds: dict[str, str] = field(default_factory=dict)
-    spectrogram: str | None = None  # relative path of the side-by-side PNG
+    name: str  # short id of these columns: the HTML class of their cells, '<name>-errors' the id of the sections' errors
+    cells: dict[str, str] = field(default_factory=dict)  # {column header: this run's cell, '' for none}
+    note: str = ""  # what the columns mean: one paragraph of HTML, shown as is above the table
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """A table about one run that a plugin adds (hook ``run_sections``), e.g. the listening test's mean opinion
+    scores. The run's report shows it under ``title``; ``avgen compare`` shows its ``summary``."""
+
+    name: str  # short id, e.g. "listening": the id of its table in report.html
+    title: str  # the heading, e.g. "Listening test"
+    note: str = ""  # a paragraph of plain text under the heading
+    columns: tuple[str, ...] = ()  # the header: the first column names a row, the others hold values
+    rows: tuple[tuple[str, ...], ...] = ()  # text cells, one per column; no rows: no table
+    error: str = ""  # one line when the plugin could not read its data (a damaged file), shown as a warning
+    summary: RunSummary | None = None
 
 
 @dataclass
 class RunContents:
+    """What a run's report shows (``collect``); a renderer (hook ``render_report``) turns it into files."""
+
     run_dir: Path
-    name: str
-    untrained: bool
-    warnings: list[str]
-    fit_line: str
-    dropped: str
+    name: str  # the recipe's [run] name, else the directory's
+    untrained: bool  # the fit stage trained for no epoch
+    warnings: list[str]  # why the model looks collapsed, one line each
+    fit_line: str  # best validation losses against the training-mean predictor's, or ''
+    dropped: str  # the annotation rows the dataset dropped, or ''
     recipe_text: str | None
-    environment: Any
-    dataset: Any
-    metrics: dict[str, Any]
+    environment: Any  # environment.json
+    dataset: Any  # dataset.json
+    metrics: dict[str, Any]  # metrics.json
+    baselines: dict[str, tuple[list[str], dict[str, dict[str, Any]]]]  # baseline_rows(metrics)
     figures: list[str]  # relative paths, loss curve first
-    per_class: Any
-    examples: list[ExampleClip]
-    listening: dict[str, Any] = field(default_factory=dict)  # avgen.listening.mos, or {"error": line}
+    per_class: Any  # figures/classifier_per_class.json
+    sections: list[RunSection] = field(default_factory=list)  # the plugins' sections (run_sections)
 
 
 def collect(run_dir: Path) -> RunContents:
     """Read what the report shows from a run directory; missing parts become empty."""
+    run_dir = Path(run_dir)
     recipe_path = run_dir / "recipe.toml"
     metrics = read_json(run_dir / "metrics.json")
     figures_dir = run_dir / "figures"
@@ -315,310 +273,36 @@ def collect(run_dir: Path) -> RunContents:
         environment=read_json(run_dir / "environment.json"),
         dataset=read_json(run_dir / "dataset.json"),
         metrics=metrics,
+        baselines=baseline_rows(metrics),
         figures=figures,
         per_class=read_json(figures_dir / "classifier_per_class.json"),
-        examples=example_clips(run_dir),
-        listening=_listening(run_dir),
+        sections=run_sections(run_dir),
     )
 
 
-LISTENING_NOTE = ("Blind MUSHRA-style ratings from 0 to 100 (avgen serve, docs/serve.md); the reference is the hidden "
-                  "real sound. MOS = mean opinion score, with the half-width of its 95 % confidence interval (t).")
-
-
-def _listening(run_dir: Path) -> dict[str, Any]:
+def run_sections(run_dir: Path) -> list[RunSection]:
+    """Every plugin's sections of the run (hook ``run_sections``), plugins in the order they were loaded."""
     from avgen.errors import AvgenError
-    from avgen.listening import mos
+    from avgen.plugins import get_plugins
 
-    try:
-        return mos(run_dir)
-    except AvgenError as exc:
-        return {"error": str(exc)}
-
-
-def _listening_rows(listening: dict[str, Any]) -> list[list[str]]:
-    """[system, MOS, 95 % CI, n] per rated system."""
-    return [[system, f"{s['mean']:.1f}", "-" if s["ci95"] is None else f"± {s['ci95']:.1f}", str(s["n"])]
-            for system, s in listening.items() if system != "error"]
-
-
-def example_clips(run_dir: Path, ids: list[str] | None = None) -> list[ExampleClip]:
-    """The run's example clips (generated/index.json "examples", or the test clips ``ids``) with the sounds it wrote."""
-    run_dir = Path(run_dir)
-    index = read_json(run_dir / "generated" / "index.json")
-    if not isinstance(index, dict):
-        return []
-    by_id = {c.get("id"): c for c in index.get("clips", []) if isinstance(c, dict)}
-    class_names = (read_json(run_dir / "dataset.json") or {}).get("class_names") or []
-    out = []
-    for clip_id in index.get("examples", []) if ids is None else ids:
-        clip = by_id.get(clip_id, {})
-        predicted = clip.get("predicted")
-        sounds = {}
-        for kind, _ in SOUND_KINDS:
-            rel = f"generated/real/{clip_id}.wav" if kind == "real" else clip.get(kind, f"generated/{kind}/{clip_id}.wav")
-            if (run_dir / rel).is_file():
-                sounds[kind] = rel
-        if not sounds:
-            continue
-        out.append(ExampleClip(
-            id=str(clip_id),
-            label=str(clip.get("class") if clip.get("class") is not None else clip.get("label", "?")),
-            predicted=(class_names[predicted] if isinstance(predicted, int) and 0 <= predicted < len(class_names)
-                       else None if predicted is None else str(predicted)),
-            exemplar_id=clip.get("exemplar_id"),
-            sounds=sounds,
-        ))
-    return out
-
-
-# ---------------------------------------------------------------- spectrograms
-
-
-def spectrogram_db(wave: Any, n_fft: int = 1024, hop: int = 256) -> Any:
-    """Log-magnitude STFT in dB [bins, frames] of a mono waveform (torch.stft, Hann window)."""
-    import torch
-
-    x = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
-    if x.numel() <= n_fft // 2:
-        x = torch.nn.functional.pad(x, (0, n_fft // 2 + 1 - x.numel()))
-    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), center=True, pad_mode="constant", return_complex=True)
-    return (20.0 * torch.log10(spec.abs().clamp_min(1e-6))).numpy()
-
-
-def spectrogram_panel(title: str, wav: Path) -> tuple[str, Any, int, int]:
-    """(title, dB spectrogram of the mono mix, sample rate, samples) of a sound file, for ``save_spectrograms``."""
-    import soundfile as sf
-
-    wave, rate = sf.read(str(wav), dtype="float32", always_2d=True)
-    return title, spectrogram_db(wave.mean(axis=1)), rate, len(wave)
-
-
-def save_spectrograms(path: Path, panels: list[tuple[str, Any, int, int]], top: float | None = None,
-                      width: float = 4.0) -> None:
-    """Spectrogram panels side by side as one PNG, coloured over the 80 dB below ``top`` (default: the loudest panel)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    top = max(float(p[1].max()) for p in panels) if top is None else top
-    fig = Figure(figsize=(width * len(panels), 3.2))
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.08 if len(panels) > 1 else 0.16, right=0.9 if len(panels) > 1 else 0.8,
-                        bottom=0.18, top=0.88, wspace=0.25)
-    for i, (title, db, rate, length) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=top - 80.0, vmax=top,
-                          extent=(0.0, length / rate, 0.0, rate / 2000.0))
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("time (s)")
-        if i == 0:
-            ax.set_ylabel("frequency (kHz)")
-    fig.colorbar(image, ax=fig.axes, fraction=0.02 if len(panels) > 1 else 0.06, pad=0.02, label="dB")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-
-
-def write_spectrograms(run_dir: Path, clip: ExampleClip) -> str:
-    """Ground truth / raw / exemplar spectrograms side by side as one PNG; returns its relative path."""
-    panels = [spectrogram_panel(title, run_dir / clip.sounds[kind]) for kind, title in SOUND_KINDS if kind in clip.sounds]
-    rel = f"figures/examples/{safe_name(clip.id)}.png"
-    save_spectrograms(run_dir / rel, panels)
-    return rel
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "clip"
-
-
-# ---------------------------------------------------------------- writers
-
-
-def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    """(metric component, key, value) in metrics.json order."""
-    rows = []
-    for component, values in metrics.items():
-        if isinstance(values, dict):
-            rows.extend((component, key, value) for key, value in values.items())
-        else:
-            rows.append((component, "", values))
-    return rows
-
-
-def _caption(rel: str) -> str:
-    return Path(rel).stem.replace("_", " ")
-
-
-def render_html(c: RunContents) -> str:
-    e = html.escape
-    parts = [f"<h1>{e(_title(c))}</h1>"]
-    if c.untrained:
-        parts.append(f"<p id=\"untrained\" style=\"color:#b00;font-weight:bold\">{e(UNTRAINED)}</p>")
-    if c.warnings:
-        items = "".join(f"<li>{e(w)}</li>" for w in c.warnings)
-        parts.append(f"<div id=\"collapse\" class=\"warning\">{e(COLLAPSED)}<ul>{items}</ul></div>")
-    if isinstance(c.dataset, dict):
-        splits = ", ".join(f"{e(str(k))} {e(str(v))}" for k, v in (c.dataset.get("splits") or {}).items())
-        parts.append(f"<p>dataset <b>{e(str(c.dataset.get('name', '?')))}</b>, "
-                     f"{len(c.dataset.get('class_names') or [])} classes; clips: {splits}</p>")
-    if c.dropped:
-        parts.append(f"<p id=\"dropped\">{e(c.dropped)}</p>")
-    if c.fit_line:
-        parts.append(f"<p id=\"fit\">fit: {e(c.fit_line)}</p>")
-    parts.append("<h2>Metrics</h2>")
-    rows = metric_rows(c.metrics)
-    if rows:
-        body = "".join(
-            f"<tr><td>{e(comp)}</td><td>{e(key)}</td>"
-            f"<td class=\"num\" data-key=\"{e(comp)}/{e(key)}\">{e(format_number(value))}</td></tr>"
-            for comp, key, value in rows
-        )
-        parts.append(f"<table id=\"metrics\"><tr><th>metric</th><th>key</th><th>value</th></tr>{body}</table>")
-    else:
-        parts.append("<p>No metrics yet (run the evaluate stage).</p>")
-    for component, (keys, table) in baseline_rows(c.metrics).items():
-        head = "<th>reference</th>" + "".join(f"<th>{e(k)}</th>" for k in keys)
-        body = "".join(
-            f"<tr class=\"{'run' if ref == 'this run' else 'baseline'}\"><td>{e(BASELINE_TITLES.get(ref, ref))}</td>"
-            + "".join(f"<td class=\"num\">{e(format_number(row[k])) if k in row else ''}</td>" for k in keys) + "</tr>"
-            for ref, row in table.items()
-        )
-        parts.append(f"<h3>{e(component)} beside the reference baselines</h3><p>{e(BASELINES_NOTE)}</p>"
-                     f"<table class=\"baselines\" id=\"baselines-{e(component)}\"><tr>{head}</tr>{body}</table>")
-    parts.append(_per_class_html(c.per_class))
-    if c.listening:
-        rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in _listening_rows(c.listening))
-        error = f"<p class=\"warning\">{e(c.listening['error'])}</p>" if "error" in c.listening else ""
-        parts.append(f"<h2>Listening test</h2><p>{e(LISTENING_NOTE)}</p>{error}"
-                     + (f"<table id=\"listening\"><tr><th>system</th><th>MOS</th><th>95 % CI</th><th>n</th></tr>{rows}</table>"
-                        if rows else ""))
-    if c.figures:
-        parts.append("<h2>Figures</h2>")
-        parts.extend(
-            f"<figure><img src=\"{data_uri(c.run_dir / rel, 'image/png')}\" alt=\"{e(_caption(rel))}\">"
-            f"<figcaption>{e(_caption(rel))}</figcaption></figure>"
-            for rel in c.figures
-        )
-    if c.examples:
-        parts.append("<h2>Example clips</h2>")
-        for clip in c.examples:
-            parts.append(f"<div class=\"clip\"><h3>{e(clip.id)}</h3><p>{e(_clip_line(clip))}</p>")
-            if clip.spectrogram:
-                parts.append(f"<img src=\"{data_uri(c.run_dir / clip.spectrogram, 'image/png')}\" "
-                             f"alt=\"spectrograms of {e(clip.id)}\" style=\"max-width:100%\">")
-            players = "".join(
-                f"<div>{e(title)}<br><audio controls preload=\"none\" src=\"{data_uri(c.run_dir / clip.sounds[kind], 'audio/wav')}\">"
-                "</audio></div>"
-                for kind, title in SOUND_KINDS if kind in clip.sounds
-            )
-            parts.append(f"<div class=\"players\">{players}</div></div>")
-    if c.recipe_text is not None:
-        parts.append(f"<h2>Recipe</h2><pre>{e(c.recipe_text)}</pre>")
-    if c.environment is not None:
-        parts.append(f"<h2>Environment</h2><pre>{e(json.dumps(c.environment, indent=2))}</pre>")
-    return html_page(_title(c), "\n".join(p for p in parts if p))
-
-
-def _title(c: RunContents) -> str:
-    return f"avgen run: {c.name}" + (" (untrained)" if c.untrained else "")
-
-
-def _clip_line(clip: ExampleClip) -> str:
-    text = f"class: {clip.label}"
-    if clip.predicted is not None:
-        text += f"; predicted class: {clip.predicted}"
-    if clip.exemplar_id:
-        text += f"; exemplar: training clip {clip.exemplar_id}"
-    return text
-
-
-def _per_class_html(per_class: Any) -> str:
-    table = _per_class_table(per_class)
-    if table is None:
-        return ""
-    header, rows = table
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<h3>Sound classifier accuracy per class</h3><table id=\"per-class\"><tr>{head}</tr>{body}</table>"
-
-
-def _per_class_table(per_class: Any) -> tuple[list[str], list[list[str]]] | None:
-    if not isinstance(per_class, dict) or not isinstance(per_class.get("per_class_accuracy"), dict):
-        return None
-    acc = per_class["per_class_accuracy"]
-    kinds = list(acc)
-    names = per_class.get("class_names") or (list(acc[kinds[0]]) if kinds else [])
-    rows = [[name] + ["-" if acc[k].get(name) is None else format_number(acc[k][name]) for k in kinds] for name in names]
-    return ["class"] + kinds, rows
-
-
-def render_markdown(c: RunContents) -> str:
-    lines = [f"# {_title(c)}", ""]
-    if c.untrained:
-        lines += [f"**{UNTRAINED}**", ""]
-    if c.warnings:
-        lines += [f"**{COLLAPSED}**", ""] + [f"- **{_md(w)}**" for w in c.warnings] + [""]
-    if isinstance(c.dataset, dict):
-        splits = ", ".join(f"{k} {v}" for k, v in (c.dataset.get("splits") or {}).items())
-        lines += [f"dataset **{c.dataset.get('name', '?')}**, {len(c.dataset.get('class_names') or [])} classes; clips: {splits}", ""]
-    if c.dropped:
-        lines += [_md(c.dropped), ""]
-    if c.fit_line:
-        lines += [f"fit: {_md(c.fit_line)}", ""]
-    lines += ["## Metrics", ""]
-    rows = metric_rows(c.metrics)
-    if rows:
-        lines += ["| metric | key | value |", "|---|---|---:|"]
-        lines += [f"| {_md(comp)} | {_md(key)} | {format_number(value)} |" for comp, key, value in rows]
-    else:
-        lines.append("No metrics yet (run the evaluate stage).")
-    for component, (keys, refs) in baseline_rows(c.metrics).items():
-        lines += ["", f"### {component} beside the reference baselines", "", BASELINES_NOTE, "",
-                  "| reference | " + " | ".join(_md(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
-        lines += ["| " + _md(BASELINE_TITLES.get(ref, ref)) + " | "
-                  + " | ".join(format_number(row[k]) if k in row else "" for k in keys) + " |" for ref, row in refs.items()]
-    table = _per_class_table(c.per_class)
-    if table is not None:
-        header, body = table
-        lines += ["", "### Sound classifier accuracy per class", "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in body]
-    if c.listening:
-        lines += ["", "## Listening test", "", LISTENING_NOTE, ""]
-        if "error" in c.listening:
-            lines += [f"**{_md(c.listening['error'])}**", ""]
-        if rated := _listening_rows(c.listening):
-            lines += ["| system | MOS | 95 % CI | n |", "|---|---:|---:|---:|"]
-            lines += ["| " + " | ".join(row) + " |" for row in rated]
-    if c.figures:
-        lines += ["", "## Figures", ""]
-        lines += [f"![{_caption(rel)}]({rel})" for rel in c.figures]
-    if c.examples:
-        lines += ["", "## Example clips"]
-        for clip in c.examples:
-            lines += ["", f"### {_md(clip.id)}", "", _md(_clip_line(clip)), ""]
-            if clip.spectrogram:
-                lines += [f"![spectrograms of {_md(clip.id)}]({clip.spectrogram})", ""]
-            lines += [f"- {title}: <audio controls src=\"{clip.sounds[kind]}\"></audio> [{clip.sounds[kind]}]({clip.sounds[kind]})"
-                      for kind, title in SOUND_KINDS if kind in clip.sounds]
-    if c.recipe_text is not None:
-        lines += ["", "## Recipe", "", "```toml", c.recipe_text.rstrip(), "```"]
-    if c.environment is not None:
-        lines += ["", "## Environment", "", "```json", json.dumps(c.environment, indent=2), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|")
+    answers = get_plugins().pm.hook.run_sections(run_dir=Path(run_dir))
+    sections = [section for answer in reversed(answers) for section in answer or []]  # pluggy calls the last loaded first
+    for section in sections:
+        if not isinstance(section, RunSection):
+            raise AvgenError(f"a plugin's run_sections hook gave {type(section).__name__}, not an avgen.RunSection")
+    return sections
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write report.html (self-contained) and report.md (relative links) into run_dir."""
+    """Write report.html (self-contained) and report.md (relative links) into run_dir: its ``collect``ed contents,
+    rendered by the plugin that implements ``render_report`` (the eval plugin)."""
+    from avgen.errors import AvgenError
+    from avgen.plugins import first_answer
+
     run_dir = Path(run_dir)
-    contents = collect(run_dir)
-    for clip in contents.examples:
-        clip.spectrogram = write_spectrograms(run_dir, clip)
-    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    write_text(html_path, render_html(contents))
-    write_text(md_path, render_markdown(contents))
-    return html_path, md_path
+    written = first_answer("render_report", contents=collect(run_dir), run_dir=run_dir)
+    if written is None:
+        raise AvgenError("no plugin renders run reports (the eval plugin, avgen_eval, does): reinstall avgen, "
+                         "or add eval to AVGEN_LOAD_PLUGINS")
+    html_path, md_path = written
+    return Path(html_path), Path(md_path)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from scipy import stats
 
-from avgen.listening import mos
+from avgen_serve.listening import mos
 from conftest import avgen_in_process
 
 RATE = 22050

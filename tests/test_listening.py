@@ -1,4 +1,4 @@
-"""avgen.listening: the ratings file of a listening test and its mean opinion scores."""
+"""avgen_serve.listening: the ratings file of a listening test and its mean opinion scores."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from avgen.errors import AvgenError
-from avgen.listening import append_ratings, check_rating, mos, mos_line, ratings_path, read_ratings
+from avgen_serve.listening import append_ratings, check_rating, mos, mos_line, ratings_path, read_ratings
 
 
 def rating(system: str, score: float, clip: str = "c1", trial: str = "t1") -> dict:
@@ -94,7 +94,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_report_shows_the_mean_opinion_scores(tmp_path: Path) -> None:
-    from avgen.report import collect, render_html, render_markdown
+    from avgen.report import collect
+    from avgen_eval.report import render_html, render_markdown
 
     assert "Listening test" not in render_html(collect(tmp_path))
     append_ratings(tmp_path, [rating("raw", 30), rating("raw", 50), rating("reference", 95)])

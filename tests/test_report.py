@@ -19,9 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import avgen
-from avgen import EvalContext
-from avgen.report import format_number, spectrogram_db, write_report
+from avgen import EvalContext, write_report
+from avgen_eval.clips import spectrogram_db
 from avgen_eval.figures import save_confusion_matrix
+from avgen_eval.report import format_number
 
 RATE = 8000
 CLASSES = ["wood", "metal", "glass"]
@@ -224,3 +225,71 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     colourful = (image.max(axis=2) - image.min(axis=2) > 80).mean()
     assert colourful > 0.005, f"no figure visible ({colourful:.4f} coloured)"
     print(f"chromium screenshot in {elapsed:.1f} s: {not_white:.3f} non-white, {colourful:.3f} coloured")
+
+
+class TimingSections:
+    """A plugin of this test with a section of its own: the report and the compare page show it without knowing it."""
+
+    def __init__(self, broken: set[str]) -> None:
+        self.broken = broken
+
+    @avgen.hookimpl
+    def run_sections(self, run_dir):
+        if Path(run_dir).name in self.broken:
+            return [avgen.RunSection("drift", "Clock drift", "from timing.json", error=f"{run_dir}/timing.json: damaged",
+                                     summary=avgen.RunSummary("drift"))]
+        return [avgen.RunSection("drift", "Clock drift", "Offsets | per clip.", columns=("clip", "offset ms"),
+                                 rows=(("a|b", "3.5"), ("c", "-1.0")),
+                                 summary=avgen.RunSummary("drift", {"drift ms": "2.2"}, "<i>drift</i>: mean offset"))]
+
+
+@pytest.fixture
+def timing_sections():
+    from avgen.plugins import get_plugins, reset
+
+    broken: set[str] = set()
+    get_plugins().pm.register(TimingSections(broken), name="test_timing_sections")
+    yield broken
+    reset()  # the next access reloads the plugins without it
+
+
+def test_a_plugin_section_is_in_the_report_and_the_compare_page(timing_sections, tmp_path, capsys, monkeypatch):
+    from avgen.report import run_sections
+    from conftest import avgen_in_process
+
+    run = make_run_dir(tmp_path)
+    assert [s.title for s in run_sections(run)] == ["Clock drift"]
+    html_path, md_path = write_report(run)
+    page, markdown = html_path.read_text(), md_path.read_text()
+    assert ("<h2>Clock drift</h2><p>Offsets | per clip.</p><table id=\"drift\"><tr><th>clip</th><th>offset ms</th></tr>"
+            "<tr><td>a|b</td><td>3.5</td></tr><tr><td>c</td><td>-1.0</td></tr></table>") in page
+    assert page.index("Clock drift") < page.index("<h2>Figures</h2>")
+    assert ("## Clock drift\n\nOffsets | per clip.\n\n| clip | offset ms |\n|---|---:|\n| a\\|b | 3.5 |\n| c | -1.0 |\n"
+            in markdown)
+
+    other = shutil.copytree(run, tmp_path / "other")
+    timing_sections.add("other")
+    assert "<p class=\"warning\">" + f"{other}/timing.json: damaged</p>" in write_report(other)[0].read_text()
+    monkeypatch.chdir(tmp_path)
+    code, _, lines = avgen_in_process(capsys, "compare", str(run), str(other), "-o", "page.html")
+    assert code == 0, lines
+    compare = (tmp_path / "page.html").read_text()
+    assert "<p><i>drift</i>: mean offset</p>" in compare and "<th>drift ms</th>" in compare
+    assert f'<p id="drift-errors" class="warning">{other}/timing.json: damaged</p>' in compare
+    run_row = next(r for r in compare.split("<tr") if "pocan_fake (2 seeds)</td>" in r)  # the copy folds in as a seed
+    assert run_row.count('<td class="num drift">2.2</td>') == 1
+
+
+def test_no_report_without_a_plugin_that_renders_it(tmp_path, monkeypatch):
+    from avgen.plugins import reset
+
+    run = make_run_dir(tmp_path)
+    monkeypatch.setenv("AVGEN_LOAD_PLUGINS", "")  # no plugin at all: nothing renders reports
+    reset()
+    try:
+        with pytest.raises(avgen.AvgenError, match="^no plugin renders run reports .*AVGEN_LOAD_PLUGINS$"):
+            write_report(run)
+        assert not (run / "report.html").exists()
+    finally:
+        monkeypatch.delenv("AVGEN_LOAD_PLUGINS")
+        reset()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avgen.listening import read_ratings
+from avgen_serve.listening import read_ratings
 from conftest import error_lines, run_avgen
 from serve_support import Browser, ServeProcess, audio_elements_loaded, chromium
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics (sound classifier, onsets, log-spectral distance) and `avgen compare`."""
+"""Evaluation metrics (sound classifier, onsets, log-spectral distance), the run report (report.html, report.md)
+and `avgen compare`."""
 
 from __future__ import annotations
 
@@ -33,3 +34,11 @@ def register_commands(cli):
     from avgen_eval.compare import compare_command
 
     cli.add_command(compare_command)
+
+
+@hookimpl
+def render_report(contents):
+    """report.html and report.md of the run (``avgen.write_report``, the report stage)."""
+    from avgen_eval.report import write_report
+
+    return write_report(contents)

@@ -16,9 +16,10 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from avgen import BASELINE_TITLES, AvgenError, html_page, is_untrained, make_console, read_json, run_name
+from avgen import AvgenError, is_untrained, make_console, read_json, run_name
 
-from avgen_eval.compare_page import PageMedia, check_files_folder, files_folder, is_files_folder, mos_cell, write_page
+from avgen_eval.compare_page import PageMedia, check_files_folder, files_folder, is_files_folder, summary_cell, write_page
+from avgen_eval.report import BASELINE_TITLES, html_page
 
 # (component/key, header, scale, decimals): the paper's columns first (Tables 2-4), in its units.
 PAPER_COLUMNS: list[tuple[str, str, float, int]] = [
@@ -59,7 +60,6 @@ PAPER_RESULTS: dict[str, list[tuple[str, dict[str, float]]]] = {
 
 FOLD_IGNORED = ("seed", "out", "device")  # [run] keys two runs may differ in and still be one row (mean, std)
 OTHER_DATA = "paper, Greatest Hits (other data)"
-MOS_SYSTEMS = ("raw", "exemplar")  # the listening test's systems with a column (the hidden reference is a check)
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -237,17 +237,14 @@ def _source_html(row: dict[str, Any], media: PageMedia | None) -> str:
                      for d in row["runs"])
 
 
-MOS_NOTE = ("<i>MOS</i>: mean opinion score (0-100) from the run's listening test (<code>avgen serve</code>, "
-            "listening/ratings.json), ± the half-width of its 95 % confidence interval (Student's t), n ratings.")
-
-
 def render_html(rows: list[dict[str, Any]], media: PageMedia | None = None) -> str:
-    """Table 1: runs, baselines and paper rows x R@K and accuracy (paper layout), with MOS columns when a run
-    has listening-test ratings; the bar chart; table 2: other metrics x runs; the players. ``media`` (from
-    ``write_media``) adds the links, chart, players and scores; without it the page is the two tables."""
+    """Table 1: runs, baselines and paper rows x R@K and accuracy (paper layout), with the columns of the runs'
+    section summaries (e.g. MOS when a run has listening-test ratings); the bar chart; table 2: other metrics x
+    runs; the players. ``media`` (from ``write_media``) adds the links, chart, players and summaries; without it
+    the page is the two tables."""
     e = html.escape
     cols = paper_columns(rows)
-    rated = media is not None and bool(media.mos)
+    extra = media.columns() if media is not None else []
     runs = [r for r in rows if r["source"] == "run"]
     parts = ["<h1>avgen compare</h1>",
              "<p>Runs that differ only in their seed are one row: mean ± sample standard deviation over the seeds. "
@@ -258,21 +255,21 @@ def render_html(rows: list[dict[str, Any]], media: PageMedia | None = None) -> s
              "is the class head's accuracy from video (a baseline's: the class of its first retrieved clip); "
              "<i>acc %</i> is the sound classifier's accuracy on each model's raw sound and "
              "<i>real %</i> its accuracy on the real test audio (Table 3's last row), in percent.</p>"]
-    if rated:
-        parts.append(f"<p>{MOS_NOTE}</p>")
-    if media is not None and media.notes:
-        parts.append("<p id=\"mos-errors\" class=\"warning\">" + "<br>".join(e(n) for n in media.notes) + "</p>")
+    if media is not None:
+        parts.extend(f"<p>{note}</p>" for note in media.notes())  # the plugins' notes are HTML
+        parts.extend(f"<p id=\"{e(name)}-errors\" class=\"warning\">" + "<br>".join(e(n) for n in lines) + "</p>"
+                     for name, lines in media.errors.items())
     if media is not None and media.links:
         parts.append("<p>Each run's folder links to its report (metrics, figures, example clips).</p>")
     if cols:
         head = "<th>model</th><th>source</th><th>dataset</th>" + "".join(f"<th>{e(c[1])}</th>" for c in cols)
-        head += "".join(f"<th>MOS {system}</th>" for system in MOS_SYSTEMS) if rated else ""
+        head += "".join(f"<th>{e(header)}</th>" for _, header in extra)
         body = "".join(
             f"<tr class=\"{e(_css_class(r))}\"><td>{e(r['model'])}</td>"
             f"<td>{_source_html(r, media)}</td><td>{e(str(r['dataset'] or ''))}</td>"
             + "".join(f"<td class=\"num\">{cell(r, c)}</td>" for c in cols)
-            + ("".join(f"<td class=\"num mos\">{e(mos_cell(r, media, system))}</td>" for system in MOS_SYSTEMS)
-               if rated else "") + "</tr>"
+            + "".join(f"<td class=\"num {e(name)}\">{e(summary_cell(r, media, name, header))}</td>" for name, header in extra)
+            + "</tr>"
             for r in rows
         )
         parts.append(f"<table id=\"compare\"><tr>{head}</tr>{body}</table>")

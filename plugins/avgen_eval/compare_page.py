@@ -1,6 +1,7 @@
 """What the compare page shows beyond its tables: relative links to each run's report, a bar chart of the
 headline metrics with the baselines, a row of players per test clip (real sound, then each run's raw and
-exemplar sound, each with its spectrogram) and the listening test's mean opinion scores.
+exemplar sound, each with its spectrogram) and the columns plugins add to a run (the ``summary`` of an
+``avgen.RunSection``, e.g. the listening test's mean opinion scores).
 
 The chart, sounds and spectrograms are files in ``<page>_files/`` next to the page, linked relatively:
 the page already links to the runs' reports, so it is a folder to move or zip as a whole, not a single
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
-from avgen import (AvgenError, ExampleClip, atomic_path, example_clips, folder_error, mos, named_as, read_json,
-                   safe_name, save_spectrograms, spectrogram_panel, staging_folder, write_text)
+from avgen import (AvgenError, RunSummary, atomic_path, folder_error, named_as, read_json, run_sections, staging_folder,
+                   write_text)
 
+from avgen_eval.clips import ExampleClip, example_clips, safe_name, save_spectrograms, spectrogram_panel
 from avgen_eval.figures import save_bar_chart
 
 PLAYER_CLIPS = 4  # test clips with players on the page
@@ -41,9 +43,22 @@ class PageMedia:
     links: dict[str, str] = field(default_factory=dict)  # run dir -> its report.html
     chart: str | None = None
     players: str = ""  # the players section (HTML)
-    mos: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run dir -> mos(run dir), rated runs only
+    summaries: dict[str, list[RunSummary]] = field(default_factory=dict)  # run dir -> its sections' summaries with cells
     written: list[str] = field(default_factory=list)  # what was written, for the terminal line
-    notes: list[str] = field(default_factory=list)  # one line per run whose ratings could not be read
+    errors: dict[str, list[str]] = field(default_factory=dict)  # summary (or section) name -> the runs' error lines
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(summary name, column header) of every summary column, in order of appearance."""
+        return list(dict.fromkeys((s.name, header) for summaries in self.summaries.values() for s in summaries
+                                  for header in s.cells))
+
+    def notes(self) -> list[str]:
+        """The note (HTML) of each summary with columns, once per summary name."""
+        notes: dict[str, str] = {}
+        for summary in (s for summaries in self.summaries.values() for s in summaries):
+            if summary.note and summary.name not in notes:
+                notes[summary.name] = summary.note
+        return list(notes.values())
 
 
 def href(target: Path, page_dir: Path) -> str:
@@ -105,7 +120,7 @@ def _put_in_place(staging: Path, folder: Path) -> None:
 def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CLIPS, into: Path | None = None) -> PageMedia:
     """Write the chart, sounds and spectrograms for the page ``output`` into ``into`` (a staging folder that becomes
     the page's files folder; by default the files folder itself, replacing what an earlier compare wrote there)
-    and collect links and mean opinion scores for ``render_html``."""
+    and collect links and the runs' section summaries for ``render_html``."""
     output = Path(output)
     page_dir = output.parent
     folder = files_folder(output)
@@ -126,13 +141,12 @@ def write_media(rows: list[dict[str, Any]], output: Path, clips: int = PLAYER_CL
             report = Path(run_dir) / "report.html"
             if report.is_file():
                 media.links[run_dir] = href(report, page_dir)
-            try:
-                scores = mos(run_dir)
-            except AvgenError as exc:  # a damaged ratings file loses its column, not the page (as in the report)
-                media.notes.append(str(exc))
-                continue
-            if scores:
-                media.mos[run_dir] = scores
+            for section in run_sections(run_dir):  # a damaged file of a section loses its columns, not the page
+                if section.error:
+                    name = section.summary.name if section.summary is not None else section.name
+                    media.errors.setdefault(name, []).append(section.error)
+                elif section.summary is not None and section.summary.cells:
+                    media.summaries.setdefault(run_dir, []).append(section.summary)
     chart = write_chart(rows, into / "metrics.png")
     if chart is not None:
         media.chart = link(chart)
@@ -245,14 +259,14 @@ def _clip_text(clip: ExampleClip) -> str:
     return f"class {clip.label}"
 
 
-def mos_cell(row: dict[str, Any], media: PageMedia | None, system: str) -> str:
-    """'72.1 ± 4.3 (n=12)' for the row's rated runs (joined by '; ' over seeds); '' when none is rated."""
+def summary_cell(row: dict[str, Any], media: PageMedia | None, name: str, header: str) -> str:
+    """The cell of a summary column for the row's runs (joined by '; ' over seeds, e.g. '72.1 ± 4.3 (n=12)'); ''
+    when none has one."""
     if media is None:
         return ""
     parts = []
     for run_dir in row.get("runs") or []:
-        score = media.mos.get(run_dir, {}).get(system)
-        if score:
-            spread = f" ± {score['ci95']:.1f}" if score["ci95"] is not None else ""
-            parts.append(f"{score['mean']:.1f}{spread} (n={score['n']})")
+        cell = next((s.cells.get(header, "") for s in media.summaries.get(run_dir, []) if s.name == name), "")
+        if cell:
+            parts.append(cell)
     return "; ".join(parts)

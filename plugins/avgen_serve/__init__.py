@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from avgen import hookimpl
+from avgen import RunSection, hookimpl
 
 INSTALL = 'avgen serve needs its extra: pip install -e ".[serve]" (Starlette and uvicorn)'
 
@@ -50,3 +50,11 @@ def serve_cmd(run_dirs: tuple[Path, ...], host: str, port: int, max_upload_mb: f
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     cli.add_command(serve_cmd)
+
+
+@hookimpl
+def run_sections(run_dir: Path) -> list[RunSection]:
+    """The run's listening-test mean opinion scores (listening/ratings.json), for its report and the compare page."""
+    from avgen_serve.listening import section
+
+    return section(run_dir)

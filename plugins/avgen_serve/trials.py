@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from avgen import AvgenError, append_ratings, mos
+from avgen import AvgenError
 
+from avgen_serve.listening import append_ratings, mos
 from avgen_serve.runs import METHODS, ServedRun
 
 

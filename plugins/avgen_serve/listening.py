@@ -2,8 +2,8 @@
 
 The file is ``{"version": 1, "ratings": [{"trial", "clip", "system", "score", "rater", "time"}, ...]}``:
 one entry per stimulus a rater scored (``system`` is ``raw``, ``exemplar`` or ``reference``, the hidden
-real sound; ``score`` 0..100; ``time`` ISO-8601). ``avgen serve`` writes it; the report and the compare
-page read it through ``mos``.
+real sound; ``score`` 0..100; ``time`` ISO-8601). ``avgen serve`` writes it; ``section`` gives its mean
+opinion scores to the run's report and the compare page (the ``run_sections`` hook).
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
-from avgen.atomic import write_json
-from avgen.errors import AvgenError
+from avgen import AvgenError, RunSection, RunSummary, write_json
 
 RATINGS = "listening/ratings.json"
 SYSTEMS = ("reference", "raw", "exemplar")  # in the order tables show them
 VERSION = 1
 _FIELDS = ("trial", "clip", "system", "score", "rater", "time")
+COMPARED = ("raw", "exemplar")  # the systems with a column on the compare page (the hidden reference is a check)
+NOTE = ("Blind MUSHRA-style ratings from 0 to 100 (avgen serve, docs/serve.md); the reference is the hidden "
+        "real sound. MOS = mean opinion score, with the half-width of its 95 % confidence interval (t).")
+COMPARE_NOTE = ("<i>MOS</i>: mean opinion score (0-100) from the run's listening test (<code>avgen serve</code>, "
+                "listening/ratings.json), ± the half-width of its 95 % confidence interval (Student's t), n ratings.")
 
 
 def ratings_path(run_dir: str | Path) -> Path:
@@ -101,6 +105,28 @@ def mos_line(scores: dict[str, dict[str, Any]]) -> str:
         spread = f" +- {s['ci95']:.1f}" if s["ci95"] is not None else ""
         parts.append(f"{system} {s['mean']:.1f}{spread} (n={s['n']})")
     return "; ".join(parts)
+
+
+def section(run_dir: str | Path) -> list[RunSection]:
+    """The run's listening test as a report section: MOS, 95 % CI and n per rated system, and for the compare
+    page 'MOS raw' / 'MOS exemplar' cells; its error line when ratings.json is unreadable; [] when unrated."""
+    try:
+        scores = mos(run_dir)
+    except AvgenError as exc:
+        return [RunSection("listening", "Listening test", NOTE, error=str(exc), summary=RunSummary("mos", note=COMPARE_NOTE))]
+    if not scores:
+        return []
+    rows = tuple((system, f"{s['mean']:.1f}", "-" if s["ci95"] is None else f"± {s['ci95']:.1f}", str(s["n"]))
+                 for system, s in scores.items())
+    cells = {f"MOS {system}": _cell(scores[system]) if system in scores else "" for system in COMPARED}
+    return [RunSection("listening", "Listening test", NOTE, columns=("system", "MOS", "95 % CI", "n"), rows=rows,
+                       summary=RunSummary("mos", cells, COMPARE_NOTE))]
+
+
+def _cell(score: dict[str, Any]) -> str:
+    """'72.1 ± 4.3 (n=12)': a mean opinion score in one cell."""
+    spread = f" ± {score['ci95']:.1f}" if score["ci95"] is not None else ""
+    return f"{score['mean']:.1f}{spread} (n={score['n']})"
 
 
 @contextlib.contextmanager
