@@ -19,8 +19,8 @@ from avgen.registry import Component, format_validation_error  # noqa: E402
 # public name -> the private module that defines it, imported on first access
 _LAZY = {
     **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank",
-                     "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel", "check_contract"),
-                    "avgen.components"),
+                     "Generator", "GeneratorShape", "Index", "Loss", "Metric", "Representation", "SavedModel",
+                     "check_contract"), "avgen.components"),
     **dict.fromkeys(("mux_audio", "probe", "read_audio", "read_frames", "resample", "write_video", "write_wav"),
                     "avgen.media"),
     **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run",
@@ -39,9 +39,10 @@ _LAZY = {
     "make_console": "avgen.console",
     **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen.precision"),
     "replicate_to_steps": "avgen.sequence",
-    **dict.fromkeys(("fp32_score_error", "rescore", "time_average", "topk_cosine"), "avgen.retrieval"),
-    **dict.fromkeys(("RunContents", "RunSection", "RunSummary", "is_untrained", "read_json", "read_recipe", "run_name",
-                     "run_sections", "write_report"), "avgen.report"),
+    "time_average": "avgen.retrieval",
+    **dict.fromkeys(("BASELINE_TITLES", "ExampleClip", "example_clips", "html_page", "is_untrained", "read_json", "run_name",
+                     "read_recipe", "safe_name", "save_spectrograms", "spectrogram_panel", "write_report"), "avgen.report"),
+    **dict.fromkeys(("append_ratings", "mos"), "avgen.listening"),
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__",

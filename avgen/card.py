@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-KINDS: tuple[str, ...] = ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector")
+KINDS: tuple[str, ...] = ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector", "index")
 
 
 class Card(BaseModel):

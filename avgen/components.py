@@ -1,7 +1,7 @@
-"""The plugin contract: base classes for the seven kinds, the build context, the card and the contract check.
+"""The plugin contract: base classes for the eight kinds, the build context, the card and the contract check.
 
 A plugin subclasses one of ``Dataset``, ``Encoder``, ``Representation``, ``Generator``, ``Loss``,
-``Metric`` or ``Detector`` (or provides the same attributes), registers a factory ``factory(params, context)``
+``Metric``, ``Detector`` or ``Index`` (or provides the same attributes), registers a factory ``factory(params, context)``
 and gets a ``BuildContext`` with everything the core knows at build time. The core calls only
 what is declared here: it never probes a component for optional attributes, so every default
 lives on these classes. What a class must implement is marked ``@abstractmethod``; the classes are
@@ -24,7 +24,7 @@ from avgen.card import KINDS, Card
 from avgen.errors import AvgenError
 
 __all__ = ["BASES", "KINDS", "BuildContext", "Card", "Clip", "Dataset", "Detector", "Encoder", "EvalContext",
-           "ExemplarBank", "Generator", "GeneratorShape", "Loss", "Metric", "Representation", "SavedModel",
+           "ExemplarBank", "Generator", "GeneratorShape", "Index", "Loss", "Metric", "Representation", "SavedModel",
            "check_contract"]
 
 
@@ -291,8 +291,28 @@ class Detector:
         return {}
 
 
+class Index:
+    """The nearest bank rows of a query by cosine: the exemplar retrieval of paper Eq. 8.
+
+    ``build(bank)`` indexes the rows [M, D] (the time-averaged representations of the training
+    clips, or of a sound library), then ``search`` answers queries (the time-averaged s'). The
+    recipe's ``[index]`` section names the component; without one the core builds ``exact``.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("build", "search")
+
+    @abstractmethod
+    def build(self, bank: Tensor) -> "Index":
+        """Index the rows of ``bank`` [M, D] (replacing any indexed before); returns the index itself."""
+
+    @abstractmethod
+    def search(self, query: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(scores float32 [N, k'], indices long [N, k']) of the bank rows nearest each query row [N, D] by cosine,
+        best first, k' = min(k, M); an approximate index may leave a slot empty (index -1, score -inf)."""
+
+
 BASES: dict[str, type] = {"dataset": Dataset, "encoder": Encoder, "representation": Representation,
-                          "generator": Generator, "loss": Loss, "metric": Metric, "detector": Detector}
+                          "generator": Generator, "loss": Loss, "metric": Metric, "detector": Detector, "index": Index}
 
 
 def check_contract(kind: str, obj: Any, name: str, plugin: str) -> Any:

@@ -59,7 +59,7 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     """Load the best checkpoint into ``model``; write raw and exemplar wavs, the index and the tensors the metrics read."""
     from avgen.checkpoint import load_checkpoint
     from avgen.media import write_wav
-    from avgen.retrieval import time_average, topk_cosine
+    from avgen.retrieval import build_index, search, time_average
 
     ckpt = run_dir / "checkpoints" / "best.safetensors"
     if not ckpt.is_file():
@@ -74,13 +74,13 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
     queries = time_average(reps)
-    _, retrieved = topk_cosine(queries, time_average(train.rep), k)
+    _, retrieved = search(build_index(recipe.index, time_average(train.rep)), queries, k)
     exemplar, from_library = train.wave[retrieved[:, 0]], None
     if recipe.eval.library is not None:  # exemplar sounds from the user's library; R@K keeps the training clips
         spec = recipe.representation
         bank = library_bank(recipe.eval.library, representation, {"name": spec.name, **spec.params},
                             length / sample_rate, console)
-        scores, nearest = topk_cosine(queries, bank.reps, 1)
+        scores, nearest = search(build_index(recipe.index, bank.reps), queries, 1)
         exemplar = bank.waves[nearest[:, 0]].float()
         from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
     probabilities = model.class_probabilities(outputs)
@@ -108,7 +108,7 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
             "predicted": int(predicted[i]) if predicted is not None else None,
             "exemplar_id": train.clips[int(retrieved[i, 0])].id if from_library is None else None,
             **({"exemplar_library": from_library[i]} if from_library is not None else {}),
-            "retrieved": [train.clips[int(j)].id for j in retrieved[i]],
+            "retrieved": [train.clips[int(j)].id for j in retrieved[i] if j >= 0],  # -1: an approximate index's empty slot
             "raw": raw_path, "exemplar": ex_path,
         })
     write_json(out_dir / "index.json", {"clips": clips, "examples": examples, "sample_rate": sample_rate})
@@ -129,7 +129,7 @@ def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- avgen generate: any video -> sound
 
 
-GENERATION_SECTIONS = ("generator", "representation", "eval")  # what `avgen generate --set` may change
+GENERATION_SECTIONS = ("generator", "representation", "eval", "index")  # what `avgen generate --set` may change
 
 
 def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
@@ -650,8 +650,9 @@ class VideoSound:
     def _runs(self, merged: "OverlapAdd", decoder: "SegmentDecoder | None", phase: str,
               provenance: list[dict[str, Any]], progress: Any) -> Iterator[torch.Tensor]:
         """Each run of ``per_run`` windows: features, generator, then its finished sound."""
-        from avgen.retrieval import time_average, topk_cosine
+        from avgen.retrieval import build_index, search, time_average
 
+        index = build_index(self.recipe.index, self.bank.reps) if self.bank is not None else None  # the recipe's [index]
         clock, starts = self.clock, self.starts
         for lo in range(0, len(starts), self.per_run):
             indices = range(lo, min(lo + self.per_run, len(starts)))
@@ -667,7 +668,7 @@ class VideoSound:
             ahead = indices.stop < len(starts)  # later windows still reach back before their start
             until = round(starts[indices.stop] * self.rate) if ahead else self.total  # where the sound is final
             if self.bank is not None:  # the nearest bank clip of each window (paper Eq. 8)
-                scores, nearest = topk_cosine(time_average(outputs["rep"]), self.bank.reps, 1)
+                scores, nearest = search(index, time_average(outputs["rep"]), 1)
                 clock.lap("exemplar")
                 merged.add(self.bank.waves[nearest[:, 0]].float(), [round(starts[i] * self.rate) for i in indices])
                 provenance.extend(

@@ -31,6 +31,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "register_datasets": "dataset",
     "register_metrics": "metric",
     "register_detectors": "detector",
+    "register_indexes": "index",
 }
 assert sorted(REGISTER_HOOKS.values()) == sorted(KINDS)
 

@@ -17,7 +17,7 @@ from avgen.plugins import get_component
 from avgen.registry import format_validation_error
 
 COMPONENT_SECTIONS = {"data": "dataset", "encoder": "encoder", "representation": "representation", "generator": "generator",
-                      "detector": "detector"}
+                      "detector": "detector", "index": "index"}
 LIST_SECTIONS = {"loss": "loss", "metric": "metric"}
 MAX_LOSS_WEIGHT = 1e6
 
@@ -111,6 +111,7 @@ class Recipe(_Strict):
     representation: ComponentSpec | None = None
     generator: ComponentSpec | None = None
     detector: ComponentSpec | None = None  # fitted on the training videos and kept in the run (detector.json)
+    index: ComponentSpec | None = None  # the exemplar retrieval's index (None: exact, avgen.retrieval.DEFAULT_INDEX)
     loss: list[ComponentSpec] = Field(default_factory=list)
     metric: list[ComponentSpec] = Field(default_factory=list)
     featurize: FeaturizeSection = FeaturizeSection()

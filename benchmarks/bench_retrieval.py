@@ -5,8 +5,8 @@
 
 The bank is random but clustered (``--classes`` centres + unit noise, 1025-d like the time-averaged
 STFT), generated and L2-normalised in chunks. For each size it times a batch of queries with
-``avgen.retrieval.topk_cosine`` (exact, fp32), ``CosineIndex(precision="bf16")`` (bf16 pass, float64
-rescoring, exact unless a query falls back) and, when faiss and examples/avgen-faiss are present,
+``topk_cosine`` (exact, fp32), ``CosineIndex(precision="bf16")`` (bf16 pass, float64 rescoring, exact
+unless a query falls back), both of ``plugins/avgen_retrieval/search.py`` (the ``exact`` index) and, when faiss and examples/avgen-faiss are present,
 an IVF-Flat index at each ``--nprobe`` with its recall@k against the exact top-k. The exact search
 is set against a plain fp32 matmul of the same shapes measured in the same run (the physical limit:
 every query must be multiplied with every bank row).
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from avgen.retrieval import CosineIndex, chunk_size_for, l2_normalize, topk_cosine
+from avgen_retrieval.search import CosineIndex, chunk_size_for, l2_normalize, topk_cosine
 from _timing import matmul_flops, record, sync, timed  # benchmarks/_timing.py
 
 FAISS_PACKAGE = Path(__file__).resolve().parents[1] / "examples" / "avgen-faiss"

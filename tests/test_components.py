@@ -1,4 +1,4 @@
-"""Every registered component, of all seven kinds: built with defaults, one call on tiny inputs, contract checked.
+"""Every registered component, of all eight kinds: built with defaults, one call on tiny inputs, contract checked.
 
 Like timm's test over ``list_models()``: a component a plugin registers (built in or installed)
 is picked up here without a line of test code of its own.
@@ -145,6 +145,16 @@ def once_detector(detector, tmp_path):
     assert events.ndim == 2 and events.shape[1] == 2
     assert ((events[:, 0] >= 0) & (events[:, 0] <= 12 / detector.fps)).all() and ((events[:, 1] >= 0) & (events[:, 1] <= 1)).all()
     assert torch.equal(events[:, 0], events[:, 0].sort().values)
+
+
+def once_index(index, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(48, 9, generator=g)
+    assert index.build(bank) is index
+    scores, indices = index.search(bank[:4] * 3, 5)  # each row's nearest is itself (cosine 1)
+    assert scores.shape == indices.shape == (4, 5) and indices.dtype == torch.long
+    assert indices[:, 0].tolist() == [0, 1, 2, 3] and torch.all(scores[:, :-1] >= scores[:, 1:])
+    assert index.search(bank[:2], 100)[1].shape == (2, 48)  # k is clipped to the bank
 
 
 def once_metric(metric, tmp_path):

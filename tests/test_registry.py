@@ -29,9 +29,10 @@ def make(params: P, context: avgen.BuildContext) -> Sized:
     return Sized(params.size, context)
 
 
-def test_kinds_are_the_six_of_the_design_and_the_detector() -> None:
-    """The six kinds of component a recipe is made of, plus ``detector`` (visual event detectors)."""
-    assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector")
+def test_kinds_are_the_six_of_the_design_the_detector_and_the_index() -> None:
+    """The six kinds of component a recipe is made of, plus ``detector`` (visual event detectors) and ``index``
+    (the exemplar retrieval)."""
+    assert KINDS == ("encoder", "representation", "generator", "loss", "dataset", "metric", "detector", "index")
 
 
 def test_register_get_and_build_with_context() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from avgen.retrieval import CosineIndex, RunningCandidates, bf16_cosine_bound, chunk_size_for, l2_normalize, time_average, topk_cosine
+from avgen.retrieval import time_average
+from avgen_retrieval.search import CosineIndex, RunningCandidates, bf16_cosine_bound, chunk_size_for, l2_normalize, topk_cosine
 
 
 def reference_topk(query: np.ndarray, bank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

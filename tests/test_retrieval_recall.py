@@ -10,7 +10,7 @@ import torch
 
 import avgen
 from avgen import EvalContext
-from avgen.retrieval import topk_cosine
+from avgen_retrieval.search import topk_cosine
 
 
 def brute_force_recall(query: np.ndarray, bank: np.ndarray, train_labels: np.ndarray, test_labels: np.ndarray, k: int) -> float:

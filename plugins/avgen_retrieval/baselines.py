@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
-from avgen import time_average, topk_cosine
+from avgen import time_average
+
+from avgen_retrieval.search import topk_cosine
 
 BASELINES: tuple[str, ...] = ("chance", "visual_nn", "train_mean", "oracle")
 

@@ -32,13 +32,15 @@ class RecallParams(BaseModel):
 def recall_at_k(retrieved: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor, ks: list[int]) -> dict[str, float]:
     """Fraction of test clips with at least one same-class clip among their top-K retrieved ones.
 
-    ``retrieved`` is long [N, K_max] (training indices, best first); a K above K_max uses all.
+    ``retrieved`` is long [N, K_max] (training indices, best first; -1, an approximate index's empty slot, is a
+    miss); a K above K_max uses all.
     """
     if retrieved.shape[0] != test_labels.shape[0]:
         raise AvgenError(f"recall_at_k: {retrieved.shape[0]} retrieval rows for {test_labels.shape[0]} test clips; re-run the generate stage")
     if retrieved.numel() and int(retrieved.max()) >= train_labels.shape[0]:
         raise AvgenError(f"recall_at_k: retrieved index {int(retrieved.max())} is outside the {train_labels.shape[0]} training clips; re-run the generate stage")
-    same = train_labels[retrieved.long()] == test_labels.long().unsqueeze(1)  # [N, K_max]
+    retrieved = retrieved.long()
+    same = (train_labels[retrieved.clamp_min(0)] == test_labels.long().unsqueeze(1)) & (retrieved >= 0)  # [N, K_max]
     out = {}
     for k in ks:
         hits = same[:, :k].any(dim=1).float()

@@ -1,4 +1,4 @@
-"""avgen plugin: approximate cosine retrieval with faiss, and recall@K measured through it."""
+"""avgen plugin: approximate cosine retrieval with faiss (the ``faiss`` index), and recall@K measured through it."""
 
 from __future__ import annotations
 
@@ -18,4 +18,15 @@ def register_metrics(register):
         params=RecallFaissParams,
         summary="R@K with the exemplars retrieved by a faiss index (IVF-Flat or HNSW) instead of the exact search",
         card={"library": "faiss (MIT)", "paper": "POCAN (Chen et al. 2018), Sec. 5.1; Johnson et al. 2019 (faiss)"},
+    )
+
+
+@avgen.hookimpl
+def register_indexes(register):
+    register(
+        "faiss",
+        lambda params, context: FaissIndex(params),
+        params=FaissParams,
+        summary="approximate cosine top-K with faiss (IVF-Flat, HNSW, or flat: exact), candidates rescored by avgen in float64",
+        card={"library": "faiss (MIT)", "paper": "Johnson et al. 2019 (faiss)"},
     )

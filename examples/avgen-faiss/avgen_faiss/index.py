@@ -1,7 +1,9 @@
-"""A faiss index over L2-normalised rows, searched by inner product (= cosine).
+"""A faiss index over L2-normalised rows, searched by inner product (= cosine): the ``faiss`` index component.
 
 faiss finds ``k + rerank`` candidates; avgen's float64 rescoring orders them (ties to the lower
 index), so the order never depends on faiss's kernels. For ``flat`` the answer is avgen's exact one.
+The rescoring and the exact search come from avgen's ``exact`` index, made through
+``avgen.create("index", "exact")`` (its ``rescore`` and ``scan_error``), never by importing its plugin.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import fp32_score_error, rescore, topk_cosine
+import avgen
+from avgen import Index
 
 ADD_CHUNK = 65536  # rows normalised and added at a time, so the bank is never copied whole
 
@@ -35,14 +38,24 @@ class FaissParams(BaseModel):
     seed: int = Field(default=0, description="seed of the training sample and of k-means")
 
 
-class FaissIndex:
-    """A built faiss index: ``search(queries, k)`` -> (cosine scores [N, k], bank indices [N, k]) as torch tensors."""
+class FaissIndex(Index):
+    """A faiss index: ``build(bank)``, then ``search(queries, k)`` -> (cosine scores [N, k], bank indices [N, k]) as
+    torch tensors."""
 
-    def __init__(self, index: faiss.Index, bank: torch.Tensor, params: FaissParams) -> None:
-        self.index, self.bank, self.size, self.params = index, bank, bank.shape[0], params
+    def __init__(self, params: FaissParams | None = None) -> None:
+        self.params = params or FaissParams()
+        self.index: faiss.Index | None = None
+        self.bank, self.size, self.exact = torch.zeros(0, 0), 0, None
 
     def __len__(self) -> int:
         return self.size
+
+    def build(self, bank: torch.Tensor) -> "FaissIndex":
+        """Index the rows of ``bank`` [M, D] for cosine search."""
+        self.index = _faiss_index(bank, self.params)
+        self.bank, self.size = bank, bank.shape[0]
+        self.exact = avgen.create("index", "exact").build(bank)  # avgen's float64 rescoring and exact search
+        return self
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Best first by avgen's float64 cosine, ties to the lower index; -1 (score -inf) where the
@@ -53,13 +66,13 @@ class FaissIndex:
         queries = queries.detach().cpu()
         approx, found = self.index.search(_normalized_numpy(queries), min(self.size, k + self.params.rerank))
         found = torch.from_numpy(found).long()
-        scores, indices = rescore(queries, found, lambda i: self.bank[i], k)
+        scores, indices = self.exact.rescore(queries, found, k)
         if self.params.index == "flat" and found.shape[1] < self.size:  # prove it exact, as avgen's own scan does
             # faiss normalises in fp32 (norm error up to dim/2 ulps): twice avgen's bound covers its scores
             floor = torch.from_numpy(approx[:, -1]).double()
-            unproven = (floor + 2 * fp32_score_error(self.bank.shape[1]) >= scores[:, k - 1]).nonzero().flatten()
+            unproven = (floor + 2 * self.exact.scan_error() >= scores[:, k - 1]).nonzero().flatten()
             if unproven.numel():
-                exact_scores, exact_indices = topk_cosine(queries[unproven], self.bank, k)
+                exact_scores, exact_indices = self.exact.search(queries[unproven], k)
                 scores[unproven], indices[unproven] = exact_scores.double(), exact_indices
         return scores.float().masked_fill(indices < 0, -math.inf), indices
 
@@ -67,6 +80,11 @@ class FaissIndex:
 def build_index(bank: torch.Tensor, params: FaissParams | None = None, **settings) -> FaissIndex:
     """Index the rows of ``bank`` [M, D] for cosine search (``settings`` are FaissParams fields)."""
     params = FaissParams(**{**(params.model_dump() if params is not None else {}), **settings})
+    return FaissIndex(params).build(bank)
+
+
+def _faiss_index(bank: torch.Tensor, params: FaissParams) -> faiss.Index:
+    """A faiss index of the unit rows of ``bank``, made as ``params`` say."""
     if bank.dim() != 2 or bank.shape[0] == 0:
         raise ValueError(f"build_index expects a non-empty bank [M, D], got shape {tuple(bank.shape)}")
     if params.threads:
@@ -87,7 +105,7 @@ def build_index(bank: torch.Tensor, params: FaissParams | None = None, **setting
         index.nprobe = min(params.nprobe, nlist)
     for start in range(0, rows, ADD_CHUNK):
         index.add(_normalized_numpy(bank[start : start + ADD_CHUNK]))
-    return FaissIndex(index, bank, params)
+    return index
 
 
 def _normalized_numpy(x: torch.Tensor) -> np.ndarray:
