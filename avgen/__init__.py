@@ -40,9 +40,8 @@ _LAZY = {
     **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen.precision"),
     "replicate_to_steps": "avgen.sequence",
     "time_average": "avgen.retrieval",
-    **dict.fromkeys(("BASELINE_TITLES", "ExampleClip", "example_clips", "html_page", "is_untrained", "read_json", "run_name",
-                     "read_recipe", "safe_name", "save_spectrograms", "spectrogram_panel", "write_report"), "avgen.report"),
-    **dict.fromkeys(("append_ratings", "mos"), "avgen.listening"),
+    **dict.fromkeys(("RunContents", "RunSection", "RunSummary", "is_untrained", "read_json", "read_recipe", "run_name",
+                     "run_sections", "write_report"), "avgen.report"),
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__",

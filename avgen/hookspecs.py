@@ -79,3 +79,18 @@ def open_library(path, representation, representation_spec, clip_seconds, consol
     average of ``representation.encode``; ``representation_spec`` (the recipe's section) names
     the representation for caches. Return None when this plugin does not read such folders.
     """
+
+
+@hookspec
+def run_sections(run_dir):
+    """Tables about the run directory ``run_dir`` (a ``pathlib.Path``) that this plugin keeps: a list of
+    ``avgen.RunSection`` ([] when it has none). The run's report shows each under its title; ``avgen compare``
+    shows each one's ``summary`` (an ``avgen.RunSummary``) as columns. Raise nothing for a damaged file of
+    yours: return a section whose ``error`` says so in one line."""
+
+
+@hookspec(firstresult=True)
+def render_report(contents, run_dir):
+    """Write the report of ``run_dir`` from ``contents`` (an ``avgen.RunContents``, what ``avgen.write_report``
+    read from the run directory): return the paths it wrote, ``(report.html, report.md)``, or None when this
+    plugin does not render reports."""
