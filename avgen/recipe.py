@@ -100,6 +100,8 @@ class ComponentSpec(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     weight: float = 1.0  # for losses
+    version: str = "1"  # the component version the params were resolved at (see ``validate_recipe``)
+    given: list[str] = Field(default_factory=list, exclude=True)  # the params the recipe names; the rest are defaults
 
 
 class Recipe(_Strict):
@@ -125,12 +127,13 @@ class Recipe(_Strict):
         for section in COMPONENT_SECTIONS:
             spec = getattr(self, section)
             if spec is not None:
-                out[section] = {"name": spec.name, **_plain(spec.params)}
+                out[section] = {"name": spec.name, **_version_key(spec), **_plain(spec.params)}
         for section in LIST_SECTIONS:
             items = getattr(self, section)
             if items:
                 out[section] = [
-                    {"name": s.name, **({"weight": s.weight} if section == "loss" else {}), **_plain(s.params)}
+                    {"name": s.name, **({"weight": s.weight} if section == "loss" else {}), **_version_key(s),
+                     **_plain(s.params)}
                     for s in items
                 ]
         out["featurize"] = _plain(self.featurize.model_dump())
@@ -151,6 +154,42 @@ class Recipe(_Strict):
         if recipe.eval.library is not None:
             recipe.eval.library = Path(os.path.abspath(recipe.eval.library))
         return recipe
+
+
+def _version_key(spec: ComponentSpec) -> dict[str, str]:
+    """A resolved section's ``version`` entry: none at version 1, so recipes recorded before versions are unchanged."""
+    return {} if spec.version == "1" else {"version": spec.version}
+
+
+def resolved_as_run(recipe: Recipe, run_dir: Path) -> Recipe:
+    """``recipe`` with each component section at the version the run in ``run_dir`` recorded (its recipe.toml; a
+    section recorded without one is at version 1): a run started before a component changed a default resumes
+    with the defaults it started with. The params the recipe names are kept; without a recorded run, ``recipe``."""
+    try:
+        recorded = tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return recipe
+    out = recipe.model_copy(deep=True)
+    for section, kind in COMPONENT_SECTIONS.items():
+        spec = getattr(out, section)
+        if spec is not None:
+            setattr(out, section, _at_version(kind, spec, recorded.get(section)))
+    for section, kind in LIST_SECTIONS.items():
+        specs, entries = getattr(out, section), recorded.get(section)
+        if isinstance(entries, list) and len(entries) == len(specs):
+            setattr(out, section, [_at_version(kind, s, e) for s, e in zip(specs, entries)])
+    return out
+
+
+def _at_version(kind: str, spec: ComponentSpec, recorded: Any) -> ComponentSpec:
+    """``spec`` resolved again at the version of ``recorded`` (a recorded section of the same component), if it differs."""
+    if not isinstance(recorded, dict) or recorded.get("name") != spec.name:
+        return spec
+    version = str(recorded.get("version", "1"))
+    if version == spec.version:
+        return spec
+    params = get_component(kind, spec.name).validate({k: spec.params[k] for k in spec.given if k in spec.params}, version)
+    return spec.model_copy(update={"params": params.model_dump(mode="json"), "version": version})
 
 
 def path_params(kind: str, spec: ComponentSpec) -> dict[str, Path]:
@@ -231,7 +270,7 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     raw, path, text = _read(path, overrides)
     variants = raw.pop("variant", None)
     if variants is None:
-        return [validate_recipe(raw, path, text)]
+        return [validate_recipe(raw, path, text, new=True)]
     if isinstance(variants, dict):
         variants = [variants]
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
@@ -256,7 +295,7 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
             merged[key] = {**base, **value} if same_component else value
         merged.setdefault("run", {})
         merged["run"] = {**merged["run"], "name": name, "group": group.name}
-        recipes.append(validate_recipe(merged, path, text))
+        recipes.append(validate_recipe(merged, path, text, new=True))
     return recipes
 
 
@@ -321,8 +360,15 @@ def _list_item(items: list[Any], part: str, where: str, item: str) -> Any:
     raise RecipeError(f"--set {shown(item)}: no entry {shown(part)} in {where.rsplit('.', 1)[0]}; entries: {', '.join(names) or 'none'}")
 
 
-def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: str | None = None) -> Recipe:
-    """Validate a raw recipe mapping; errors name the recipe, the key (with line) and what is allowed."""
+def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: str | None = None,
+                    new: bool = False) -> Recipe:
+    """Validate a raw recipe mapping; errors name the recipe, the key (with line) and what is allowed.
+
+    A component section may name the component ``version`` its params are resolved at (the params it does not
+    give take that version's defaults); a resolved recipe names it where it is not 1. A section that names none
+    is at the component's current version in a ``new`` recipe (a recipe file for a run, ``load_recipes``), and
+    at version 1 otherwise: a recipe a run or model folder recorded before it named versions.
+    """
     source = Path(source)
     raw = copy.deepcopy(raw)
     known = (set(Recipe.model_fields) - {"source"}) | {"variant"}
@@ -338,14 +384,14 @@ def validate_recipe(raw: dict[str, Any], source: Path | str = "<recipe>", text: 
     resolved: dict[str, Any] = {}
     for section, value in raw.items():
         if section in COMPONENT_SECTIONS:
-            resolved[section] = _component(COMPONENT_SECTIONS[section], section, value, source, text)
+            resolved[section] = _component(COMPONENT_SECTIONS[section], section, value, source, text, new=new)
         elif section in LIST_SECTIONS:
             if isinstance(value, dict):
                 value = [value]
             if not isinstance(value, list):
                 raise RecipeError(f"{_where(source, text, section)}: [[{section}]] must be a list of tables")
             resolved[section] = [
-                _component(LIST_SECTIONS[section], f"{section}.{i}", v, source, text, weighted=section == "loss")
+                _component(LIST_SECTIONS[section], f"{section}.{i}", v, source, text, weighted=section == "loss", new=new)
                 for i, v in enumerate(value)
             ]
         else:
@@ -377,7 +423,8 @@ def _numbers(node: Any, key: str = "") -> Iterator[tuple[str, float]]:
             yield from _numbers(v, f"{key}.{i}")
 
 
-def _component(kind: str, section: str, value: Any, source: Path, text: str | None, weighted: bool = False) -> ComponentSpec:
+def _component(kind: str, section: str, value: Any, source: Path, text: str | None, weighted: bool = False,
+               new: bool = False) -> ComponentSpec:
     if not isinstance(value, dict):
         raise RecipeError(f"{_where(source, text, section)}: [{section}] must be a table with a 'name' key")
     values = dict(value)
@@ -390,12 +437,18 @@ def _component(kind: str, section: str, value: Any, source: Path, text: str | No
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= MAX_LOSS_WEIGHT:
             raise RecipeError(f"{_where(source, text, section + '.weight')}: {section}.weight must be a number from 0 to "
                               f"{MAX_LOSS_WEIGHT:g} (got {weight!r})")
+    version = values.pop("version", None)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, str))
+                                or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", str(version))):
+        raise RecipeError(f"{_where(source, text, section + '.version')}: {section}.version names a component version, "
+                          f"e.g. version = \"1\" (got {shown(version)})")
     try:
         component = get_component(kind, name)
     except AvgenError as exc:
         raise RecipeError(f"{_where(source, text, section + '.name')}: {exc}") from None
+    version = str(version) if version is not None else component.version if new else "1"
     try:
-        params = component.validate(values)
+        params = component.validate(values, version)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = f"{section}." + ".".join(str(p) for p in err["loc"])
@@ -404,7 +457,8 @@ def _component(kind: str, section: str, value: Any, source: Path, text: str | No
             f"{_where(source, text, key)}: {format_validation_error(exc, section)}"
             f" ({kind} '{name}' takes: {allowed or 'no params'})"
         ) from None
-    return ComponentSpec(name=name, params=params.model_dump(mode="json"), weight=float(weight))
+    return ComponentSpec(name=name, params=params.model_dump(mode="json"), weight=float(weight), version=version,
+                         given=sorted(values))
 
 
 def _where(source: Path, text: str | None, key: str) -> str:

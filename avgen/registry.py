@@ -37,10 +37,16 @@ class Component:
     plugin: str
     card: Card = field(default_factory=Card)
     version: str = "1"
+    # earlier version -> the defaults it had that this version changed (a run recorded at it keeps them)
+    earlier_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False, compare=False)
 
-    def validate(self, values: Mapping[str, Any] | None = None) -> BaseModel:
-        """Validate a params mapping with this component's Params (raises pydantic errors)."""
-        return self.params.model_validate(dict(values or {}))
+    def validate(self, values: Mapping[str, Any] | None = None, version: str | None = None) -> BaseModel:
+        """Validate a params mapping with this component's Params (raises pydantic errors); at an earlier
+        ``version`` the params it does not give take that version's defaults (``earlier_defaults``)."""
+        values = dict(values or {})
+        if version is not None and version != self.version:
+            values = {**self.earlier_defaults.get(str(version), {}), **values}
+        return self.params.model_validate(values)
 
     def build(self, params: BaseModel | Mapping[str, Any] | None = None, context: Any = None) -> Any:
         """``factory(params, context)`` from validated params (or a mapping) and an ``avgen.BuildContext``,
@@ -74,8 +80,13 @@ class Registry:
         summary: str = "",
         card: Card | Mapping[str, Any] | None = None,
         version: str = "1",
+        earlier_defaults: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Component:
-        """Add a component; a second component of the same kind and name is an error."""
+        """Add a component; a second component of the same kind and name is an error.
+
+        ``earlier_defaults``: for each earlier ``version`` whose param defaults this one changed, those defaults
+        (``{"1": {"backend": "nnaudio"}}``), so that runs recorded at it resume and load as they were made.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
@@ -99,7 +110,12 @@ class Registry:
             card = card if isinstance(card, Card) else Card.model_validate(dict(card or {}))
         except ValidationError as exc:
             raise ValueError(f"{kind} '{name}' from plugin '{plugin}': card: {format_validation_error(exc)}") from exc
-        component = Component(kind, name, factory, params, summary, plugin, card, version)
+        earlier = {str(v): dict(d) for v, d in (earlier_defaults or {}).items()}
+        unknown = sorted({key for d in earlier.values() for key in d} - set(params.model_fields))
+        if unknown or str(version) in earlier:
+            what = f"names no param {', '.join(unknown)}" if unknown else f"lists its own version {version}"
+            raise ValueError(f"{kind} '{name}' from plugin '{plugin}': earlier_defaults {what}")
+        component = Component(kind, name, factory, params, summary, plugin, card, str(version), earlier)
         self._components[kind][name] = component
         return component
 

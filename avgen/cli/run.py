@@ -46,7 +46,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
                  device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
     paths = _expand_recipes(recipes)  # an unknown name stops here, before torch is imported
-    from avgen.recipe import load_recipes
+    from avgen.recipe import load_recipes, resolved_as_run
     from avgen.distributed import leave_process_group, resolve_device
     from avgen.runner import Run
     from avgen.rundir import STAGES
@@ -64,6 +64,8 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
             recipe.run.out = out
         dev = resolve_device(device or recipe.run.device)
         run_dir = recipe.run.out / recipe.run.group / recipe.run.name
+        if not fresh:  # a run started before a component changed a default resumes with the defaults it started with
+            recipe = resolved_as_run(recipe, run_dir)
         if run_dir in run_dirs:
             raise AvgenError(f"two recipes write the same run directory {run_dir}; give each a different run.name")
         run_dirs.append(run_dir)

@@ -2,7 +2,7 @@
 
 A subclass says how a magnitude spectrogram [B, K, F] becomes its representation
 (``from_magnitude``) and back (``to_magnitude``); this class turns waveforms into
-magnitudes (nnAudio's STFT or torch.fft) and magnitudes into waveforms (an inverse STFT
+magnitudes (torch.fft, or nnAudio's STFT with backend="nnaudio") and magnitudes into waveforms (an inverse STFT
 whose phase comes from Griffin-Lim, a reference waveform, zeros or random numbers).
 """
 
