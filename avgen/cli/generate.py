@@ -55,8 +55,9 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
 @click.option("--keep-audio", is_flag=True, help="Keep the video's original audio as a second track.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Change a generation setting of the model's recipe (generator.*, representation.*, eval.*), "
-                   "e.g. --set generator.steps=4; the trained weights must still fit.")
+              help="Change a generation setting of the model's recipe (generator.*, representation.*, eval.*, "
+                   "index.*), e.g. --set generator.steps=4, or --set index.name=faiss for another exemplar search "
+                   "(avgen list index); the trained weights must still fit.")
 @click.option("--onsets-out", type=click.Path(path_type=Path),
               help="Also write the detected contacts (time, confidence, material, probability) to this JSON file (docs/timing.md).")
 @click.option("--onsets", "onsets_in", type=click.Path(path_type=Path),
