@@ -26,7 +26,7 @@ _LAZY = {
     **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run",
                      "video_features"), "avgen.generate"),
     **dict.fromkeys(("SoundModel", "load"), "avgen.model"),
-    "kept_detector": "avgen.onsets",
+    "kept_detector": "avgen.events",
     "build_dataset": "avgen.build",
     **dict.fromkeys(("path_params", "validate_recipe"), "avgen.recipe"),
     "resolve_device": "avgen.distributed",

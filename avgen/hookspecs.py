@@ -81,6 +81,31 @@ def open_library(path, representation, representation_spec, clip_seconds, consol
     """
 
 
+@hookspec(firstresult=True)
+def events_detector():
+    """The name of the detector component that finds events for a model that keeps none (``avgen generate
+    --mode events`` or ``--onsets-out`` without ``--detector``); it must need no training. None: no default."""
+
+
+@hookspec(firstresult=True)
+def sound_of_events(model, video, detector, detector_name, onsets, onsets_out, bank, material, console):
+    """Make the sound of ``video`` by events, one sound per event and silence elsewhere (``SoundModel.events``,
+    ``avgen generate --mode events``, ``--onsets``, ``--onsets-out``).
+
+    ``model``: the ``avgen.SoundModel``; ``video``: a ``pathlib.Path``; ``detector``: the ``avgen.Detector``
+    that finds the events (None with ``onsets``), ``detector_name`` what to call it in the summary and the
+    events file (None: the summary has no ``detector`` key); ``onsets``: a file of events to place instead of
+    detecting them (``--onsets``), ``onsets_out``: where to write the events found (``--onsets-out``), both
+    None for ``SoundModel.events``; ``bank``: an ``avgen.ExemplarBank`` for exemplar sounds, or None for the
+    raw ones; ``material``: a class index forcing every event's class, or None; ``console``: a rich console
+    for one line on the events, or None for silence. Return ``(wave, summary)``: the sound, float [T] in
+    [-1, 1] at ``model.sample_rate`` and as long as the video, and a JSON-able dict written as the output's
+    summary (``video``, ``seconds``, ``sample_rate``, ``onsets``: how many; from a detector also ``mode``:
+    "events" and ``contacts``). Raise ``avgen.AvgenError`` (one line) for a bad events file. A plugin that
+    answers it decides the events file's format.
+    """
+
+
 @hookspec
 def run_sections(run_dir):
     """Tables about the run directory ``run_dir`` (a ``pathlib.Path``) that this plugin keeps: a list of

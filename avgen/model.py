@@ -183,7 +183,6 @@ class SoundModel:
         """Encoder features [K, frames per clip, dim] of the windows centred on ``times`` (clamped to the video)."""
         from avgen.generate import encoder_precision, video_features
         from avgen.media import FrameReader, probe
-        from avgen.onsets import window_features, window_starts
 
         fps = self.encoder.fps
         per_clip = max(1, round(self.clip_seconds * fps))
@@ -213,7 +212,7 @@ class SoundModel:
         """The contact detector kept with the model (``detector.json`` in the run or model folder, written by
         ``avgen timing fit --run``), built on first use; None when the model has none."""
         if self._detector is None:
-            from avgen.onsets import kept_detector
+            from avgen.events import kept_detector
 
             self._detector, self.detector_name = kept_detector(self.source) or (False, None)
         return self._detector or None
@@ -223,22 +222,18 @@ class SoundModel:
                console: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """(sound [T] in [-1, 1], summary) of ``video`` driven by events: the contacts ``detector`` (default: the
         model's own, see ``detector``) finds, one sound per contact (raw, or with ``exemplar``/``library``/``bank``
-        the nearest exemplar of the contact's material), silence elsewhere."""
-        from avgen.media import probe
-        from avgen.onsets import detect_onsets, sound_at_onsets
+        the nearest exemplar of the contact's material), silence elsewhere. A plugin makes it (the
+        ``sound_of_events`` hook; the timing plugin's places one sound per contact, docs/timing.md)."""
+        from avgen.events import require_events, sound_of_events
 
+        require_events("SoundModel.events")
         detector = detector if detector is not None else self.detector
         if detector is None:
             raise AvgenError(f"{self.source}: the model keeps no contact detector; fit one with "
                              f"`avgen timing fit --run RUN_DIR`, or pass a detector")
         if bank is None and (exemplar or library is not None):
             bank = self.bank(library, console)
-        video = Path(video)
-        duration = float(probe(video).duration)
-        onsets, outputs = detect_onsets(video, detector, duration, self, material=material)
-        wave = sound_at_onsets(video, onsets, duration, self, bank=bank, material=material, outputs=outputs)
-        return wave, {"video": str(video), "seconds": duration, "sample_rate": self.sample_rate, "mode": "events",
-                      "onsets": len(onsets), "contacts": [o.model_dump() for o in onsets]}
+        return sound_of_events(self, Path(video), detector=detector, bank=bank, material=self._class_index(material))
 
     def raw_sound(self, rep: torch.Tensor) -> torch.Tensor:
         """Clip waveforms [N, samples] decoded from generated representations [N, D, F] (the raw sound)."""
@@ -258,6 +253,22 @@ class SoundModel:
                 raise AvgenError(f"material {material}: the model has {len(self.class_names)} classes")
             return material
         return self.material(material)
+
+
+def window_features(features: torch.Tensor, times: list[float], fps: float, frames_per_clip: int) -> torch.Tensor:
+    """Feature windows [K, frames_per_clip, dim] centred on each time (clamped to the video)."""
+    from avgen.media import fit_frames
+
+    if features.shape[0] < frames_per_clip:
+        features = fit_frames(features, frames_per_clip)
+    firsts = window_starts(times, fps, frames_per_clip, features.shape[0])
+    return torch.stack([features[f:f + frames_per_clip] for f in firsts]) if firsts else \
+        features.new_zeros(0, frames_per_clip, features.shape[1])
+
+
+def window_starts(times: list[float], fps: float, frames_per_clip: int, frames: int) -> list[int]:
+    """The first frame of the clip-length window centred on each time, clamped inside ``frames`` frames."""
+    return [min(max(0, round(t * fps - frames_per_clip / 2)), frames - frames_per_clip) for t in times]
 
 
 def is_run_dir(path: Path) -> bool:

@@ -291,7 +291,7 @@ class Run:
         return model.to(self.device), shape
 
     def _fit(self) -> dict[str, Any]:
-        from avgen.onsets import fit_detector
+        from avgen.events import fit_detector
 
         kept = {"detector": fit_detector(self.recipe, self.dataset, self.run_dir, self.console)} \
             if self.recipe.detector is not None else {}

@@ -121,7 +121,7 @@ def test_deleted_and_added_onsets_are_what_sounds(timed_run, tmp_path, capsys):
 ])
 def test_a_bad_onsets_file_is_one_line(tmp_path, doc, expected):
     from avgen import AvgenError
-    from avgen.onsets import read_onsets
+    from avgen_timing.onsets import read_onsets
 
     path = tmp_path / "bad.json"
     path.write_text(doc if isinstance(doc, str) else json.dumps(doc))

@@ -12,7 +12,6 @@ from avgen.cli import THREADS_OPTION, cli, console, err_console
 from avgen.errors import AvgenError
 
 
-FALLBACK_DETECTOR = "region_contacts"  # the contact detector of a model that keeps none: it needs no training
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
@@ -64,11 +63,12 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
               help="Place one sound at each onset of this JSON file (edited --onsets-out output) instead of following the video.")
 @click.option("--detector", "detector_name", default=None,
               help="The detector component that finds contacts for events and --onsets-out (avgen list detector); "
-                   f"default: the model's own (`avgen timing fit --run`), else {FALLBACK_DETECTOR} (no training).")
+                   "default: the model's own (`avgen timing fit --run`), else the one the events plugin offers "
+                   "(the timing plugin's needs no training).")
 @click.option("--mode", type=click.Choice(["auto", "events", "windows"]), default="auto", show_default=True,
-              help="events: one sound at each detected contact, silence elsewhere; windows: clip-length windows every "
-                   "half clip, each sounding; auto: events when the model keeps a contact detector or --detector is "
-                   "given, else windows.")
+              help="events: one sound at each detected contact, silence elsewhere (a plugin makes it: the timing "
+                   "plugin); windows: clip-length windows every half clip, each sounding; auto: events when the model "
+                   "keeps a contact detector or --detector is given (and a plugin makes events), else windows.")
 @THREADS_OPTION
 def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path | None, out: Path, raw: bool,
                  library: Path | None, material: str | None, keep_audio: bool, device: str,
@@ -99,6 +99,12 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     apply_threads(plan_threads(threads))
     if onsets_in and mode == "events":
         raise AvgenError("--onsets places the sounds where the file says; --mode events detects them: give one")
+    asked = "--onsets" if onsets_in else "--onsets-out" if onsets_out else "--mode events" if mode == "events" else \
+        "--detector" if detector_name is not None and mode == "auto" else None
+    if asked is not None:  # events asked for: a plugin must make them (--mode auto alone slides windows without one)
+        from avgen.events import require_events
+
+        require_events(asked)
     if detector_name is not None:  # an unknown detector fails before the model loads
         from avgen.plugins import get_component
 
@@ -266,39 +272,32 @@ def _generate_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_in: bool) -> tuple[str, Any] | None:
-    """(name, detector) that finds the contacts (events mode, --onsets-out), or None for sliding windows."""
+    """(name, detector) that finds the contacts (events mode, --onsets-out), or None for sliding windows (also
+    for --mode auto when no plugin makes sound by events)."""
+    from avgen.events import default_detector, events_available
     from avgen.plugins import create
 
-    if onsets_in or (mode == "windows" and not onsets_out):
+    if onsets_in or (mode == "windows" and not onsets_out) or not events_available():
         return None
     if name is not None:
         return name, create("detector", name)
     if model.detector is not None:
         return f"{model.detector_name} (kept with the model)", model.detector
     if mode == "events" or onsets_out:
-        return FALLBACK_DETECTOR, create("detector", FALLBACK_DETECTOR)
+        fallback = default_detector()
+        if fallback is None:
+            raise AvgenError("the model keeps no contact detector and the events plugin offers none: "
+                             "give --detector NAME (avgen list detector)")
+        return fallback, create("detector", fallback)
     return None
 
 
 def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector: tuple[str, Any] | None, bank: Any,
                     model: Any, out_console: Any, forced: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Events: one sound per detected contact (--onsets-out also writes them); --onsets: one per onset of the file."""
-    from avgen.media import probe
-    from avgen.onsets import Onset, read_onsets, sound_at_onsets, summary_line, write_onsets
+    """Events: one sound per detected contact (--onsets-out also writes them); --onsets: one per onset of the file.
+    The plugin that answers ``sound_of_events`` makes it (avgen/events.py)."""
+    from avgen.events import sound_of_events
 
-    duration = float(probe(video).duration)
-    if onsets_in is None:
-        name, found_by = detector
-        wave, summary = model.events(video, detector=found_by, bank=bank, material=forced)
-        summary["detector"] = name
-        found = [Onset.model_validate(o) for o in summary["contacts"]]
-        if onsets_out is not None:
-            write_onsets(onsets_out, found, video, duration, name, model.class_names)
-            out_console.print(f"{onsets_out}: {summary_line(found)}", markup=False, highlight=False)
-        else:
-            out_console.print(f"{video}: {summary_line(found)}", markup=False, highlight=False)
-        return wave, summary
-    onsets = read_onsets(onsets_in, model.class_names, duration)
-    out_console.print(f"{onsets_in}: {summary_line(onsets)}", markup=False, highlight=False)
-    wave = sound_at_onsets(video, onsets, duration, model, bank=bank, material=forced)
-    return wave, {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "onsets": len(onsets)}
+    name, found_by = detector if detector is not None else (None, None)
+    return sound_of_events(model, video, detector=found_by, detector_name=name, onsets=onsets_in, onsets_out=onsets_out,
+                           bank=bank, material=forced, console=out_console)

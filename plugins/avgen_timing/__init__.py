@@ -1,4 +1,5 @@
-"""Timing: when each sound happens. A CPU contact detector, the audio-video sync metric and the timeline figure."""
+"""Timing: when each sound happens. CPU contact detectors, sound by events (one sound per contact, the onsets
+file of ``avgen generate --onsets-out/--onsets``), the audio-video sync metric and the timeline figure."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def register_metrics(register):
                             "with the picture's contact strength; mean |lag| and fraction <= 1 video frame, for real and generated sound",
               "writes": "figures/timeline.png"},
     )
+
+
+@hookimpl
+def events_detector():
+    from avgen_timing.onsets import FALLBACK_DETECTOR
+
+    return FALLBACK_DETECTOR
+
+
+@hookimpl
+def sound_of_events(model, video, detector, detector_name, onsets, onsets_out, bank, material, console):
+    from avgen_timing.onsets import sound_of_events
+
+    return sound_of_events(model, video, detector, detector_name, onsets, onsets_out, bank, material, console)
 
 
 @hookimpl

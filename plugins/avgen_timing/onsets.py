@@ -1,4 +1,5 @@
-"""When each sound happens: the onsets file of ``avgen generate --onsets-out/--onsets`` and the sound placed by it.
+"""Sound by events (the ``sound_of_events`` hook): the onsets file of ``avgen generate --onsets-out/--onsets``
+and the sound placed by it, one sound per contact (``avgen generate --mode events``, ``SoundModel.events``).
 
 ``--onsets-out`` runs a registered ``detector`` over the video and writes its events (time,
 confidence) with the generator's material for each (the class head's most probable class in
@@ -6,7 +7,7 @@ the window centred on the event). ``--onsets`` reads such a file, edited or not,
 sound from it alone: per onset, the window of video centred on it is generated, its sound
 (the exemplar: nearest training clip, of the onset's material when it names one; or the raw
 decode) is cut at its attack and mixed in at the onset's time, lasting until the next onset. Nothing else
-sounds.
+sounds. By events, the detector's contacts are the onsets.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avgen.atomic import write_json
-from avgen.errors import AvgenError
+from avgen import AvgenError, create, probe, write_json
+
+from avgen_timing.chunks import detect_events
 
 FORMAT = "avgen-onsets"
 VERSION = 1
-CHUNK_SECONDS = 20.0  # a long video is read in chunks this long (plus MARGIN each side) for the detector
-MARGIN_SECONDS = 1.0
+FALLBACK_DETECTOR = "region_contacts"  # for a model that keeps no detector: it needs no training (docs/timing.md)
 
 
 class Onset(BaseModel):
@@ -82,45 +83,12 @@ def read_onsets(path: Path, class_names: list[str], duration: float) -> list[Ons
     return sorted(parsed.onsets, key=lambda o: o.time)
 
 
-def write_onsets(path: Path, onsets: list[Onset], video: Path, duration: float, detector: str,
+def write_onsets(path: Path, onsets: list[Onset], video: Path, duration: float, detector: str | None,
                  class_names: list[str]) -> Path:
     """Write an onsets file (crash-safe)."""
     doc = OnsetsFile(video=str(video), duration=round(duration, 6), detector=detector, materials=list(class_names),
                      onsets=onsets)
     return write_json(Path(path), doc.model_dump())
-
-
-def detect_events(detector: Any, video: Path, duration: float) -> torch.Tensor:
-    """The detector's events [K, 2] (seconds, confidence) over a whole video, read in overlapping chunks."""
-    from avgen.media import read_frames
-
-    found = []
-    start = 0.0
-    while start < duration:
-        lo, hi = max(0.0, start - MARGIN_SECONDS), min(duration, start + CHUNK_SECONDS + MARGIN_SECONDS)
-        frames = read_frames(video, detector.fps, detector.input_size, start=lo, duration=max(hi - lo, 1.0 / detector.fps))
-        events = detector.detect(frames).reshape(-1, 2).float()
-        events[:, 0] += lo
-        own = (events[:, 0] >= start) & (events[:, 0] < start + CHUNK_SECONDS)  # each chunk owns its middle
-        found.append(events[own])
-        start += CHUNK_SECONDS
-    return torch.cat(found) if found else torch.zeros(0, 2)
-
-
-def window_features(features: torch.Tensor, times: list[float], fps: float, frames_per_clip: int) -> torch.Tensor:
-    """Feature windows [K, frames_per_clip, dim] centred on each time (clamped to the video)."""
-    from avgen.media import fit_frames
-
-    if features.shape[0] < frames_per_clip:
-        features = fit_frames(features, frames_per_clip)
-    firsts = window_starts(times, fps, frames_per_clip, features.shape[0])
-    return torch.stack([features[f:f + frames_per_clip] for f in firsts]) if firsts else \
-        features.new_zeros(0, frames_per_clip, features.shape[1])
-
-
-def window_starts(times: list[float], fps: float, frames_per_clip: int, frames: int) -> list[int]:
-    """The first frame of the clip-length window centred on each time, clamped inside ``frames`` frames."""
-    return [min(max(0, round(t * fps - frames_per_clip / 2)), frames - frames_per_clip) for t in times]
 
 
 def label_events(events: torch.Tensor, probabilities: torch.Tensor | None, class_names: list[str]) -> list[Onset]:
@@ -185,15 +153,14 @@ def place_sounds(onsets: list[Onset], pieces: list[torch.Tensor], sample_rate: i
 
 
 def nearest_of_material(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, wanted: list[int | None]) -> list[int]:
-    """Per query [K, D], the index of the nearest bank row [M, D] (cosine), among rows of label wanted[k] when given."""
-    from avgen.retrieval import topk_cosine
-
+    """Per query [K, D], the index of the nearest bank row [M, D] (cosine, the ``exact`` index: what windows of
+    ``avgen generate`` use by default), among rows of label wanted[k] when given."""
     out = []
     for k, want in enumerate(wanted):
         rows = torch.arange(bank.shape[0]) if want is None else torch.nonzero(labels == want)[:, 0]
         if rows.numel() == 0:
             raise AvgenError(f"no training clip has the material of onset {k}; choose another material")
-        _, best = topk_cosine(queries[k:k + 1], bank[rows], 1)
+        _, best = create("index", "exact").build(bank[rows]).search(queries[k:k + 1], 1)
         out.append(int(rows[int(best[0, 0])]))
     return out
 
@@ -207,11 +174,11 @@ def summary_line(onsets: list[Onset]) -> str:
 # ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
 
 
-def detect_onsets(video: Path, detector: Any, duration: float, model: Any, material: str | int | None = None,
+def detect_onsets(video: Path, detector: Any, duration: float, model: Any, material: int | None = None,
                   ) -> tuple[list[Onset], dict[str, torch.Tensor] | None]:
     """The detector's events over the video, each with the material the model (``avgen.SoundModel``) gives the
-    window centred on it (``material``: that class for every event), and the generator's outputs for those
-    windows (None without events)."""
+    window centred on it (``material``: that class index for every event), and the generator's outputs for
+    those windows (None without events)."""
     events = detect_events(detector, video, duration)
     outputs = probabilities = None
     if events.shape[0]:
@@ -219,13 +186,13 @@ def detect_onsets(video: Path, detector: Any, duration: float, model: Any, mater
         probabilities = model.class_probabilities(outputs)
     onsets = label_events(events, probabilities, model.class_names)
     if material is not None:
-        name = model.class_names[model._class_index(material)]
+        name = model.class_names[material]
         onsets = [o.model_copy(update={"material": name}) for o in onsets]
     return onsets, outputs
 
 
 def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, bank: Any = None,
-                    material: str | int | None = None, outputs: dict[str, torch.Tensor] | None = None,
+                    material: int | None = None, outputs: dict[str, torch.Tensor] | None = None,
                     ) -> torch.Tensor:
     """The video's sound made of one sound per onset, each starting at its onset's time.
 
@@ -235,7 +202,7 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
     when given; else the generator decides). ``outputs``: the generator's outputs for the onsets' windows,
     when already made.
     """
-    from avgen.retrieval import time_average
+    from avgen import time_average
 
     rate = model.sample_rate
     total = round(duration * rate)
@@ -253,41 +220,41 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
         pieces = [bank.waves[i] for i in chosen]
     else:
         pieces = list(model.raw_sound(outputs["rep"]))
-    from avgen.generate import within_unit
-
     return within_unit(place_sounds(onsets, pieces, rate, total))
 
 
-DETECTOR_FILE = "detector.json"  # in a run or model folder: {"detector": NAME, "params": {...}}
+def within_unit(wave: torch.Tensor) -> torch.Tensor:
+    """``wave`` scaled into [-1, 1] when its peak exceeds it (for PCM), else unchanged (as ``SoundModel.sound``)."""
+    peak = float(wave.abs().max()) if wave.numel() else 0.0
+    return wave / peak if peak > 1.0 else wave
 
 
-def kept_detector(folder: Path) -> tuple[Any, str] | None:
-    """(detector, its component name) a run or model folder keeps (``detector.json``; a relative file in its
-    params is relative to the folder), or None when it keeps none."""
-    from avgen.components import BuildContext
-    from avgen.plugins import get_component
-
-    path = Path(folder) / DETECTOR_FILE
-    if not path.is_file():
-        return None
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-        name, params = spec["detector"], dict(spec.get("params") or {})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise AvgenError(f"{path}: unreadable ({exc}); fit the detector again with `avgen timing fit --run`") from exc
-    return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name
+# ---------------------------------------------------------------- the hook
 
 
-def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any) -> dict[str, Any]:
-    """Fit the recipe's [detector] on the training videos and keep it in the run (detector.json, which
-    ``avgen generate`` and ``av_sync`` use); info: the detector and how many videos it learned from."""
-    from avgen.components import BuildContext
-    from avgen.plugins import get_component
+def sound_of_events(model: Any, video: Path, detector: Any, detector_name: str | None, onsets: Path | None,
+                    onsets_out: Path | None, bank: Any, material: int | None, console: Any,
+                    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The ``sound_of_events`` hook (avgen/hookspecs.py): with ``onsets``, one sound per onset of that file;
+    else one per contact ``detector`` finds, each with its material, written to ``onsets_out`` when given."""
+    duration = float(probe(video).duration)
+    if onsets is not None:
+        placed = read_onsets(onsets, model.class_names, duration)
+        _say(console, f"{onsets}: {summary_line(placed)}")
+        wave = sound_at_onsets(video, placed, duration, model, bank=bank, material=material)
+        return wave, {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "onsets": len(placed)}
+    found, outputs = detect_onsets(video, detector, duration, model, material=material)
+    wave = sound_at_onsets(video, found, duration, model, bank=bank, material=material, outputs=outputs)
+    summary = {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "mode": "events",
+               "onsets": len(found), "contacts": [o.model_dump() for o in found]}
+    if detector_name is not None:
+        summary["detector"] = detector_name
+    if onsets_out is not None:
+        write_onsets(onsets_out, found, video, duration, detector_name, model.class_names)
+    _say(console, f"{onsets_out if onsets_out is not None else video}: {summary_line(found)}")
+    return wave, summary
 
-    spec = recipe.detector
-    videos = list(dict.fromkeys(Path(c.video) for c in dataset.clips("train") if c.video is not None))
-    console.print(f"detector: fitting {spec.name} on {len(videos)} training videos", markup=False)
-    detector = get_component("detector", spec.name).build(spec.params, BuildContext(run_dir=run_dir))
-    params = {**spec.params, **detector.fit(videos, run_dir)}
-    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)}})
-    return {"name": spec.name, "videos": len(videos)}
+
+def _say(console: Any, line: str) -> None:
+    if console is not None:
+        console.print(line, markup=False, highlight=False)

@@ -16,32 +16,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from avgen import AvgenError, probe, read_frames
+from avgen import AvgenError, probe
 
+from avgen_timing.chunks import picture_curves
 from avgen_timing.footage import (RATE, VIDEO_SUFFIXES, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
                                   soundtrack)
 from avgen_timing.sync import best_offset, onset_envelope
-
-CHUNK = 20.0  # seconds of frames read at once (plus MARGIN each side): memory flat in the video's length
-MARGIN = 1.0
-
-
-def picture_curves(detector: Any, video: Path, duration: float) -> tuple[np.ndarray, np.ndarray]:
-    """(contact strength [N] with frame k at k / fps, events [K, 2] in seconds) over the whole video."""
-    fps = detector.fps
-    strengths, events = [], []
-    start = 0.0
-    while start < duration:
-        lo, hi = max(0.0, start - MARGIN), min(duration, start + CHUNK + MARGIN)
-        frames = read_frames(video, fps, detector.input_size, start=lo, duration=max(hi - lo, 1.0 / fps))
-        first, last = round((start - lo) * fps), round((min(start + CHUNK, duration) - lo) * fps)
-        strength, found = detector.curves(frames)
-        strengths.append(strength.double().numpy()[first:last])
-        found = found.double().numpy().reshape(-1, 2)
-        found[:, 0] += lo
-        events.append(found[(found[:, 0] >= start) & (found[:, 0] < start + CHUNK)])
-        start += CHUNK
-    return np.concatenate(strengths) if strengths else np.zeros(0), np.concatenate(events) if events else np.zeros((0, 2))
 
 
 def reference_for(video: Path, reference: Path) -> Path:
