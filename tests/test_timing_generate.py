@@ -150,3 +150,85 @@ def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(tim
     for code, _, err in (both, unknown, events):
         assert code == 2 and len(err) == 1, err
     assert "nope" in unknown[2][0]
+
+
+# ---------------------------------------------------------------- the hooks behind sound by events
+
+
+@pytest.fixture
+def without_timing_hooks():
+    """The loaded plugins with the timing plugin's hooks unregistered (its components stay in the registry):
+    as if no plugin made sound by events."""
+    from avgen.plugins import get_plugins
+
+    pm = get_plugins().pm
+    timing = pm.unregister(name="timing")
+    try:
+        yield
+    finally:
+        pm.register(timing, name="timing")
+
+
+@pytest.fixture
+def run_keeping_a_detector(timed_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of the tiny run that keeps motion_contacts (it learns nothing), and a video."""
+    import shutil
+
+    run, video = timed_run
+    kept = tmp_path / "kept"
+    shutil.copytree(run, kept)
+    (kept / "detector.json").write_text(json.dumps({"detector": "motion_contacts", "params": {}}))
+    return kept, video
+
+
+def test_without_an_events_plugin_events_are_one_line_and_auto_slides_windows(run_keeping_a_detector, tmp_path,
+                                                                              capsys, without_timing_hooks):
+    run, video = run_keeping_a_detector
+    for args in (("--mode", "events"), ("--onsets", str(tmp_path / "a.json")), ("--onsets-out", str(tmp_path / "b.json")),
+                 ("--detector", "motion_contacts")):
+        code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "x.wav"),
+                                        *args)
+        assert code == 2 and len(err) == 1 and "no plugin makes sound by events" in err[0] and "timing" in err[0], err
+    code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "auto"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "auto" / f"{video.stem}.avgen.json").read_text())
+    assert "mode" not in summary and summary["windows"] > 0  # the sliding windows, though the run keeps a detector
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto", "kept"]  # nothing else written
+
+
+def test_another_plugin_can_make_sound_by_events(run_keeping_a_detector, tmp_path, capsys):
+    """A plugin answering the hooks makes the events sound instead (the first answer wins; pluggy asks the plugin
+    registered last first): it gets the model, the video, the detector and the options."""
+    import torch
+
+    import avgen
+    from avgen.plugins import get_plugins
+
+    seen = []
+
+    class Renderer:
+        @avgen.hookimpl
+        def events_detector(self):
+            return "motion_contacts"
+
+        @avgen.hookimpl
+        def sound_of_events(self, model, video, detector, detector_name, material):
+            seen.append((video, detector_name, material, detector.fps))
+            rate = model.sample_rate
+            return torch.full((rate,), 0.25), {"video": str(video), "seconds": 1.0, "sample_rate": rate, "onsets": 0}
+
+    run, video = run_keeping_a_detector
+    pm = get_plugins().pm
+    pm.register(Renderer(), name="renderer")
+    try:
+        code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "r"),
+                                        "--material", "cloth")
+        assert code == 0, err
+        wave, summary = avgen.load(run, "cpu").events(video)
+    finally:
+        pm.unregister(name="renderer")
+    assert seen == [(video, "motion_contacts (kept with the model)", 2, 30.0), (video, None, None, 30.0)]
+    y, _ = sf.read(tmp_path / "r" / f"{video.stem}.avgen.wav")
+    assert y.shape == (22050,) and np.allclose(y, 0.25, atol=1e-4)
+    assert json.loads((tmp_path / "r" / f"{video.stem}.avgen.json").read_text())["onsets"] == 0
+    assert float(wave.max()) == 0.25 and summary["onsets"] == 0
