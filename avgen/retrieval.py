@@ -69,9 +69,3 @@ def search(index: Any, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
         raise AvgenError(f"the retrieval index ({type(index).__name__}) found no bank row for {empty} of "
                          f"{indices.shape[0]} queries; let it search more (e.g. faiss's nprobe) or use the exact index")
     return scores, indices
-
-
-def topk_cosine(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``exact`` index's top-k of the query rows among the bank rows, built through the registry (for core code
-    that searches a bank once; a plugin makes the index itself with ``avgen.create("index", "exact")``)."""
-    return build_index(None, bank).search(query, k)
