@@ -90,6 +90,13 @@ class SoundModel:
                                                     self.representation, console=console)
             return self._training_bank
 
+    def index(self, rows: torch.Tensor) -> Any:
+        """The recipe's retrieval index (its ``[index]`` section; without one ``exact``) built over ``rows`` [M, D]:
+        what exemplars are searched with, by windows and by events alike."""
+        from avgen.retrieval import build_index
+
+        return build_index(self.recipe.index, rows)
+
     def has_bank(self) -> bool:
         """Whether exemplars are ready without further work (indexed already, or carried by the folder)."""
         return self._training_bank is not None or self._exported_bank is not None

@@ -121,3 +121,21 @@ def test_the_faiss_index_replaces_the_exact_one_in_generate(tiny_run: Path, tmp_
     assert flat == exact and flat_wav == exact_wav  # faiss's flat index, rescored by avgen: the exact answer
     ivf, _ = exemplar_provenance(capsys, tiny_run, video, tmp_path / "ivf", "index.name=faiss", "index.nprobe=64")
     assert len(ivf) == len(exact)
+
+
+def test_sound_by_events_searches_with_the_recipes_index(tiny_run: Path, monkeypatch, last_row_index):
+    """Events pick each onset's exemplar with the model's index, as windows do (here one that always answers the
+    last row of the rows searched: the last clip of the onset's material, or of the whole bank)."""
+    from avgen_timing.onsets import nearest_of_material
+
+    monkeypatch.setenv("AVGEN_HOME", str(tiny_run.parents[1] / "home"))
+    gen = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(6, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    labels, wanted = torch.tensor([0, 1, 0, 1, 2, 2]), [None, 0, 1]
+    last = avgen.load(tiny_run, device="cpu", settings=["index.name=last_row"])
+    assert nearest_of_material(last, queries, bank, labels, wanted) == [5, 2, 3]
+    exact = avgen.load(tiny_run, device="cpu")
+    cosine = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    expected = [int(cosine[0].argmax())] + [int(torch.nonzero(labels == w)[int(cosine[k, labels == w].argmax()), 0])
+                                            for k, w in enumerate(wanted) if w is not None]
+    assert nearest_of_material(exact, queries, bank, labels, wanted) == expected

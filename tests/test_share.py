@@ -281,6 +281,7 @@ def test_the_folder_records_where_each_component_comes_from_and_names_a_missing_
     assert components["generator"] == {"name": "can_lstm", "plugin": "lstm", "distribution": "avgen",
                                        "version": avgen.__version__}
     assert components["encoder"]["distribution"] == "avgen-plugin-example"  # mean_color comes from the example
+    assert "index" not in components  # no [index]: the core's exact default, nothing to install
     # the same folder, as exported on a machine with a plugin this one lacks
     moved = tmp_path / "model"
     shutil.copytree(model, moved)
@@ -293,3 +294,23 @@ def test_the_folder_records_where_each_component_comes_from_and_names_a_missing_
     code, _, lines = avgen_in_process(capsys, "generate", str(video), "--model", str(moved), "-o", str(tmp_path / "out"))
     assert code == 2 and len(lines) == 1, lines
     assert "generator 'gru_regressor'" in lines[0] and "pip install 'avgen-gru==0.3'" in lines[0], lines
+
+
+def test_a_recipe_index_is_recorded_with_its_plugin(tiny_run: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """A model whose recipe names a retrieval index: the folder records where that index comes from (without one,
+    the core's default exact index needs nothing recorded, as the other tests' folder shows)."""
+    loaded = avgen.saved_model_of_run
+
+    def with_an_index(*args, **kwargs):  # the run as if its recipe had named an [index] section when it trained
+        saved = loaded(*args, **kwargs)
+        saved.meta["recipe"]["index"] = {"name": "exact"}
+        return saved
+
+    monkeypatch.setattr(avgen, "saved_model_of_run", with_an_index)
+    monkeypatch.setenv("AVGEN_HOME", str(tiny_run.parents[1] / "home"))
+    code, _, err = avgen_in_process(capsys, "export", str(tiny_run), str(tmp_path / "model"), "--no-exemplars")
+    assert code == 0, err
+    components = json.loads((tmp_path / "model" / "config.json").read_text())["components"]
+    assert components["index"] == {"name": "exact", "plugin": "retrieval", "distribution": "avgen",
+                                   "version": avgen.__version__}

@@ -55,6 +55,8 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
                        for section, kind in COMPONENT_SECTIONS.items()},
         "recipe": recipe,
     }
+    if recipe.get("index"):  # a retrieval index other than the default exact one: its plugin is needed to load it
+        config["components"]["index"] = avgen.component_source("index", recipe["index"]["name"])
     with avgen.staging_folder(out_dir, suffix=".partial") as staging, avgen.named_as(staging, out_dir):
         weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in saved.weights.items()},
                                     metadata={"format": "pt"})

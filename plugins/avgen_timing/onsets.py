@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avgen import AvgenError, create, probe, write_json
+from avgen import AvgenError, probe, write_json
 
 from avgen_timing.chunks import detect_events
 
@@ -152,15 +152,18 @@ def place_sounds(onsets: list[Onset], pieces: list[torch.Tensor], sample_rate: i
     return mix_at(total, cut, starts)
 
 
-def nearest_of_material(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, wanted: list[int | None]) -> list[int]:
-    """Per query [K, D], the index of the nearest bank row [M, D] (cosine, the ``exact`` index: what windows of
-    ``avgen generate`` use by default), among rows of label wanted[k] when given."""
+def nearest_of_material(model: Any, queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor,
+                        wanted: list[int | None]) -> list[int]:
+    """Per query [K, D], the index of the nearest bank row [M, D] by the model's retrieval index (the recipe's
+    ``[index]``, as windows use; default the exact cosine), among rows of label wanted[k] when given."""
     out = []
     for k, want in enumerate(wanted):
         rows = torch.arange(bank.shape[0]) if want is None else torch.nonzero(labels == want)[:, 0]
         if rows.numel() == 0:
             raise AvgenError(f"no training clip has the material of onset {k}; choose another material")
-        _, best = create("index", "exact").build(bank[rows]).search(queries[k:k + 1], 1)
+        _, best = model.index(bank[rows]).search(queries[k:k + 1], 1)
+        if int(best[0, 0]) < 0:  # an approximate index may leave the slot empty
+            raise AvgenError(f"the retrieval index found no training clip for onset {k}; use the exact index")
         out.append(int(rows[int(best[0, 0])]))
     return out
 
@@ -216,7 +219,7 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
         labels = torch.tensor([names.index(c) if c in names else -1 for c in classes])
         restrict = any(c in names for c in classes)
         wanted = [names.index(o.material) if o.material is not None and restrict else None for o in onsets]
-        chosen = nearest_of_material(time_average(outputs["rep"]), bank.reps, labels, wanted)
+        chosen = nearest_of_material(model, time_average(outputs["rep"]), bank.reps, labels, wanted)
         pieces = [bank.waves[i] for i in chosen]
     else:
         pieces = list(model.raw_sound(outputs["rep"]))
