@@ -10,38 +10,38 @@ __version__ = "0.1.0"
 from importlib import import_module  # noqa: E402
 from typing import Any  # noqa: E402
 
-from avgen.card import KINDS, Card  # noqa: E402
-from avgen.errors import AvgenError, RunLockedError, UnknownComponentError  # noqa: E402
-from avgen.hookspecs import hookimpl  # noqa: E402
-from avgen.plugins import component_source, create, get_component, list_components  # noqa: E402
-from avgen.registry import Component, format_validation_error  # noqa: E402
+from avgen._core.card import KINDS, Card  # noqa: E402
+from avgen._core.errors import AvgenError, RunLockedError, UnknownComponentError  # noqa: E402
+from avgen._core.hookspecs import hookimpl  # noqa: E402
+from avgen._core.plugins import component_source, create, get_component, list_components  # noqa: E402
+from avgen._core.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
 _LAZY = {
     **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank",
                      "Generator", "GeneratorShape", "Index", "Loss", "Metric", "Representation", "SavedModel",
-                     "check_contract"), "avgen.components"),
+                     "check_contract"), "avgen._core.components"),
     **dict.fromkeys(("mux_audio", "probe", "read_audio", "read_frames", "resample", "write_video", "write_wav"),
-                    "avgen.media"),
+                    "avgen._core.media"),
     **dict.fromkeys(("clip_seconds", "generate_for_video", "load_trained", "saved_model_of_run",
-                     "video_features"), "avgen.generate"),
-    **dict.fromkeys(("SoundModel", "load"), "avgen.model"),
-    "kept_detector": "avgen.events",
-    "build_dataset": "avgen.build",
-    **dict.fromkeys(("path_params", "validate_recipe"), "avgen.recipe"),
-    "resolve_device": "avgen.distributed",
-    "RunDir": "avgen.rundir",
+                     "video_features"), "avgen._core.generate"),
+    **dict.fromkeys(("SoundModel", "load"), "avgen._core.model"),
+    "kept_detector": "avgen._core.events",
+    "build_dataset": "avgen._core.build",
+    **dict.fromkeys(("path_params", "validate_recipe"), "avgen._core.recipe"),
+    "resolve_device": "avgen._core.distributed",
+    "RunDir": "avgen._core.rundir",
     **dict.fromkeys(("atomic_path", "folder_error", "folder_mode", "signals_deferred", "staging_folder", "write_json",
-                     "write_text"), "avgen.atomic"),
-    **dict.fromkeys(("check_outputs", "check_writable", "named_as"), "avgen.outputs"),
-    **dict.fromkeys(("cache_dir", "weights_dir"), "avgen.paths"),
-    "cache_key": "avgen.cache",
-    "make_console": "avgen.console",
-    **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen.precision"),
-    "replicate_to_steps": "avgen.sequence",
-    "time_average": "avgen.retrieval",
+                     "write_text"), "avgen._core.atomic"),
+    **dict.fromkeys(("check_outputs", "check_writable", "named_as"), "avgen._core.outputs"),
+    **dict.fromkeys(("cache_dir", "weights_dir"), "avgen._core.paths"),
+    "cache_key": "avgen._core.cache",
+    "make_console": "avgen._core.console",
+    **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen._core.precision"),
+    "replicate_to_steps": "avgen._core.sequence",
+    "time_average": "avgen._core.retrieval",
     **dict.fromkeys(("RunContents", "RunSection", "RunSummary", "is_untrained", "read_json", "read_recipe", "run_name",
-                     "run_sections", "write_report"), "avgen.report"),
+                     "run_sections", "write_report"), "avgen._core.report"),
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__",

@@ -1,6 +1,6 @@
 """``python -m avgen`` (also what ``torchrun -m avgen`` runs)."""
 
-from avgen.cli import main
+from avgen._core.cli import main
 
 if __name__ == "__main__":
     main()

@@ -3,13 +3,13 @@
     python benchmarks/bench_contention.py [--methods pocan,can] [--settings torch,avgen] [--clips 360]
                                           [--competitor torch|python] [--repeats 2]
 
-Each measurement runs ``avgen.train.fit`` for two epochs in a fresh process at the quickstart's
+Each measurement runs ``avgen._core.train.fit`` for two epochs in a fresh process at the quickstart's
 shapes (360 clips, batch 40, EfficientNet-Lite0 features [4, 1280], STFT [1025, 22], 0.5 s at
 22 050 Hz, 17 classes; POCAN = class NLL + 50 x smooth-L1 + 100 x SoundNet conv7, CAN without
 SoundNet) and reports the second epoch's seconds (history.json's ``seconds``). Thread settings:
 
 - ``torch``: torch's own defaults (threads = cores, spinning OpenMP waits), as avgen ran before;
-- ``avgen``: ``avgen.threads`` (threads = cores, one inter-op thread, OMP_WAIT_POLICY=PASSIVE);
+- ``avgen``: ``avgen._core.threads`` (threads = cores, one inter-op thread, OMP_WAIT_POLICY=PASSIVE);
 - ``one``: one torch thread.
 
 The competitor is a second process started just before the epoch: ``torch`` runs 1024 x 1024
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve()
 TARGET = 2.5
 SETTINGS = {
     "torch": {"OMP_WAIT_POLICY": None},  # torch's defaults
-    "avgen": {"OMP_WAIT_POLICY": "PASSIVE"},  # avgen.threads.prefer_passive_wait + plan_threads
+    "avgen": {"OMP_WAIT_POLICY": "PASSIVE"},  # avgen._core.threads.prefer_passive_wait + plan_threads
     "one": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
 
@@ -52,10 +52,10 @@ def child(method: str, setting: str, clips: int, epochs: int) -> None:
 
     import avgen
     from avgen import GeneratorShape
-    from avgen.errors import AvgenError
-    from avgen.recipe import TrainParams
-    from avgen.threads import apply_threads, plan_threads
-    from avgen.train import WeightedLoss, fit
+    from avgen._core.errors import AvgenError
+    from avgen._core.recipe import TrainParams
+    from avgen._core.threads import apply_threads, plan_threads
+    from avgen._core.train import WeightedLoss, fit
 
     if setting == "avgen":
         apply_threads(plan_threads())
@@ -132,7 +132,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.settings, args.clips, args.epochs)
         return
-    from avgen.threads import available_cores
+    from avgen._core.threads import available_cores
 
     print(f"{available_cores()} cores; competitor: {args.competitor}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)

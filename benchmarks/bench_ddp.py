@@ -3,7 +3,7 @@
     python benchmarks/bench_ddp.py [--processes 2] [--clips 400] [--epochs 3] [--frames 15] [--feature-dim 2048]
 
 Trains CAN (class NLL + 50 x smooth-L1, paper shapes: features [B, frames, 2048], STFT
-targets [B, 1025, 22], batch 40) with `avgen.train.fit` on random tensors, once in one
+targets [B, 1025, 22], batch 40) with `avgen._core.train.fit` on random tensors, once in one
 process using all cores and once under `torchrun --nproc_per_node N` with cores / N threads
 per process, and prints clips/s of each and the speed-up. The ideal speed-up with the same
 total cores is 1.0x (DDP adds processes, not cores); N x is what N machines or N cores per
@@ -30,8 +30,8 @@ SCRIPT = textwrap.dedent(
     import torch
     import avgen
     from avgen import GeneratorShape
-    from avgen.recipe import TrainParams
-    from avgen.train import WeightedLoss, fit
+    from avgen._core.recipe import TrainParams
+    from avgen._core.train import WeightedLoss, fit
 
     run_dir, clips, epochs, frames, dim, threads = Path(sys.argv[1]), *map(int, sys.argv[2:7])
     torch.set_num_threads(threads)

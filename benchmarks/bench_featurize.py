@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import avgen
 from _timing import matmul_flops, record, timed, timed_together  # benchmarks/_timing.py
-from avgen.errors import AvgenError
-from avgen.precision import MIN_COSINE, autocast_for, check_bf16, choose_precision
+from avgen._core.errors import AvgenError
+from avgen._core.precision import MIN_COSINE, autocast_for, check_bf16, choose_precision
 
 BF16_MIN_COSINE = MIN_COSINE  # bf16 features are used only when every frame's cosine to fp32 is at least this
 

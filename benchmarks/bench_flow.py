@@ -26,7 +26,7 @@ import torch
 
 
 def ten_second_video(recipe) -> Path:
-    from avgen.media import probe
+    from avgen._core.media import probe
 
     root = Path(recipe.with_absolute_paths().data.params.get("root", "."))
     for video in sorted(root.rglob("*.mp4")):
@@ -38,9 +38,9 @@ def ten_second_video(recipe) -> Path:
 def test_split(recipe, encoder, representation, device):
     from rich.console import Console
 
-    from avgen.build import build_dataset
-    from avgen.cache import FeatureCache
-    from avgen.featurize import Featurizer
+    from avgen._core.build import build_dataset
+    from avgen._core.cache import FeatureCache
+    from avgen._core.featurize import Featurizer
 
     recipe = recipe.with_absolute_paths()
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device, Console(stderr=True),
@@ -51,8 +51,8 @@ def test_split(recipe, encoder, representation, device):
 def quality(recipe, representation, model, test, device) -> dict[str, float]:
     """LSD (and SoundNet-FD when the weights are there) of the raw sound on the test split."""
     from avgen import AvgenError, create
-    from avgen.build import raw_phase
-    from avgen.generate import decode, predict
+    from avgen._core.build import raw_phase
+    from avgen._core.generate import decode, predict
     from avgen_eval.lsd import log_spectral_distance
 
     reps = predict(model, test.features, device)["rep"]

@@ -89,10 +89,10 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from rich.console import Console
 
-    from avgen.cache import FeatureCache
-    from avgen.plugins import get_plugins
-    from avgen.recipe import validate_recipe
-    from avgen.runner import Run
+    from avgen._core.cache import FeatureCache
+    from avgen._core.plugins import get_plugins
+    from avgen._core.recipe import validate_recipe
+    from avgen._core.runner import Run
 
     get_plugins()
     torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual
 from _timing import counted_flops, matmul_flops, record, timed  # benchmarks/_timing.py

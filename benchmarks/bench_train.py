@@ -22,7 +22,7 @@ import argparse
 import torch
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen import GeneratorShape
 from avgen_soundnet import SoundNet8, load_soundnet8
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual

@@ -97,9 +97,9 @@ def example_plugin() -> None:
 
 def avgen_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, list[str]]:
     """Run the real CLI entry point in this process: (exit code, stdout, non-empty stderr lines). Its consoles are
-    200 columns wide, as ``run_avgen``'s COLUMNS=200 makes them in a subprocess (avgen.cli's two consoles read
+    200 columns wide, as ``run_avgen``'s COLUMNS=200 makes them in a subprocess (avgen._core.cli's two consoles read
     COLUMNS when it is imported: 80 in a pytest-xdist worker)."""
-    from avgen import cli
+    from avgen._core import cli
 
     capsys.readouterr()
     saved = os.environ.get("COLUMNS"), [c._width for c in (cli.console, cli.err_console)]

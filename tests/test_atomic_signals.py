@@ -1,7 +1,7 @@
 """Ctrl-C at every instant of an atomic write leaves the old file or the new one, and no temporary file.
 
 Not by luck: a trace function follows every bytecode instruction executed in the writer's frames
-(avgen/atomic.py, avgen/tensorfile.py and the standard library code they call: contextlib, tempfile,
+(avgen/_core/atomic.py, avgen/_core/tensorfile.py and the standard library code they call: contextlib, tempfile,
 pathlib, shutil, os) and raises a real SIGINT at the N-th place where CPython can deliver one, for every
 N from the first to the last; Python runs its handler exactly as for a Ctrl-C from the terminal. CPython
 delivers signals only at its "eval breaker" checks: on entering a function (RESUME), on a backward jump,
@@ -24,8 +24,8 @@ from typing import Callable
 
 import pytest
 
-from avgen.atomic import TEMP_SUFFIX, atomic_path, signals_deferred, stale_temp_files, staging_folder, write_bytes
-from avgen.tensorfile import scratch_file
+from avgen._core.atomic import TEMP_SUFFIX, atomic_path, signals_deferred, stale_temp_files, staging_folder, write_bytes
+from avgen._core.tensorfile import scratch_file
 
 NOP = dis.opmap["NOP"]
 CALLS = {dis.opmap[name] for name in ("CALL", "CALL_FUNCTION_EX") if name in dis.opmap}
@@ -35,10 +35,10 @@ CHECKS = {code for name, code in dis.opmap.items()
 
 def _watched_files() -> set[str]:
     """The writer's modules and the standard library code they call into (a signal can land inside those too)."""
-    import avgen.atomic
-    import avgen.tensorfile
+    import avgen._core.atomic
+    import avgen._core.tensorfile
 
-    return {avgen.atomic.__file__, avgen.tensorfile.__file__, contextlib.__file__, tempfile.__file__,
+    return {avgen._core.atomic.__file__, avgen._core.tensorfile.__file__, contextlib.__file__, tempfile.__file__,
             pathlib.__file__, shutil.__file__, os.__file__}
 
 

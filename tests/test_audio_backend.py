@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.recipe import load_recipe, validate_recipe
+from avgen._core.recipe import load_recipe, validate_recipe
 from conftest import TINY_RECIPE, avgen_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,7 +92,7 @@ def test_version_1_keeps_nnaudio_and_a_recorded_recipe_without_a_version_is_vers
 
 
 def checkpoint(run: Path) -> dict[str, torch.Tensor]:
-    from avgen.checkpoint import load_run_checkpoint
+    from avgen._core.checkpoint import load_run_checkpoint
 
     return load_run_checkpoint(run)[1]
 
@@ -167,9 +167,9 @@ def test_the_feature_cache_never_serves_the_other_backends_representation(tmp_pa
     are its own backend's STFT of those waves, never the other's."""
     from rich.console import Console
 
-    from avgen.build import build_dataset, build_encoder, build_representation
-    from avgen.cache import FeatureCache
-    from avgen.featurize import Featurizer
+    from avgen._core.build import build_dataset, build_encoder, build_representation
+    from avgen._core.cache import FeatureCache
+    from avgen._core.featurize import Featurizer
 
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE.format(root=tmp_path / "data"))
@@ -190,7 +190,7 @@ def test_the_feature_cache_never_serves_the_other_backends_representation(tmp_pa
     assert infos["nnaudio"][0]["encoded"] > 0 and infos["torch"][0]["from_cache"] == infos["torch"][0]["clips"]
     assert not torch.equal(reps["nnaudio"], reps["torch"])
     assert torch.allclose(reps["nnaudio"], reps["torch"], rtol=0, atol=1e-5 * float(reps["torch"].abs().max()))
-    from avgen.tensorfile import read_verified
+    from avgen._core.tensorfile import read_verified
 
     for entry in (tmp_path / "cache").glob("*/*.safetensors"):
         assert set(read_verified(entry)[0]) <= {"wave", "features", "label"}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import avgen
-from avgen.baseline import baseline_losses, compare_line
-from avgen.train import WeightedLoss
+from avgen._core.baseline import baseline_losses, compare_line
+from avgen._core.train import WeightedLoss
 
 SHAPE = avgen.GeneratorShape(feature_dim=4, rep_dim=5, steps=3, num_classes=3)
 

@@ -81,7 +81,7 @@ def test_long_video_memory_stays_flat_and_real_time_factor_within_twice_0_3(tmp_
 def _native_bf16() -> tuple[bool, str]:
     import torch
 
-    from avgen.precision import native_bf16
+    from avgen._core.precision import native_bf16
 
     return native_bf16(torch.device("cpu"))
 

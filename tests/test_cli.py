@@ -66,7 +66,7 @@ def test_bad_input_exits_2_with_one_line(args: tuple[str, ...], expected: str, e
 
 def test_list_of_an_unknown_kind_alone_is_one_line_listing_the_kinds(example_plugin: None) -> None:
     """`avgen list badkind` used to print an empty table (the word read as a name pattern); globs still list."""
-    from avgen.registry import KINDS
+    from avgen._core.registry import KINDS
 
     proc = run_avgen("list", "badkind")
     assert proc.returncode == 2 and proc.stdout == ""
@@ -81,7 +81,7 @@ def test_list_of_an_unknown_kind_alone_is_one_line_listing_the_kinds(example_plu
 
 LIGHT_COMMANDS = """
 import contextlib, io, json, sys
-from avgen.cli import main
+from avgen._core.cli import main
 
 out = {}
 for args in (["--help"], ["--version"], ["list"], ["list", "--json"], ["show", "stft"], ["show", "tones", "--json"]):

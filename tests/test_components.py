@@ -15,7 +15,7 @@ import torch
 
 import avgen
 from avgen import BuildContext, EvalContext, GeneratorShape
-from avgen.components import BASES
+from avgen._core.components import BASES
 from conftest import REPO
 
 RATE = 8000
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_kind_has_components_and_no_builtin_plugin_is_broken():
-    from avgen.plugins import get_plugins
+    from avgen._core.plugins import get_plugins
 
     assert {kind for kind, _ in ALL} == set(avgen.KINDS)
     broken = {name: info.error for name, info in get_plugins().info.items() if info.broken}
@@ -180,7 +180,7 @@ def plugin_files() -> list[Path]:
 
 
 def test_plugins_import_only_the_public_api():
-    """``from avgen import X`` or ``import avgen``; a private core module (avgen.runner, ...) is off limits."""
+    """``from avgen import X`` or ``import avgen``; a private core module (avgen._core.runner, ...) is off limits."""
     offenders = []
     for path in plugin_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

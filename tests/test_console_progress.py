@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from avgen.console import LoggedProgress, progress_bar, progress_line
+from avgen._core.console import LoggedProgress, progress_bar, progress_line
 from conftest import run_avgen
 
 

@@ -1,5 +1,5 @@
 """The plugin contract checks itself before any work: a third-party plugin's mistake is one line naming the plugin
-and the component, exit 2, before the data is made or featurized (avgen.build.rehearse, check_contract, register)."""
+and the component, exit 2, before the data is made or featurized (avgen._core.build.rehearse, check_contract, register)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from pydantic import BaseModel
 
 import avgen
-from avgen.components import check_contract
-from avgen.errors import AvgenError
-from avgen.registry import Registry
+from avgen._core.components import check_contract
+from avgen._core.errors import AvgenError
+from avgen._core.registry import Registry
 from conftest import TINY_RECIPE, error_lines, run_avgen
 from test_plugins import fake_distribution, with_path
 

@@ -25,7 +25,7 @@ TESTS = Path(__file__).parent
 
 def test_encoder_on_cuda_matches_cpu_and_auto_precision_decides():
     import avgen
-    from avgen.precision import autocast_for, check_bf16, choose_precision
+    from avgen._core.precision import autocast_for, check_bf16, choose_precision
 
     frames = torch.randint(0, 256, (8, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cpu = avgen.create("encoder", "efficientnet_lite0").encode(frames)
@@ -68,7 +68,7 @@ def test_frozen_soundnet_on_cuda_matches_the_plain_model_on_cpu():
 def test_fit_with_amp_on_cuda_follows_the_cpu_loss_curve(tmp_path):
     sys.path.insert(0, str(TESTS))
     from test_train_fit import CPU, losses_for, make_model, synthetic_split, train_params
-    from avgen.train import fit
+    from avgen._core.train import fit
 
     curves = {}
     for name, device, amp in (("cpu", CPU, False), ("cuda_amp", CUDA, True)):
@@ -91,7 +91,7 @@ def test_two_gpu_processes_with_nccl_follow_the_single_process_loss_curve(tmp_pa
         import torch
         sys.path.insert(0, {str(TESTS)!r})
         from test_train_fit import losses_for, make_model, synthetic_split, train_params
-        from avgen.train import fit
+        from avgen._core.train import fit
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

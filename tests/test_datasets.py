@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen import Dataset
 
 from avgen_datasets.materials import MATERIALS

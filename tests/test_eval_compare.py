@@ -59,7 +59,7 @@ def test_other_datasets_get_the_greatest_hits_rows_marked_as_other_data(tmp_path
 
 def run_main(*args: str) -> int:
     """The CLI entry point in this process (fast); returns its exit code."""
-    from avgen.cli import main
+    from avgen._core.cli import main
 
     try:
         main(list(args))

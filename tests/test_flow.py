@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avgen import GeneratorShape, create
-from avgen.plugins import get_component
+from avgen._core.plugins import get_component
 from conftest import avgen_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import avgen
-from avgen import AvgenError, media
-from avgen.rundir import dump_toml
+from avgen import AvgenError
+from avgen._core import media
+from avgen._core.rundir import dump_toml
 from conftest import REPO, run_avgen
 from test_timing_sync import RATE, SECONDS, clack, render_video
 
@@ -192,8 +193,8 @@ def test_bad_settings_are_one_line(footage, tmp_path):
 def test_the_feature_cache_keys_change_with_the_cut_settings(footage):
     from rich.console import Console
 
-    from avgen.featurize import Featurizer
-    from avgen.recipe import load_recipes
+    from avgen._core.featurize import Featurizer
+    from avgen._core.recipe import load_recipes
 
     def keys(*overrides: str) -> dict[str, str]:
         (recipe,) = load_recipes(REPO / "recipes" / "events_folder.toml", [f"data.root={footage}", *overrides])

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from avgen.generate import OverlapAdd, SegmentDecoder, crossfade_windows, window_starts
+from avgen._core.generate import OverlapAdd, SegmentDecoder, crossfade_windows, window_starts
 from conftest import TINY_RECIPE, avgen_in_process, error_lines, run_avgen
 
 RECIPE = TINY_RECIPE  # the recipe of the shared tiny run (conftest.py), for modules that train their own variant
@@ -31,9 +31,9 @@ def trained_run(tiny_run: Path) -> Path:
 
 def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Consoles 200 columns wide for the CLI in this process, as run_avgen's COLUMNS=200 makes them in a subprocess:
-    avgen.cli's console and err_console read COLUMNS when avgen.cli is imported (80 in a pytest-xdist worker), the
+    avgen._core.cli's console and err_console read COLUMNS when avgen._core.cli is imported (80 in a pytest-xdist worker), the
     consoles a command makes read it then."""
-    from avgen import cli
+    from avgen._core import cli
 
     monkeypatch.setenv("COLUMNS", "200")
     for console in (cli.console, cli.err_console):
@@ -186,7 +186,7 @@ def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_ou
     """Disk full (ENOSPC after 64 KiB, injected) and a real write limit (RLIMIT_FSIZE) while writing <stem>.avgen.wav: exit 2, one line naming the wav; the earlier wav and mp4 stay whole."""
     import builtins
 
-    from avgen.atomic import stale_temp_files
+    from avgen._core.atomic import stale_temp_files
     from test_reliability_files import fail_file_write
 
     video = sorted((trained_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
@@ -292,7 +292,7 @@ def test_segment_decoder_joins_segments_of_a_local_decoder_without_change(blocks
 
 
 def _still_video(path: Path, seconds: float) -> Path:
-    from avgen.media import write_video
+    from avgen._core.media import write_video
 
     frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
     frame[16:48, 16:48] = torch.tensor([200, 120, 40], dtype=torch.uint8)
@@ -301,7 +301,7 @@ def _still_video(path: Path, seconds: float) -> Path:
 
 def test_long_video_in_segments_matches_one_pass(trained_run: Path, tmp_path: Path) -> None:
     """A 12 s still video generated in 2 s segments: exemplar sound identical to one pass, raw sound as long."""
-    from avgen.generate import exemplar_bank, generate_for_video, load_trained
+    from avgen._core.generate import exemplar_bank, generate_for_video, load_trained
 
     os.environ.setdefault("AVGEN_HOME", str(trained_run.parents[1] / "home"))
     device = torch.device("cpu")
@@ -327,8 +327,8 @@ def test_segments_of_a_stationary_sound_join_without_seams(continues: bool) -> N
     loudness dips no deeper than one 12 s decode dips anywhere, and the spectral flux is no larger than
     anywhere inside the one decode. Segments that start their phase afresh (continues=False) cancel where they
     cross-fade: that case must be caught."""
-    from avgen.generate import SegmentDecoder, decode
-    from avgen.plugins import create
+    from avgen._core.generate import SegmentDecoder, decode
+    from avgen._core.plugins import create
 
     rate, hop = 22050, 512
     rep = create("representation", "stft", n_fft=2048, hop_length=hop, sample_rate=rate)
@@ -404,7 +404,7 @@ def test_loading_a_run_imports_no_heavy_optional_library(trained_run: Path) -> N
     neither timm nor torchvision (torch._dynamo), matplotlib nor scipy.signal: each costs about a second on 2 cores."""
     code = f"""
 import json, sys, torch
-from avgen.generate import load_trained
+from avgen._core.generate import load_trained
 import avgen
 load_trained({str(trained_run)!r}, torch.device("cpu"))
 avgen.create("encoder", "efficientnet_lite0")

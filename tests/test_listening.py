@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen_serve.listening import append_ratings, check_rating, mos, mos_line, ratings_path, read_ratings
 
 
@@ -94,7 +94,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_report_shows_the_mean_opinion_scores(tmp_path: Path) -> None:
-    from avgen.report import collect
+    from avgen._core.report import collect
     from avgen_eval.report import render_html, render_markdown
 
     assert "Listening test" not in render_html(collect(tmp_path))

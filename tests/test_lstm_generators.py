@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen import Generator, GeneratorShape
 
 SHAPE = GeneratorShape(feature_dim=12, rep_dim=7, steps=9, num_classes=4)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 
 
 def smooth_l1_by_hand(x: float, beta: float = 1.0) -> float:

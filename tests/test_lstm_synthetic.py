@@ -81,9 +81,9 @@ def test_owens_and_can_beat_the_training_mean_on_synthetic_hits(tmp_path, avgen_
     assert "for the training mean" in proc.stderr
 
     # independent references from the run's own features (the per-split cache entries)
-    from avgen.recipe import load_recipes
-    from avgen.runner import Run
-    from avgen.checkpoint import load_checkpoint
+    from avgen._core.recipe import load_recipes
+    from avgen._core.runner import Run
+    from avgen._core.checkpoint import load_checkpoint
 
     run = Run(load_recipes(recipe)[1], tmp_path / "runs" / "learns" / "can", torch.device("cpu"))
     train, val = run.featurized("train"), run.featurized("val")

@@ -1,4 +1,4 @@
-"""avgen.media: windowed frame decoding, audio reading/resampling, wav writing, muxing, bad media."""
+"""avgen._core.media: windowed frame decoding, audio reading/resampling, wav writing, muxing, bad media."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from avgen import media
-from avgen.errors import AvgenError
+from avgen._core import media
+from avgen._core.errors import AvgenError
 
 FPS = 30
 STEP = 4  # grey level per frame: frame i is filled with (i * STEP) % 256

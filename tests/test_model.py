@@ -117,7 +117,7 @@ def test_load_of_what_is_not_a_model_is_one_line(tmp_path: Path) -> None:
 def test_windows_of_a_few_contacts_encode_only_their_frames(model: avgen.SoundModel, tiny_run: Path, monkeypatch) -> None:
     """A few windows in a longer video: only their frames go through the encoder, and their features are those
     the whole video's features give (to float rounding: the encoder sees other batches)."""
-    from avgen.model import window_features
+    from avgen._core.model import window_features
 
     video = a_video(tiny_run)
     fps, per_clip = model.encoder.fps, max(1, round(model.clip_seconds * model.encoder.fps))

@@ -71,7 +71,7 @@ def test_misspelled_hook_marks_plugin_broken(tmp_path: Path) -> None:
 def test_duplicate_component_names_both_plugins(tmp_path: Path, example_plugin: None) -> None:
     site = tmp_path / "site"
     source = (
-        "import avgen\nfrom avgen.registry import NoParams\n"
+        "import avgen\nfrom avgen._core.registry import NoParams\n"
         "@avgen.hookimpl\ndef register_metrics(register):\n"
         "    register('mean_energy', lambda p, context: None, NoParams, summary='clash')\n"
     )
@@ -107,11 +107,11 @@ def test_pip_installed_plugin_appears_and_is_used(tmp_path: Path) -> None:
     assert {("representation", "mel"), ("metric", "mean_energy"), ("dataset", "tones"), ("encoder", "mean_color")} <= mine
 
 
-# ---------------------------------------------------------------- the component index (avgen/index.py)
+# ---------------------------------------------------------------- the component index (avgen/_core/index.py)
 
 WIDGET_INIT = """
 import avgen
-from avgen.registry import NoParams
+from avgen._core.registry import NoParams
 from widget_plugin.parts import SUMMARY, widget_command
 
 

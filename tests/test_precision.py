@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import avgen.precision as precision
-from avgen.precision import MIN_COSINE, PrecisionChoice, check_bf16, choose_precision, min_row_cosine, native_bf16
+import avgen._core.precision as precision
+from avgen._core.precision import MIN_COSINE, PrecisionChoice, check_bf16, choose_precision, min_row_cosine, native_bf16
 from conftest import EXAMPLE, avgen_in_process
 from test_generate import wide_consoles
 
@@ -111,7 +111,7 @@ def test_real_encoder_bf16_features_agree_with_fp32(monkeypatch, frames):
 
 def test_the_check_result_is_a_cache_note_that_clear_removes(tmp_path):
     """The featurize check's result is kept as a JSON note beside the tensor entries, not as an entry."""
-    from avgen.cache import FeatureCache
+    from avgen._core.cache import FeatureCache
 
     cache = FeatureCache(tmp_path / "cache")
     assert cache.note("k") is None

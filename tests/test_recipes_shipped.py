@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avgen.recipe import load_recipes
+from avgen._core.recipe import load_recipes
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 PAPER = {  # what each paper recipe must state: its generator, losses and their weights

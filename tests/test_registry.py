@@ -6,8 +6,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 import avgen
-from avgen.errors import AvgenError, DuplicateComponentError, UnknownComponentError
-from avgen.registry import KINDS, Registry
+from avgen._core.errors import AvgenError, DuplicateComponentError, UnknownComponentError
+from avgen._core.registry import KINDS, Registry
 
 
 class P(BaseModel):

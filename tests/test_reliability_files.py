@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import load_file
 
 import avgen
-from avgen.atomic import atomic_path, stale_temp_files, write_bytes
-from avgen.cache import FeatureCache
-from avgen.checkpoint import load_checkpoint
-from avgen.errors import AvgenError
-from avgen.tensorfile import read_verified
+from avgen._core.atomic import atomic_path, stale_temp_files, write_bytes
+from avgen._core.cache import FeatureCache
+from avgen._core.checkpoint import load_checkpoint
+from avgen._core.errors import AvgenError
+from avgen._core.tensorfile import read_verified
 from conftest import REPO
 from reliability_support import (
     CHECKPOINTS, assert_same_result, cli_in_process, history_without_times, ledger, reference_run, run_args, start_cli,
@@ -257,9 +257,9 @@ from pathlib import Path
 
 import torch
 
-from avgen import media
-from avgen.report import write_report
-from avgen.featurize import _SplitRows
+from avgen._core import media
+from avgen._core.report import write_report
+from avgen._core.featurize import _SplitRows
 from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
 
 out = Path(sys.argv[1])

@@ -20,8 +20,8 @@ import torch
 from scipy.signal import resample_poly
 
 import avgen
-from avgen import media
-from avgen.errors import AvgenError
+from avgen._core import media
+from avgen._core.errors import AvgenError
 from conftest import error_lines, run_avgen
 
 STEP = 16  # grey level per frame: frame i is filled with (i * STEP) % 256

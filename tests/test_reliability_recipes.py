@@ -1,7 +1,7 @@
 """Bad recipes, generated: every mutation of a shipped recipe gives exit code 2 and one line, and no
 run directory that a later run could misread.
 
-The bulk drives `avgen run` in-process (click's CliRunner on avgen.cli's root group); a few real
+The bulk drives `avgen run` in-process (click's CliRunner on avgen._core.cli's root group); a few real
 subprocess runs check the same through `python -m avgen`.
 """
 
@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avgen.cli import cli
-from avgen.errors import RecipeError
-from avgen.rundir import toml_string, dump_toml
-from avgen.recipe import EvalSection, Recipe, RunSection, TrainParams, load_recipes
-from avgen.plugins import list_components
-from avgen.registry import KINDS
+from avgen._core.cli import cli
+from avgen._core.errors import RecipeError
+from avgen._core.rundir import toml_string, dump_toml
+from avgen._core.recipe import EvalSection, Recipe, RunSection, TrainParams, load_recipes
+from avgen._core.plugins import list_components
+from avgen._core.registry import KINDS
 from conftest import REPO, error_lines, run_avgen
 
 SHIPPED = {path.name: tomllib.loads(path.read_text(encoding="utf-8")) for path in sorted((REPO / "recipes").glob("*.toml"))}

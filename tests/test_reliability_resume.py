@@ -18,14 +18,14 @@ import pytest
 import torch
 
 import avgen
-from avgen.atomic import stale_temp_files
-from avgen.cache import FeatureCache
-from avgen.checkpoint import load_checkpoint
-from avgen.errors import AvgenError
+from avgen._core.atomic import stale_temp_files
+from avgen._core.cache import FeatureCache
+from avgen._core.checkpoint import load_checkpoint
+from avgen._core.errors import AvgenError
 from avgen import GeneratorShape
-from avgen.recipe import TrainParams, load_recipe
-from avgen.runner import Run
-from avgen.train import WeightedLoss, fit
+from avgen._core.recipe import TrainParams, load_recipe
+from avgen._core.runner import Run
+from avgen._core.train import WeightedLoss, fit
 from reliability_support import (
     EPOCHS, assert_same_result, checkpoint_epoch, cli_in_process, ledger, reference_run, run_args, run_cli, stage_seconds,
     start_cli, wait_for_log, write_recipe,
@@ -114,7 +114,7 @@ def test_ctrl_c_during_fit_stops_cleanly_and_resuming_gives_the_same_result(tmp_
 
 
 def test_ctrl_c_prints_the_resume_hint(tmp_path, monkeypatch, capsys):
-    from avgen.cli import main
+    from avgen._core.cli import main
 
     def interrupted(self, only=None, fresh=False):
         raise KeyboardInterrupt

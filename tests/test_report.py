@@ -245,7 +245,7 @@ class TimingSections:
 
 @pytest.fixture
 def timing_sections():
-    from avgen.plugins import get_plugins, reset
+    from avgen._core.plugins import get_plugins, reset
 
     broken: set[str] = set()
     get_plugins().pm.register(TimingSections(broken), name="test_timing_sections")
@@ -254,7 +254,7 @@ def timing_sections():
 
 
 def test_a_plugin_section_is_in_the_report_and_the_compare_page(timing_sections, tmp_path, capsys, monkeypatch):
-    from avgen.report import run_sections
+    from avgen._core.report import run_sections
     from conftest import avgen_in_process
 
     run = make_run_dir(tmp_path)
@@ -281,7 +281,7 @@ def test_a_plugin_section_is_in_the_report_and_the_compare_page(timing_sections,
 
 
 def test_no_report_without_a_plugin_that_renders_it(tmp_path, monkeypatch):
-    from avgen.plugins import reset
+    from avgen._core.plugins import reset
 
     run = make_run_dir(tmp_path)
     monkeypatch.setenv("AVGEN_LOAD_PLUGINS", "")  # no plugin at all: nothing renders reports

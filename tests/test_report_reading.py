@@ -12,8 +12,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 import avgen
-from avgen.components import Clip
-from avgen.report import collapse_warnings, pick_examples, prediction_spread
+from avgen._core.components import Clip
+from avgen._core.report import collapse_warnings, pick_examples, prediction_spread
 from conftest import EXAMPLE, avgen_in_process, run_avgen
 
 BASELINES = ("chance", "visual_nn", "train_mean", "oracle")
@@ -65,7 +65,7 @@ name = "mean_energy"  # the example plugin's metric does not round: the runner d
 def can_run(tmp_path_factory: pytest.TempPathFactory, example_plugin: None) -> Path:
     """The class-conditioned LSTM on the example plugin's tones (4 classes, colour frames), by the CLI entry point
     in this process (its output is in the tests' captured setup output)."""
-    from avgen.cli import main
+    from avgen._core.cli import main
 
     base = tmp_path_factory.mktemp("reading")
     recipe = base / "can.toml"
@@ -142,7 +142,7 @@ class Constant(avgen.Generator):
 
 @pytest.fixture
 def constant_generator(example_plugin: None):
-    from avgen.plugins import get_registry, reset
+    from avgen._core.plugins import get_registry, reset
 
     get_registry().register("generator", "test_report_reading", "constant_test",
                             lambda p, context: Constant(context.require_shape("constant_test")), ConstantParams)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avgen.retrieval import time_average
+from avgen._core.retrieval import time_average
 from avgen_retrieval.search import CosineIndex, RunningCandidates, bf16_cosine_bound, chunk_size_for, l2_normalize, topk_cosine
 
 

@@ -12,7 +12,7 @@ import torch
 
 import avgen
 from avgen import EvalContext
-from avgen.retrieval import time_average
+from avgen._core.retrieval import time_average
 from avgen_retrieval.baselines import chance_recall
 
 CLASSES = 4

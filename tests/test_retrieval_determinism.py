@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import avgen_retrieval.search as retrieval
-from avgen.retrieval import fixed_order_sum as core_fixed_order_sum
-from avgen.retrieval import time_average
+from avgen._core.retrieval import fixed_order_sum as core_fixed_order_sum
+from avgen._core.retrieval import time_average
 from avgen_retrieval.search import CosineIndex, exact_cosine, fixed_order_sum, fp32_score_error, l2_normalize, topk_cosine
 
 

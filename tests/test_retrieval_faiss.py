@@ -20,7 +20,7 @@ sys.path.insert(0, str(PACKAGE))
 
 import avgen  # noqa: E402
 from avgen import EvalContext  # noqa: E402
-from avgen.retrieval import time_average  # noqa: E402
+from avgen._core.retrieval import time_average  # noqa: E402
 from avgen_faiss import RecallAtKFaiss, RecallFaissParams, build_index  # noqa: E402
 from avgen_faiss.metric import _with_missing_as_misses, top_k_overlap  # noqa: E402
 from avgen_retrieval.recall import recall_at_k  # noqa: E402

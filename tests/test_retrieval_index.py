@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import avgen
-from avgen.plugins import get_registry
-from avgen.recipe import ComponentSpec
-from avgen.retrieval import build_index, search
+from avgen._core.plugins import get_registry
+from avgen._core.recipe import ComponentSpec
+from avgen._core.retrieval import build_index, search
 from avgen_retrieval.search import CosineIndex, fp32_score_error, rescore, topk_cosine
 from conftest import avgen_in_process
 from test_retrieval import clustered

@@ -130,8 +130,8 @@ def test_killed_run_resumes_after_the_last_finished_stage(tmp_path: Path, avgen_
 
 
 def test_second_process_on_the_same_run_dir_is_refused(tmp_path: Path, avgen_home: Path, example_plugin: None) -> None:
-    from avgen.errors import RunLockedError
-    from avgen.rundir import RunDir
+    from avgen._core.errors import RunLockedError
+    from avgen._core.rundir import RunDir
 
     run_dir = tmp_path / "runs" / "tones_example"
     with RunDir(run_dir).lock():

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import avgen
-from avgen.cache import FeatureCache
-from avgen.tensorfile import DIGEST_KEY, RowWriter, map_safetensors, map_verified, read_verified, scratch_file, tensor_digest
+from avgen._core.cache import FeatureCache
+from avgen._core.tensorfile import DIGEST_KEY, RowWriter, map_safetensors, map_verified, read_verified, scratch_file, tensor_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_scale.py"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from avgen.sequence import replicate_to_steps
+from avgen._core.sequence import replicate_to_steps
 
 
 def test_replication_is_nearest_index_by_hand() -> None:

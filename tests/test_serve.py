@@ -46,7 +46,7 @@ def rms_of_mp4_audio(data: bytes) -> tuple[float, float]:
 def test_serve_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
     import subprocess
 
-    code = "import sys; sys.modules['uvicorn'] = None; from avgen.cli import main; main(['serve', '.'])"
+    code = "import sys; sys.modules['uvicorn'] = None; from avgen._core.cli import main; main(['serve', '.'])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert error_lines(proc) == ['error: avgen serve needs its extra: pip install -e ".[serve]" (Starlette and uvicorn)']

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-import avgen.precision as precision
+import avgen._core.precision as precision
 from avgen_soundnet import SoundNet8
 from avgen_soundnet.frozen import FrozenSoundNet
 from avgen_soundnet.perceptual import PerceptualParams, SoundNetPerceptual

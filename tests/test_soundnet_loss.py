@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 import avgen
-from avgen.errors import AvgenError, UnknownComponentError
+from avgen._core.errors import AvgenError, UnknownComponentError
 from avgen import EvalContext
 from soundnet_support import converted_home
 

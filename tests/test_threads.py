@@ -1,4 +1,4 @@
-"""avgen.threads: torch's threads, the inter-op pool and DataLoader workers' threads are chosen, not inherited."""
+"""avgen._core.threads: torch's threads, the inter-op pool and DataLoader workers' threads are chosen, not inherited."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-import avgen.threads as threads
-from avgen.threads import plan_threads, worker_init
+import avgen._core.threads as threads
+from avgen._core.threads import plan_threads, worker_init
 from conftest import EXAMPLE, avgen_in_process
 
 
@@ -32,7 +32,7 @@ def test_plan_uses_the_allowed_cores_unless_told(monkeypatch):
 def test_available_cores_follows_the_affinity_mask():
     """A process pinned to one core (taskset's mask) plans one thread."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); os.environ.pop('OMP_NUM_THREADS', None); "
-            "from avgen.threads import plan_threads; print(plan_threads().intra)")
+            "from avgen._core.threads import plan_threads; print(plan_threads().intra)")
     if not hasattr(__import__("os"), "sched_setaffinity"):
         pytest.skip("no sched_setaffinity on this platform")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import avgen
-from avgen import media
+from avgen._core import media
 from conftest import avgen_in_process, run_avgen
 from test_timing_sync import CONTACTS, FPS, render_video
 
@@ -65,7 +65,7 @@ def test_every_contact_of_a_rendered_video_is_found_within_one_frame(tmp_path):
 def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A small synthetic dataset (3 videos of 10 s) written by the CLI entry point in this process (its output is in
     the test's captured setup output), and the env of the CLI runs."""
-    from avgen.cli import main
+    from avgen._core.cli import main
 
     base = tmp_path_factory.mktemp("synth")
     env = {"AVGEN_HOME": str(base / "home")}

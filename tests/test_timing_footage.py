@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avgen import media
+from avgen._core import media
 from conftest import avgen_in_process
 from test_timing_sync import CONTACTS, FPS, RATE, render_video, soundtrack
 

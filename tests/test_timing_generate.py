@@ -39,7 +39,7 @@ def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(tim
 
 
 def test_every_shipped_recipe_measures_sync():
-    from avgen.recipe import load_recipes
+    from avgen._core.recipe import load_recipes
 
     for path in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")):
         for recipe in load_recipes(path):
@@ -159,7 +159,7 @@ def test_conflicting_options_and_an_unknown_detector_are_one_line_and_exit_2(tim
 def without_timing_hooks():
     """The loaded plugins with the timing plugin's hooks unregistered (its components stay in the registry):
     as if no plugin made sound by events."""
-    from avgen.plugins import get_plugins
+    from avgen._core.plugins import get_plugins
 
     pm = get_plugins().pm
     timing = pm.unregister(name="timing")
@@ -202,7 +202,7 @@ def test_another_plugin_can_make_sound_by_events(run_keeping_a_detector, tmp_pat
     import torch
 
     import avgen
-    from avgen.plugins import get_plugins
+    from avgen._core.plugins import get_plugins
 
     seen = []
 

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 import avgen
-from avgen import media
+from avgen._core import media
 from conftest import avgen_in_process
 from test_timing_sync import CONTACTS, RATE, render_video, soundtrack
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import avgen
-from avgen import Clip, EvalContext, media
+from avgen import Clip, EvalContext
+from avgen._core import media
 
 FPS, SIZE, RATE, SECONDS = 30, 128, 22050, 7.0
 CONTACTS = [1.0, 2.1, 3.0, 4.2, 5.3, 6.1]  # seconds, on frames

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import avgen
-from avgen.errors import AvgenError
-from avgen.train import WeightedLoss, balance_scales, derive_seed, fit
+from avgen._core.errors import AvgenError
+from avgen._core.train import WeightedLoss, balance_scales, derive_seed, fit
 from test_train_fit import CPU, losses_for, make_model, synthetic_split, train_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     sys.path.insert(0, {tests!r})
     from test_train_fit import CPU, losses_for, make_model, synthetic_split, train_params
-    from avgen.train import fit
+    from avgen._core.train import fit
 
     run_dir = Path(sys.argv[1])
     # batch 25 is odd: every global batch splits 13/12 across two ranks, and the last one holds 15

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 import avgen
-from avgen.errors import AvgenError
+from avgen._core.errors import AvgenError
 from avgen import GeneratorShape
-from avgen.recipe import TrainParams
-from avgen.checkpoint import load_checkpoint
-from avgen.train import WeightedLoss, derive_seed, fit, learning_rate
+from avgen._core.recipe import TrainParams
+from avgen._core.checkpoint import load_checkpoint
+from avgen._core.train import WeightedLoss, derive_seed, fit, learning_rate
 
 CLASSES, FRAMES, FEATURE_DIM, BINS, STEPS = 3, 4, 10, 6, 5
 SHAPE = GeneratorShape(FEATURE_DIM, BINS, STEPS, CLASSES)

@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from avgen import AvgenError
-    from avgen.recipe import load_recipes
-    from avgen.runner import Run
+    from avgen._core.recipe import load_recipes
+    from avgen._core.runner import Run
 
     try:
         recipe = load_recipes(args.recipe, args.overrides)[0]  # variants share data and encoder

@@ -10,7 +10,7 @@ from avgen_audio.stft import StftRepresentation, make_stft
 __all__ = ["CochleagramParams", "CochleagramRepresentation", "StftParams", "StftRepresentation"]
 
 # Version 2 encodes with torch.fft instead of nnAudio's conv1d STFT (same magnitudes to float32 rounding, 5x
-# faster on CPU); a run or model recorded at version 1 keeps nnAudio (avgen.recipe.validate_recipe).
+# faster on CPU); a run or model recorded at version 1 keeps nnAudio (avgen._core.recipe.validate_recipe).
 VERSION = "2"
 EARLIER_DEFAULTS = {"1": {"backend": "nnaudio"}}
 

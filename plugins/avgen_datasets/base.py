@@ -1,4 +1,4 @@
-"""Shared pieces of the file-backed datasets: clip loading through avgen.media, fingerprints."""
+"""Shared pieces of the file-backed datasets: clip loading through avgen._core.media, fingerprints."""
 
 from __future__ import annotations
 

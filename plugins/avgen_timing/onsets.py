@@ -238,7 +238,7 @@ def within_unit(wave: torch.Tensor) -> torch.Tensor:
 def sound_of_events(model: Any, video: Path, detector: Any, detector_name: str | None, onsets: Path | None,
                     onsets_out: Path | None, bank: Any, material: int | None, console: Any,
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The ``sound_of_events`` hook (avgen/hookspecs.py): with ``onsets``, one sound per onset of that file;
+    """The ``sound_of_events`` hook (avgen/_core/hookspecs.py): with ``onsets``, one sound per onset of that file;
     else one per contact ``detector`` finds, each with its material, written to ``onsets_out`` when given."""
     duration = float(probe(video).duration)
     if onsets is not None:

@@ -1,0 +1,1 @@
+"""The private implementation of avgen: import names from ``avgen`` itself."""

@@ -1,0 +1,192 @@
+"""Components built from a recipe: the one place that turns a recipe's sections into objects."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from avgen._core.errors import AvgenError
+from avgen._core.components import BuildContext, GeneratorShape
+from avgen._core.recipe import Recipe
+from avgen._core.plugins import get_component
+from avgen._core.registry import Component
+
+BATCH = 2  # clips in the batch of the rehearsal (``rehearse``)
+
+
+def build_dataset(recipe: Recipe) -> Any:
+    spec = recipe.data
+    return get_component("dataset", spec.name).build(spec.params)
+
+
+def build_representation(recipe: Recipe, device: torch.device) -> Any:
+    """The recipe's representation on ``device``, or None without one."""
+    spec = recipe.representation
+    if spec is None:
+        return None
+    return get_component("representation", spec.name).build(spec.params, BuildContext(device=device)).to(device)
+
+
+def build_encoder(recipe: Recipe, device: torch.device) -> Any:
+    """The recipe's encoder on ``device``, or None without one."""
+    spec = recipe.encoder
+    if spec is None:
+        return None
+    return get_component("encoder", spec.name).build(spec.params, BuildContext(device=device))
+
+
+def generator_shape(features: torch.Tensor, rep: torch.Tensor, class_names: list[str]) -> GeneratorShape:
+    """The generator's sizes, read from the training split's features [M, N, dim] and reps [M, D, F].
+
+    A recipe with a [generator] has an [encoder] and a [representation] (checked once, in recipe.py).
+    """
+    return GeneratorShape(
+        feature_dim=int(features.shape[-1]), rep_dim=int(rep.shape[1]), steps=int(rep.shape[2]),
+        num_classes=len(class_names),
+    )
+
+
+def build_loss(spec: Any, representation: Any, device: torch.device) -> Any:
+    """One [[loss]] entry; losses that decode s' get the run's representation."""
+    return get_component("loss", spec.name).build(spec.params, BuildContext(device=device, representation=representation))
+
+
+def raw_phase(recipe: Recipe, representation: Any) -> str:
+    """The phase the raw sound is decoded with: eval.phase, else the representation's first other than 'given'.
+
+    It must be one the representation declares, and not 'given' (generated sound has no reference).
+    """
+    choices = [p for p in representation.phases if p != "given"]
+    phase = recipe.eval.phase if recipe.eval.phase is not None else (choices[0] if choices else "given")
+    if phase not in choices:
+        name = recipe.representation.name if recipe.representation else "?"
+        raise AvgenError(f"{recipe.source}: eval.phase = {phase!r}: representation '{name}' decodes with "
+                         f"{', '.join(choices) or 'no phase but the reference'}")
+    return phase
+
+
+def build_generator(recipe: Recipe, shape: GeneratorShape, seed: int | None = None) -> torch.nn.Module:
+    """The recipe's generator for ``shape``; with ``seed`` its initial weights depend on the seed only."""
+    spec = recipe.generator
+    if seed is not None:
+        torch.manual_seed(seed)
+    return get_component("generator", spec.name).build(spec.params, BuildContext(shape=shape))
+
+
+def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Callable[[], tuple[Any, tuple[int, int]]],
+             device: torch.device) -> None:
+    """Preflight, before any data is read: the losses' and metrics' ``needs`` matched against the generator's
+    ``provides``, then one training step on 2 random clips of the run's sizes (``encoder_of()``: the encoder, and the
+    samples and frames per clip): the generator's prepare, training_outputs, the losses, backward, forward in eval
+    mode. A mistake is one AvgenError naming the plugin and the component (for a shape, the expected one too).
+    The global random state is kept; what plugin code prints or warns of the random batch is not shown."""
+    if representation is not None:
+        raw_phase(recipe, representation)
+    metrics = [(get_component("metric", spec.name), spec.params) for spec in recipe.metric]
+    if recipe.generator is None:
+        for component, params in metrics:
+            _paired(recipe, component, component.build(params).needs, None, frozenset())
+        return
+    from avgen._core.train import WeightedLoss, check_objective
+
+    try:
+        encoder, (samples, frames) = encoder_of()
+    except AvgenError:  # e.g. weights not downloaded: featurize says so, after prepare has said what data is missing
+        return
+    gen, rep_c = get_component("generator", recipe.generator.name), get_component("representation", recipe.representation.name)
+    losses = [(get_component("loss", spec.name), WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device)))
+              for spec in recipe.loss]
+    _, needs_wave = check_objective([loss for _, loss in losses], recipe.train, representation)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # e.g. can_lstm's base samples of classes the random batch lacks
+        torch.manual_seed(0)
+        wave = 0.1 * torch.randn(BATCH, samples)
+        with _blame(rep_c), torch.no_grad():
+            rep = representation.encode(wave.to(device)).float().cpu()
+        classes = len(dataset.class_names) or 1  # a dataset may know its classes only once prepared
+        shape = GeneratorShape(encoder.dim, rep.shape[1], rep.shape[2], classes)
+        train = {"features": torch.randn(BATCH, frames, encoder.dim), "rep": rep, "wave": wave,
+                 "label": torch.arange(BATCH) % classes}  # prepare gets CPU tensors, as in fit; a step the device's
+        batch = {key: value.to(device) for key, value in train.items()}
+        with _blame(gen):
+            model = build_generator(recipe, shape).to(device)
+        needed = set().union(*(_paired(recipe, component, loss.fn.needs | ({"rep"} if loss.fn.needs_wave else set()),
+                                       gen, model.provides) for component, loss in losses))
+        for component, params in metrics:
+            _paired(recipe, component, component.build(params).needs, gen, model.provides)
+        with _blame(gen):
+            model.prepare(train)
+            outputs = _outputs(gen, model.train().training_outputs(batch), needed, shape, "training_outputs")
+        if needs_wave:
+            with _blame(rep_c):
+                outputs["wave"] = representation.decode(outputs["rep"].float(), phase=recipe.train.decode_phase,
+                                                        reference=batch["wave"], length=samples)
+        total = sum(loss.weight * _scalar(component, loss.fn, outputs, batch) for component, loss in losses)
+        if not total.requires_grad:
+            raise AvgenError(f"{recipe.source}: no gradient reaches the weights of generator '{gen.name}' (plugin "
+                             f"'{gen.plugin}') from the losses {', '.join(loss.name for _, loss in losses)}")
+        with _blame(gen):
+            total.backward()
+            with torch.no_grad():
+                probs = model.class_probabilities(_outputs(gen, model.eval()(batch["features"]), {"rep"}, shape, "forward"))
+        if probs is not None and _shape(probs) != f"[{BATCH}, {classes}]":
+            raise AvgenError(f"{_who(gen)}: class_probabilities gave {_shape(probs)}; expected [B, C] = [{BATCH}, {classes}]")
+
+
+def _paired(recipe: Recipe, component: Component, needs: frozenset[str], gen: Component | None,
+            provides: frozenset[str]) -> set[str]:
+    """``needs``, when the generator provides them; else one AvgenError naming both components."""
+    if lacking := sorted(set(needs) - set(provides)):
+        given = f"generator '{gen.name}' (plugin '{gen.plugin}') provides {', '.join(sorted(provides))}" if gen \
+            else "the recipe has no [generator]"
+        raise AvgenError(f"{recipe.source}: {component.kind} '{component.name}' (plugin '{component.plugin}') needs "
+                         f"{', '.join(lacking)} from the generator, but {given}; pair them differently or drop one")
+    return set(needs)
+
+
+def _outputs(gen: Component, outputs: Any, needed: set[str], shape: GeneratorShape, call: str) -> dict[str, Any]:
+    """A generator's outputs of the rehearsal batch, checked: a mapping with the keys ``needed``, rep [B, D, F]."""
+    if not isinstance(outputs, Mapping):
+        raise AvgenError(f"{_who(gen)}: {call} returned {type(outputs).__name__}; expected a dict of tensors")
+    if lacking := sorted(needed - set(outputs)):
+        raise AvgenError(f"{_who(gen)}: {call} gave {', '.join(sorted(outputs)) or 'no outputs'}, without "
+                         f"{', '.join(lacking)}, which it declares (provides) and the run needs")
+    if "rep" in outputs and _shape(outputs["rep"]) != (expected := f"[{BATCH}, {shape.rep_dim}, {shape.steps}]"):
+        raise AvgenError(f"{_who(gen)}: {call} gave rep {_shape(outputs['rep'])} for a batch of {BATCH}; expected "
+                         f"[B, D, F] = {expected}")
+    return dict(outputs)
+
+
+def _scalar(component: Component, fn: Any, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A loss's value of the rehearsal batch, checked: one element."""
+    with _blame(component):
+        value = fn(outputs, batch)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise AvgenError(f"{_who(component)}: gave {_shape(value)} for a batch of {BATCH}; expected a scalar tensor "
+                         "(the mean over the batch)")
+    return value.float().reshape(())
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _who(component: Component) -> str:
+    return f"plugin '{component.plugin}': {component.kind} '{component.name}'"
+
+
+@contextlib.contextmanager
+def _blame(component: Component) -> Iterator[None]:
+    """Plugin code in the rehearsal: an exception other than an AvgenError becomes one naming the plugin and component."""
+    try:
+        yield
+    except AvgenError:
+        raise
+    except Exception as exc:
+        raise AvgenError(f"{_who(component)} failed on a batch of {BATCH} random clips before the run: "
+                         + " ".join(f"{type(exc).__name__}: {exc}".split())) from exc

@@ -1,0 +1,204 @@
+"""Plugin loading: entry-point group ``avgen``, lazily and once; broken plugins are reported.
+
+The loaded plugins fill the component registry, which ``get_component``, ``list_components``
+and ``create`` (exported as ``avgen.get_component`` ...) answer from.
+
+``AVGEN_LOAD_PLUGINS=name1,name2`` loads only those entry points (empty: none).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from avgen._core import hookspecs
+from avgen._core.errors import UnknownComponentError
+from avgen._core.registry import KINDS, Component, Registry
+
+ENTRY_POINT_GROUP = "avgen"
+
+# hook name -> component kind
+REGISTER_HOOKS: dict[str, str] = {
+    "register_encoders": "encoder",
+    "register_representations": "representation",
+    "register_generators": "generator",
+    "register_losses": "loss",
+    "register_datasets": "dataset",
+    "register_metrics": "metric",
+    "register_detectors": "detector",
+    "register_indexes": "index",
+}
+assert sorted(REGISTER_HOOKS.values()) == sorted(KINDS)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin found through an entry point: where it came from and whether it loaded."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+
+class Plugins:
+    """The pluggy manager, the registry it filled, and what happened to each plugin."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("avgen")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self.info: dict[str, PluginInfo] = {}
+
+    def load_entry_points(self) -> None:
+        """Import every allowed entry point; a failing one is recorded, the rest still load."""
+        allow = os.environ.get("AVGEN_LOAD_PLUGINS")
+        allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+        seen: set[str] = set()
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in seen or (allowed is not None and ep.name not in allowed):
+                continue
+            seen.add(ep.name)
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+                self.pm.check_pending()
+            except Exception as exc:  # a broken plugin must not take the others down
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
+                self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version, _one_line(exc))
+                continue
+            self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
+
+    def collect_components(self) -> None:
+        """Call every register_* hook, attributing each component to its plugin."""
+        for hook_name, kind in REGISTER_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                plugin = impl.plugin_name
+                if self.info.get(plugin) is not None and self.info[plugin].broken:
+                    continue
+
+                def register(name: str, factory: Any, *args: Any, _kind: str = kind, _plugin: str = plugin, **kwargs: Any):
+                    return self.registry.register(_kind, _plugin, name, factory, *args, **kwargs)
+
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    from avgen._core.errors import DuplicateComponentError
+
+                    if isinstance(exc, DuplicateComponentError):
+                        raise
+                    old = self.info.get(plugin)
+                    self.info[plugin] = PluginInfo(
+                        plugin, old.module if old else "?", old.distribution if old else "?",
+                        old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}",
+                    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return " ".join(text.split())
+
+
+_lock = threading.RLock()
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The loaded plugins (loaded on first use, once per process)."""
+    global _plugins
+    with _lock:
+        if _plugins is None:
+            plugins = Plugins()
+            plugins.load_entry_points()
+            plugins.collect_components()
+            _plugins = plugins
+        return _plugins
+
+
+def loaded() -> bool:
+    """Whether this process has loaded the plugins already."""
+    return _plugins is not None
+
+
+def get_registry() -> Registry:
+    return get_plugins().registry
+
+
+def get_component(kind: str, name: str) -> Component:
+    """The registered component of this kind and name; when there is none and a plugin failed to load, the error
+    names that plugin and why (the component may be one it would have registered)."""
+    plugins = get_plugins()
+    try:
+        return plugins.registry.get(kind, name)
+    except UnknownComponentError as exc:
+        broken = [info for info in plugins.info.values() if info.broken]
+        if not broken or kind not in KINDS:
+            raise
+        failed = "; ".join(f"plugin '{info.name}' ({info.distribution} {info.version}) failed to load: {info.error}"
+                           for info in broken)
+        raise UnknownComponentError(f"{exc}; {failed}") from None
+
+
+def component_source(kind: str, name: str) -> dict[str, str]:
+    """Where a registered component comes from: its name, plugin, distribution and the distribution's version
+    (what an exported model records so another machine knows what to ``pip install``)."""
+    component = get_component(kind, name)
+    info = get_plugins().info.get(component.plugin)
+    return {"name": name, "plugin": component.plugin, "distribution": info.distribution if info else "?",
+            "version": info.version if info else "?"}
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[Component]:
+    """Registered components, optionally of one kind and matching a glob pattern."""
+    if kind is not None and kind not in KINDS:
+        raise UnknownComponentError(f"unknown component kind '{kind}'; kinds are {', '.join(KINDS)}")
+    return get_registry().all(kind, pattern)
+
+
+def create(kind: str, name: str, context: Any = None, **params: Any) -> Any:
+    """Build a registered component, like ``timm.create_model``; None params are dropped.
+
+    ``context`` is an ``avgen.BuildContext`` (or a mapping of its fields).
+    """
+    component = get_component(kind, name)
+    values = {k: v for k, v in params.items() if v is not None}
+    return component.build(values, context)
+
+
+def reset() -> None:
+    """Forget loaded plugins so the next access reloads them (for tests)."""
+    global _plugins
+    with _lock:
+        _plugins = None
+
+
+def register_commands(cli: Any) -> None:
+    """Let every loaded plugin add its commands; a failing plugin is marked broken."""
+    plugins = get_plugins()
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            old = plugins.info.get(impl.plugin_name)
+            plugins.info[impl.plugin_name] = PluginInfo(
+                impl.plugin_name, old.module if old else "?", old.distribution if old else "?",
+                old.version if old else "?", f"register_commands failed: {_one_line(exc)}",
+            )
+
+
+def first_answer(hook: str, **kwargs: Any) -> Any:
+    """The first plugin's answer to a ``firstresult`` hook (``open_model``, ``open_library``), or None."""
+    return getattr(get_plugins().pm.hook, hook)(**kwargs)
