@@ -1,5 +1,5 @@
 """Build hook (pyproject.toml, [tool.hatch.build.targets.wheel.hooks.custom]): the wheel ships recipes/ as
-avgen/recipes/, where avgen._core.recipe.recipes_folder finds them. An editable install gets no copy: it reads the
+avgen/recipes/, where avgen._core.recipefiles.recipes_folder finds them. An editable install gets no copy: it reads the
 source tree's recipes/ beside the avgen package, so a recipe edited there is the one that runs."""
 
 from __future__ import annotations

@@ -56,7 +56,6 @@ def child(method: str, setting: str, clips: int, epochs: int) -> None:
     from avgen._core.recipe import TrainParams
     from avgen._core.threads import apply_threads, plan_threads
     from avgen._core.train import WeightedLoss, fit
-
     if setting == "avgen":
         apply_threads(plan_threads())
     elif setting == "one":

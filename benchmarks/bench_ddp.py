@@ -32,7 +32,6 @@ SCRIPT = textwrap.dedent(
     from avgen import GeneratorShape
     from avgen._core.recipe import TrainParams
     from avgen._core.train import WeightedLoss, fit
-
     run_dir, clips, epochs, frames, dim, threads = Path(sys.argv[1]), *map(int, sys.argv[2:7])
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)

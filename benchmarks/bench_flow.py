@@ -27,7 +27,6 @@ import torch
 
 def ten_second_video(recipe) -> Path:
     from avgen._core.media import probe
-
     root = Path(recipe.with_absolute_paths().data.params.get("root", "."))
     for video in sorted(root.rglob("*.mp4")):
         if probe(video).duration >= 10.0:
@@ -41,7 +40,6 @@ def test_split(recipe, encoder, representation, device):
     from avgen._core.build import build_dataset
     from avgen._core.cache import FeatureCache
     from avgen._core.featurize import Featurizer
-
     recipe = recipe.with_absolute_paths()
     featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device, Console(stderr=True),
                             FeatureCache())

@@ -142,3 +142,10 @@ def test_plugins_and_examples_import_only_the_public_api():
     assert len(files) > 40
     bad = {str(p.relative_to(ROOT)): v for p in files if (v := public_api_violations(ast.parse(p.read_text())))}
     assert not bad, f"imports past avgen's public names (use the names avgen exports): {bad}"
+
+
+def test_no_core_module_is_over_400_lines():
+    sizes = {str(p.relative_to(AVGEN.parent)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in AVGEN.rglob("*.py")}
+    assert len(sizes) > 30
+    assert not {name: n for name, n in sizes.items() if n > 400}, sizes

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import avgen
-from avgen._core.recipe import load_recipe, validate_recipe
+from avgen._core.recipe import validate_recipe
+from avgen._core.recipefiles import load_recipe
 from conftest import TINY_RECIPE, avgen_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,7 +171,6 @@ def test_the_feature_cache_never_serves_the_other_backends_representation(tmp_pa
     from avgen._core.build import build_dataset, build_encoder, build_representation
     from avgen._core.cache import FeatureCache
     from avgen._core.featurize import Featurizer
-
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(TINY_RECIPE.format(root=tmp_path / "data"))
     cache = FeatureCache(tmp_path / "cache")

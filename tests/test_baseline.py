@@ -10,7 +10,6 @@ import torch
 import avgen
 from avgen._core.baseline import baseline_losses, compare_line
 from avgen._core.train import WeightedLoss
-
 SHAPE = avgen.GeneratorShape(feature_dim=4, rep_dim=5, steps=3, num_classes=3)
 
 

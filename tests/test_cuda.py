@@ -69,7 +69,6 @@ def test_fit_with_amp_on_cuda_follows_the_cpu_loss_curve(tmp_path):
     sys.path.insert(0, str(TESTS))
     from test_train_fit import CPU, losses_for, make_model, synthetic_split, train_params
     from avgen._core.train import fit
-
     curves = {}
     for name, device, amp in (("cpu", CPU, False), ("cuda_amp", CUDA, True)):
         result = fit(model=make_model("can_lstm", hidden=16), losses=losses_for("can_lstm"),

@@ -18,7 +18,6 @@ import torch
 
 import avgen
 from avgen import AvgenError
-from avgen._core import media
 from avgen._core.rundir import dump_toml
 from conftest import REPO, run_avgen
 from test_timing_sync import RATE, SECONDS, clack, render_video
@@ -55,7 +54,7 @@ def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = base / "videos"
     for name, times in {**TIMES, QUIET: []}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        media.mux_audio(silent, sound(times), root / f"{name}.mp4", sample_rate=RATE)
+        avgen.mux_audio(silent, sound(times), root / f"{name}.mp4", sample_rate=RATE)
     return root
 
 
@@ -194,8 +193,7 @@ def test_the_feature_cache_keys_change_with_the_cut_settings(footage):
     from rich.console import Console
 
     from avgen._core.featurize import Featurizer
-    from avgen._core.recipe import load_recipes
-
+    from avgen._core.recipefiles import load_recipes
     def keys(*overrides: str) -> dict[str, str]:
         (recipe,) = load_recipes(REPO / "recipes" / "events_folder.toml", [f"data.root={footage}", *overrides])
         ds = avgen.build_dataset(recipe)

@@ -17,7 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from avgen._core.generate import OverlapAdd, SegmentDecoder, crossfade_windows, window_starts
+from avgen._core.overlap import OverlapAdd, SegmentDecoder, crossfade_windows
+from avgen._core.videosound import window_starts
 from conftest import TINY_RECIPE, avgen_in_process, error_lines, run_avgen
 
 RECIPE = TINY_RECIPE  # the recipe of the shared tiny run (conftest.py), for modules that train their own variant
@@ -292,8 +293,7 @@ def test_segment_decoder_joins_segments_of_a_local_decoder_without_change(blocks
 
 
 def _still_video(path: Path, seconds: float) -> Path:
-    from avgen._core.media import write_video
-
+    from avgen._core.mux import write_video
     frame = torch.zeros(64, 64, 3, dtype=torch.uint8)
     frame[16:48, 16:48] = torch.tensor([200, 120, 40], dtype=torch.uint8)
     return write_video(path, (frame for _ in range(int(seconds * 8))), fps=8)
@@ -301,8 +301,8 @@ def _still_video(path: Path, seconds: float) -> Path:
 
 def test_long_video_in_segments_matches_one_pass(trained_run: Path, tmp_path: Path) -> None:
     """A 12 s still video generated in 2 s segments: exemplar sound identical to one pass, raw sound as long."""
-    from avgen._core.generate import exemplar_bank, generate_for_video, load_trained
-
+    from avgen._core.videosound import generate_for_video
+    from avgen._core.loading import exemplar_bank, load_trained
     os.environ.setdefault("AVGEN_HOME", str(trained_run.parents[1] / "home"))
     device = torch.device("cpu")
     recipe, encoder, representation, model, meta = load_trained(trained_run, device)
@@ -327,7 +327,8 @@ def test_segments_of_a_stationary_sound_join_without_seams(continues: bool) -> N
     loudness dips no deeper than one 12 s decode dips anywhere, and the spectral flux is no larger than
     anywhere inside the one decode. Segments that start their phase afresh (continues=False) cancel where they
     cross-fade: that case must be caught."""
-    from avgen._core.generate import SegmentDecoder, decode
+    from avgen._core.generate import decode
+    from avgen._core.overlap import SegmentDecoder
     from avgen._core.plugins import create
 
     rate, hop = 22050, 512
@@ -404,7 +405,7 @@ def test_loading_a_run_imports_no_heavy_optional_library(trained_run: Path) -> N
     neither timm nor torchvision (torch._dynamo), matplotlib nor scipy.signal: each costs about a second on 2 cores."""
     code = f"""
 import json, sys, torch
-from avgen._core.generate import load_trained
+from avgen._core.loading import load_trained
 import avgen
 load_trained({str(trained_run)!r}, torch.device("cpu"))
 avgen.create("encoder", "efficientnet_lite0")

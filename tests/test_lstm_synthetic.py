@@ -81,7 +81,7 @@ def test_owens_and_can_beat_the_training_mean_on_synthetic_hits(tmp_path, avgen_
     assert "for the training mean" in proc.stderr
 
     # independent references from the run's own features (the per-split cache entries)
-    from avgen._core.recipe import load_recipes
+    from avgen._core.recipefiles import load_recipes
     from avgen._core.runner import Run
     from avgen._core.checkpoint import load_checkpoint
 

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import avgen
 from avgen._core import media
 from avgen._core.errors import AvgenError
 
@@ -100,10 +101,10 @@ def test_read_audio_window_matches_the_file_and_pads(tmp_path):
     data = rng.uniform(-0.5, 0.5, (2, 44100)).astype(np.float32)
     path = tmp_path / "a.wav"
     sf.write(path, data.T, 44100, subtype="FLOAT")
-    wave, rate = media.read_audio(path, start=0.25, duration=0.5)
+    wave, rate = avgen.read_audio(path, start=0.25, duration=0.5)
     assert rate == 44100 and wave.dtype == torch.float32
     np.testing.assert_allclose(wave.numpy(), data[:, 11025:33075].mean(axis=0), atol=1e-6)
-    stereo, _ = media.read_audio(path, mono=False, start=0.9, duration=0.2)
+    stereo, _ = avgen.read_audio(path, mono=False, start=0.9, duration=0.2)
     assert stereo.shape == (2, 8820)
     np.testing.assert_allclose(stereo[:, :4410].numpy(), data[:, 39690:], atol=1e-6)
     assert torch.count_nonzero(stereo[:, 4410:]) == 0  # padded past the end
@@ -113,7 +114,7 @@ def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
     t = np.arange(48000) / 48000
     path = tmp_path / "tone.wav"
     sf.write(path, 0.5 * np.sin(2 * np.pi * 1000 * t), 48000, subtype="FLOAT")
-    wave, rate = media.read_audio(path, sample_rate=8000, duration=1.0)
+    wave, rate = avgen.read_audio(path, sample_rate=8000, duration=1.0)
     assert rate == 8000 and wave.shape == (8000,)
     spectrum = np.abs(np.fft.rfft(wave.numpy()))
     assert np.argmax(spectrum) == 1000  # 1 Hz bins
@@ -122,7 +123,7 @@ def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
 
 def test_write_wav_round_trip(tmp_path):
     wave = torch.linspace(-0.9, 0.9, 2205)
-    path = media.write_wav(tmp_path / "out" / "w.wav", wave, 22050)
+    path = avgen.write_wav(tmp_path / "out" / "w.wav", wave, 22050)
     data, rate = sf.read(path, dtype="float32")
     assert rate == 22050
     np.testing.assert_allclose(data, wave.numpy(), atol=1 / 32767 + 1e-6)
@@ -132,14 +133,14 @@ def test_mux_copies_video_and_adds_audio(tmp_path):
     video = write_grey_video(tmp_path / "v.mp4", frames=60)  # 2 s
     wav = tmp_path / "s.wav"
     sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(44100) / 22050), 22050)  # exactly 2 s
-    out = media.mux_audio(video, wav, tmp_path / "muxed.mp4")
+    out = avgen.mux_audio(video, wav, tmp_path / "muxed.mp4")
     with av.open(str(out)) as c:
         assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
         audio = c.streams.audio[0]
         assert audio.codec_context.name == "aac" and audio.codec_context.sample_rate == 22050
         samples = sum(f.samples for f in c.decode(audio))
     assert samples / 22050 == pytest.approx(2.0, abs=0.05)
-    wave, rate = media.read_audio(out, start=0.5, duration=1.0)
+    wave, rate = avgen.read_audio(out, start=0.5, duration=1.0)
     assert wave.shape == (22050,) and wave.abs().max() == pytest.approx(0.3, abs=0.05)
 
     def packets(path):
@@ -147,7 +148,7 @@ def test_mux_copies_video_and_adds_audio(tmp_path):
             return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
 
     assert packets(out) == packets(video)  # the picture was copied, not re-encoded
-    both = media.mux_audio(out, wav, tmp_path / "both.mp4", keep_original_audio=True)
+    both = avgen.mux_audio(out, wav, tmp_path / "both.mp4", keep_original_audio=True)
     with av.open(str(both)) as c:
         assert len(c.streams.audio) == 2
 
@@ -191,7 +192,7 @@ def test_bad_media_gives_one_line_naming_the_file(bad_media, name, read):
         if read == "frames":
             media.read_frames(path, fps=10, size=16)
         else:
-            media.read_audio(path)
+            avgen.read_audio(path)
     message = str(info.value)
     assert str(path) in message and "\n" not in message
 
@@ -207,11 +208,11 @@ def test_mux_keeping_the_original_audio_puts_the_generated_track_first_and_defau
     video = write_grey_video(tmp_path / "v.mp4", frames=60, wave=original, rate=16000)  # 2 s, 16 kHz AAC
     wav = tmp_path / "s.wav"
     sf.write(wav, 0.5 * np.sin(2 * np.pi * 440 * np.arange(44100) / 22050), 22050)
-    out = media.mux_audio(video, wav, tmp_path / "both.mp4", keep_original_audio=True)
+    out = avgen.mux_audio(video, wav, tmp_path / "both.mp4", keep_original_audio=True)
     with av.open(str(out)) as c:
         kinds = [(s.type, s.codec_context.sample_rate if s.type == "audio" else None) for s in c.streams]
         default = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
     assert kinds == [("video", None), ("audio", 22050), ("audio", 16000)]  # generated, then the original
     assert default == [True, False]
-    wave, _ = media.read_audio(out, start=0.5, duration=1.0)  # what a reader takes: the first audio track
+    wave, _ = avgen.read_audio(out, start=0.5, duration=1.0)  # what a reader takes: the first audio track
     assert wave.abs().max() == pytest.approx(0.5, abs=0.05)

@@ -46,8 +46,7 @@ def test_an_unknown_recipe_name_is_one_line_naming_the_shipped_ones(tmp_path: Pa
 def test_a_name_runs_the_shipped_file_and_a_file_of_that_name_comes_first(tmp_path: Path) -> None:
     """`avgen run quickstart` reads the shipped quickstart.toml (the error of a bad --set names the file it read);
     a file called `quickstart` in the working directory is read instead; a path is never taken for a name."""
-    from avgen._core.recipe import recipes_folder
-
+    from avgen._core.recipefiles import recipes_folder
     by_name = run_avgen("run", "quickstart", "--set", "run.seed=-1", cwd=tmp_path)
     assert by_name.returncode == 2
     (line,) = error_lines(by_name)
@@ -147,8 +146,8 @@ def test_the_wheel_ships_the_recipes_and_runs_them_by_name_from_any_folder(tmp_p
     work = tmp_path / "work"
     work.mkdir()
     where = json.loads(check(python, "-c", (
-        "import avgen, avgen._core.recipe, avgen_audio, importlib.metadata as m, json; print(json.dumps({"
-        "'avgen': avgen.__file__, 'plugin': avgen_audio.__file__, 'recipes': str(avgen._core.recipe.recipes_folder()), "
+        "import avgen, avgen._core.recipefiles, avgen_audio, importlib.metadata as m, json; print(json.dumps({"
+        "'avgen': avgen.__file__, 'plugin': avgen_audio.__file__, 'recipes': str(avgen._core.recipefiles.recipes_folder()), "
         "'plugins_from': sorted({d.metadata['Name'] for d in m.distributions() "
         "if any(e.group == 'avgen' for e in d.entry_points)})}))"), cwd=work).stdout)
     for key in ("avgen", "plugin", "recipes"):

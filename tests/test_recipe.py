@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from avgen._core.errors import RecipeError
-from avgen._core.recipe import apply_override, load_recipe, parse_value
+from avgen._core.recipefiles import apply_override, load_recipe, parse_value
 from conftest import avgen_in_process, error_lines, run_avgen
 from test_generate import wide_consoles
 
@@ -105,8 +105,7 @@ def test_missing_file_and_debug_traceback(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_variants_expand_into_one_recipe_each(tmp_path: Path, example_plugin: None) -> None:
-    from avgen._core.recipe import load_recipes
-
+    from avgen._core.recipefiles import load_recipes
     text = GOOD + '\n[[variant]]\nname = "small"\nrepresentation = { name = "mel", n_mels = 8 }\n' \
                   '\n[[variant]]\nname = "base"\n'
     small, base = load_recipes(write(tmp_path, text), ["train.epochs=3", "train.lr=0.5",

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avgen._core.recipe import load_recipes
-
+from avgen._core.recipefiles import load_recipes
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 PAPER = {  # what each paper recipe must state: its generator, losses and their weights
     "pocan_ghd": ("can_lstm", ["class_nll", "spec_smooth_l1", "soundnet_perceptual"], [1.0, 50.0, 100.0]),

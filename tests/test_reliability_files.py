@@ -257,16 +257,16 @@ from pathlib import Path
 
 import torch
 
-from avgen._core import media
+import avgen
 from avgen._core.report import write_report
-from avgen._core.featurize import _SplitRows
+from avgen._core.splits import _SplitRows
 from avgen_datasets.synthetic_hits import SynthesisParams, synthesize
 
 out = Path(sys.argv[1])
 synthesize(out / "data", SynthesisParams(videos=2, classes=2, fps=8, size=32, video_seconds=2.0))
 write_report(out / "run")
-wav = media.write_wav(out / "run" / "a.avgen.wav", torch.zeros(22050), 22050)
-media.mux_audio(out / "data" / "synth0000_denoised.mp4", wav, out / "run" / "a.avgen.mp4")
+wav = avgen.write_wav(out / "run" / "a.avgen.wav", torch.zeros(22050), 22050)
+avgen.mux_audio(out / "data" / "synth0000_denoised.mp4", wav, out / "run" / "a.avgen.mp4")
 rows = _SplitRows(out / "cache" / "ab" / "split.safetensors", out / "cache", 1, 4, publish=True)
 rows.put(0, torch.zeros(4), None)
 rows.finish({})

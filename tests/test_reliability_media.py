@@ -85,16 +85,16 @@ def test_truncated_mp4_with_its_index_first_reads_up_to_the_cut_and_rejects_afte
 
     before = media.read_frames(cut, fps=10, size=16, start=0.0, duration=0.3)
     assert torch.equal(before, media.read_frames(whole, fps=10, size=16, start=0.0, duration=0.3))
-    early, _ = media.read_audio(cut, start=0.1, duration=0.2)
-    reference, _ = media.read_audio(whole, start=0.1, duration=0.2)
+    early, _ = avgen.read_audio(cut, start=0.1, duration=0.2)
+    reference, _ = avgen.read_audio(whole, start=0.1, duration=0.2)
     np.testing.assert_allclose(early.numpy(), reference.numpy(), atol=1e-6)
 
     assert "truncated or corrupt" in rejected(lambda: media.read_frames(cut, fps=10, size=16, start=1.5, duration=0.5), cut)
     assert "truncated or corrupt" in rejected(lambda: media.read_frames(cut, fps=10, size=16), cut)
-    rejected(lambda: media.read_audio(cut, start=1.5, duration=0.5), cut)
+    rejected(lambda: avgen.read_audio(cut, start=1.5, duration=0.5), cut)
     # a window that starts before the cut and ends after it is refused too, not padded
-    last_audio = media.read_audio(cut)[0].shape[0] / 16000
-    assert "truncated or corrupt" in rejected(lambda: media.read_audio(cut, start=max(last_audio - 0.1, 0), duration=0.5), cut)
+    last_audio = avgen.read_audio(cut)[0].shape[0] / 16000
+    assert "truncated or corrupt" in rejected(lambda: avgen.read_audio(cut, start=max(last_audio - 0.1, 0), duration=0.5), cut)
 
 
 @pytest.mark.parametrize("cut", [0.0, 0.05, 0.5, 0.95])
@@ -103,7 +103,7 @@ def test_truncated_mp4_without_its_index_is_one_line_for_every_reader(tmp_path: 
     path = tmp_path / f"cut{cut}.mp4"
     path.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * cut)])
     for call in (lambda: media.probe(path), lambda: media.read_frames(path, fps=10, size=16),
-                 lambda: media.read_audio(path, duration=0.5)):
+                 lambda: avgen.read_audio(path, duration=0.5)):
         rejected(call, path)
 
 
@@ -117,7 +117,7 @@ def test_foreign_bytes_behind_media_names_are_one_line(tmp_path: Path) -> None:
     text.write_text("this is not a video\n" * 50)
     for path in (junk_wav, fake_mp4, text):
         rejected(lambda: media.probe(path), path)
-        rejected(lambda: media.read_audio(path, duration=0.5), path)
+        rejected(lambda: avgen.read_audio(path, duration=0.5), path)
     for path in (fake_mp4, text):
         rejected(lambda: media.read_frames(path, fps=10, size=16), path)
 
@@ -127,7 +127,7 @@ def test_zero_length_files_of_every_kind_are_one_line(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(b"")
         assert "empty (0 bytes)" in rejected(lambda: media.probe(path), path)
-        rejected(lambda: media.read_audio(path), path)
+        rejected(lambda: avgen.read_audio(path), path)
 
 
 def test_audio_only_mp4_gives_its_sound_and_refuses_frames(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_audio_only_mp4_gives_its_sound_and_refuses_frames(tmp_path: Path) -> No
     info = media.probe(path)
     assert info.has_audio and not info.has_video and info.sample_rate == 16000
     assert "no video stream" in rejected(lambda: media.read_frames(path, fps=10, size=16), path)
-    wave, rate = media.read_audio(path, start=0.25, duration=0.5)
+    wave, rate = avgen.read_audio(path, start=0.25, duration=0.5)
     expected = tone(1.0, 16000)[0, 4000:12000]
     assert rate == 16000 and wave.shape == (8000,)
     # AAC is lossy: the tone comes back close, at its frequency
@@ -150,7 +150,7 @@ def test_audio_shorter_than_one_stft_frame_is_padded_with_a_warning_naming_the_f
     blip = tone(0.005, 22050)[0]  # 110 samples, well under one 2048-sample STFT frame
     sf.write(path, blip, 22050, subtype="FLOAT")
     with pytest.warns(media.MediaWarning) as caught:
-        wave, _ = media.read_audio(path, duration=0.5)
+        wave, _ = avgen.read_audio(path, duration=0.5)
     assert len(caught) == 1 and str(path) in str(caught[0].message) and "padded" in str(caught[0].message)
     assert wave.shape == (11025,)
     np.testing.assert_allclose(wave[:110].numpy(), blip, atol=1e-7)
@@ -161,13 +161,13 @@ def test_audio_shorter_than_one_stft_frame_is_padded_with_a_warning_naming_the_f
 
     with warnings.catch_warnings():  # a window the file fills is read without a warning
         warnings.simplefilter("error", media.MediaWarning)
-        media.read_audio(path, duration=0.004)
+        avgen.read_audio(path, duration=0.004)
 
 
 def test_short_audio_track_in_an_mp4_is_padded_with_a_warning(tmp_path: Path) -> None:
     path = write_mp4(tmp_path / "short.mp4", seconds=0.1, fps=30)
     with pytest.warns(media.MediaWarning, match="short.mp4"):
-        wave, _ = media.read_audio(path, duration=0.5)
+        wave, _ = avgen.read_audio(path, duration=0.5)
     assert wave.shape == (8000,) and torch.count_nonzero(wave[3000:]) == 0
 
 
@@ -176,7 +176,7 @@ def test_48khz_stereo_is_downmixed_and_resampled_like_scipy(tmp_path: Path) -> N
     stereo = tone(1.0, rate, channels=2, freqs=(440.0, 3000.0))
     path = tmp_path / "stereo48k.wav"
     sf.write(path, stereo.T, rate, subtype="FLOAT")
-    wave, got_rate = media.read_audio(path, sample_rate=target)
+    wave, got_rate = avgen.read_audio(path, sample_rate=target)
     expected = resample_poly(stereo.mean(axis=0).astype(np.float64), 147, 320)  # 22050 / 48000 = 147 / 320
     assert got_rate == target and wave.shape == expected.shape == (22050,)
     np.testing.assert_allclose(wave[100:-100].numpy(), expected[100:-100], atol=2e-3)
@@ -193,7 +193,7 @@ def test_48khz_stereo_aac_in_an_mp4_is_downmixed_and_resampled(tmp_path: Path) -
     with av.open(str(path)) as container:
         decoded = np.concatenate([f.to_ndarray() for f in container.decode(container.streams.audio[0])], axis=1)
     expected = resample_poly(decoded.mean(axis=0).astype(np.float64), 147, 320)[: 11025]
-    wave, rate = media.read_audio(path, sample_rate=22050, duration=0.5)
+    wave, rate = avgen.read_audio(path, sample_rate=22050, duration=0.5)
     assert rate == 22050 and wave.shape == (11025,)
     np.testing.assert_allclose(wave[100:-100].numpy(), expected[100:-100], atol=2e-3)
 

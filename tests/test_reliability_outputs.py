@@ -87,12 +87,12 @@ def one_error(code: int, lines: list[str], prefix: str = "error: ") -> str:
 def refused_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make loading a model fail loudly: a check that must come first is then seen to come first."""
     import avgen
-    import avgen._core.generate
+    import avgen._core.loading
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad output path was refused")
 
-    monkeypatch.setattr(avgen._core.generate, "load_trained", loaded)
+    monkeypatch.setattr(avgen._core.loading, "load_trained", loaded)
     monkeypatch.setattr(avgen, "saved_model_of_run", loaded)
 
 
@@ -304,12 +304,12 @@ def test_write_errors_and_ctrl_c_promise_a_resume_only_in_avgen_run(trained: Pat
     assert lines[-1].startswith(f"error: cannot write {tmp_path / 'out' / 'v.avgen.json'}: disk full")
     assert lines[-1].endswith("then rerun the command") and "resume" not in " ".join(lines)
 
-    import avgen._core.generate
+    import avgen._core.loading
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(avgen._core.generate, "load_trained", interrupted)
+    monkeypatch.setattr(avgen._core.loading, "load_trained", interrupted)
     code, lines, _ = cli_in_process(capsys, "generate", str(video), "--run", str(trained), "-o", str(tmp_path / "out"))
     assert code == 130 and lines[-1] == "interrupted", lines
 
@@ -341,7 +341,6 @@ def test_generate_exemplar_prints_none_of_the_runs_stage_lines(trained: Path, tm
 def test_many_skipped_rows_with_one_reason_are_one_warning() -> None:
     from avgen._core.console import make_console
     from avgen._core.featurize import warn_skipped
-
     def warnings(messages: list[str]) -> list[str]:
         console = make_console(file=io.StringIO())
         warn_skipped(console, messages, "annotation rows")

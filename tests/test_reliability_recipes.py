@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from avgen._core.cli import cli
 from avgen._core.errors import RecipeError
 from avgen._core.rundir import toml_string, dump_toml
-from avgen._core.recipe import EvalSection, Recipe, RunSection, TrainParams, load_recipes
+from avgen._core.recipe import EvalSection, Recipe, RunSection, TrainParams
+from avgen._core.recipefiles import load_recipes
 from avgen._core.plugins import list_components
 from avgen._core.registry import KINDS
 from conftest import REPO, error_lines, run_avgen

@@ -23,7 +23,8 @@ from avgen._core.cache import FeatureCache
 from avgen._core.checkpoint import load_checkpoint
 from avgen._core.errors import AvgenError
 from avgen import GeneratorShape
-from avgen._core.recipe import TrainParams, load_recipe
+from avgen._core.recipe import TrainParams
+from avgen._core.recipefiles import load_recipe
 from avgen._core.runner import Run
 from avgen._core.train import WeightedLoss, fit
 from reliability_support import (

@@ -128,7 +128,7 @@ def test_the_learned_head_fits_the_annotated_contacts_better_than_motion_alone(s
 
 
 def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    media.write_video(tmp_path / "v_denoised.mp4", np.stack([scene((0, 0), k) for k in range(10)]), 30)
+    avgen.write_video(tmp_path / "v_denoised.mp4", np.stack([scene((0, 0), k) for k in range(10)]), 30)
     (tmp_path / "v_times.txt").write_text("0.1 wood hit static\n")
     (tmp_path / "test.txt").write_text("v\n")  # a Greatest-Hits-layout folder: the head is needed to detect
     monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import avgen
 from avgen._core import media
 from conftest import avgen_in_process
 from test_timing_sync import CONTACTS, FPS, RATE, render_video, soundtrack
@@ -27,7 +28,7 @@ def with_sound(video: Path, out: Path, shift: float = 0.0) -> Path:
     """``video`` with the clacks at each contact (+ shift s) as its own audio track."""
     wav = out.with_suffix(".wav")
     sf.write(wav, soundtrack(shift).numpy(), RATE)
-    media.mux_audio(video, wav, out)
+    avgen.mux_audio(video, wav, out)
     wav.unlink()
     return out
 
@@ -160,7 +161,7 @@ def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per
     truth = np.array(annotated_times(times_file(video)))  # fitted on this run's training videos
     assert min(np.abs(truth - t).min() for t in found) <= 0.1
 
-    still = media.write_video(tmp_path / "still.mp4", np.full((60, 64, 64, 3), 90, dtype=np.uint8), 30)
+    still = avgen.write_video(tmp_path / "still.mp4", np.full((60, 64, 64, 3), 90, dtype=np.uint8), 30)
     code, _, err = avgen_in_process(capsys, "generate", str(still), "--run", str(run), "-o", str(tmp_path / "still.wav"))
     assert code == 0, err
     assert np.abs(sf.read(tmp_path / "still.wav")[0]).max() == 0  # nothing happens: a silent track, no error

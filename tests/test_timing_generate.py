@@ -39,8 +39,7 @@ def test_the_sync_metric_is_in_metrics_json_and_the_report_with_its_timeline(tim
 
 
 def test_every_shipped_recipe_measures_sync():
-    from avgen._core.recipe import load_recipes
-
+    from avgen._core.recipefiles import load_recipes
     for path in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")):
         for recipe in load_recipes(path):
             assert "av_sync" in [m.name for m in recipe.metric], path.name

@@ -56,7 +56,7 @@ def render_ball(path: Path, fps: float, seconds: float = 4.2, shake: int = 2, ba
         dy, dx = rng.integers(-shake, shake + 1, 2) if shake else (0, 0)
         image = scene[4 + dy:4 + dy + SIZE, 4 + dx:4 + dx + SIZE] + rng.normal(0, 3, (SIZE, SIZE))
         frames.append(np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))
-    return media.write_video(path, np.stack(frames), fps)
+    return avgen.write_video(path, np.stack(frames), fps)
 
 
 def found_times(detector, video: Path) -> np.ndarray:
@@ -157,7 +157,7 @@ def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wav = root / "clacks.wav"
     sf.write(wav, soundtrack(0.0).numpy(), RATE)
     for name in ("a", "b", "c"):
-        media.mux_audio(silent, wav, root / f"{name}.mp4")
+        avgen.mux_audio(silent, wav, root / f"{name}.mp4")
     silent.unlink()
     wav.unlink()
     return root

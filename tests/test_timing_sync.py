@@ -49,7 +49,7 @@ def render_video(path: Path) -> Path:
         dy, dx = rng.integers(-3, 4, 2)
         image = scene[4 + dy:4 + dy + SIZE, 4 + dx:4 + dx + SIZE] + rng.normal(0, 3, (SIZE, SIZE))
         frames.append(np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))
-    return media.write_video(path, np.stack(frames), FPS)
+    return avgen.write_video(path, np.stack(frames), FPS)
 
 
 def clack(seconds: float = 0.3) -> np.ndarray:

@@ -24,7 +24,6 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_train_fit import CPU, losses_for, make_model, synthetic_split, train_params
     from avgen._core.train import fit
-
     run_dir = Path(sys.argv[1])
     # batch 25 is odd: every global batch splits 13/12 across two ranks, and the last one holds 15
     fit(model=make_model("can_lstm", hidden=16), losses=losses_for("can_lstm"), train=synthetic_split(240, 1),

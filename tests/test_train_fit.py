@@ -16,7 +16,6 @@ from avgen import GeneratorShape
 from avgen._core.recipe import TrainParams
 from avgen._core.checkpoint import load_checkpoint
 from avgen._core.train import WeightedLoss, derive_seed, fit, learning_rate
-
 CLASSES, FRAMES, FEATURE_DIM, BINS, STEPS = 3, 4, 10, 6, 5
 SHAPE = GeneratorShape(FEATURE_DIM, BINS, STEPS, CLASSES)
 CPU = torch.device("cpu")

@@ -92,7 +92,6 @@ def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Call
             _paired(recipe, component, component.build(params).needs, None, frozenset())
         return
     from avgen._core.train import WeightedLoss, check_objective
-
     try:
         encoder, (samples, frames) = encoder_of()
     except AvgenError:  # e.g. weights not downloaded: featurize says so, after prepare has said what data is missing

@@ -59,14 +59,12 @@ class SoundModel:
     @property
     def clip_seconds(self) -> float:
         """The length of the clips the model was trained on (its window on a longer video)."""
-        from avgen._core.generate import clip_seconds
-
+        from avgen._core.loading import clip_seconds
         return clip_seconds(self.recipe, self.meta)
 
     def material(self, name: str) -> int:
         """The class index of material ``name`` (one line naming the model's classes when it has no such class)."""
-        from avgen._core.generate import material_class
-
+        from avgen._core.loading import material_class
         return material_class(name, self.meta)
 
     # ------------------------------------------------------------ exemplars
@@ -74,8 +72,7 @@ class SoundModel:
     def bank(self, library: str | Path | None = None, console: Any = None) -> Any:
         """The ``avgen.ExemplarBank`` exemplars come from: a folder of your own sounds (``library``), else the
         run's training clips (indexed once) or the sounds an exported folder carries."""
-        from avgen._core.generate import exemplar_bank, library_bank
-
+        from avgen._core.loading import exemplar_bank, library_bank
         if library is not None:
             return library_bank(Path(library), self.representation, dict(self.meta["recipe"]["representation"]),
                                 self.clip_seconds, console)
@@ -103,8 +100,7 @@ class SoundModel:
 
     def training_split(self, console: Any = None) -> Any:
         """The run's training split (features, representations, waves, labels) from the cache or its dataset."""
-        from avgen._core.generate import training_split
-
+        from avgen._core.loading import training_split
         if self.run_dir is None:
             raise AvgenError(f"{self.source}: an exported model folder carries no training split; load the run directory")
         return training_split(self.recipe, self.run_dir, self.device, self.encoder, self.representation, console)
@@ -113,9 +109,8 @@ class SoundModel:
 
     def features(self, video: str | Path) -> torch.Tensor:
         """Encoder features [frames, dim] of every frame of ``video`` at the encoder's fps (what ``sound`` reads)."""
-        from avgen._core.generate import encoder_precision, video_features
+        from avgen._core.videosound import encoder_precision, video_features
         from avgen._core.media import probe
-
         duration = max(float(probe(Path(video)).duration), self.clip_seconds)
         return video_features(self.encoder, Path(video), duration, precision=encoder_precision(self.meta, self.device))
 
@@ -124,8 +119,7 @@ class SoundModel:
                hop_fraction: float = 0.5, console: Any = None) -> Any:
         """The sound of ``video`` as a stream (``VideoSound``: ``blocks()`` yields it in order, memory flat in the
         video's length; ``summary`` once done). See ``sound`` for the options."""
-        from avgen._core.generate import VideoSound
-
+        from avgen._core.videosound import VideoSound
         if bank is None and (exemplar or library is not None):
             bank = self.bank(library, console)
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
@@ -145,8 +139,7 @@ class SoundModel:
         """
         job = self.stream(video, exemplar=exemplar, library=library, bank=bank, material=material, features=features,
                           hop_fraction=hop_fraction, console=console)
-        from avgen._core.generate import within_unit
-
+        from avgen._core.videosound import within_unit
         return within_unit(torch.cat(list(job.blocks()))), job.summary
 
     def sound_of_frames(self, frames: torch.Tensor, *, material: str | int | None = None,
@@ -154,7 +147,8 @@ class SoundModel:
         """(raw sound [samples], generator outputs) of one clip's frames, uint8 [N, H, W, 3] as
         ``avgen.read_frames`` gives them (other sizes are resized to the encoder's input), N frames spread
         over the clip."""
-        from avgen._core.generate import encoder_precision, predict, within_unit
+        from avgen._core.generate import predict
+        from avgen._core.videosound import encoder_precision, within_unit
         from avgen._core.media import fit_frames
         from avgen._core.precision import autocast_for
 
@@ -180,7 +174,6 @@ class SoundModel:
         with the class forced to ``material`` when given. Only the frames of the windows are encoded when they
         are fewer than half the video's (a few contacts in a long video cost what they hold)."""
         from avgen._core.generate import predict
-
         index = self._class_index(material)
         windows = self._window_features(Path(video), list(times))
         labels = None if index is None else torch.full((windows.shape[0],), index, dtype=torch.long)
@@ -188,9 +181,8 @@ class SoundModel:
 
     def _window_features(self, video: Path, times: list[float]) -> torch.Tensor:
         """Encoder features [K, frames per clip, dim] of the windows centred on ``times`` (clamped to the video)."""
-        from avgen._core.generate import encoder_precision, video_features
+        from avgen._core.videosound import encoder_precision, video_features
         from avgen._core.media import FrameReader, probe
-
         fps = self.encoder.fps
         per_clip = max(1, round(self.clip_seconds * fps))
         total = max(1, round(max(float(probe(video).duration), self.clip_seconds) * fps))  # as ``features`` reads
@@ -246,7 +238,6 @@ class SoundModel:
         """Clip waveforms [N, samples] decoded from generated representations [N, D, F] (the raw sound)."""
         from avgen._core.build import raw_phase
         from avgen._core.generate import decode
-
         return decode(self.representation, rep, raw_phase(self.recipe, self.representation),
                       round(self.clip_seconds * self.sample_rate), self.device)
 
@@ -265,7 +256,6 @@ class SoundModel:
 def window_features(features: torch.Tensor, times: list[float], fps: float, frames_per_clip: int) -> torch.Tensor:
     """Feature windows [K, frames_per_clip, dim] centred on each time (clamped to the video)."""
     from avgen._core.media import fit_frames
-
     if features.shape[0] < frames_per_clip:
         features = fit_frames(features, frames_per_clip)
     firsts = window_starts(times, fps, frames_per_clip, features.shape[0])
@@ -297,8 +287,7 @@ def load(path: str | Path, device: str | torch.device = "auto", settings: Sequen
 
 def load_run(path: str | Path, device: str | torch.device = "auto", settings: Sequence[str] = ()) -> SoundModel:
     """The best model of the run directory ``path`` (``avgen generate --run``)."""
-    from avgen._core.generate import load_trained
-
+    from avgen._core.loading import load_trained
     path, dev = Path(path), _device(device)
     recipe, encoder, representation, generator, meta = load_trained(path, dev, tuple(settings))
     return SoundModel(recipe=recipe, encoder=encoder, representation=representation, generator=generator,
@@ -307,8 +296,7 @@ def load_run(path: str | Path, device: str | torch.device = "auto", settings: Se
 
 def load_folder(path: str | Path, device: str | torch.device = "auto", settings: Sequence[str] = ()) -> SoundModel:
     """The model of a folder ``avgen export`` wrote (``avgen generate --model``)."""
-    from avgen._core.generate import load_model_folder
-
+    from avgen._core.loading import load_model_folder
     path, dev = Path(path), _device(device)
     recipe, encoder, representation, generator, meta, bank = load_model_folder(path, dev, tuple(settings))
     return SoundModel(recipe=recipe, encoder=encoder, representation=representation, generator=generator, meta=meta,

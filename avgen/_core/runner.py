@@ -5,7 +5,8 @@ it produced (its ``info``, recorded in the ledger ``stages.json``); ``Run`` gath
 holds the split tensors between stages, and skips the stages the ledger records as done.
 The run directory lives in ``avgen._core.rundir``, featurization and split storage in
 ``avgen._core.featurize``, the training loop in ``avgen._core.train``, the checkpoint format in
-``avgen._core.checkpoint`` and the generate stage in ``avgen._core.generate``.
+``avgen._core.checkpoint`` and the generate stage in ``avgen._core.generate`` (a whole video's sound:
+``avgen._core.videosound``; a trained model rebuilt: ``avgen._core.loading``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from avgen._core.checkpoint import checkpoint_meta
 from avgen._core.console import make_console, progress_bar
 from avgen._core.distributed import barrier, join_process_group
 from avgen._core.errors import AvgenError
-from avgen._core.featurize import Featurizer, SplitData, sample_rate, warn_skipped
+from avgen._core.featurize import Featurizer, sample_rate, warn_skipped
+from avgen._core.splits import SplitData
 from avgen._core.components import EvalContext, GeneratorShape
 from avgen._core.recipe import Recipe
 from avgen._core.plugins import get_component
@@ -97,7 +99,6 @@ def fit(recipe: Recipe, model: torch.nn.Module, shape: GeneratorShape, train: Sp
         representation: Any, meta: dict[str, Any], run_dir: Path, device: torch.device, console: Console) -> dict[str, Any]:
     """Train the generator (checkpoints/, history.json); info: best epoch, and its val loss against the baseline."""
     from avgen._core.train import WeightedLoss, fit as fit_model
-
     losses = [
         WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device))
         for spec in recipe.loss
@@ -310,7 +311,6 @@ class Run:
             self.console.print("no [generator] in the recipe: nothing to generate", markup=False)
             return {"skipped": "no generator"}
         from avgen._core.generate import generate_split
-
         test, train = self.featurized(self.recipe.eval.split), self.featurized("train")
         model, _ = self.build_generator()
         return generate_split(recipe=self.recipe, run_dir=self.run_dir, model=model, test=test, train=train,

@@ -24,6 +24,8 @@ from avgen._core.checkpoint import resume_checkpoint, save_checkpoint
 from avgen._core.distributed import join_process_group
 from avgen._core.errors import AvgenError
 from avgen._core.recipe import TrainParams
+from avgen._core.trainlog import (as_terms, balance_line, epoch_line, format_terms, nan_message, plot_if_main,
+                                   stderr_console, plot_loss_balance, plot_loss_curve)
 
 log = logging.getLogger("avgen.train")
 
@@ -71,7 +73,7 @@ def fit(
     rank, world, device = join_process_group(device)
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_path, best_path = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
-    console = console if console is not None else _stderr_console()
+    console = console if console is not None else stderr_console()
 
     model.to(device)
     model.prepare(train)
@@ -125,8 +127,8 @@ def fit(
                 batch = _take(train, local, device)
                 total, logged, values = step.forward(batch, share=len(local) / global_size, world=world)
                 if not torch.isfinite(logged).all():
-                    _plot_if_main(rank, state["history"], run_dir)
-                    raise AvgenError(_nan_message(logged, losses, epoch, number, last_path, state["epoch"]))
+                    plot_if_main(rank, state["history"], run_dir)
+                    raise AvgenError(nan_message(logged, losses, epoch, number, last_path, state["epoch"]))
                 if number == 1 and (params.grad_norms or params.balance != "off"):  # on the same graph: no extra forward
                     grad_norms = term_grad_norms(values, losses, model, world)
                     if params.balance != "off":
@@ -142,11 +144,11 @@ def fit(
                 scaler.update()
                 sums += logged.double().cpu() * global_size
                 seen += global_size
-                progress.update(task, advance=1, terms=_format_terms(sums / seen, losses))
-            train_terms = _as_terms(sums / max(seen, 1), losses)
+                progress.update(task, advance=1, terms=format_terms(sums / seen, losses))
+            train_terms = as_terms(sums / max(seen, 1), losses)
             val_terms = None
             if val is not None:
-                val_terms = _as_terms(_validate(step, model, val, params.batch_size, rank, world, device), losses)
+                val_terms = as_terms(_validate(step, model, val, params.batch_size, rank, world, device), losses)
                 if not all(math.isfinite(v) for v in val_terms.values()):
                     raise AvgenError(f"validation loss became nan at epoch {epoch}; the last good checkpoint is kept at {last_path}")
             value = (val_terms or train_terms)["total"]
@@ -169,11 +171,11 @@ def fit(
                     save_checkpoint(best_path, model, {**info, **state})
                 save_checkpoint(last_path, model, {**info, **state}, optimizer)
                 atomic.write_json(Path(run_dir) / "history.json", state["history"])
-                console.print(_epoch_line(entry, params.epochs))
-                log.info("%s", _epoch_line(entry, params.epochs))
+                console.print(epoch_line(entry, params.epochs))
+                log.info("%s", epoch_line(entry, params.epochs))
                 if grad_norms is not None:
-                    console.print(_balance_line(entry), markup=False, highlight=False)
-                    log.info("%s", _balance_line(entry))
+                    console.print(balance_line(entry), markup=False, highlight=False)
+                    log.info("%s", balance_line(entry))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, entry)
     if rank == 0:
@@ -381,103 +383,3 @@ def _make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimi
 # ---------------------------------------------------------------- reporting
 
 
-def _as_terms(values: Tensor, losses: list[WeightedLoss]) -> dict[str, float]:
-    names = ["total"] + [loss.name for loss in losses]
-    return {name: float(v) for name, v in zip(names, values.tolist())}
-
-
-def _format_terms(values: Tensor, losses: list[WeightedLoss]) -> str:
-    return "  ".join(f"{name} {v:.4g}" for name, v in _as_terms(values, losses).items())
-
-
-def _epoch_line(entry: dict, epochs: int) -> str:
-    line = f"epoch {entry['epoch']}/{epochs}  train " + "  ".join(f"{k} {v:.4g}" for k, v in entry["train"].items())
-    if entry["val"] is not None:
-        line += "  |  val " + "  ".join(f"{k} {v:.4g}" for k, v in entry["val"].items())
-    return line + ("  *" if entry["best"] else "")
-
-
-def _balance_line(entry: dict) -> str:
-    """'  grad norm (batch 1): class_nll 0.012 (2 %)  spec_smooth_l1 0.61 (97 %) ...' with the balance factors when on."""
-    norms = entry["grad_norms"]
-    total = sum(norms.values()) or 1.0
-    parts = [f"{name} {value:.3g} ({100 * value / total:.0f} %)" for name, value in norms.items()]
-    line = "  grad norm at the generator (batch 1): " + "  ".join(parts)
-    if "loss_scales" in entry:
-        line += "  |  balance x " + "  ".join(f"{k} {v:.3g}" for k, v in entry["loss_scales"].items())
-    return line
-
-
-def _nan_message(logged: Tensor, losses: list[WeightedLoss], epoch: int, step: int, last: Path, good_epoch: int) -> str:
-    names = ["total"] + [loss.name for loss in losses]
-    bad = [(n, v) for n, v in zip(names, logged.tolist()) if not math.isfinite(v)]
-    term = next((n for n, _ in bad if n != "total"), "total")
-    kind = "nan" if math.isnan(bad[0][1]) else "inf"
-    return (f"training loss became {kind} at epoch {epoch}, step {step} (term {term}); "
-            f"the last good checkpoint is kept at {last} (epoch {good_epoch}); lower [train] lr or set grad_clip")
-
-
-def _plot_if_main(rank: int, history: list[dict], run_dir: Path) -> None:
-    if rank == 0 and history:
-        plot_loss_curve(history, Path(run_dir) / "figures" / "loss_curve.png")
-
-
-def plot_loss_curve(history: list[dict], path: Path) -> None:
-    """Total train/val loss and each term per epoch, as a PNG (matplotlib, no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    total_ax, terms_ax = fig.subplots(1, 2)
-    epochs = [h["epoch"] for h in history]
-    for split, style in (("train", "-"), ("val", "--")):
-        rows = [h[split] for h in history if h.get(split)]
-        if not rows:
-            continue
-        xs = [h["epoch"] for h in history if h.get(split)]
-        total_ax.plot(xs, [r["total"] for r in rows], style, marker="o", label=f"{split} total")
-        for name in [k for k in rows[0] if k != "total"]:
-            terms_ax.plot(xs, [r[name] for r in rows], style, marker=".", label=f"{split} {name}")
-    for ax, title in ((total_ax, "weighted total"), (terms_ax, "loss terms (unweighted)")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        if epochs:
-            ax.legend(fontsize="small")
-        values = [v for line in ax.get_lines() for v in line.get_ydata()]
-        if values and min(values) > 0:
-            ax.set_yscale("log")
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def plot_loss_balance(history: list[dict], losses: list[WeightedLoss], path: Path) -> None:
-    """Per epoch: each weighted train term (weight x value) and its gradient norm at the generator, as a PNG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    value_ax, grad_ax = fig.subplots(1, 2)
-    for loss in losses:
-        rows = [h for h in history if loss.name in (h.get("train") or {})]
-        value_ax.plot([h["epoch"] for h in rows], [loss.weight * h["train"][loss.name] for h in rows], marker=".",
-                      label=f"{loss.weight:g} x {loss.name}")
-        rows = [h for h in history if loss.name in (h.get("grad_norms") or {})]
-        grad_ax.plot([h["epoch"] for h in rows], [h["grad_norms"][loss.name] for h in rows], marker=".",
-                     label=f"{loss.weight:g} x {loss.name}")
-    value_ax.set_title("weighted train loss terms")
-    grad_ax.set_title("gradient norm at the generator (first batch)")
-    for ax in (value_ax, grad_ax):
-        ax.set_xlabel("epoch")
-        values = [v for line in ax.get_lines() for v in line.get_ydata()]
-        if values:
-            ax.legend(fontsize="small")
-        if values and min(values) > 0:
-            ax.set_yscale("log")
-    if not any(h.get("grad_norms") for h in history):
-        grad_ax.text(0.5, 0.5, "not recorded (train.grad_norms = false)", ha="center", va="center", transform=grad_ax.transAxes)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def _stderr_console() -> Any:
-    from avgen._core.console import make_console
-
-    return make_console(stderr=True)

@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from avgen import AvgenError
-    from avgen._core.recipe import load_recipes
+    from avgen._core.recipefiles import load_recipes
     from avgen._core.runner import Run
 
     try:

@@ -45,8 +45,7 @@ PAPER = {  # Greatest Hits (another dataset), POCAN paper (Chen et al. 2018) Tab
 
 def run_dirs(recipe: Path, overrides: list[str], out: Path, seed: int) -> dict[str, Path]:
     """variant name -> run directory, as `avgen run --out OUT` places them."""
-    from avgen._core.recipe import load_recipes
-
+    from avgen._core.recipefiles import load_recipes
     dirs = {}
     for r in load_recipes(recipe, [*overrides, f"run.seed={seed}"]):
         dirs[r.run.name] = out / r.run.group / r.run.name

@@ -81,7 +81,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     import time
 
     from avgen._core.distributed import resolve_device
-    from avgen._core.generate import return_freed_memory
+    from avgen._core.videosound import return_freed_memory
     from avgen._core.model import load_folder, load_run
     from avgen._core.threads import apply_threads, plan_threads
 
@@ -196,9 +196,9 @@ def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, P
 
     from avgen._core.atomic import write_json
     from avgen._core.console import progress_bar
-    from avgen._core.generate import write_video_sound
-    from avgen._core.media import mux_audio, write_wav
-
+    from avgen._core.videosound import write_video_sound
+    from avgen._core.mux import mux_audio
+    from avgen._core.sound import write_wav
     onsets_in, onsets_out, detector = onsets
     rows: list[dict[str, Any]] = []
     with progress_bar(err_console) as progress:

@@ -8,8 +8,7 @@ from avgen._core.cli import cli, console, err_console
 @cli.command("recipes")
 def recipes_cmd() -> None:
     """List the shipped recipes; run one by name with `avgen run NAME`."""
-    from avgen._core.recipe import recipe_summary, recipes_folder, shipped_recipes
-
+    from avgen._core.recipefiles import recipe_summary, recipes_folder, shipped_recipes
     shipped = shipped_recipes()
     width = max(map(len, shipped), default=0)
     for name, path in shipped.items():

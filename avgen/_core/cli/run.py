@@ -46,7 +46,8 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
                  device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
     paths = _expand_recipes(recipes)  # an unknown name stops here, before torch is imported
-    from avgen._core.recipe import load_recipes, resolved_as_run
+    from avgen._core.recipe import resolved_as_run
+    from avgen._core.recipefiles import load_recipes
     from avgen._core.distributed import leave_process_group, resolve_device
     from avgen._core.runner import Run
     from avgen._core.rundir import STAGES
@@ -104,9 +105,8 @@ def _compare(ctx: click.Context, run_dirs: list[Path]) -> None:
 
 
 def _expand_recipes(items: tuple[Path, ...]) -> list[Path]:
-    """The recipe files: folders expanded, names of shipped recipes resolved (``avgen._core.recipe.find_recipe``)."""
-    from avgen._core.recipe import find_recipe
-
+    """The recipe files: folders expanded, names of shipped recipes resolved (``avgen._core.recipefiles.find_recipe``)."""
+    from avgen._core.recipefiles import find_recipe
     paths: list[Path] = []
     for item in map(find_recipe, items):
         if item.is_dir():

@@ -1,0 +1,175 @@
+"""Rebuilding a trained model: from a run directory or an exported folder, its exemplar bank and training split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from avgen._core.errors import AvgenError, shown
+
+if TYPE_CHECKING:
+    from avgen._core.splits import SplitData
+    from avgen._core.recipe import Recipe
+GENERATION_SECTIONS = ("generator", "representation", "eval", "index")  # what `avgen generate --set` may change
+
+
+def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
+                 ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
+    """(recipe, encoder, representation, generator, meta) rebuilt from a run directory alone.
+
+    ``overrides`` (``key.path=value``, as ``avgen run --set``) change generation settings of the
+    run's recipe, e.g. a sampler's steps; a change the trained weights do not fit is an error.
+    """
+    from avgen._core.checkpoint import load_run_checkpoint
+    from avgen._core.components import SavedModel
+
+    run_dir = Path(run_dir)
+    ckpt, state, meta = load_run_checkpoint(run_dir)
+    try:  # the precision the run's features were made in: generate encodes frames the same way where it can
+        environment = json.loads((run_dir / "environment.json").read_text())
+        meta = {**meta, "featurize_precision": environment.get("featurize_precision", "fp32")}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
+
+
+def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: torch.device,
+                overrides: tuple[str, ...] | list[str] = (),
+                ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any]]:
+    """(recipe, encoder, representation, generator, meta) rebuilt from an ``avgen.SavedModel`` (weights and meta),
+    with ``overrides`` applied to its recipe's generation settings."""
+    import copy
+
+    from avgen._core.build import build_encoder, build_generator, build_representation
+    from avgen._core.components import GeneratorShape
+    from avgen._core.recipe import validate_recipe
+    from avgen._core.recipefiles import apply_override
+    meta = saved.meta
+    if not isinstance(meta.get("recipe"), dict) or not isinstance(meta.get("shape"), dict):
+        raise AvgenError(f"{recipe_source}: carries no recipe/shape; it was not written by avgen")
+    raw = copy.deepcopy(meta["recipe"])
+    for item in overrides:
+        if item.split("=", 1)[0].strip().split(".", 1)[0] not in GENERATION_SECTIONS:
+            raise AvgenError(f"--set {shown(item)}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
+                             "e.g. --set generator.steps=4")
+        apply_override(raw, item)
+    recipe = validate_recipe(raw, recipe_source)
+    if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
+        raise AvgenError(f"{recipe_source}: the recipe has no encoder, representation or generator")
+    encoder = build_encoder(recipe, device)
+    representation = build_representation(recipe, device)
+    model = build_generator(recipe, GeneratorShape(**meta["shape"]))
+    try:
+        model.load_state_dict(saved.weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
+    return recipe, encoder, representation, model.to(device).eval(), meta
+
+
+def load_model_folder(path: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
+                      ) -> tuple[Any, Any, Any, torch.nn.Module, dict[str, Any], Any]:
+    """(recipe, encoder, representation, generator, meta, bank or None) from a model folder a plugin reads
+    (the ``open_model`` hook; ``avgen export`` writes such folders)."""
+    from avgen._core.plugins import first_answer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AvgenError(f"--model {path}: not a folder; give the folder `avgen export RUN_DIR OUT_DIR` wrote")
+    if (path / "checkpoints").is_dir():
+        raise AvgenError(f"--model {path}: this is a run directory; use --run {path}, or export it first")
+    saved = first_answer("open_model", path=path)
+    if saved is None:
+        raise AvgenError(f"--model {path}: not a model folder that an installed plugin reads "
+                         "(`avgen export RUN_DIR OUT_DIR` writes them, with config.json and SHA256SUMS)")
+    built = build_saved(saved, path / "config.json", path, device, overrides)
+    return (*built, saved.bank)
+
+
+def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = True, console: Any = None) -> Any:
+    """A run's best model as an ``avgen.SavedModel`` (weights, meta, and with ``exemplars`` its training bank)."""
+    from avgen._core.checkpoint import load_run_checkpoint
+    from avgen._core.components import SavedModel
+
+    run_dir = Path(run_dir)
+    ckpt, state, meta = load_run_checkpoint(run_dir)
+    bank = None
+    if exemplars:  # the encoder and representation of the checkpoint already read (not a second load_trained)
+        recipe, encoder, representation, _, _ = build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device)
+        bank = exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
+    return SavedModel(state, meta, bank)
+
+
+def library_bank(path: Path, representation: Any, representation_spec: dict[str, Any], seconds: float,
+                 console: Any) -> Any:
+    """An ``avgen.ExemplarBank`` of the sound folder ``path`` (clips of ``seconds``), indexed by a plugin
+    (the ``open_library`` hook)."""
+    from avgen._core.plugins import first_answer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise AvgenError(f"--library {path}: not a folder; give a folder of wav/flac/ogg/mp3 files")
+    bank = first_answer("open_library", path=path, representation=representation,
+                        representation_spec=representation_spec, clip_seconds=seconds, console=console)
+    if bank is None:
+        raise AvgenError(f"--library {path}: no installed plugin indexes sound folders (avgen's share plugin does)")
+    return bank
+
+
+def material_class(name: str, meta: dict[str, Any]) -> int:
+    """The class index of ``--material NAME`` among the model's classes."""
+    names = list(meta.get("class_names") or [])
+    if name not in names:
+        listed = ", ".join(names) if names else "none"
+        raise AvgenError(f"--material {shown(name)} is not a class of this model; its classes: {listed}")
+    return names.index(name)
+
+
+def clip_seconds(recipe: Any, meta: dict[str, Any]) -> float:
+    """The length of the clips the model was trained on."""
+    return float(meta.get("clip_seconds") or recipe.data.params.get("clip_seconds", 0.5))
+
+
+def exemplar_bank(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
+                  console: Any = None) -> Any:
+    """The training split as an ``avgen.ExemplarBank``: time-averaged representations [M, D], waves [M, T]
+    and each clip's id and class (from the cache, or the dataset)."""
+    from avgen._core.components import ExemplarBank
+    from avgen._core.retrieval import time_average
+
+    train, names = _featurized_training_split(recipe, run_dir, device, encoder, representation, console)
+    entries = [{"clip": c.id, "class": names[c.label] if c.label >= 0 else None} for c in train.clips]
+    return ExemplarBank(time_average(train.rep), train.wave, entries, source=f"training split of {run_dir}")
+
+
+def training_split(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any, representation: Any,
+                   console: Any = None) -> "SplitData":
+    """The run's training split (from the cache, or the dataset)."""
+    return _featurized_training_split(recipe, run_dir, device, encoder, representation, console)[0]
+
+
+def _featurized_training_split(recipe: "Recipe", run_dir: Path, device: torch.device, encoder: Any,
+                               representation: Any, console: Any = None) -> tuple["SplitData", list[str]]:
+    """(the run's training split, the dataset's class names), from the cache or the dataset.
+
+    The dataset is read where the run found it (its recorded absolute paths); a missing one is an
+    error, never written anew.
+    """
+    from avgen._core.build import build_dataset
+    from avgen._core.cache import FeatureCache
+    from avgen._core.console import make_console
+    from avgen._core.featurize import Featurizer
+    from avgen._core.recipe import path_params
+    recipe = recipe.with_absolute_paths()
+    for name, path in path_params("dataset", recipe.data).items():
+        if not path.exists():
+            raise AvgenError(f"--exemplar needs the training clips of {run_dir}: data.{name} '{path}' is missing; "
+                             "put the dataset back there, or use --raw")
+    featurizer = Featurizer(recipe, build_dataset(recipe), encoder, representation, device,
+                            console if console is not None else make_console(stderr=True), FeatureCache(),
+                            stage_lines=False)  # the run's featurize lines are not generate's
+    train, _ = featurizer.featurize_split("train")
+    return train, featurizer.dataset.class_names
