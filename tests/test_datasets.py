@@ -287,3 +287,29 @@ def test_greatest_hits_counts_rows_left_out_by_the_action_filter_and_missing_vid
     assert f"line 3 of {times}: action 'scratch' is not in data.actions" in skipped
     assert "video 2015-01-03-09-00-00: '2015-01-03-09-00-00_denoised.wav' is missing (data.skip_missing)" in skipped
     assert "2015-01-01-10-00-00_0002" not in {c.id for split in ("train", "val", "test") for c in ds.clips(split)}
+
+
+def test_greatest_hits_quiet_clips_hold_no_annotated_time(ghd_root):
+    """quiet_per_video: clips of an extra class 'silence' whose windows keep 0.1 s from every annotated row (the
+    'None' row too), in the split of their video, as many as the hits leave room for; without it the paper's clips."""
+    plain = avgen.create("dataset", "greatest_hits", root=ghd_root)
+    plain.prepare()
+    data = avgen.create("dataset", "greatest_hits", root=ghd_root, quiet_per_video=2)
+    data.prepare()
+    assert data.class_names == plain.class_names + ["silence"]
+    silence = len(data.class_names) - 1
+    for split in ("train", "val", "test"):
+        hits = [c for c in data.clips(split) if c.label != silence]
+        assert [c.id for c in hits] == [c.id for c in plain.clips(split)]  # the hit clips are unchanged
+        quiet = [c for c in data.clips(split) if c.label == silence]
+        for clip in quiet:
+            times = [float(row.split()[0]) for row in GHD_ROWS[clip.group]]
+            assert 0 <= clip.start and clip.start + clip.duration <= 2.0 + 1e-6, clip
+            assert all(t <= clip.start - 0.1 + 1e-6 or t >= clip.start + clip.duration + 0.1 - 1e-6 for t in times), (clip, times)
+    counts = {vid: sum(c.group == vid for s in ("train", "val", "test") for c in data.clips(s) if c.label == silence)
+              for vid in GHD_ROWS}
+    # hits every 0.5 s leave no room; one hit at 0.3 s (or two 1.3 s apart) leaves room for both
+    assert counts == {"2015-01-01-10-00-00": 0, "2015-01-01-11-00-00": 2, "2015-01-02-09-00-00": 2,
+                      "2015-01-03-09-00-00": 2}, counts
+    with pytest.raises(AvgenError, match="quiet_per_video"):
+        avgen.create("dataset", "greatest_hits", root=ghd_root, quiet_per_video=1, materials=["wood", "silence"])

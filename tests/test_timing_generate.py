@@ -231,3 +231,40 @@ def test_another_plugin_can_make_sound_by_events(run_keeping_a_detector, tmp_pat
     assert y.shape == (22050,) and np.allclose(y, 0.25, atol=1e-4)
     assert json.loads((tmp_path / "r" / f"{video.stem}.avgen.json").read_text())["onsets"] == 0
     assert float(wave.max()) == 0.25 and summary["onsets"] == 0
+
+
+class QuietAware:
+    """A model as detect_onsets sees it: classes with 'silence', and a class head that calls the windows at the
+    given times silence (every other window 'wood')."""
+
+    class_names = ["wood", "metal", "silence"]
+
+    def __init__(self, quiet_times: set[float]) -> None:
+        self.quiet = quiet_times
+
+    def window_outputs(self, video, times, material=None):
+        import torch
+
+        probs = torch.tensor([[0.1, 0.1, 0.8] if t in self.quiet else [0.7, 0.2, 0.1] for t in times])
+        return {"rep": torch.arange(len(times), dtype=torch.float32)[:, None, None].expand(-1, 4, 3), "probs": probs}
+
+    def class_probabilities(self, outputs):
+        return outputs["probs"]
+
+
+def test_a_model_trained_with_quiet_clips_gates_the_detectors_events(monkeypatch):
+    """An event whose window the class head calls 'silence' makes no sound; the rest keep their own outputs.
+    A forced material skips the gate."""
+    import torch
+
+    from avgen_timing import onsets
+
+    events = torch.tensor([[0.5, 0.9], [1.0, 0.8], [1.5, 0.7], [2.0, 0.6]])
+    monkeypatch.setattr(onsets, "detect_events", lambda detector, video, duration: events)
+    found, outputs, gated = onsets.detect_onsets(Path("v.mp4"), None, 3.0, QuietAware({1.0, 2.0}))
+    assert [o.time for o in found] == [0.5, 1.5] and [o.material for o in found] == ["wood", "wood"] and gated == 2
+    assert outputs["rep"][:, 0, 0].tolist() == [0.0, 2.0]  # the kept events' own windows
+    found, outputs, gated = onsets.detect_onsets(Path("v.mp4"), None, 3.0, QuietAware({0.5, 1.0, 1.5, 2.0}))
+    assert found == [] and outputs is None and gated == 4
+    found, _, gated = onsets.detect_onsets(Path("v.mp4"), None, 3.0, QuietAware({1.0}), material=1)
+    assert [o.material for o in found] == ["metal"] * 4 and gated == 0

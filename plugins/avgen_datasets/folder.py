@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from avgen import AvgenError, BuildContext, Clip
 
 from avgen_datasets.base import SPLITS, MediaClips, check_root, fingerprint
+from avgen_datasets.quiet import SILENCE, quiet_centres
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-SILENCE = "silence"  # the class of the quiet clips (appended to class_names when quiet_per_file > 0)
 ONSET_RATE = 22050  # a file's sound is read at this rate for its onsets (the timing plugin's detector's rate)
 
 log = logging.getLogger("avgen.datasets.folder")
@@ -168,42 +168,6 @@ class Folder(MediaClips):
             onsets = np.sort(np.asarray(sound_onsets(wave), dtype=np.float64))
             self._sounds[key] = (onsets[onsets < seconds], seconds)  # none past the picture's end
         return self._sounds[key]
-
-
-def quiet_centres(onsets: np.ndarray, seconds: float, length: float, count: int) -> list[float]:
-    """Up to ``count`` centres of clip-length windows inside ``seconds`` that hold no onset (each onset at least
-    length / 2 from the centre), deterministic: each goes to the quiet stretch of admissible centres where the
-    spacing stays widest (the longest stretch first), evenly inside it; ties go to the earlier stretch."""
-    if count <= 0:
-        return []
-    half = length / 2
-    lo, hi = half, max(half, seconds - half)
-    stretches: list[tuple[float, float]] = []
-    begin = lo
-    for t in sorted(float(t) for t in onsets):  # a centre is admissible outside every (t - half, t + half)
-        if t - half >= begin and begin <= hi:
-            stretches.append((begin, min(t - half, hi)))
-        begin = max(begin, t + half)
-    if begin <= hi:
-        stretches.append((begin, hi))
-    if not stretches:
-        return []
-    placed = [0] * len(stretches)
-
-    def room(i: int) -> tuple[float, float, int]:
-        """The spacing one more centre in stretch i would leave (-1: its single point is taken), its width, -i."""
-        width = stretches[i][1] - stretches[i][0]
-        return (-1.0 if width == 0 and placed[i] else width / (placed[i] + 2), width, -i)
-
-    for _ in range(count):
-        best = max(range(len(stretches)), key=room)
-        if room(best)[0] < 0:
-            break  # every admissible centre is taken
-        placed[best] += 1
-    centres = []
-    for (a, b), n in zip(stretches, placed):
-        centres += [a + (b - a) * (k + 1) / (n + 1) for k in range(n)]
-    return sorted(centres)
 
 
 def make_folder(params: FolderParams, context: BuildContext) -> Folder:

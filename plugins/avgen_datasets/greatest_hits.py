@@ -2,7 +2,8 @@
 
 Per video ``{id}_denoised.mp4``, ``{id}_denoised.wav`` and ``{id}_times.txt`` (rows
 ``time material action reaction``; material ``None`` has no class), plus ``train.txt`` and
-``test.txt`` listing video ids. One clip per annotated hit with a material.
+``test.txt`` listing video ids. One clip per annotated hit with a material; with ``quiet_per_video``
+also clips away from every annotated hit, labelled ``silence`` (for an event-driven model).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import AvgenError, BuildContext, Clip
+from avgen import AvgenError, BuildContext, Clip, probe
 
 from avgen_datasets.base import MediaClips, check_root, fingerprint
 from avgen_datasets.materials import MATERIALS, normalize_material
+from avgen_datasets.quiet import GUARD_SECONDS, SILENCE, quiet_centres
 from avgen_datasets.splits import carve
 
 
@@ -35,6 +38,9 @@ class GreatestHitsParams(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training videos held out for validation (by video)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the validation split")
     skip_missing: bool = Field(False, description="skip listed videos whose files are missing instead of failing")
+    quiet_per_video: int = Field(0, ge=0, le=1000, description="also this many clips per video whose window holds no "
+                                 "annotated hit (any row: centred in the longest stretches between hits), labelled with "
+                                 "an extra class 'silence' (0: the paper's clips only)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,11 @@ class GreatestHits(MediaClips):
         self.params = params
         self.root = check_root(params.root)
         self.class_names = [normalize_material(m) for m in params.materials]
+        if params.quiet_per_video > 0:
+            if SILENCE in self.class_names:
+                raise AvgenError(f"data.materials names '{SILENCE}', the class quiet_per_video adds; drop it or set "
+                                 "quiet_per_video = 0")
+            self.class_names.append(SILENCE)
         self.sample_rate = params.sample_rate
         self.clip_seconds = params.clip_seconds
 
@@ -134,7 +145,8 @@ class GreatestHits(MediaClips):
                     continue
                 raise AvgenError(f"Greatest Hits video '{vid}' is listed but '{missing[0]}' is missing; add it or set data.skip_missing = true")
             source_id = fingerprint(video, audio, times)
-            for hit in read_times(times):
+            hits = read_times(times)
+            for hit in hits:
                 label = index.get(normalize_material(hit.material))
                 if label is None:
                     self._skipped_rows[split].append(
@@ -153,7 +165,20 @@ class GreatestHits(MediaClips):
                     start=max(0.0, hit.time + self.params.offset), duration=self.params.clip_seconds,
                     group=vid, fingerprint=source_id,
                 ))
+            clips += self._quiet_clips(vid, video, audio, hits, source_id)
         return clips
+
+    def _quiet_clips(self, vid: str, video: Path, audio: Path, hits: list[Hit], source_id: str) -> list[Clip]:
+        """Up to ``quiet_per_video`` clips of class ``silence`` whose windows keep ``GUARD_SECONDS`` from every annotated
+        time of any row (fewer where the hits leave no such room)."""
+        count, length = self.params.quiet_per_video, self.params.clip_seconds
+        if count == 0:
+            return []
+        times = np.array([h.time for h in hits if math.isfinite(h.time)], dtype=np.float64)
+        seconds = float(probe(video).duration)
+        return [Clip(id=f"{vid}_q{k:03d}", label=len(self.class_names) - 1, video=video, audio=audio,
+                     start=round(centre - length / 2, 6), duration=length, group=vid, fingerprint=source_id)
+                for k, centre in enumerate(quiet_centres(times, seconds, length + 2 * GUARD_SECONDS, count))]
 
 
 def make_greatest_hits(params: GreatestHitsParams, context: BuildContext) -> GreatestHits:

@@ -71,6 +71,8 @@ class SyntheticHitsParams(SynthesisParams):
     offset: float = Field(-0.1, ge=-600, le=600, description="clip start relative to the hit time in seconds")
     sample_rate: int = Field(22050, ge=1000, le=384_000, description="sample rate of the waveforms load_audio returns")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of training videos held out for validation")
+    quiet_per_video: int = Field(0, ge=0, le=1000, description="also this many clips per video away from every hit, "
+                                 "labelled with an extra class 'silence' (as greatest_hits)")
 
 
 def plan_segments(settings: SynthesisParams, materials: list[str], rng: np.random.Generator) -> list[Segment]:
@@ -257,7 +259,7 @@ class SyntheticHits(GreatestHits):
         super().__init__(GreatestHitsParams(
             root=params.root, clip_seconds=params.clip_seconds, offset=params.offset,
             sample_rate=params.sample_rate, materials=list(MATERIALS[: params.classes]),
-            val_fraction=params.val_fraction, seed=params.seed,
+            val_fraction=params.val_fraction, seed=params.seed, quiet_per_video=params.quiet_per_video,
         ))
 
     def settings(self) -> SynthesisParams:
