@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
+
 from _timing import record  # benchmarks/_timing.py
 from _video import make_contact_footage, make_footage
 from bench_generate import train_small_run
@@ -62,6 +64,18 @@ def matched(found: list[float], truth: list[float], within: float) -> int:
     return sum(any(abs(f - t) <= within for f in found) for t in truth)
 
 
+def convert_floor(video: Path, size: int, interpolation: str) -> float:
+    """Seconds to decode every frame in one pass (one container, FFmpeg's frame threads) and scale each to ``size``
+    RGB with ``interpolation`` (read_frames uses "BILINEAR"), keeping none: one pass of the detector's reading."""
+    started = time.perf_counter()
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.reformat(width=size, height=size, format="rgb24", interpolation=interpolation).to_ndarray()
+    return time.perf_counter() - started
+
+
 def profile_in_child(video: Path, run_dir: Path, detector_name: str | None, duration: float, env: dict[str, str]) -> None:
     """``profile_events`` in a fresh process with the threads `avgen generate` uses (all cores, OpenMP threads that
     sleep while they wait: OMP_WAIT_POLICY=PASSIVE before torch loads), so its stages run as in the command."""
@@ -76,8 +90,8 @@ def profile_in_child(video: Path, run_dir: Path, detector_name: str | None, dura
 def profile_events(video: Path, run_dir: Path, detector_name: str | None, duration: float) -> None:
     """Time the stages of generating by events in this process, through avgen's public API: loading the run,
     reading the frames the detector needs (in 20 s chunks with 1 s margins as plugins/avgen_timing/chunks.py reads
-    them, and in one pass),
-    the detector, the contacts' windows (frames, encoder, generator) and their decode."""
+    them; and decoding and scaling them in one pass, with read_frames' scaler and a faster one), the detector, the
+    contacts' windows (frames, encoder, generator) and their decode."""
     import torch
 
     import avgen
@@ -103,11 +117,9 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
         times = events[:, 0] + lo
         found += [t for t in times.tolist() if start <= t < start + chunk]
         start += chunk
-    began = time.perf_counter()
-    frames_once = avgen.read_frames(video, detector.fps, detector.input_size, start=0.0, duration=duration)
-    t_once = time.perf_counter() - began
-    count = frames_once.shape[0]
-    del frames_once
+    count = round(duration * detector.fps)
+    t_once = convert_floor(video, detector.input_size, "BILINEAR")
+    t_fast = convert_floor(video, detector.input_size, "FAST_BILINEAR")
     began = time.perf_counter()
     outputs = model.window_outputs(video, found) if found else None
     t_windows = time.perf_counter() - began
@@ -119,10 +131,11 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
     print(f"  profile ({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}), "
           f"{duration:.0f} s of video, {len(found)} detections: "
           f"load the run {loaded:.2f} s; read {count} frames at {detector.fps:g} fps, {detector.input_size} px: "
-          f"{t_read:.1f} s in 20 s chunks, {t_once:.1f} s in one pass (decoding every frame alone {floor:.1f} s); "
+          f"{t_read:.1f} s in 20 s chunks; one pass decoding and scaling every frame {t_once:.1f} s ({t_fast:.1f} s with "
+          f"FFmpeg's fast bilinear scaler), decoding alone {floor:.1f} s; "
           f"detector {t_detect:.1f} s ({t_detect / count * 1e3:.2f} ms/frame); windows (frames, encoder, generator) "
           f"{t_windows:.2f} s; decode {t_decode:.2f} s")
-    record("longvideo_events_profile", read_chunked_s=t_read, read_once_s=t_once, detector_s=t_detect,
+    record("longvideo_events_profile", read_chunked_s=t_read, read_once_s=t_once, read_once_fast_s=t_fast, detector_s=t_detect,
            windows_s=t_windows, decode_s=t_decode, load_s=loaded, floor_s=floor)
 
 
