@@ -13,7 +13,7 @@ from typing import Any  # noqa: E402
 from avgen._core.card import KINDS, Card  # noqa: E402
 from avgen._core.errors import AvgenError, RunLockedError, UnknownComponentError  # noqa: E402
 from avgen._core.hookspecs import hookimpl  # noqa: E402
-from avgen._core.plugins import component_source, create, get_component, list_components  # noqa: E402
+from avgen._core.plugins import broken_plugins, component_source, create, get_component, list_components  # noqa: E402
 from avgen._core.registry import Component, format_validation_error  # noqa: E402
 
 # public name -> the private module that defines it, imported on first access
@@ -46,7 +46,7 @@ _LAZY = {
 }
 
 __all__ = ["KINDS", "AvgenError", "Card", "Component", "RunLockedError", "UnknownComponentError", "__version__",
-           "component_source", "create",
+           "broken_plugins", "component_source", "create",
            "format_validation_error", "get_component", "hookimpl", "list_components"]
 __all__ += sorted(_LAZY)
 

@@ -16,6 +16,7 @@ from avgen._core.plugins import get_component
 from avgen._core.registry import Component
 
 BATCH = 2  # clips in the batch of the rehearsal (``rehearse``)
+BANK_ROWS = 64  # rows of the random bank the rehearsal indexes (enough for an approximate index to train on)
 
 
 def build_dataset(recipe: Recipe) -> Any:
@@ -80,9 +81,10 @@ def build_generator(recipe: Recipe, shape: GeneratorShape, seed: int | None = No
 def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Callable[[], tuple[Any, tuple[int, int]]],
              device: torch.device) -> None:
     """Preflight, before any data is read: the losses' and metrics' ``needs`` matched against the generator's
-    ``provides``, then one training step on 2 random clips of the run's sizes (``encoder_of()``: the encoder, and the
-    samples and frames per clip): the generator's prepare, training_outputs, the losses, backward, forward in eval
-    mode. A mistake is one AvgenError naming the plugin and the component (for a shape, the expected one too).
+    ``provides``; the recipe's index built on a random bank and searched once (``rehearse_index``); then one training
+    step on 2 random clips of the run's sizes (``encoder_of()``: the encoder, and the samples and frames per clip):
+    the generator's prepare, training_outputs, the losses, backward, forward in eval mode. A mistake is one
+    AvgenError naming the plugin and the component (for a shape, the expected one too).
     The global random state is kept; what plugin code prints or warns of the random batch is not shown."""
     if representation is not None:
         raw_phase(recipe, representation)
@@ -92,6 +94,8 @@ def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Call
             _paired(recipe, component, component.build(params).needs, None, frozenset())
         return
     from avgen._core.train import WeightedLoss, check_objective
+    with _quiet(device):
+        rehearse_index(recipe, int(representation.dim))
     try:
         encoder, (samples, frames) = encoder_of()
     except AvgenError:  # e.g. weights not downloaded: featurize says so, after prepare has said what data is missing
@@ -100,10 +104,7 @@ def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Call
     losses = [(get_component("loss", spec.name), WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device)))
               for spec in recipe.loss]
     _, needs_wave = check_objective([loss for _, loss in losses], recipe.train, representation)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")  # e.g. can_lstm's base samples of classes the random batch lacks
-        torch.manual_seed(0)
+    with _quiet(device):  # e.g. can_lstm's base samples of classes the random batch lacks
         wave = 0.1 * torch.randn(BATCH, samples)
         with _blame(rep_c), torch.no_grad():
             rep = representation.encode(wave.to(device)).float().cpu()
@@ -135,6 +136,33 @@ def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Call
                 probs = model.class_probabilities(_outputs(gen, model.eval()(batch["features"]), {"rep"}, shape, "forward"))
         if probs is not None and _shape(probs) != f"[{BATCH}, {classes}]":
             raise AvgenError(f"{_who(gen)}: class_probabilities gave {_shape(probs)}; expected [B, C] = [{BATCH}, {classes}]")
+
+
+def rehearse_index(recipe: Recipe, dim: int) -> None:
+    """The recipe's index (its ``[index]``; without one ``exact``) built on ``BANK_ROWS`` random rows [M, dim] and
+    searched once, as the generate stage searches the training clips, for ``BATCH`` queries: the last and the first
+    bank row (so that indices off by one leave the range). Its answer is checked
+    (``avgen._core.retrieval.checked_search``: two tensors, float scores and integer indices [N, k'], k' <= k, in
+    [-1, M)); a mistake is one AvgenError naming the plugin and the index."""
+    from avgen._core.retrieval import build_index, checked_search, index_component
+
+    component = index_component(recipe.index)
+    bank = torch.randn(BANK_ROWS, dim)
+    queries = bank[[BANK_ROWS - 1, 0][:BATCH]].clone()
+    k = min(recipe.eval.top_k, BANK_ROWS)
+    with _blame(component, f"a bank of {BANK_ROWS} random rows"):
+        result = build_index(recipe.index, bank).search(queries, k)
+    checked_search(result, BATCH, k, _who(component), rows=BANK_ROWS)
+
+
+@contextlib.contextmanager
+def _quiet(device: torch.device) -> Iterator[None]:
+    """Plugin code on random data: seeded, the global random state kept, its prints and warnings not shown."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        yield
 
 
 def _paired(recipe: Recipe, component: Component, needs: frozenset[str], gen: Component | None,
@@ -180,12 +208,12 @@ def _who(component: Component) -> str:
 
 
 @contextlib.contextmanager
-def _blame(component: Component) -> Iterator[None]:
+def _blame(component: Component, data: str = f"a batch of {BATCH} random clips") -> Iterator[None]:
     """Plugin code in the rehearsal: an exception other than an AvgenError becomes one naming the plugin and component."""
     try:
         yield
     except AvgenError:
         raise
     except Exception as exc:
-        raise AvgenError(f"{_who(component)} failed on a batch of {BATCH} random clips before the run: "
+        raise AvgenError(f"{_who(component)} failed on {data} before the run: "
                          + " ".join(f"{type(exc).__name__}: {exc}".split())) from exc

@@ -18,6 +18,8 @@ import importlib.util
 import json
 import os
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from avgen import __version__
 from avgen._core.plugins import ENTRY_POINT_GROUP, PluginInfo
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: a Literal param's type lists its values ('fp32' | 'bf16')
 INDEX_FILE = "component-index.json"
 
 
@@ -81,10 +83,19 @@ class ComponentIndex:
 
 def field_row(name: str, field: Any) -> tuple[str, str, str, str]:
     """(field, type, default, description) of one pydantic field, as `avgen show` prints it."""
-    annotation = field.annotation
-    type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    type_name = type_text(field.annotation)
     default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
     return name, type_name, default, field.description or ""
+
+
+def type_text(annotation: Any) -> str:
+    """A param's type as `avgen show` prints it: ``int``, ``int | None``; a Literal as its values, ``'fp32' | 'bf16'``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(value) for value in args)
+    if origin in (typing.Union, types.UnionType):  # Optional[int] too (whose __name__ is 'Optional')
+        return " | ".join("None" if a is type(None) else type_text(a) for a in args)
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def component_index() -> ComponentIndex:

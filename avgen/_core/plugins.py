@@ -8,6 +8,7 @@ and ``create`` (exported as ``avgen.get_component`` ...) answer from.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
 import threading
@@ -18,7 +19,7 @@ import pluggy
 
 from avgen._core import hookspecs
 from avgen._core.errors import UnknownComponentError
-from avgen._core.registry import KINDS, Component, Registry
+from avgen._core.registry import KINDS, Component, Registry, close_names, unknown_message
 
 ENTRY_POINT_GROUP = "avgen"
 
@@ -50,6 +51,11 @@ class PluginInfo:
     def broken(self) -> bool:
         return self.error is not None
 
+    @property
+    def failure(self) -> str:
+        """The one line that says so: "plugin 'gru' (avgen-gru 0.1.0) failed to load: ModuleNotFoundError: ..."."""
+        return f"plugin '{self.name}' ({self.distribution} {self.version}) failed to load: {self.error}"
+
 
 class Plugins:
     """The pluggy manager, the registry it filled, and what happened to each plugin."""
@@ -74,6 +80,7 @@ class Plugins:
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
+                self._check_hooks(module, ep.name)
                 self.pm.check_pending()
             except Exception as exc:  # a broken plugin must not take the others down
                 if self.pm.has_plugin(ep.name):
@@ -81,6 +88,17 @@ class Plugins:
                 self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version, _one_line(exc))
                 continue
             self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
+
+    def _check_hooks(self, module: Any, name: str) -> None:
+        """Every hook the plugin implements is one of avgen's; else a PluginValidationError naming the closest one
+        (pluggy's own names the module by its repr)."""
+        known = sorted(caller.name for caller in vars(self.pm.hook).values() if caller.has_spec())
+        for caller in self.pm.get_hookcallers(module) or []:
+            if caller.has_spec() or all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin_name == name):
+                continue
+            close = difflib.get_close_matches(caller.name, known, n=1, cutoff=0.8)
+            hint = f"did you mean '{close[0]}'?" if close else f"avgen's hooks are {', '.join(known)}"
+            raise pluggy.PluginValidationError(module, f"unknown hook '{caller.name}'; {hint}")
 
     def collect_components(self) -> None:
         """Call every register_* hook, attributing each component to its plugin."""
@@ -139,17 +157,24 @@ def get_registry() -> Registry:
 
 def get_component(kind: str, name: str) -> Component:
     """The registered component of this kind and name; when there is none and a plugin failed to load, the error
-    names that plugin and why (the component may be one it would have registered)."""
+    names that plugin and why first (the component may be one it would have registered), then the close names."""
     plugins = get_plugins()
     try:
         return plugins.registry.get(kind, name)
-    except UnknownComponentError as exc:
-        broken = [info for info in plugins.info.values() if info.broken]
-        if not broken or kind not in KINDS:
+    except UnknownComponentError:
+        failures = [info.failure for info in plugins.info.values() if info.broken]
+        if not failures or kind not in KINDS:
             raise
-        failed = "; ".join(f"plugin '{info.name}' ({info.distribution} {info.version}) failed to load: {info.error}"
-                           for info in broken)
-        raise UnknownComponentError(f"{exc}; {failed}") from None
+        close = close_names(name, [c.name for c in plugins.registry.all(kind)], strict=True)
+        raise UnknownComponentError(unknown_message(f"unknown {kind} '{name}'", close, f"avgen list {kind}",
+                                                    failures)) from None
+
+
+def broken_plugins() -> list[PluginInfo]:
+    """The plugins that failed to load (import, hooks or a register_* hook), each with ``name`` (the entry point),
+    ``module``, ``distribution``, ``version``, ``error`` and ``failure``, the one line saying so:
+    "plugin 'gru' (avgen-gru 0.1.0) failed to load: ModuleNotFoundError: ..."."""
+    return [info for info in get_plugins().info.values() if info.broken]
 
 
 def component_source(kind: str, name: str) -> dict[str, str]:

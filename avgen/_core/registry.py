@@ -11,7 +11,7 @@ import fnmatch
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -126,11 +126,9 @@ class Registry:
         try:
             return self._components[kind][name]
         except KeyError:
-            names = sorted(self._components[kind])
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownComponentError(
-                f"unknown {kind} '{name}'{hint} (see `avgen list {kind}`)"
+                unknown_message(f"unknown {kind} '{name}'", close_names(name, self._components[kind]),
+                                f"avgen list {kind}")
             ) from None
 
     def find(self, name: str) -> list[Component]:
@@ -146,6 +144,24 @@ class Registry:
                 if pattern is None or fnmatch.fnmatch(name, pattern):
                     out.append(self._components[k][name])
         return out
+
+
+def close_names(name: str, names: Any, strict: bool = False) -> list[str]:
+    """Up to 3 of ``names`` that ``name`` may be a misspelling of, closest first; ``strict``: only near ones (when a
+    plugin failed to load, the likelier cause, a loose guess such as 'onset' for 'cosine_topk' only misleads)."""
+    return difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.75 if strict else 0.5)
+
+
+def unknown_message(head: str, close: Sequence[str], see: str, failures: Sequence[str] = ()) -> str:
+    """One line for a name nothing registered: ``head`` ("unknown generator 'gru'"), the close names and the command
+    that lists them. A plugin that failed to load (``failures``: ``PluginInfo.failure`` lines) is the likely cause,
+    so it comes first: 'plugin ... failed to load: ...; unknown generator 'gru' (that plugin may have registered
+    it; did you mean ...? see `avgen list generator`)'."""
+    guess = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    if not failures:
+        return f"{head}; {guess}(see `{see}`)" if guess else f"{head} (see `{see}`)"
+    which = "that plugin" if len(failures) == 1 else "one of those plugins"
+    return f"{'; '.join(failures)}; {head} ({which} may have registered it; {guess}see `{see}`)"
 
 
 def _natural_key(text: str) -> list[Any]:

@@ -51,19 +51,60 @@ def time_average(reps: torch.Tensor, rows_per_block: int | None = None) -> torch
     return out
 
 
+def index_component(spec: Any) -> Any:
+    """The registered index component a recipe's ``[index]`` section names (``spec``; None: ``exact``)."""
+    from avgen._core.plugins import get_component
+
+    return get_component("index", DEFAULT_INDEX if spec is None else spec.name)
+
+
 def build_index(spec: Any, bank: torch.Tensor) -> Any:
     """The index component a recipe's ``[index]`` section names (``spec``, a ``ComponentSpec``; None: ``exact``),
     built over the bank rows [M, D]: an ``avgen.Index`` whose ``search(query, k)`` gives the nearest rows."""
-    from avgen._core.plugins import get_component
+    from avgen._core.components import check_contract
 
-    name, params = (DEFAULT_INDEX, None) if spec is None else (spec.name, spec.params)
-    return get_component("index", name).build(params).build(bank)
+    component = index_component(spec)
+    built = component.build(None if spec is None else spec.params).build(bank)
+    if built is None:
+        raise AvgenError(f"plugin '{component.plugin}': index '{component.name}': build(bank) returned None; "
+                         "expected the index itself (end build with `return self`)")
+    return check_contract("index", built, component.name, component.plugin)
+
+
+def checked_search(result: Any, queries: int, k: int, who: str, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an index's ``search`` of ``queries`` rows for ``k`` gave, checked against ``avgen.Index.search``: two
+    tensors, scores float [N, k'] and indices integer [N, k'] with 1 <= k' <= k, in [-1, ``rows``) when the bank's
+    size is known. Else one AvgenError starting with ``who`` (the plugin and the component)."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2 or not all(isinstance(t, torch.Tensor) for t in result):
+        got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise AvgenError(f"{who}: search returned {got}; expected a tuple (scores, indices) of two tensors [N, k]")
+    scores, indices = result
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        swapped = " (search returns (scores, indices), in that order)" if scores.dtype not in (torch.bool,) and \
+            not scores.is_floating_point() and not scores.is_complex() else ""
+        raise AvgenError(f"{who}: search gave indices {_described(indices)}; expected integer indices [N, k] into the "
+                         f"bank{swapped}")
+    if not scores.is_floating_point():
+        raise AvgenError(f"{who}: search gave scores {_described(scores)}; expected float scores [N, k] (the cosines)")
+    if indices.dim() != 2 or indices.shape[0] != queries or not 1 <= indices.shape[1] <= k or scores.shape != indices.shape:
+        raise AvgenError(f"{who}: search gave scores {_described(scores)} and indices {_described(indices)} for "
+                         f"{queries} queries and k = {k}; expected both [N, k'] = [{queries}, k'] with 1 <= k' <= {k}")
+    if rows is not None and indices.numel() and not (-1 <= int(indices.min()) and int(indices.max()) < rows):
+        raise AvgenError(f"{who}: search gave indices from {int(indices.min())} to {int(indices.max())} for a bank of "
+                         f"{rows} rows; expected indices in [-1, {rows}) (-1: an empty slot)")
+    return scores, indices
+
+
+def _described(tensor: torch.Tensor) -> str:
+    """'float32 [2, 1]': a tensor's dtype and shape, for an error."""
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
 
 
 def search(index: Any, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``index.search(query, k)``, refused in one line when a query got no bank row at all (an approximate index
-    may leave slots empty, index -1; the first one holds the exemplar)."""
-    scores, indices = index.search(query, k)
+    """``index.search(query, k)``, checked (``checked_search``), and refused in one line when a query got no bank row
+    at all (an approximate index may leave slots empty, index -1; the first one holds the exemplar)."""
+    scores, indices = checked_search(index.search(query, k), query.shape[0], k,
+                                     f"the retrieval index ({type(index).__name__})")
     empty = int((indices[:, :1] < 0).sum())
     if empty:
         raise AvgenError(f"the retrieval index ({type(index).__name__}) found no bank row for {empty} of "

@@ -228,8 +228,8 @@ class Run:
         return sample_rate(self.dataset, self.representation)
 
     def preflight(self) -> None:
-        """Build every component and rehearse one training step (``avgen._core.build.rehearse``), so that plugin mistakes
-        come before the run directory exists and any data is read."""
+        """Build every component, rehearse one training step and one index search (``avgen._core.build.rehearse``),
+        so that plugin mistakes come before the run directory exists and any data is read."""
         rehearse(self.recipe, self.dataset, self.representation, lambda: (self.encoder, self.featurizer.sizes()),
                  self.device)
 

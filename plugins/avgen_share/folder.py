@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,9 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_installed(folder: Path, components: Any) -> None:
-    """Every component the folder's config.json records is registered here; else one line naming the
-    ``pip install`` that brings it (folders exported before components were recorded are not checked)."""
+    """Every component the folder's config.json records is registered here; else one line: why its plugin failed
+    to load when that plugin (or another of its distribution) is installed but broken, otherwise the ``pip install``
+    that brings it (folders exported before components were recorded are not checked)."""
     if not isinstance(components, dict):
         return
     for section, source in components.items():
@@ -158,7 +160,19 @@ def check_installed(folder: Path, components: Any) -> None:
             avgen.get_component(section, source["name"])
         except avgen.UnknownComponentError:
             dist, version = source.get("distribution", "?"), source.get("version", "?")
+            broken = [p for p in avgen.broken_plugins()
+                      if p.name == source.get("plugin") or _project(p.distribution) == _project(dist)]
+            if broken:
+                raise avgen.AvgenError(
+                    f"--model {folder}: {'; '.join(p.failure for p in broken)} (its {section} '{source['name']}' "
+                    f"comes from the plugin '{source.get('plugin', '?')}' of {dist} {version})"
+                ) from None
             raise avgen.AvgenError(
                 f"--model {folder}: its {section} '{source['name']}' comes from the plugin '{source.get('plugin', '?')}' "
                 f"of the distribution {dist} {version}, which is not installed here: pip install '{dist}=={version}'"
             ) from None
+
+
+def _project(name: Any) -> str:
+    """A distribution name as pip compares them: 'Avgen_GRU' and 'avgen-gru' are one project."""
+    return re.sub(r"[-_.]+", "-", str(name)).lower()

@@ -22,13 +22,12 @@ def _kind(text: str) -> str | None:
     return None
 
 
-@cli.command("list")
+@cli.command("list", help=f"List registered components: KIND ({', '.join(KINDS)}) and a glob PATTERN such as "
+                           "'*resnet*'.")
 @click.argument("kind", required=False)
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
-    """List registered components: KIND (encoder, representation, generator, loss,
-    dataset, metric) and a glob PATTERN such as '*resnet*'."""
     from avgen._core.index import component_index
 
     if kind is not None and _kind(kind) is None:
@@ -75,14 +74,11 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
 
         found = [ComponentInfo.from_component(get_component(kind, name))]  # the registry's error: close names
     if not found:
-        names = sorted({c.name for c in index.components})
-        import difflib
+        from avgen._core.registry import close_names, unknown_message
 
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        failed = "".join(f"; plugin '{p.name}' ({p.distribution} {p.version}) failed to load: {p.error}"
-                         for p in index.broken)
-        raise AvgenError(f"no component named '{name}'{hint} (see `avgen list`){failed}")
+        close = close_names(name, {c.name for c in index.components}, strict=bool(index.broken))
+        raise AvgenError(unknown_message(f"no component named '{name}'", close, "avgen list",
+                                         [p.failure for p in index.broken]))
     for c in found:
         fields = c.params
         if as_json:
