@@ -23,7 +23,6 @@ from avgen import AvgenError, probe, write_json
 
 from avgen_timing.chunks import detect_events
 
-QUIET_CLASS = "silence"  # the class datasets give windows without a contact (folder quiet_per_file, greatest_hits quiet_per_video)
 FORMAT = "avgen-onsets"
 VERSION = 1
 FALLBACK_DETECTOR = "region_contacts"  # for a model that keeps no detector: it needs no training (docs/timing.md)
@@ -179,13 +178,10 @@ def summary_line(onsets: list[Onset]) -> str:
 
 
 def detect_onsets(video: Path, detector: Any, duration: float, model: Any, material: int | None = None,
-                  ) -> tuple[list[Onset], dict[str, torch.Tensor] | None, int]:
+                  ) -> tuple[list[Onset], dict[str, torch.Tensor] | None]:
     """The detector's events over the video, each with the material the model (``avgen.SoundModel``) gives the
-    window centred on it (``material``: that class index for every event), the generator's outputs for
-    those windows (None without events), and how many events the model's class head gated out.
-
-    A model trained with quiet clips (class ``silence``: windows without a contact) is the gate in front of the
-    detector: an event whose window it calls silence makes no sound. ``material`` (a forced class) skips the gate."""
+    window centred on it (``material``: that class index for every event), and the generator's outputs for
+    those windows (None without events)."""
     events = detect_events(detector, video, duration)
     outputs = probabilities = None
     if events.shape[0]:
@@ -194,12 +190,8 @@ def detect_onsets(video: Path, detector: Any, duration: float, model: Any, mater
     onsets = label_events(events, probabilities, model.class_names)
     if material is not None:
         name = model.class_names[material]
-        return [o.model_copy(update={"material": name}) for o in onsets], outputs, 0
-    kept = [k for k, o in enumerate(onsets) if o.material != QUIET_CLASS]
-    if outputs is not None and len(kept) < len(onsets):
-        index = torch.tensor(kept, dtype=torch.long)
-        outputs = {key: value.index_select(0, index) for key, value in outputs.items()} if kept else None
-    return [onsets[k] for k in kept], outputs, len(onsets) - len(kept)
+        onsets = [o.model_copy(update={"material": name}) for o in onsets]
+    return onsets, outputs
 
 
 def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: Any, bank: Any = None,
@@ -254,10 +246,10 @@ def sound_of_events(model: Any, video: Path, detector: Any, detector_name: str |
         _say(console, f"{onsets}: {summary_line(placed)}")
         wave = sound_at_onsets(video, placed, duration, model, bank=bank, material=material)
         return wave, {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "onsets": len(placed)}
-    found, outputs, gated = detect_onsets(video, detector, duration, model, material=material)
+    found, outputs = detect_onsets(video, detector, duration, model, material=material)
     wave = sound_at_onsets(video, found, duration, model, bank=bank, material=material, outputs=outputs)
     summary = {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "mode": "events",
-               "onsets": len(found), "gated": gated, "contacts": [o.model_dump() for o in found]}
+               "onsets": len(found), "contacts": [o.model_dump() for o in found]}
     if detector_name is not None:
         summary["detector"] = detector_name
     if onsets_out is not None:
