@@ -149,3 +149,20 @@ def test_no_core_module_is_over_400_lines():
              for p in AVGEN.rglob("*.py")}
     assert len(sizes) > 30
     assert not {name: n for name, n in sizes.items() if n > 400}, sizes
+
+
+def test_no_plugin_imports_another_plugins_package():
+    """A plugin reaches another plugin's components through the registry (``avgen.create``), never by importing it:
+    each one can be left out or replaced."""
+    packages = {p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").is_file()}
+    assert {"avgen_eval", "avgen_timing", "avgen_datasets"} <= packages
+    bad = {}
+    for package in sorted(packages):
+        for path in sorted((ROOT / "plugins" / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                others = {n.split(".")[0] for n in names} & (packages - {package})
+                if others:
+                    bad.setdefault(str(path.relative_to(ROOT)), []).append(f"line {node.lineno}: {sorted(others)}")
+    assert not bad, bad

@@ -132,11 +132,17 @@ def test_splits_are_by_file(footage):
 
 
 def test_onsets_are_detected_once_per_dataset(footage, monkeypatch):
-    import avgen_timing.footage as timing
+    import avgen_datasets.folder as folder
 
     calls = []
-    detect = timing.sound_onsets
-    monkeypatch.setattr(timing, "sound_onsets", lambda wave: calls.append(1) or detect(wave))
+    metric = folder._onset_metric()
+
+    class Counting:
+        def onset_times(self, wave, rate):
+            calls.append(1)
+            return metric.onset_times(wave, rate)
+
+    monkeypatch.setattr(folder, "_onset_metric", Counting)
     ds = onsets_dataset(footage, quiet_per_file=1)
     for _ in range(2):
         all_clips(ds)

@@ -5,13 +5,14 @@ Files of each class are split into train/val/test by seeded fractions; every cli
 stays in that file's split.
 
 With ``cut = "onsets"`` each file yields one clip of ``clip_seconds`` centred on each onset of
-its own sound (found by the timing plugin's soundtrack detector, ``avgen_timing.footage.sound_onsets``),
+its own sound (found by the eval plugin's onset detector with short frames, as the timing plugin finds them),
 and with ``quiet_per_file`` also clips where nothing sounds, labelled with an extra class
 ``silence``: footage without annotations trains the event-driven model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from avgen import AvgenError, BuildContext, Clip
+from avgen import AvgenError, BuildContext, Clip, create
 
 from avgen_datasets.base import SPLITS, MediaClips, check_root, fingerprint
 from avgen_datasets.quiet import SILENCE, quiet_centres
@@ -154,7 +155,6 @@ class Folder(MediaClips):
         key = (str(video), str(audio), stamp)
         if key not in self._sounds:
             from avgen import probe, read_audio
-            from avgen_timing.footage import sound_onsets
 
             info = probe(video)
             if audio == video and not info.has_audio:
@@ -165,9 +165,16 @@ class Folder(MediaClips):
             seconds = wave.size / ONSET_RATE
             if info.has_video and info.duration > 0:
                 seconds = min(seconds, info.duration)
-            onsets = np.sort(np.asarray(sound_onsets(wave), dtype=np.float64))
+            onsets = np.sort(_onset_metric().onset_times(wave, ONSET_RATE))
             self._sounds[key] = (onsets[onsets < seconds], seconds)  # none past the picture's end
         return self._sounds[key]
+
+
+@functools.cache
+def _onset_metric():
+    """The eval plugin's onset metric with short frames (512/128 at 22 050 Hz, as the timing plugin labels footage),
+    found through the registry."""
+    return create("metric", "onset", window=512 / ONSET_RATE, hop=128 / ONSET_RATE, n_mels=64)
 
 
 def make_folder(params: FolderParams, context: BuildContext) -> Folder:

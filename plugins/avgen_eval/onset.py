@@ -244,6 +244,14 @@ class OnsetMetric(Metric):
     def __init__(self, params: OnsetParams) -> None:
         self.params = params
 
+    def onset_times(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Seconds of the onsets of one mono wave (float64; empty for silence): what other plugins call to find the
+        onsets of a sound (``avgen.create("metric", "onset", ...).onset_times(wave, rate)``)."""
+        if wave.size == 0 or not np.any(wave):
+            return np.zeros(0)
+        waves = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+        return detect_onsets(waves, sample_rate, self.params)[0].astype(np.float64) / sample_rate
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         real_onsets = detect_onsets(ctx.real_waves, ctx.sample_rate, self.params)
         out = {"onsets_per_clip_real": round(float(np.mean([len(o) for o in real_onsets])), 6) if real_onsets else 0.0}

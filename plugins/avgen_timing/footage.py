@@ -12,12 +12,13 @@ frame. So no annotation is needed.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from avgen import AvgenError, probe, read_audio
+from avgen import AvgenError, create, probe, read_audio
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 RATE = 22050  # the soundtrack is read at this rate for its onsets
@@ -90,14 +91,13 @@ def soundtrack_onsets(video: Path) -> np.ndarray:
 
 def sound_onsets(wave: np.ndarray) -> np.ndarray:
     """Seconds of the onsets of a mono wave at RATE (the onset metric's detector, short frames: see above)."""
-    import torch
-    from avgen_eval.onset import OnsetParams, detect_onsets
+    return _onset_metric().onset_times(wave, RATE)
 
-    if wave.size == 0 or not np.any(wave):
-        return np.zeros(0)
-    params = OnsetParams(window=512 / RATE, hop=128 / RATE, n_mels=64)
-    samples = detect_onsets(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None], RATE, params)[0]
-    return samples.astype(np.float64) / RATE
+
+@functools.cache
+def _onset_metric():
+    """The eval plugin's onset metric with the short frames, found through the registry."""
+    return create("metric", "onset", window=512 / RATE, hop=128 / RATE, n_mels=64)
 
 
 def contact_times(video: Path, labels: str = "auto") -> tuple[np.ndarray, str]:
