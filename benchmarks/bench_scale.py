@@ -97,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
     get_plugins()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    recipe = validate_recipe(recipe_dict(args, args.child))
+    recipe = validate_recipe(recipe_dict(args, args.child), new=True)  # a new run: components at their current versions
     cache = FeatureCache(work / "cache")
     run = Run(recipe, work / "run", torch.device("cpu"), console=Console(stderr=True, quiet=True), cache=cache,
               num_workers=args.workers)
