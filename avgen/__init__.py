@@ -40,7 +40,7 @@ _LAZY = {
     "make_console": "avgen._core.console",
     **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen._core.precision"),
     "replicate_to_steps": "avgen._core.sequence",
-    "time_average": "avgen._core.retrieval",
+    **dict.fromkeys(("fixed_order_sum", "time_average"), "avgen._core.retrieval"),
     **dict.fromkeys(("RunContents", "RunSection", "RunSummary", "is_untrained", "read_json", "read_recipe", "run_name",
                      "run_sections", "write_report"), "avgen._core.report"),
 }

@@ -6,9 +6,40 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, Iterator
 
 import av
 import numpy as np
+
+
+def write_h264(path: Path, width: int, height: int, fps: int, preset: str, images: Iterator[np.ndarray],
+               sound: Callable[[int], Iterator[np.ndarray]], rate: int = 44100) -> Path:
+    """Encode ``images`` (RGB uint8 frames) as H.264 and the mono blocks of ``sound(rate)`` as AAC into ``path``
+    (written beside it, then renamed: an interrupted run leaves no half file)."""
+    tmp = path.with_name(path.name + ".part.mp4")
+    with av.open(str(tmp), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": preset, "crf": "23"}
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for image in images:
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        start = 0
+        for block in sound(rate):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block[None], dtype=np.float32), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            start += block.shape[0]
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode(None):
+            out.mux(packet)
+    tmp.replace(path)
+    return path
 
 
 def make_footage(path: Path, width: int, height: int, seconds: float, fps: int = 30, preset: str = "veryfast",
@@ -22,36 +53,22 @@ def make_footage(path: Path, width: int, height: int, seconds: float, fps: int =
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)], -1).astype(np.uint8)
     noise = rng.integers(0, 40, size=(16, height // 8, width // 8, 1), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".part.mp4")
-    with av.open(str(tmp), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": preset, "crf": "23"}
-        audio = out.add_stream("aac", rate=44100)
-        audio.layout = "mono"
-        box = min(width, height) // 4
+    box = min(width, height) // 4
+
+    def images():
         for i in range(int(round(seconds * fps))):
             image = base.copy()
             x = (i * 17) % max(1, width - box)
             y = int(abs(np.sin(i / 10)) * (height - box))
             image[y:y + box, x:x + box] = (230, 200, 40)
-            image = image + noise[i % 16].repeat(8, 0).repeat(8, 1)[:height, :width]
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        rate, chunk = 44100, 44100
-        for start in range(0, int(seconds * rate), chunk):
-            t = (start + np.arange(min(chunk, int(seconds * rate) - start))) / rate
-            tone = (0.1 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(tone[None], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for packet in audio.encode(None):
-            out.mux(packet)
-    tmp.replace(path)
-    return path
+            yield image + noise[i % 16].repeat(8, 0).repeat(8, 1)[:height, :width]
+
+    def sound(rate: int):
+        for start in range(0, int(seconds * rate), rate):
+            t = (start + np.arange(min(rate, int(seconds * rate) - start))) / rate
+            yield (0.1 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
+
+    return write_h264(path, width, height, fps, preset, images(), sound)
 
 
 def contact_times(seconds: float, contacts: int, seed: int = 0) -> list[float]:
@@ -110,13 +127,8 @@ def make_contact_footage(path: Path, width: int, height: int, seconds: float, co
     base[floor:] = (90, 60, 40)  # the floor
     ball = height // 10
     top = height // 8
-    tmp = path.with_name(path.name + ".part.mp4")
-    with av.open(str(tmp), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"preset": preset, "crf": "23"}
-        audio = out.add_stream("aac", rate=44100)
-        audio.layout = "mono"
+
+    def images():
         for i in range(int(round(seconds * fps))):
             lift, across = ball_position(i / fps, times)
             x = int(across * (width - ball))
@@ -124,23 +136,16 @@ def make_contact_footage(path: Path, width: int, height: int, seconds: float, co
             image = base.copy()
             image[y:y + ball, x:x + ball] = (230, 200, 40)
             image += rng.integers(0, 16, size=(height, width, 1), dtype=np.uint8)  # sensor noise, new every frame
-            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        rate, chunk = 44100, 44100
+            yield image
+
+    def sound(rate: int):  # drawn after the pictures, from the same generator
         knock = np.exp(-np.arange(rate // 10) / (rate * 0.012)) * rng.standard_normal(rate // 10) * 0.5
-        sound = np.zeros(int(seconds * rate), dtype=np.float32)
+        track = np.zeros(int(seconds * rate), dtype=np.float32)
         for contact in times:
             first = int(round(contact * rate))
-            piece = knock[: max(0, len(sound) - first)]
-            sound[first:first + len(piece)] += piece
-        for start in range(0, len(sound), chunk):
-            frame = av.AudioFrame.from_ndarray(sound[None, start:start + chunk], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for packet in audio.encode(None):
-            out.mux(packet)
-    tmp.replace(path)
-    return path, times
+            piece = knock[: max(0, len(track) - first)]
+            track[first:first + len(piece)] += piece
+        for start in range(0, len(track), rate):
+            yield track[start:start + rate]
+
+    return write_h264(path, width, height, fps, preset, images(), sound), times

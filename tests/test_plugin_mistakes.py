@@ -270,3 +270,23 @@ def test_show_prints_a_literal_params_values(avgen_home: Path, capsys: pytest.Ca
     assert types == {"precision": "'fp32' | 'bf16'", "rerank": "int | None", "chunk_size": "int"}
     code, out, _ = avgen_in_process(capsys, "show", "exact")
     assert code == 0 and "'fp32' | 'bf16'" in out
+
+
+def test_a_run_names_the_pip_install_of_a_component_that_is_gone(tiny_run: Path, tmp_path: Path, monkeypatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A run records where each of its components came from (environment.json); generate --run on a machine
+    without that plugin says which pip install brings it back."""
+    from avgen._core.plugins import get_registry
+
+    recorded = json.loads((tiny_run / "environment.json").read_text())["components"]
+    assert {"kind": "generator", "name": "can_lstm", "plugin": "lstm", "distribution": "avgen",
+            "version": avgen.__version__} in recorded
+    assert {r["kind"] for r in recorded} >= {"dataset", "encoder", "representation", "generator", "loss"}
+    monkeypatch.delitem(get_registry()._components["generator"], "can_lstm")  # as where that plugin is not installed
+    monkeypatch.setenv("AVGEN_HOME", str(tiny_run.parents[1] / "home"))
+    video = sorted((tiny_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(tiny_run), "-o", str(tmp_path / "out"))
+    assert code == 2 and len(lines) == 1, lines
+    assert "unknown generator 'can_lstm'" in lines[0], lines
+    assert f"plugin 'lstm' of the distribution avgen {avgen.__version__}: pip install 'avgen=={avgen.__version__}'" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -28,12 +28,31 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
+    environment: Any = {}
     try:  # the precision the run's features were made in: generate encodes frames the same way where it can
         environment = json.loads((run_dir / "environment.json").read_text())
         meta = {**meta, "featurize_precision": environment.get("featurize_precision", "fp32")}
     except (OSError, ValueError, AttributeError):
         pass
-    return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
+    try:
+        return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
+    except AvgenError as exc:  # the recipe's check names an unknown component in its own words
+        hint = _install_hint(environment, str(exc))
+        if not hint:
+            raise
+        raise AvgenError(f"{exc}{hint}") from None
+
+
+def _install_hint(environment: Any, message: str) -> str:
+    """'; it came from ... : pip install ...' for the component a run recorded (environment.json) that ``message``
+    names as unknown, else ''."""
+    records = environment.get("components") if isinstance(environment, dict) else None
+    for record in records if isinstance(records, list) else []:
+        if (isinstance(record, dict) and f"unknown {record.get('kind')} '{record.get('name')}'" in message
+                and record.get("distribution") not in (None, "?")):
+            return (f"; the run was trained with it from the plugin '{record.get('plugin')}' of the distribution "
+                    f"{record['distribution']} {record.get('version')}: pip install '{record['distribution']}=={record.get('version')}'")
+    return ""
 
 
 def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: torch.device,

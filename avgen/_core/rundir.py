@@ -138,9 +138,11 @@ def _finished_beyond_prepare(ledger: dict[str, Any]) -> bool:
     return any(info.get("status") == "done" for stage, info in ledger.get("stages", {}).items() if stage != "prepare")
 
 
-def environment_record(seed: int, device: torch.device, threads: Any = None) -> dict[str, Any]:
-    """Versions, seed, device, threads (an avgen._core.threads.ThreadPlan) and git commit, for reproducibility."""
-    from avgen._core.plugins import get_plugins
+def environment_record(recipe: Any, device: torch.device, threads: Any = None) -> dict[str, Any]:
+    """Versions, seed, device, threads (an avgen._core.threads.ThreadPlan), git commit and where each of the recipe's
+    components comes from (plugin, distribution, version: what ``avgen generate --run`` names when one is missing)."""
+    from avgen._core.plugins import component_source, get_plugins
+    from avgen._core.recipe import COMPONENT_SECTIONS, LIST_SECTIONS
 
     try:
         commit = subprocess.run(
@@ -150,6 +152,9 @@ def environment_record(seed: int, device: torch.device, threads: Any = None) -> 
         commit = None
     plugins = {name: {"distribution": p.distribution, "version": p.version, "error": p.error}
                for name, p in get_plugins().info.items()}
+    specs = [(kind, getattr(recipe, section)) for section, kind in COMPONENT_SECTIONS.items()]
+    specs += [(kind, spec) for section, kind in LIST_SECTIONS.items() for spec in getattr(recipe, section)]
+    components = [{"kind": kind, **component_source(kind, spec.name)} for kind, spec in specs if spec is not None]
     return {
         "avgen": __version__,
         "python": sys.version.split()[0],
@@ -159,10 +164,11 @@ def environment_record(seed: int, device: torch.device, threads: Any = None) -> 
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "seed": seed,
+        "seed": recipe.run.seed,
         "git_commit": commit,
         "argv": sys.argv,
         "plugins": plugins,
+        "components": components,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"threads": threads.record()} if threads is not None else {}),
     }

@@ -251,7 +251,7 @@ class Run:
         with self.dir.lock() if main else contextlib.nullcontext(), run_log(self.run_dir / "log.txt", main):
             if main:
                 self.dir.start(self.recipe.to_toml_dict(),
-                               lambda: environment_record(self.recipe.run.seed, self.device, self.threads), fresh)
+                               lambda: environment_record(self.recipe, self.device, self.threads), fresh)
             barrier(self.world)
             for stage in STAGES if only is None else (only,):
                 if only is None and self.dir.done(stage):

@@ -21,6 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from avgen import fixed_order_sum
+
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch memory per chunk (scores + normalized bank rows)
 MAX_CHUNK_ROWS = 4096  # bank rows per matmul: bigger blocks fall out of cache (3x slower at 65 536 rows, 1025-d)
 RESCORE_BUDGET = 64 * 2**20  # bytes of float64 scratch per block of rescored candidates
@@ -28,24 +30,6 @@ DEFAULT_RERANK = 16  # candidates kept beyond k by the fp32 scan and rescored in
 BF16_ROUNDING = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest even)
 FP32_ROUNDING = 2.0**-24
 FP64_ROUNDING = 2.0**-53
-
-
-def fixed_order_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dim in one fixed pairwise order (halves added elementwise): [..., D] -> [...].
-
-    Elementwise IEEE additions in a fixed order round the same way on every machine, unlike a
-    reduction kernel whose order follows the vector width and thread count. (``avgen.time_average``
-    sums its frames in this order too.)
-    """
-    if x.shape[-1] == 0:
-        return x.new_zeros(x.shape[:-1])
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        summed = x[..., :half] + x[..., half : 2 * half]
-        if x.shape[-1] % 2:  # an odd count: the last term joins the first pair
-            summed[..., 0] += x[..., -1]
-        x = summed
-    return x[..., 0]
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
