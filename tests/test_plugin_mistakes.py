@@ -290,3 +290,13 @@ def test_a_run_names_the_pip_install_of_a_component_that_is_gone(tiny_run: Path,
     assert "unknown generator 'can_lstm'" in lines[0], lines
     assert f"plugin 'lstm' of the distribution avgen {avgen.__version__}: pip install 'avgen=={avgen.__version__}'" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_set_value_in_generate_is_named_as_the_set_not_the_recipe(tiny_run: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AVGEN_HOME", str(tiny_run.parents[1] / "home"))
+    video = sorted((tiny_run.parents[1] / "data").glob("*_denoised.mp4"))[0]
+    code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(tiny_run), "-o", str(tmp_path / "out"),
+                                      "--exemplar", "--set", "index.name=exact", "--set", "index.precision=bogus")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --set ") and "index.precision" in lines[0] and "recipe.toml" not in lines[0], lines

@@ -70,12 +70,14 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     if not isinstance(meta.get("recipe"), dict) or not isinstance(meta.get("shape"), dict):
         raise AvgenError(f"{recipe_source}: carries no recipe/shape; it was not written by avgen")
     raw = copy.deepcopy(meta["recipe"])
+    recipe = validate_recipe(copy.deepcopy(raw), recipe_source)  # as recorded: its errors are the recipe's
     for item in overrides:
         if item.split("=", 1)[0].strip().split(".", 1)[0] not in GENERATION_SECTIONS:
             raise AvgenError(f"--set {shown(item)}: generate can change only {', '.join(GENERATION_SECTIONS)} settings, "
                              "e.g. --set generator.steps=4")
         apply_override(raw, item)
-    recipe = validate_recipe(raw, recipe_source)
+    if overrides:  # the recorded recipe was valid: what fails now is what --set changed
+        recipe = validate_recipe(raw, "--set " + " ".join(shown(item) for item in overrides))
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
         raise AvgenError(f"{recipe_source}: the recipe has no encoder, representation or generator")
     encoder = build_encoder(recipe, device)
