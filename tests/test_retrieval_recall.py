@@ -76,3 +76,30 @@ def test_bad_params_and_bad_indices(tmp_path):
         avgen.create("metric", "recall_at_k", ks=[0])
     with pytest.raises(avgen.AvgenError, match="outside"):
         avgen.create("metric", "recall_at_k").compute(make_context(tmp_path, torch.tensor([[5]]), [0, 1], [0]))
+
+
+def test_class_first_puts_the_predicted_class_first_ranked_by_cosine():
+    """The class head's knowledge at retrieval: per query, the training clips of its predicted class nearest
+    first (cosine, a hand-written reference), then the Eq. 8 retrieval's other clips in their order."""
+    from avgen._core.generate import class_first
+
+    gen = torch.Generator().manual_seed(3)
+    bank, queries = torch.randn(8, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    labels, predicted = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0]), torch.tensor([1, 2, 3])
+    _, retrieved = topk_cosine(queries, bank, 4)
+    out = class_first(None, bank, labels, queries, predicted, retrieved)
+    cosine = torch.nn.functional.normalize(queries.double(), dim=1) @ torch.nn.functional.normalize(bank.double(), dim=1).T
+    for q, c in enumerate(predicted.tolist()):
+        mine = sorted(torch.nonzero(labels == c)[:, 0].tolist(), key=lambda j: -float(cosine[q, j]))
+        expected = (mine + [j for j in retrieved[q].tolist() if j not in mine])[:4]
+        assert out[q].tolist() == expected, (q, out[q], expected)
+    assert out[2].tolist() == retrieved[2].tolist()  # class 3 has no training clip: Eq. 8's order stands
+
+
+def test_a_run_reports_the_class_restricted_recall_apart(tiny_run: Path):
+    import json
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())["recall_at_k"]
+    assert {"R@1", "by_class.R@1", "video_class_acc"} <= set(metrics)
+    # the predicted class's nearest clip is of the right class exactly when the class head is right
+    assert metrics["by_class.R@1"] == metrics["video_class_acc"]

@@ -221,6 +221,7 @@ class EvalContext:
     train_features: Any = None  # callable () -> [M, frames, feature_dim]: visual features of the training clips
     generated: dict[str, Tensor] = field(default_factory=dict)  # "raw"/"exemplar" -> [N, T]
     retrieved: Tensor | None = None  # long [N, K] training-clip indices, best first
+    retrieved_by_class: Tensor | None = None  # long [N, K]: the same, the predicted class's clips first (class head only)
     representation: Any = None
     device: torch.device = torch.device("cpu")
     extra: Mapping[str, Any] = field(default_factory=dict)

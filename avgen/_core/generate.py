@@ -82,11 +82,20 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
         from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
     probabilities = model.class_probabilities(outputs)
     predicted = probabilities.argmax(-1) if probabilities is not None else None
+    by_class = None
+    if predicted is not None:  # the class head's knowledge at retrieval: its class's clips first, each ranked by s'
+        by_class = class_first(recipe.index, time_average(train.rep), train.label, queries, predicted, retrieved)
+        if recipe.eval.exemplar == "predicted_class" and from_library is None:
+            exemplar = train.wave[by_class[:, 0]]
+    elif recipe.eval.exemplar == "predicted_class":  # e.g. owens_lstm beside CAN in one comparison
+        console.print(f"eval.exemplar = predicted_class: {recipe.generator.name} predicts no class; "
+                      "its exemplars are Eq. 8's", markup=False, highlight=False)
+    chosen = by_class if recipe.eval.exemplar == "predicted_class" and by_class is not None else retrieved
 
     out_dir = run_dir / "generated"
     tensors = {"rep": reps, "raw": raw, "exemplar": exemplar, "retrieved": retrieved}
     if predicted is not None:
-        tensors["predicted"] = predicted
+        tensors.update(predicted=predicted, retrieved_by_class=by_class)
     with atomic_path(run_dir / OUTPUTS) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     names = class_names
@@ -103,13 +112,33 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
         clips.append({
             "id": clip.id, "label": clip.label, "class": names[clip.label] if clip.label >= 0 else None,
             "predicted": int(predicted[i]) if predicted is not None else None,
-            "exemplar_id": train.clips[int(retrieved[i, 0])].id if from_library is None else None,
+            "exemplar_id": train.clips[int(chosen[i, 0])].id if from_library is None else None,
             **({"exemplar_library": from_library[i]} if from_library is not None else {}),
             "retrieved": [train.clips[int(j)].id for j in retrieved[i] if j >= 0],  # -1: an approximate index's empty slot
             "raw": raw_path, "exemplar": ex_path,
         })
     write_json(out_dir / "index.json", {"clips": clips, "examples": examples, "sample_rate": sample_rate})
     return {"clips": len(clips)}
+
+
+def class_first(index_spec: Any, bank: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor,
+                predicted: torch.Tensor, retrieved: torch.Tensor) -> torch.Tensor:
+    """Per query, the training clips of its predicted class ranked by the recipe's index (nearest s' first), then
+    the Eq. 8 retrieval's other clips in their order: long [N, K] with K = ``retrieved``'s."""
+    from avgen._core.retrieval import build_index, search
+
+    k = retrieved.shape[1]
+    out = retrieved.clone()
+    for c in predicted.unique().tolist():
+        rows, who = torch.nonzero(labels == c)[:, 0], torch.nonzero(predicted == c)[:, 0]
+        if rows.numel() == 0:
+            continue  # no training clip of that class: Eq. 8's order stands
+        _, near = search(build_index(index_spec, bank[rows]), queries[who], min(k, rows.numel()))
+        for q, slots in zip(who.tolist(), near.tolist()):
+            found = [int(rows[j]) for j in slots if j >= 0]  # -1: an approximate index's empty slot
+            rest = [j for j in retrieved[q].tolist() if j not in found]
+            out[q] = torch.tensor((found + rest)[:k])
+    return out
 
 
 def load_generated(run_dir: Path) -> dict[str, torch.Tensor]:

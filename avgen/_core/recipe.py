@@ -92,6 +92,11 @@ class EvalSection(_Strict):
     library: Path | None = Field(None, description="a folder of your own sounds (as `avgen generate --library`): each "
                                                    "test clip's exemplar sound comes from it instead of the training split; "
                                                    "R@K still retrieves training clips")
+    exemplar: Literal["eq8", "predicted_class"] = Field(
+        "eq8", description="each test clip's exemplar sound: 'eq8' the training clip nearest to s' (the paper's Eq. 8); "
+                           "'predicted_class' the nearest among the training clips of the class head's predicted class "
+                           "(a generator without a class head keeps Eq. 8's). R@K is Eq. 8's either way; the class-restricted "
+                           "retrieval's is reported apart as by_class.R@K")
 
 
 class ComponentSpec(_Strict):

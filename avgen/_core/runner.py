@@ -330,7 +330,7 @@ class Run:
             train_labels=train.label, train_waves=lambda: train.wave, train_bank=lambda: time_average(train.rep),
             predicted_reps=generated.get("rep"), generated={k: generated[k] for k in ("raw", "exemplar") if k in generated},
             predicted_labels=generated.get("predicted"), test_features=test.features,
-            train_features=lambda: train.features,
+            train_features=lambda: train.features, retrieved_by_class=generated.get("retrieved_by_class"),
             retrieved=generated.get("retrieved"), representation=self.representation, device=self.device,
             test_clips=list(test.clips), dataset=self.dataset,
             extra={"dataset_hash": cache_key(self.recipe.data.name, self.recipe.data.params, [c.id for c in train.clips]),
