@@ -96,7 +96,7 @@ class EvalSection(_Strict):
         "eq8", description="each test clip's exemplar sound: 'eq8' the training clip nearest to s' (the paper's Eq. 8); "
                            "'predicted_class' the nearest among the training clips of the class head's predicted class "
                            "(a generator without a class head keeps Eq. 8's). R@K is Eq. 8's either way; the class-restricted "
-                           "retrieval's is reported apart as by_class.R@K")
+                           "retrieval's is reported apart as R@K_by_class")
 
 
 class ComponentSpec(_Strict):

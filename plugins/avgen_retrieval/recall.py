@@ -65,7 +65,7 @@ class RecallAtK(Metric):
             out.update(recall_at_k(ctx.retrieved, ctx.train_labels, ctx.test_labels, self.params.ks))
         if ctx.retrieved_by_class is not None:  # the predicted class's clips first: apart from the paper's R@K
             by_class = recall_at_k(ctx.retrieved_by_class, ctx.train_labels, ctx.test_labels, self.params.ks)
-            out.update({f"by_class.{name}": value for name, value in by_class.items()})
+            out.update({f"{name}_by_class": value for name, value in by_class.items()})  # no dot: not a baseline
         if ctx.predicted_labels is not None and len(ctx.test_labels):
             correct = (ctx.predicted_labels.long() == ctx.test_labels.long()).double().mean()
             out["video_class_acc"] = round(float(correct), 6)
