@@ -70,9 +70,18 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
     console.print(f"decoding {reps.shape[0]} clips ({phase})")
     raw = decode(representation, reps, phase, length, device)
     k = min(recipe.eval.top_k, len(train.clips))
-    queries = time_average(reps)
-    _, retrieved = search(build_index(recipe.index, time_average(train.rep)), queries, k)
-    exemplar, from_library = train.wave[retrieved[:, 0]], None
+    queries, keys = time_average(reps), time_average(train.rep)  # Eq. 8's query and bank keys
+    _, retrieved = search(build_index(recipe.index, keys), queries, k)
+    probabilities = model.class_probabilities(outputs)
+    predicted = probabilities.argmax(-1) if probabilities is not None else None
+    by_class = None
+    if predicted is not None:  # the class head's knowledge at retrieval: its class's clips first, each ranked by s'
+        by_class = class_first(recipe.index, keys, train.label, queries, predicted, retrieved)
+    elif recipe.eval.exemplar == "predicted_class":  # e.g. owens_lstm beside CAN in one comparison
+        console.print(f"eval.exemplar = predicted_class: {recipe.generator.name} predicts no class; "
+                      "its exemplars are Eq. 8's", markup=False, highlight=False)
+    chosen = by_class if recipe.eval.exemplar == "predicted_class" and by_class is not None else retrieved
+    exemplar, from_library = train.wave[chosen[:, 0]], None
     if recipe.eval.library is not None:  # exemplar sounds from the user's library; R@K keeps the training clips
         spec = recipe.representation
         bank = library_bank(recipe.eval.library, representation, {"name": spec.name, **spec.params},
@@ -80,17 +89,6 @@ def generate_split(*, recipe: "Recipe", run_dir: Path, model: torch.nn.Module, t
         scores, nearest = search(build_index(recipe.index, bank.reps), queries, 1)
         exemplar = bank.waves[nearest[:, 0]].float()
         from_library = [{**bank.entries[int(j)], "similarity": round(float(v), 6)} for j, v in zip(nearest[:, 0], scores[:, 0])]
-    probabilities = model.class_probabilities(outputs)
-    predicted = probabilities.argmax(-1) if probabilities is not None else None
-    by_class = None
-    if predicted is not None:  # the class head's knowledge at retrieval: its class's clips first, each ranked by s'
-        by_class = class_first(recipe.index, time_average(train.rep), train.label, queries, predicted, retrieved)
-        if recipe.eval.exemplar == "predicted_class" and from_library is None:
-            exemplar = train.wave[by_class[:, 0]]
-    elif recipe.eval.exemplar == "predicted_class":  # e.g. owens_lstm beside CAN in one comparison
-        console.print(f"eval.exemplar = predicted_class: {recipe.generator.name} predicts no class; "
-                      "its exemplars are Eq. 8's", markup=False, highlight=False)
-    chosen = by_class if recipe.eval.exemplar == "predicted_class" and by_class is not None else retrieved
 
     out_dir = run_dir / "generated"
     tensors = {"rep": reps, "raw": raw, "exemplar": exemplar, "retrieved": retrieved}
