@@ -54,7 +54,10 @@ def sound_of_events(model: Any, video: Path, *, detector: Any = None, detector_n
                          material=material, console=console)
     if found is None:
         raise AvgenError(f"sound by events: {MISSING}")
-    return found
+    from avgen._core.videosound import within_unit
+
+    wave, summary = found
+    return within_unit(wave), summary  # a plugin's mix may peak above 1: scaled for PCM, as windows are
 
 
 def kept_detector(folder: Path) -> tuple[Any, str] | None:

@@ -98,8 +98,8 @@ def sound_of_events(model, video, detector, detector_name, onsets, onsets_out, b
     detecting them (``--onsets``), ``onsets_out``: where to write the events found (``--onsets-out``), both
     None for ``SoundModel.events``; ``bank``: an ``avgen.ExemplarBank`` for exemplar sounds, or None for the
     raw ones; ``material``: a class index forcing every event's class, or None; ``console``: a rich console
-    for one line on the events, or None for silence. Return ``(wave, summary)``: the sound, float [T] in
-    [-1, 1] at ``model.sample_rate`` and as long as the video, and a JSON-able dict written as the output's
+    for one line on the events, or None for silence. Return ``(wave, summary)``: the sound, float [T] at
+    ``model.sample_rate`` and as long as the video (the core scales it into [-1, 1] when it peaks above 1), and a JSON-able dict written as the output's
     summary (``video``, ``seconds``, ``sample_rate``, ``onsets``: how many; from a detector also ``mode``:
     "events" and ``contacts``). Raise ``avgen.AvgenError`` (one line) for a bad events file. A plugin that
     answers it decides the events file's format.

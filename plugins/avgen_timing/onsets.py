@@ -223,13 +223,7 @@ def sound_at_onsets(video: Path, onsets: list[Onset], duration: float, model: An
         pieces = [bank.waves[i] for i in chosen]
     else:
         pieces = list(model.raw_sound(outputs["rep"]))
-    return within_unit(place_sounds(onsets, pieces, rate, total))
-
-
-def within_unit(wave: torch.Tensor) -> torch.Tensor:
-    """``wave`` scaled into [-1, 1] when its peak exceeds it (for PCM), else unchanged (as ``SoundModel.sound``)."""
-    peak = float(wave.abs().max()) if wave.numel() else 0.0
-    return wave / peak if peak > 1.0 else wave
+    return place_sounds(onsets, pieces, rate, total)  # the core scales the whole track into [-1, 1]
 
 
 # ---------------------------------------------------------------- the hook
