@@ -94,6 +94,8 @@ def test_sync_against_a_reference_scores_one_soundtrack_against_another(footage,
     code, out, err = avgen_in_process(capsys, "timing", "sync", str(outputs), "--reference", str(footage),
                                       "--json", "--tolerance", "0.02")
     assert json.loads(out)["summary"]["f1"] == 0.0  # 50 ms is outside +-20 ms
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(outputs), "--reference", str(footage))
+    assert code == 0 and "(soundtrack onsets against the reference's; offsets by motion_contacts)" in out, out
 
 
 def test_leave_one_out_fits_on_the_other_videos(footage, capsys):

@@ -305,7 +305,9 @@ def sync_table(result: dict[str, Any]) -> str:
                      f"{r['recall']:6.3f} {r['f1']:6.3f} {offset:>9}")
     s = result["summary"]
     lines.append(f"{s['videos']} videos: precision {s['precision']:.3f}, recall {s['recall']:.3f}, F1 {s['f1']:.3f} at "
-                 f"+-{result['tolerance_s'] * 1000:g} ms ({result['detector']}"
+                 f"+-{result['tolerance_s'] * 1000:g} ms ("
+                 + (f"soundtrack onsets against the reference's; offsets by {result['detector']}"
+                    if result["videos"] and result["videos"][0]["reference"] else result["detector"])
                  + (", leave one video out" if result["leave_one_out"] else "") + ")"
                  + (f"; |offset| {s['offset_ms_mean_abs']:.0f} ms on average, {s['within_one_frame']:.0%} within one "
                     f"frame ({s['frame_ms']:.1f} ms)" if s["offset_ms_mean_abs"] is not None else ""))
