@@ -224,6 +224,53 @@ def test_a_checkpoint_restores_the_statistics_and_an_unprepared_model_says_what_
         assert torch.equal(fresh(data["features"])["rep"], model(data["features"])["rep"])
 
 
+def test_base_sample_makes_the_flow_a_residual_to_the_class_mean_of_the_true_or_predicted_class() -> None:
+    from avgen import AvgenError
+
+    data = toy_data(48, SHAPE)
+    data["label"][:3] = -1  # unlabelled clips: their base is the global mean (0 after normalisation)
+    model = flow(SHAPE, hidden=16, blocks=1, steps=4, base_sample=True, guidance=0.0)
+    model.prepare(data)
+    model.eval()
+    labelled = data["label"] >= 0
+    class_means = torch.stack([data["rep"][labelled & (data["label"] == c)].mean(0) for c in range(SHAPE.num_classes)])
+
+    class TrueVelocity(torch.nn.Module):  # the exact velocity towards the residual of each clip
+        def forward(self, x, t, frames, clip, probs):
+            target = model.normalise(data["rep"]) - model.normalise(class_means)[data["label"].clamp_min(0)] \
+                * labelled[:, None, None]
+            return (target - x) / (1 - t)[:, None, None]
+
+    net = model.net
+    model.net = TrueVelocity()
+    with torch.no_grad():
+        out = model.training_outputs(data)  # the one-step estimate adds the true class's base back: the clip itself
+    torch.testing.assert_close(out["rep"], data["rep"], rtol=1e-4, atol=1e-4)
+
+    class NoVelocity(torch.nn.Module):
+        def forward(self, x, t, frames, clip, probs):
+            return torch.zeros_like(x)
+
+    model.net = NoVelocity()
+    noise = torch.randn(SHAPE.rep_dim, SHAPE.steps, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        sampled = model(data["features"])
+        forced = model.class_outputs(data["features"], torch.full((48,), 2))
+    predicted = sampled["probs"].argmax(-1)
+    # no velocity: the sample is the starting noise on the base of the class head's argmax (or the forced class)
+    torch.testing.assert_close(sampled["rep"], class_means[predicted] + noise * model.rep_std, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(forced["rep"], (class_means[2] + noise * model.rep_std).expand(48, -1, -1),
+                               rtol=1e-4, atol=1e-4)
+    # the base samples travel in the state dict
+    model.net = net
+    fresh = flow(SHAPE, hidden=16, blocks=1, steps=4, base_sample=True, guidance=0.0).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(data["features"])["rep"], model(data["features"])["rep"])
+    with pytest.raises(AvgenError, match="class head"):
+        flow(SHAPE, base_sample=True, class_head=False, class_condition=False)
+
+
 def test_material_needs_a_class_conditioned_model() -> None:
     from avgen import AvgenError
 

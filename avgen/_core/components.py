@@ -103,6 +103,7 @@ class Encoder:
     dim: int  # feature size (2048 for ResNet-50, 4096 for AlexNet fc7)
     fps: float  # frames per second to sample from the video
     input_size: int  # frames are resized to input_size x input_size
+    device: torch.device = torch.device("cpu")  # where encode runs (autocast for bf16 is chosen for it)
     REQUIRED: ClassVar[tuple[str, ...]] = ("dim", "fps", "input_size", "encode")
 
     @abstractmethod

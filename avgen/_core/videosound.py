@@ -80,7 +80,7 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
     try:
         for done in range(0, count, per_read):
             frames = reader.read(first + done, min(per_read, count - done))
-            with autocast_for(precision, getattr(encoder, "device", torch.device("cpu"))):
+            with autocast_for(precision, encoder.device):
                 feats.append(encoder.encode(frames).float())
     finally:
         if own:
@@ -228,7 +228,7 @@ class VideoSound:
                 lambda rep, length, prefix: decode(self.representation, rep, phase, length, self.device, reference=prefix),
                 self.frame_hop, self.total, frames, round(self.segment_seconds * self.rate / self.frame_hop),
                 round(DECODE_OVERLAP_SECONDS * self.rate / self.frame_hop),
-                continues=bool(getattr(self.representation, "continues_phase", False)))
+                continues=bool(self.representation.continues_phase))
         else:  # each window's sound, overlap-added
             merged = OverlapAdd(self.samples, self.total)
         self.probability_sum, provenance = None, []

@@ -6,6 +6,10 @@ velocity v(x_t, t, video) and is trained towards x1 - x0 (the loss ``flow_matchi
 Generation integrates dx/dt = v from t = 0 to 1 with Euler, midpoint or Heun steps; with
 classifier-free guidance (Ho & Salimans 2022) v = v_cond + w (v_cond - v_uncond), where the
 unconditional velocity comes from a learned null video that replaced 10 % of training clips.
+With ``base_sample`` the flow generates the residual to the class's base sample (its mean training
+representation, normalised), as CAN (Chen et al. 2018) adds one to its residual: the true class's in
+training, the class head's argmax at generation, so the material the head predicts decides the sound's
+prototype and the flow only its variation.
 """
 
 from __future__ import annotations
@@ -111,6 +115,11 @@ class FlowMatching(Generator):
             raise AvgenError("flow_matching: class_condition needs a dataset with classes (num_classes > 0)")
         if self.class_head is not None:
             self.provides = self.provides | {"logits", "probs"}
+        if params.base_sample and self.class_head is None:
+            raise AvgenError("flow_matching: base_sample needs a dataset with classes and a class head "
+                             "(class_head = true)")
+        if params.base_sample:  # normalised class means [C, D, F]; only such models carry the buffer
+            self.register_buffer("base_samples", torch.zeros(shape.num_classes, shape.rep_dim, shape.steps))
         self.register_buffer("rep_mean", torch.zeros(shape.rep_dim, 1))
         self.register_buffer("rep_std", torch.ones(shape.rep_dim, 1))
         self._stats_ready = False
@@ -136,6 +145,9 @@ class FlowMatching(Generator):
         std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(STD_FLOOR)
         self.rep_mean.copy_(mean[:, None].to(self.rep_mean))
         self.rep_std.copy_(std[:, None].to(self.rep_std))
+        if self.params.base_sample:
+            self.base_samples.copy_(self.normalise(_class_means(reps, train["label"], self.shape.num_classes)
+                                                   .to(self.rep_mean)))
         self._stats_ready = True
 
     def training_outputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -144,6 +156,8 @@ class FlowMatching(Generator):
         self._check_ready()
         features = batch["features"]
         x1 = self.normalise(batch["rep"].to(features.device, self.rep_mean.dtype))
+        base = self.base(batch["label"].to(features.device, torch.long)) if self.params.base_sample else 0.0
+        x1 = x1 - base
         count = x1.shape[0]
         generator = None if self.training else torch.Generator(device=x1.device).manual_seed(self.params.seed)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
@@ -154,7 +168,7 @@ class FlowMatching(Generator):
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
         velocity = self.net(x_t, t, *self.condition(features, drop), probs)
         outputs = {"velocity": velocity, "velocity_target": x1 - x0,
-                   "rep": self.denormalise(x_t + (1 - t[:, None, None]) * velocity)}  # one-step estimate of s
+                   "rep": self.denormalise(x_t + (1 - t[:, None, None]) * velocity + base)}  # one-step estimate
         if logits is not None:
             outputs.update(logits=logits, probs=probs)
         return outputs
@@ -175,7 +189,7 @@ class FlowMatching(Generator):
         """Sample s' for each clip: ``steps`` solver steps from the seed's noise, with guidance."""
         logits = self.class_logits(self._checked(features))
         probs = logits.float().softmax(-1) if logits is not None else None
-        return self._sample(features, logits, probs)
+        return self._sample(features, logits, probs, probs.argmax(-1) if probs is not None else None)
 
     def class_outputs(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """``avgen generate --material``: the flow's class condition one-hot at ``labels`` [B]; ``probs`` says
@@ -189,7 +203,7 @@ class FlowMatching(Generator):
             raise AvgenError(f"flow_matching: forced classes must be [B] indices below {self.shape.num_classes}, "
                              f"got {labels.tolist()}")
         forced = F.one_hot(labels, self.shape.num_classes).float()
-        outputs = self._sample(features, logits, forced)
+        outputs = self._sample(features, logits, forced, labels)
         outputs["video_probs"] = logits.float().softmax(-1)
         return outputs
 
@@ -199,7 +213,8 @@ class FlowMatching(Generator):
             raise AvgenError(f"flow_matching: features must be [B, N, feature_dim], got {tuple(features.shape)}")
         return features
 
-    def _sample(self, features: Tensor, logits: Tensor | None, probs: Tensor | None) -> dict[str, Tensor]:
+    def _sample(self, features: Tensor, logits: Tensor | None, probs: Tensor | None,
+                classes: Tensor | None) -> dict[str, Tensor]:
         p = self.params
         count = features.shape[0]
         noise = torch.randn(self.shape.rep_dim, self.shape.steps, generator=torch.Generator().manual_seed(p.seed))
@@ -221,12 +236,19 @@ class FlowMatching(Generator):
             return v
 
         x = integrate(velocity, x, p.steps, p.sampler)
+        if p.base_sample:
+            x = x + self.base(classes)
         outputs = {"rep": self.denormalise(x)}
         if logits is not None:
             outputs.update(logits=logits, probs=probs)
         return outputs
 
     # ------------------------------------------------------------ pieces
+
+    def base(self, labels: Tensor) -> Tensor:
+        """[B, D, F] normalised base samples of ``labels`` [B]; unlabelled clips (< 0) get 0, the global mean."""
+        bases = self.base_samples.to(self.rep_mean.dtype)[labels.clamp_min(0)]
+        return torch.where((labels >= 0)[:, None, None], bases, torch.zeros_like(bases))
 
     def normalise(self, rep: Tensor) -> Tensor:
         return (rep - self.rep_mean) / self.rep_std
@@ -269,6 +291,23 @@ def integrate(velocity, x: Tensor, steps: int, sampler: str) -> Tensor:
         else:
             raise AvgenError(f"flow_matching: unknown sampler {sampler!r}; use euler, midpoint or heun")
     return x
+
+
+def _class_means(reps: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """[C, D, F] float64 means of reps [M, D, F] per label (chunked); a class without clips gets the global mean."""
+    labels = labels.to("cpu", torch.long)
+    if labels.shape != reps.shape[:1] or (labels.numel() and int(labels.max()) >= num_classes):
+        raise AvgenError(f"flow_matching: base samples need labels [M] below {num_classes}, got {tuple(labels.shape)}")
+    sums = torch.zeros(num_classes + 1, *reps.shape[1:], dtype=torch.float64)
+    counts = torch.zeros(num_classes + 1, dtype=torch.float64)
+    slots = torch.where(labels < 0, num_classes, labels)
+    rows = max(1, (16 << 20) // (8 * reps.shape[1] * reps.shape[2]))
+    for start in range(0, reps.shape[0], rows):
+        sums.index_add_(0, slots[start:start + rows], reps[start:start + rows].detach().to("cpu", torch.float64))
+        counts.index_add_(0, slots[start:start + rows], torch.ones(len(slots[start:start + rows]), dtype=torch.float64))
+    means = sums[:num_classes] / counts[:num_classes].clamp_min(1)[:, None, None]
+    means[counts[:num_classes] == 0] = sums.sum(0) / counts.sum()
+    return means
 
 
 def _mark_stats_ready(module: nn.Module, incompatible_keys: object) -> None:

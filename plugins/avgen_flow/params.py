@@ -23,6 +23,10 @@ class FlowParams(BaseModel):
                                                "class accuracy apply (it does not change the flow)")
     class_condition: bool = Field(True, description="also condition the flow on the class head's probabilities "
                                                     "(the flow's counterpart of CAN's base sample)")
+    base_sample: bool = Field(
+        False, description="generate the residual to the class's base sample (its mean training representation, "
+                           "as CAN adds it): the true class in training, the class head's argmax (or the forced "
+                           "material) at generation; needs a class head")
     time_sampling: Literal["uniform", "logit_normal"] = Field(
         "logit_normal", description="distribution of the training time t: uniform, or sigmoid of a standard normal "
                                     "(more weight in the middle of the path)")
