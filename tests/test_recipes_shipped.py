@@ -62,7 +62,7 @@ def test_flow_recipes_share_data_encoder_and_evaluation_with_the_recipe_they_com
     assert {k: ours.representation.params.get(k) for k in same} == same
 
 
-EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow"}}  # beyond the paper (flow: test below)
+EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow", "flow_base"}}  # beyond the paper (test below)
 VARIANTS = {  # the paper's three methods as variants of one recipe: generator, losses, weights
     "owens": ("owens_lstm", ["spec_smooth_l1"], [50.0]),
     "can": ("can_lstm", ["class_nll", "spec_smooth_l1"], [1.0, 50.0]),
@@ -92,7 +92,13 @@ def test_synthetic_recipes_run_the_papers_three_methods_with_its_settings(stem: 
 
 def test_the_hard_recipes_flow_variant_shares_data_encoder_and_evaluation_with_the_papers_methods() -> None:
     recipes = {r.run.name: r for r in load_recipes(RECIPES[0].parent / "synthetic_hard.toml")}
-    flow, pocan = recipes["flow"], recipes["pocan"]
-    assert flow.generator.name == "flow_matching" and flow.loss[0].name == "flow_matching_mse"
-    assert flow.data == pocan.data and flow.encoder == pocan.encoder and flow.eval == pocan.eval
-    assert [m.name for m in flow.metric] == [m.name for m in pocan.metric]
+    pocan = recipes["pocan"]
+    for flow in (recipes["flow"], recipes["flow_base"]):
+        assert flow.generator.name == "flow_matching" and flow.loss[0].name == "flow_matching_mse"
+        assert flow.data == pocan.data and flow.encoder == pocan.encoder and flow.eval == pocan.eval
+        assert [m.name for m in flow.metric] == [m.name for m in pocan.metric]
+    # the two flows differ only in the base sample and the sampler's temperature (the ablation's one choice)
+    base, plain = dict(recipes["flow_base"].generator.params), dict(recipes["flow"].generator.params)
+    assert base.pop("base_sample") is True and base.pop("temperature") == 0.3
+    assert not plain.pop("base_sample", False) and plain.pop("temperature", 1.0) == 1.0
+    assert base == plain and recipes["flow_base"].train == recipes["flow"].train
