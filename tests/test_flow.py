@@ -271,6 +271,20 @@ def test_base_sample_makes_the_flow_a_residual_to_the_class_mean_of_the_true_or_
         flow(SHAPE, base_sample=True, class_head=False, class_condition=False)
 
 
+def test_frame_probs_pooling_averages_the_per_frame_probabilities_of_the_same_head() -> None:
+    data = toy_data(8, SHAPE)
+    data["features"] = torch.randn(8, 3, SHAPE.feature_dim, generator=torch.Generator().manual_seed(1))
+    pooled = flow(SHAPE, hidden=16, blocks=1, class_pooling="frame_probs")
+    mean = flow(SHAPE, hidden=16, blocks=1)
+    mean.load_state_dict(pooled.state_dict())  # the same head weights: only the pooling differs
+    weight, bias = pooled.class_head.weight, pooled.class_head.bias
+    by_hand = torch.stack([(data["features"][:, n] @ weight.T + bias).softmax(-1) for n in range(3)]).mean(0)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled.class_logits(data["features"]).softmax(-1), by_hand)
+        torch.testing.assert_close(mean.class_logits(data["features"]).softmax(-1),
+                                   (data["features"].mean(1) @ weight.T + bias).softmax(-1))
+
+
 def test_material_needs_a_class_conditioned_model() -> None:
     from avgen import AvgenError
 

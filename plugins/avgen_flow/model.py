@@ -269,7 +269,14 @@ class FlowMatching(Generator):
         return features, features.mean(dim=1)
 
     def class_logits(self, features: Tensor) -> Tensor | None:
-        return self.class_head(features.to(self.null_video.dtype).mean(dim=1)) if self.class_head is not None else None
+        """[B, C] logits of the class head (None without one); with ``class_pooling = "frame_probs"`` the log of the
+        mean of the per-frame probabilities, so their softmax is that mean."""
+        if self.class_head is None:
+            return None
+        features = features.to(self.null_video.dtype)
+        if self.params.class_pooling == "frame_probs":
+            return self.class_head(features).float().softmax(-1).mean(dim=1).clamp_min(1e-12).log()
+        return self.class_head(features.mean(dim=1))
 
     def _check_ready(self) -> None:
         if not self._stats_ready:

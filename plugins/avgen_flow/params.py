@@ -23,6 +23,9 @@ class FlowParams(BaseModel):
                                                "class accuracy apply (it does not change the flow)")
     class_condition: bool = Field(True, description="also condition the flow on the class head's probabilities "
                                                     "(the flow's counterpart of CAN's base sample)")
+    class_pooling: Literal["mean_feature", "frame_probs"] = Field(
+        "mean_feature", description="how the class head reads the frames: one linear layer on the mean frame feature, "
+                                    "or the mean of its per-frame probabilities (CAN's pooling, Chen et al. 2018 Eq. 4)")
     base_sample: bool = Field(
         False, description="generate the residual to the class's base sample (its mean training representation, "
                            "as CAN adds it): the true class in training, the class head's argmax (or the forced "
