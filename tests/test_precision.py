@@ -121,3 +121,48 @@ def test_the_check_result_is_a_cache_note_that_clear_removes(tmp_path):
     assert cache.note("bad") is None
     cache.clear()
     assert cache.note("k") is None
+
+
+def test_generate_uses_bf16_frames_only_where_the_generators_output_agrees_on_the_video(tiny_run, monkeypatch):
+    """A run whose featurize chose fp32 by itself: generate checks, on the video's first window, whether bf16
+    frames give the same class and s' (within OUTPUT_TOLERANCE) and encodes in bf16 only then. The encoder's
+    bf16 error is injected and native bf16 patched, so this runs the same on any CPU."""
+    import avgen
+    import avgen._core.videosound as videosound
+
+    model = avgen.load(tiny_run, device="cpu")
+    monkeypatch.setitem(model.meta, "featurize_precision", "fp32")  # as where featurize's check refused bf16
+    video = sorted((tiny_run.parents[1] / "data").glob("*.mp4"))[0]
+    plain = model.encoder.encode
+    calls = []
+
+    def encode_with(error):
+        def encode(frames):
+            features = plain(frames)
+            calls.append(torch.is_autocast_enabled("cpu"))
+            if torch.is_autocast_enabled("cpu"):  # what bf16 does to this encoder: a relative error of ``error``
+                features = features * (1 + error * torch.linspace(-1, 1, features.shape[-1]))
+            return features
+        return encode
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
+    reference, _ = model.sound(video, features=model.features(video))  # fp32 frames: no check
+    monkeypatch.setattr(model.encoder, "encode", encode_with(1e-4))
+    close, summary = model.sound(video)
+    assert summary["encoder_precision"] == "bf16" and summary["bf16_same_class"]
+    assert summary["bf16_output_difference"] <= videosound.OUTPUT_TOLERANCE
+    assert any(calls) and (close - reference).abs().max() < 0.05  # bf16 frames everywhere, nearly the same sound
+    monkeypatch.setattr(model.encoder, "encode", encode_with(20.0))  # features scaled by up to 21x: another sound
+    far, summary = model.sound(video)
+    assert summary["encoder_precision"] == "fp32"
+    assert summary["bf16_output_difference"] > videosound.OUTPUT_TOLERANCE or not summary["bf16_same_class"]
+    assert torch.equal(far, reference)  # the check refused bf16: the sound is the fp32 one, bit for bit
+    # no check where bf16 is not native, nor where the recipe set fp32 itself
+    calls.clear()
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "patched"))
+    assert model.sound(video)[1]["encoder_precision"] == "fp32" and not any(calls)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
+    fixed = model.recipe.model_copy(update={"featurize": model.recipe.featurize.model_copy(update={"precision": "fp32"})})
+    monkeypatch.setattr(model, "recipe", fixed)
+    summary = model.sound(video)[1]
+    assert summary["encoder_precision"] == "fp32" and "bf16_output_difference" not in summary and not any(calls)

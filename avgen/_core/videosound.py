@@ -27,13 +27,45 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
     return [i * hop for i in range(count)]
 
 
-def encoder_precision(meta: dict[str, Any], device: torch.device) -> str:
-    """'bf16' when the run's features were made in bf16 and this device has native bf16, else 'fp32'."""
-    if meta.get("featurize_precision") != "bf16":
-        return "fp32"
+OUTPUT_TOLERANCE = 0.02  # generate's bf16 check: s' from bf16 frames within 2 % (relative L2) of s' from fp32 ones
+
+
+def encoder_precision(meta: dict[str, Any], device: torch.device, check: Any = None, requested: str = "auto") -> str:
+    """'bf16' where this device has native bf16 and either the run's features were made in bf16, or its
+    featurize chose fp32 by itself (``requested``, the recipe's [featurize] precision, is "auto") and ``check()``
+    (``output_check``) finds that bf16 frames give the generator the same output; else 'fp32'."""
     from avgen._core.precision import native_bf16
 
-    return "bf16" if native_bf16(device)[0] else "fp32"
+    if not native_bf16(device)[0]:
+        return "fp32"
+    if meta.get("featurize_precision") == "bf16":
+        return "bf16"
+    if check is None or requested != "auto":
+        return "fp32"
+    return "bf16" if check() else "fp32"
+
+
+def output_check(encoder: Any, model: torch.nn.Module, video: Path, frames: int, device: torch.device,
+                 found: dict[str, Any]) -> bool:
+    """Whether the generator's output for the first window of ``video`` is the same from frames encoded in bf16
+    as from fp32 ones: the same class (where it has a class head) and s' within OUTPUT_TOLERANCE. It judges
+    what the sound depends on, on the video itself; ``found`` gets what it measured."""
+    from avgen._core.media import FrameReader
+    from avgen._core.precision import autocast_for
+
+    with FrameReader(video, encoder.fps, encoder.input_size) as reader:
+        first = reader.read(0, frames)
+    with torch.no_grad():
+        full = encoder.encode(first).float()
+        with autocast_for("bf16", encoder.device):
+            low = encoder.encode(first).float()
+    outputs = [predict(model, fit_frames(f, frames)[None], device) for f in (full, low)]
+    reps = [out["rep"].double() for out in outputs]
+    difference = float((reps[1] - reps[0]).norm() / reps[0].norm().clamp_min(1e-12))
+    probabilities = [model.class_probabilities(out) for out in outputs]
+    same_class = probabilities[0] is None or bool((probabilities[0].argmax(-1) == probabilities[1].argmax(-1)).all())
+    found.update(bf16_output_difference=round(difference, 6), bf16_same_class=same_class)
+    return same_class and difference <= OUTPUT_TOLERANCE
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
@@ -190,10 +222,14 @@ class VideoSound:
         self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
         self.names = list(meta.get("class_names") or [])
         self.features = features  # [frames, dim] of the whole video, when given: not read again
-        self.precision = encoder_precision(meta, device)
         self.clock = _Clock()
+        checked: dict[str, Any] = {}
+        self.precision = "fp32" if features is not None else encoder_precision(
+            meta, device, lambda: output_check(encoder, model, self.video, self.frames_per_clip, device, checked),
+            requested=recipe.featurize.precision)
+        self.clock.lap("precision")
         self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
-                                        "sample_rate": self.rate, "encoder_precision": self.precision}
+                                        "sample_rate": self.rate, "encoder_precision": self.precision, **checked}
 
     def _first_frame(self, start: float) -> int:
         return min(round(start * self.encoder.fps), max(self.video_frames, self.frames_per_clip) - self.frames_per_clip)
