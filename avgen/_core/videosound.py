@@ -27,7 +27,7 @@ def window_starts(duration: float, window: float, hop: float) -> list[float]:
     return [i * hop for i in range(count)]
 
 
-OUTPUT_TOLERANCE = 0.02  # generate's bf16 check: s' from bf16 frames within 2 % (relative L2) of s' from fp32 ones
+OUTPUT_TOLERANCE = 0.05  # generate's bf16 check: s' from bf16 frames within 5 % (relative L2, about 0.4 dB) of the fp32 one
 
 
 def encoder_precision(meta: dict[str, Any], device: torch.device, check: Any = None, requested: str = "auto") -> str:
