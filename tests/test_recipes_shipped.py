@@ -97,8 +97,10 @@ def test_the_hard_recipes_flow_variant_shares_data_encoder_and_evaluation_with_t
         assert flow.generator.name == "flow_matching" and flow.loss[0].name == "flow_matching_mse"
         assert flow.data == pocan.data and flow.encoder == pocan.encoder and flow.eval == pocan.eval
         assert [m.name for m in flow.metric] == [m.name for m in pocan.metric]
-    # the two flows differ only in the base sample and the sampler's temperature (the ablation's one choice)
+    # the two flows differ only in the base sample, the class head's pooling and the sampler's temperature
     base, plain = dict(recipes["flow_base"].generator.params), dict(recipes["flow"].generator.params)
     assert base.pop("base_sample") is True and base.pop("temperature") == 0.3
+    assert base.pop("class_pooling") == "frame_probs"
     assert not plain.pop("base_sample", False) and plain.pop("temperature", 1.0) == 1.0
+    assert plain.pop("class_pooling", "mean_feature") == "mean_feature"
     assert base == plain and recipes["flow_base"].train == recipes["flow"].train
