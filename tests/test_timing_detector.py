@@ -135,3 +135,35 @@ def test_learned_contacts_without_a_trained_head_is_one_line_and_exit_2(tmp_path
     code, _, lines = avgen_in_process(capsys, "timing", "eval", str(tmp_path), "--detector", "learned_contacts")
     assert code == 2 and len(lines) == 1, lines
     assert "avgen timing fit" in lines[0]
+
+
+@pytest.mark.parametrize("fps", [30.0, 24.0])
+def test_chunks_read_the_video_once_and_give_the_frames_a_fresh_read_of_each_window_gives(tmp_path, monkeypatch, fps):
+    """A video read in chunks with margins through one reader: every chunk's frames equal read_frames of its
+    window (the chunk's lo and length), the kept overlap included; the chunks own the whole video once."""
+    import numpy as np
+
+    import avgen_timing.chunks as chunked
+    from avgen import probe, read_frames, write_video
+
+    monkeypatch.setattr(chunked, "CHUNK", 2.0)
+    monkeypatch.setattr(chunked, "MARGIN", 0.5)
+    count = 7 * 25 + 3  # 7.12 s at 25 fps, read at another rate (30) and at one it divides less evenly (24)
+    levels = (np.arange(count) * 37 % 251).astype(np.uint8)  # every frame its own brightness
+    frames = np.broadcast_to(levels[:, None, None, None], (count, 32, 32, 3)).copy()
+    video = write_video(tmp_path / "v.mp4", frames, 25)
+    duration = float(probe(video).duration)
+
+    class Detector:
+        input_size = 32
+
+    Detector.fps = fps
+    seen = list(chunked.chunks(Detector(), video, duration))
+    assert [start for start, _, _ in seen] == [0.0, 2.0, 4.0, 6.0]
+    for start, lo, got in seen:
+        hi = min(duration, start + 2.0 + 0.5)
+        expected = read_frames(video, fps, 32, start=lo, duration=max(hi - lo, 1 / fps))
+        assert abs(lo - max(0.0, start - 0.5)) < 1 / fps and torch.equal(got, expected), (start, lo)
+    owned = np.concatenate([np.arange(round(lo * fps), round(lo * fps) + len(f))[
+        chunked.owned(np.arange(round(lo * fps), round(lo * fps) + len(f)) / fps, start)] for start, lo, f in seen])
+    assert np.array_equal(owned, np.arange(len(owned))) and len(owned) >= round(duration * fps) - 1

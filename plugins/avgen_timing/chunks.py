@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from avgen import read_frames
+from avgen import FrameReader
 
 CHUNK = 20.0  # seconds of frames read at once (plus MARGIN each side)
 MARGIN = 1.0
@@ -23,13 +23,27 @@ MARGIN = 1.0
 
 def chunks(detector: Any, video: Path, duration: float) -> Iterator[tuple[float, float, torch.Tensor]]:
     """(start, lo, frames) per chunk: the chunk owns [start, start + CHUNK); its frames, at the detector's fps
-    and input size, begin at lo = start - MARGIN (not before 0) and end MARGIN after it (not past the video)."""
-    start = 0.0
-    while start < duration:
-        lo, hi = max(0.0, start - MARGIN), min(duration, start + CHUNK + MARGIN)
-        yield start, lo, read_frames(video, detector.fps, detector.input_size, start=lo,
-                                     duration=max(hi - lo, 1.0 / detector.fps))
-        start += CHUNK
+    and input size, begin at lo = start - MARGIN (not before 0; on a frame of the detector's fps) and end
+    MARGIN after it (not past the video).
+
+    One reader decodes the video once, in order: a chunk's first frames are the previous chunk's last ones,
+    kept, not decoded again (a fresh container per chunk seeked back to the keyframe before each)."""
+    fps = float(detector.fps)
+    held, held_from = None, 0  # the previous chunk's frames, and the index of its first
+    with FrameReader(video, fps, detector.input_size) as reader:
+        start = 0.0
+        while start < duration:
+            lo, hi = max(0.0, start - MARGIN), min(duration, start + CHUNK + MARGIN)
+            first, count = round(lo * fps), max(1, int(round(max(hi - lo, 1.0 / fps) * fps)))
+            if held is not None and held_from <= first < held_from + len(held):
+                keep = held[first - held_from:first - held_from + count]
+                more = count - len(keep)
+                frames = torch.cat([keep, reader.read(first + len(keep), more)]) if more > 0 else keep
+            else:
+                frames = reader.read(first, count)
+            held, held_from = frames, first
+            yield start, first / fps, frames
+            start += CHUNK
 
 
 def owned(times: Any, start: float) -> Any:
