@@ -125,44 +125,53 @@ def test_the_check_result_is_a_cache_note_that_clear_removes(tmp_path):
 
 def test_generate_uses_bf16_frames_only_where_the_generators_output_agrees_on_the_video(tiny_run, monkeypatch):
     """A run whose featurize chose fp32 by itself: generate checks, on the video's first window, whether bf16
-    frames give the same class and s' (within OUTPUT_TOLERANCE) and encodes in bf16 only then. The encoder's
-    bf16 error is injected and native bf16 patched, so this runs the same on any CPU."""
+    frames give the same class and s' (within OUTPUT_TOLERANCE) and encodes in bf16 only then, once per video
+    for windows and events alike. The encoder's bf16 error is injected and native bf16 patched, so this runs
+    the same on any CPU."""
     import avgen
     import avgen._core.videosound as videosound
 
-    model = avgen.load(tiny_run, device="cpu")
-    monkeypatch.setitem(model.meta, "featurize_precision", "fp32")  # as where featurize's check refused bf16
     video = sorted((tiny_run.parents[1] / "data").glob("*.mp4"))[0]
-    plain = model.encoder.encode
     calls = []
 
-    def encode_with(error):
+    def model_with(error, native=True, requested="auto"):
+        model = avgen.load(tiny_run, device="cpu")
+        model.meta["featurize_precision"] = "fp32"  # as where featurize's own check refused bf16
+        plain = model.encoder.encode
+
         def encode(frames):
             features = plain(frames)
             calls.append(torch.is_autocast_enabled("cpu"))
             if torch.is_autocast_enabled("cpu"):  # what bf16 does to this encoder: a relative error of ``error``
                 features = features * (1 + error * torch.linspace(-1, 1, features.shape[-1]))
             return features
-        return encode
 
-    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
-    reference, _ = model.sound(video, features=model.features(video))  # fp32 frames: no check
-    monkeypatch.setattr(model.encoder, "encode", encode_with(1e-4))
+        model.encoder.encode = encode
+        model.recipe = model.recipe.model_copy(
+            update={"featurize": model.recipe.featurize.model_copy(update={"precision": requested})})
+        monkeypatch.setattr(precision, "native_bf16", lambda device: (native, "patched"))
+        calls.clear()
+        return model
+
+    reference, _ = model_with(0.0, native=False).sound(video)  # fp32 frames: no check
+    assert not any(calls)
+    model = model_with(1e-4)
     close, summary = model.sound(video)
     assert summary["encoder_precision"] == "bf16" and summary["bf16_same_class"]
     assert summary["bf16_output_difference"] <= videosound.OUTPUT_TOLERANCE
-    assert any(calls) and (close - reference).abs().max() < 0.05  # bf16 frames everywhere, nearly the same sound
-    monkeypatch.setattr(model.encoder, "encode", encode_with(20.0))  # features scaled by up to 21x: another sound
-    far, summary = model.sound(video)
+    assert calls.count(False) == 1 and calls.count(True) > 2  # the check's fp32 window, then bf16 frames only
+    assert (close - reference).abs().max() < 0.05  # nearly the same sound
+    calls.clear()
+    model.window_outputs(video, [1.0, 2.5])  # events: the same decision, not checked again
+    assert calls and all(calls) and model.frames_precision(video) == "bf16"
+    far_model = model_with(20.0)  # features scaled by up to 21x: another sound
+    far, summary = far_model.sound(video)
     assert summary["encoder_precision"] == "fp32"
     assert summary["bf16_output_difference"] > videosound.OUTPUT_TOLERANCE or not summary["bf16_same_class"]
     assert torch.equal(far, reference)  # the check refused bf16: the sound is the fp32 one, bit for bit
-    # no check where bf16 is not native, nor where the recipe set fp32 itself
     calls.clear()
-    monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "patched"))
-    assert model.sound(video)[1]["encoder_precision"] == "fp32" and not any(calls)
-    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "patched"))
-    fixed = model.recipe.model_copy(update={"featurize": model.recipe.featurize.model_copy(update={"precision": "fp32"})})
-    monkeypatch.setattr(model, "recipe", fixed)
-    summary = model.sound(video)[1]
+    far_model.window_outputs(video, [1.0])
+    assert calls and not any(calls)
+    # no check where the recipe set fp32 itself
+    summary = model_with(20.0, requested="fp32").sound(video)[1]
     assert summary["encoder_precision"] == "fp32" and "bf16_output_difference" not in summary and not any(calls)

@@ -36,6 +36,7 @@ class SoundModel:
         self._detector: Any = None  # built on first use; False: the model keeps none
         self.detector_name: str | None = None  # its component name, once ``detector`` is read
         self._lock = threading.Lock()  # the local page generates from several threads
+        self._precisions: dict[str, tuple[str, dict[str, Any]]] = {}  # video -> (precision of its frames, the check)
 
     def __repr__(self) -> str:
         return (f"SoundModel({self.recipe.generator.name!r} from {str(self.source)!r}, "
@@ -109,10 +110,31 @@ class SoundModel:
 
     def features(self, video: str | Path) -> torch.Tensor:
         """Encoder features [frames, dim] of every frame of ``video`` at the encoder's fps (what ``sound`` reads)."""
-        from avgen._core.videosound import encoder_precision, video_features
+        from avgen._core.videosound import video_features
         from avgen._core.media import probe
         duration = max(float(probe(Path(video)).duration), self.clip_seconds)
-        return video_features(self.encoder, Path(video), duration, precision=encoder_precision(self.meta, self.device))
+        return video_features(self.encoder, Path(video), duration, precision=self.frames_precision(video))
+
+    def frames_precision(self, video: str | Path) -> str:
+        """'bf16' or 'fp32': how the frames of ``video`` are encoded, decided once per video as ``sound`` decides
+        it (the run's featurize precision, or bf16 where the generator's output on the video's first window
+        agrees; ``frames_check(video)`` gives what that check measured)."""
+        from avgen._core.videosound import encoder_precision, output_check
+        key = str(Path(video).resolve())
+        if key not in self._precisions:
+            found: dict[str, Any] = {}
+            per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
+            precision = encoder_precision(
+                self.meta, self.device, lambda: output_check(self.encoder, self.generator, Path(video), per_clip,
+                                                             self.device, found),
+                requested=self.recipe.featurize.precision)
+            self._precisions[key] = (precision, found)
+        return self._precisions[key][0]
+
+    def frames_check(self, video: str | Path) -> dict[str, Any]:
+        """What ``frames_precision`` measured on ``video`` (empty where no check ran)."""
+        self.frames_precision(video)
+        return dict(self._precisions[str(Path(video).resolve())][1])
 
     def stream(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
                bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
@@ -124,7 +146,8 @@ class SoundModel:
             bank = self.bank(library, console)
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
-                          material=self._class_index(material), features=features)
+                          material=self._class_index(material), features=features,
+                          precision=(self.frames_precision(video), self.frames_check(video)))
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
@@ -181,7 +204,7 @@ class SoundModel:
 
     def _window_features(self, video: Path, times: list[float]) -> torch.Tensor:
         """Encoder features [K, frames per clip, dim] of the windows centred on ``times`` (clamped to the video)."""
-        from avgen._core.videosound import encoder_precision, video_features
+        from avgen._core.videosound import video_features
         from avgen._core.media import FrameReader, probe
         fps = self.encoder.fps
         per_clip = max(1, round(self.clip_seconds * fps))
@@ -200,7 +223,7 @@ class SoundModel:
         with FrameReader(video, fps, self.encoder.input_size) as reader:
             for first, end in runs:
                 feats = video_features(self.encoder, video, 0.0, first=first, count=end - first, reader=reader,
-                                       precision=encoder_precision(self.meta, self.device))
+                                       precision=self.frames_precision(video))
                 rows.update({first + i: row for i, row in enumerate(feats)})
         return torch.stack([torch.stack([rows[f + i] for i in range(per_clip)]) for f in firsts])
 

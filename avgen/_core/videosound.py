@@ -194,7 +194,8 @@ class VideoSound:
     def __init__(self, video: Path, recipe: Any, encoder: Any, representation: Any, model: torch.nn.Module,
                  meta: dict[str, Any], device: torch.device, hop_fraction: float = 0.5, batch: int = 32,
                  exemplar_bank: Any = None, material: int | None = None,
-                 segment_seconds: float = SEGMENT_SECONDS, features: torch.Tensor | None = None) -> None:
+                 segment_seconds: float = SEGMENT_SECONDS, features: torch.Tensor | None = None,
+                 precision: tuple[str, dict[str, Any]] | None = None) -> None:
         from avgen._core.media import probe
 
         info = probe(video)
@@ -224,9 +225,12 @@ class VideoSound:
         self.features = features  # [frames, dim] of the whole video, when given: not read again
         self.clock = _Clock()
         checked: dict[str, Any] = {}
-        self.precision = "fp32" if features is not None else encoder_precision(
-            meta, device, lambda: output_check(encoder, model, self.video, self.frames_per_clip, device, checked),
-            requested=recipe.featurize.precision)
+        if precision is not None:  # decided by the caller (``SoundModel.frames_precision``), with what it measured
+            self.precision, checked = precision[0], dict(precision[1])
+        else:
+            self.precision = "fp32" if features is not None else encoder_precision(
+                meta, device, lambda: output_check(encoder, model, self.video, self.frames_per_clip, device, checked),
+                requested=recipe.featurize.precision)
         self.clock.lap("precision")
         self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
                                         "sample_rate": self.rate, "encoder_precision": self.precision, **checked}
