@@ -164,6 +164,8 @@ def test_generate_uses_bf16_frames_only_where_the_generators_output_agrees_on_th
     calls.clear()
     model.window_outputs(video, [1.0, 2.5])  # events: the same decision, not checked again
     assert calls and all(calls) and model.frames_precision(video) == "bf16"
+    assert model.frames_check(video)["encoder_precision"] == "bf16"  # what an events summary records
+    assert model_with(1e-4).frames_check(video) == {}  # nothing encoded yet: no check has run
     far_model = model_with(20.0)  # features scaled by up to 21x: another sound
     far, summary = far_model.sound(video)
     assert summary["encoder_precision"] == "fp32"

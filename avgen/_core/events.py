@@ -56,8 +56,8 @@ def sound_of_events(model: Any, video: Path, *, detector: Any = None, detector_n
         raise AvgenError(f"sound by events: {MISSING}")
     from avgen._core.videosound import within_unit
 
-    wave, summary = found
-    return within_unit(wave), summary  # a plugin's mix may peak above 1: scaled for PCM, as windows are
+    wave, summary = found  # a plugin's mix may peak above 1: scaled for PCM, as windows are
+    return within_unit(wave), {**summary, **model.frames_check(video)}  # how the contacts' frames were encoded
 
 
 def kept_detector(folder: Path) -> tuple[Any, str] | None:

@@ -132,9 +132,10 @@ class SoundModel:
         return self._precisions[key][0]
 
     def frames_check(self, video: str | Path) -> dict[str, Any]:
-        """What ``frames_precision`` measured on ``video`` (empty where no check ran)."""
-        self.frames_precision(video)
-        return dict(self._precisions[str(Path(video).resolve())][1])
+        """How the frames of ``video`` were encoded: ``encoder_precision`` and what the check measured; empty
+        where none of them has been encoded yet (this runs no check)."""
+        decided = self._precisions.get(str(Path(video).resolve()))
+        return {} if decided is None else {"encoder_precision": decided[0], **decided[1]}
 
     def stream(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
                bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
@@ -147,7 +148,8 @@ class SoundModel:
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
                           material=self._class_index(material), features=features,
-                          precision=(self.frames_precision(video), self.frames_check(video)))
+                          precision=(self.frames_precision(video),
+                                     {k: v for k, v in self.frames_check(video).items() if k != "encoder_precision"}))
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
