@@ -70,6 +70,14 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, use_c
         run("eager NCHW fp32", lambda: model(images_nchw))
         model.to(memory_format=torch.channels_last)
         run("channels-last fp32", lambda: model(images_cl))
+        if device.type == "cpu":  # what encode() runs in fp32 on the CPU once it has encoded a few hundred frames
+            from avgen_vision.encoder import frozen_for_inference
+
+            start = time.perf_counter()
+            frozen = frozen_for_inference(model, images_cl)
+            if frozen:
+                run("channels-last fp32, frozen", lambda: frozen(images_cl),
+                    f"TorchScript freeze for inference, {time.perf_counter() - start:.1f} s to build")
         reference = model(images_cl).float()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             bf16 = model(images_cl).float()
@@ -100,6 +108,7 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, use_c
                 compiled_bf16()
                 run("torch.compile channels-last bf16", compiled_bf16, f"compile {time.perf_counter() - start:.0f} s")
     encoder.batch_size = batch
+    encoder.freeze_after = 0  # encode() as featurize runs it after its first few hundred frames
     choice = choose_precision("auto", device, lambda: check_bf16(lambda: encoder.encode(frames), device))
 
     def auto() -> torch.Tensor:  # what featurize does with [featurize] precision = "auto"
@@ -122,7 +131,7 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, use_c
         fraction = fps * flops / matmul
         lines.append(f"  {label:36s} {fps:8.1f} frames/s  {fraction * 100:6.1f} % of fp32 matmul  {note}")
     best_fp32 = max(fps for label, fps, _ in rows if "fp32" in label and "encode()" not in label)
-    lines.append(f"  best fp32 CNN rate: {best_fp32 * flops / matmul * 100:.1f} % of the fp32 matmul rate (target >= 50 %)")
+    lines.append(f"  best fp32 CNN rate: {best_fp32 * flops / matmul * 100:.1f} % of the fp32 matmul rate (target >= 70 %)")
     record("featurize", **{f"{name}_fraction_of_matmul": best_fp32 * flops / matmul})
     return lines
 

@@ -155,3 +155,36 @@ def test_generic_timm_encoder_takes_mean_and_std_from_its_model():
         expected = encoder.model(images.contiguous())
     got = encoder.encode(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_after_freeze_after_frames_fp32_runs_a_frozen_network_with_the_eager_features(name, monkeypatch):
+    """fp32 on the CPU: the first ``freeze_after`` frames run eagerly, then a TorchScript network frozen for
+    inference, checked against eager on two frames; its features equal eager ones within float rounding.
+    bf16 autocast keeps the eager network; a network TorchScript cannot trace stays eager."""
+    import avgen_vision.encoder as vision
+
+    x = frames(10, seed=5)
+    eager = build(name)
+    eager.freeze_after = 10 ** 9
+    reference = eager.encode(x)
+    encoder = build(name, batch_size=4)
+    encoder.freeze_after = 4
+    first = encoder.encode(x)  # one eager batch of 4, then frozen for the other 6 frames
+    assert encoder._frozen and encoder._eager_frames == 4
+    second = encoder.encode(x)  # all frozen
+    tolerance = dict(rtol=1e-4, atol=1e-4 * float(reference.abs().max()))
+    assert torch.allclose(first, reference, **tolerance) and torch.allclose(second, reference, **tolerance)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # featurize's bf16: the eager network under autocast
+        calls = []
+        monkeypatch.setattr(encoder, "_frozen", lambda batch: calls.append(batch) or pytest.fail("frozen under autocast"))
+        encoder.encode(x)
+    assert not calls
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("TorchScript cannot trace this")
+
+    monkeypatch.setattr(vision.torch.jit, "trace", untraceable)
+    fallback = build(name, batch_size=4)
+    fallback.freeze_after = 0
+    assert torch.allclose(fallback.encode(x), reference, **tolerance) and fallback._frozen is False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,11 @@ from avgen import Encoder
 ACTIVATION_FLOATS_PER_PIXEL = 100
 MEMORY_SHARE = 0.25  # of the free memory one batch may use
 MAX_BATCH = {"cpu": 64, "cuda": 512}  # larger CPU batches only evict the cache
+# fp32 frames encoded eagerly on the CPU before the network is frozen for inference (``frozen_for_inference``):
+# freezing costs 0.5 s (EfficientNet-Lite0) to 1.2 s (ResNet-50) on 2 cores and then saves 4-11 ms per frame,
+# so it pays for itself after about 110 frames; a short video's few dozen frames stay eager
+FREEZE_AFTER = 256
+FROZEN_TOLERANCE = 1e-4  # the frozen network is used only where its output is this close (relative L2) to eager
 
 
 class FrameEncoder(Encoder):
@@ -53,6 +59,9 @@ class FrameEncoder(Encoder):
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std  ==  x * scale - shift
         self._shift = mean_t / std_t
+        self.freeze_after = FREEZE_AFTER
+        self._eager_frames = 0
+        self._frozen: Any = None  # the frozen network; False where freezing failed or disagreed
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float32 [N, dim] on the CPU, without gradient."""
@@ -64,10 +73,20 @@ class FrameEncoder(Encoder):
         with torch.inference_mode():
             for start in range(0, count, step):
                 batch = self.preprocess(frames[start : start + step])
-                with self._autocast():
-                    features = self.model(batch)
+                features = self._forward(batch)
                 out[start : start + step] = features.reshape(len(batch), -1).float().cpu()
         return out
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network on one batch: eager, or (fp32 on the CPU, after ``freeze_after`` frames) frozen."""
+        if self.device.type == "cpu" and self.precision == "fp32" and not torch.is_autocast_enabled("cpu"):
+            if self._frozen is None and self._eager_frames >= self.freeze_after:
+                self._frozen = frozen_for_inference(self.model, batch)
+            if self._frozen:
+                return self._frozen(batch)
+            self._eager_frames += len(batch)
+        with self._autocast():
+            return self.model(batch)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalised float [B, 3, S, S] in channels-last memory on the device."""
@@ -81,6 +100,24 @@ class FrameEncoder(Encoder):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def frozen_for_inference(model: nn.Module, example: torch.Tensor) -> Any:
+    """``model`` traced and frozen for inference with TorchScript (batch norms folded, convolutions fused with their
+    activations and run in oneDNN's blocked layout: 1.3-1.5x the eager fp32 rate of ResNet-50 and
+    EfficientNet-Lite0 on 2 CPU cores), or False where that fails or its output on ``example`` is not within
+    FROZEN_TOLERANCE of eager (newer torch versions deprecate TorchScript; eager stays the fallback)."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            example = example[:2].clone()  # two frames (tracing and the check cost 5 passes over them), as a
+            # normal tensor, not an inference-mode one; the frozen graph takes any batch size
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model.eval(), example)))
+            expected, got = model(example).float(), frozen(example).float()
+        difference = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+        return frozen if difference <= FROZEN_TOLERANCE else False
+    except Exception:  # noqa: BLE001 - any TorchScript failure: keep the eager network
+        return False
 
 
 def auto_batch_size(device: torch.device, input_size: int, cpu_batch: int = MAX_BATCH["cpu"]) -> int:
