@@ -89,8 +89,8 @@ def profile_in_child(video: Path, run_dir: Path, detector_name: str | None, dura
 
 def profile_events(video: Path, run_dir: Path, detector_name: str | None, duration: float) -> None:
     """Time the stages of generating by events in this process, through avgen's public API: loading the run,
-    reading the frames the detector needs (in 20 s chunks with 1 s margins as plugins/avgen_timing/chunks.py reads
-    them; and decoding and scaling them in one pass, with read_frames' scaler and a faster one), the detector, the
+    reading the frames the detector needs (plugins/avgen_timing/chunks.py's own chunks: 20 s with 1 s margins through
+    one reader; and decoding and scaling them in one pass, with read_frames' scaler and a faster one), the detector, the
     contacts' windows (frames, encoder, generator) and their decode."""
     import torch
 
@@ -102,21 +102,23 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
     if detector is None:
         detector = avgen.create("detector", "region_contacts")
     loaded = time.perf_counter() - started
-    chunk, margin = 20.0, 1.0
+    from avgen_timing.chunks import CHUNK, chunks  # the plugin's own reading: one reader, overlaps kept
+
     t_read = t_detect = 0.0
     found = []
-    start = 0.0
-    while start < duration:
-        lo, hi = max(0.0, start - margin), min(duration, start + chunk + margin)
+    stream = chunks(detector, video, duration)
+    while True:
         began = time.perf_counter()
-        frames = avgen.read_frames(video, detector.fps, detector.input_size, start=lo, duration=max(hi - lo, 1 / detector.fps))
+        item = next(stream, None)
         t_read += time.perf_counter() - began
+        if item is None:
+            break
+        start, lo, frames = item
         began = time.perf_counter()
         events = detector.detect(frames).reshape(-1, 2).float()
         t_detect += time.perf_counter() - began
         times = events[:, 0] + lo
-        found += [t for t in times.tolist() if start <= t < start + chunk]
-        start += chunk
+        found += [t for t in times.tolist() if start <= t < start + CHUNK]
     count = round(duration * detector.fps)
     t_once = convert_floor(video, detector.input_size, "BILINEAR")
     t_fast = convert_floor(video, detector.input_size, "FAST_BILINEAR")
@@ -131,7 +133,7 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
     print(f"  profile ({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}), "
           f"{duration:.0f} s of video, {len(found)} detections: "
           f"load the run {loaded:.2f} s; read {count} frames at {detector.fps:g} fps, {detector.input_size} px: "
-          f"{t_read:.1f} s in 20 s chunks; one pass decoding and scaling every frame {t_once:.1f} s ({t_fast:.1f} s with "
+          f"{t_read:.1f} s in the plugin's chunks (one reader); one pass decoding and scaling every frame {t_once:.1f} s ({t_fast:.1f} s with "
           f"FFmpeg's fast bilinear scaler), decoding alone {floor:.1f} s; "
           f"detector {t_detect:.1f} s ({t_detect / count * 1e3:.2f} ms/frame); windows (frames, encoder, generator) "
           f"{t_windows:.2f} s; decode {t_decode:.2f} s")
