@@ -145,11 +145,13 @@ class SoundModel:
         from avgen._core.videosound import VideoSound
         if bank is None and (exemplar or library is not None):
             bank = self.bank(library, console)
+        if features is None:
+            self.frames_precision(video)  # decided (checked where it has to be) before the frames are read
+        decided = self.frames_check(video)  # given features: how ``features`` made them, if it did
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
                           material=self._class_index(material), features=features,
-                          precision=(self.frames_precision(video),
-                                     {k: v for k, v in self.frames_check(video).items() if k != "encoder_precision"}))
+                          precision=(decided.pop("encoder_precision", "fp32"), decided))
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
