@@ -102,7 +102,7 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
     if detector is None:
         detector = avgen.create("detector", "region_contacts")
     loaded = time.perf_counter() - started
-    from avgen_timing.chunks import CHUNK, chunks  # the plugin's own reading: one reader, overlaps kept
+    from avgen_timing.chunks import chunks, owned  # the plugin's own reading: one reader, overlaps kept
 
     t_read = t_detect = 0.0
     found = []
@@ -118,7 +118,7 @@ def profile_events(video: Path, run_dir: Path, detector_name: str | None, durati
         events = detector.detect(frames).reshape(-1, 2).float()
         t_detect += time.perf_counter() - began
         times = events[:, 0] + lo
-        found += [t for t in times.tolist() if start <= t < start + CHUNK]
+        found += times[owned(times, start)].tolist()
     count = round(duration * detector.fps)
     t_once = convert_floor(video, detector.input_size, "BILINEAR")
     t_fast = convert_floor(video, detector.input_size, "FAST_BILINEAR")

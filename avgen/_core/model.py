@@ -119,22 +119,18 @@ class SoundModel:
         """'bf16' or 'fp32': how the frames of ``video`` are encoded, decided once per video as ``sound`` decides
         it (the run's featurize precision, or bf16 where the generator's output on the video's first window
         agrees; ``frames_check(video)`` gives what that check measured)."""
-        from avgen._core.videosound import encoder_precision, output_check
-        key = str(Path(video).resolve())
+        from avgen._core.videosound import frames_precision
+        key = _video_key(video)
         if key not in self._precisions:
-            found: dict[str, Any] = {}
             per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
-            precision = encoder_precision(
-                self.meta, self.device, lambda: output_check(self.encoder, self.generator, Path(video), per_clip,
-                                                             self.device, found),
-                requested=self.recipe.featurize.precision)
-            self._precisions[key] = (precision, found)
+            self._precisions[key] = frames_precision(self.meta, self.device, self.encoder, self.generator, Path(video),
+                                                     per_clip, self.recipe.featurize.precision)
         return self._precisions[key][0]
 
     def frames_check(self, video: str | Path) -> dict[str, Any]:
         """How the frames of ``video`` were encoded: ``encoder_precision`` and what the check measured; empty
         where none of them has been encoded yet (this runs no check)."""
-        decided = self._precisions.get(str(Path(video).resolve()))
+        decided = self._precisions.get(_video_key(video))
         return {} if decided is None else {"encoder_precision": decided[0], **decided[1]}
 
     def stream(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
@@ -147,11 +143,11 @@ class SoundModel:
             bank = self.bank(library, console)
         if features is None:
             self.frames_precision(video)  # decided (checked where it has to be) before the frames are read
-        decided = self.frames_check(video)  # given features: how ``features`` made them, if it did
+        # given features: the precision ``features`` made them in, where it did
+        precision = self._precisions.get(_video_key(video), ("fp32", {}))
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
-                          material=self._class_index(material), features=features,
-                          precision=(decided.pop("encoder_precision", "fp32"), decided))
+                          material=self._class_index(material), features=features, precision=precision)
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
@@ -293,6 +289,11 @@ def window_features(features: torch.Tensor, times: list[float], fps: float, fram
 def window_starts(times: list[float], fps: float, frames_per_clip: int, frames: int) -> list[int]:
     """The first frame of the clip-length window centred on each time, clamped inside ``frames`` frames."""
     return [min(max(0, round(t * fps - frames_per_clip / 2)), frames - frames_per_clip) for t in times]
+
+
+def _video_key(video: str | Path) -> str:
+    """The key of a video in ``SoundModel``'s per-video precision decisions."""
+    return str(Path(video).resolve())
 
 
 def is_run_dir(path: Path) -> bool:

@@ -45,6 +45,16 @@ def encoder_precision(meta: dict[str, Any], device: torch.device, check: Any = N
     return "bf16" if check() else "fp32"
 
 
+def frames_precision(meta: dict[str, Any], device: torch.device, encoder: Any, model: torch.nn.Module, video: Path,
+                     frames: int, requested: str) -> tuple[str, dict[str, Any]]:
+    """(how the frames of ``video`` are encoded, what the check measured): ``encoder_precision`` with
+    ``output_check`` on the video's first window of ``frames`` frames."""
+    found: dict[str, Any] = {}
+    precision = encoder_precision(meta, device, lambda: output_check(encoder, model, video, frames, device, found),
+                                  requested=requested)
+    return precision, found
+
+
 def output_check(encoder: Any, model: torch.nn.Module, video: Path, frames: int, device: torch.device,
                  found: dict[str, Any]) -> bool:
     """Whether the generator's output for the first window of ``video`` is the same from frames encoded in bf16
@@ -224,13 +234,10 @@ class VideoSound:
         self.names = list(meta.get("class_names") or [])
         self.features = features  # [frames, dim] of the whole video, when given: not read again
         self.clock = _Clock()
-        checked: dict[str, Any] = {}
-        if precision is not None:  # decided by the caller (``SoundModel.frames_precision``), with what it measured
-            self.precision, checked = precision[0], dict(precision[1])
-        else:
-            self.precision = "fp32" if features is not None else encoder_precision(
-                meta, device, lambda: output_check(encoder, model, self.video, self.frames_per_clip, device, checked),
-                requested=recipe.featurize.precision)
+        if precision is None:  # not decided by the caller (``SoundModel.frames_precision``): decide here
+            precision = ("fp32", {}) if features is not None else frames_precision(
+                meta, device, encoder, model, self.video, self.frames_per_clip, recipe.featurize.precision)
+        self.precision, checked = precision[0], dict(precision[1])
         self.clock.lap("precision")
         self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "windows": len(self.starts),
                                         "sample_rate": self.rate, "encoder_precision": self.precision, **checked}
