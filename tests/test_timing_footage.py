@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import avgen
 from avgen._core import media
@@ -169,6 +170,44 @@ def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per
     assert np.abs(sf.read(tmp_path / "still.wav")[0]).max() == 0  # nothing happens: a silent track, no error
 
 
+def unlike_video(path: Path) -> Path:
+    """Two seconds of a green picture with a red square moving across it: nothing like the rendered hits."""
+    frames = np.zeros((60, 64, 64, 3), dtype=np.uint8)
+    frames[..., 1] = 230
+    for t in range(60):
+        frames[t, 24:36, t % 52:(t % 52) + 12] = (230, 0, 0)
+    return avgen.write_video(path, frames, 30)
+
+
+def test_similarity_is_the_median_over_frames_of_the_nearest_cosine():
+    from avgen._core.events import similarity
+
+    frames = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    reference = np.array([[1.0, 0.0], [0.6, 0.8]])
+    nearest = [max(f @ r / np.linalg.norm(f) / np.linalg.norm(r) for r in reference) for f in frames]  # 1, .8, .98995
+    assert similarity(torch.tensor(frames), torch.tensor(reference)) == pytest.approx(float(np.median(nearest)), abs=1e-6)
+
+
+def test_the_familiar_reference_keeps_spaced_unit_rows_and_the_validation_level(tmp_path):
+    from safetensors.torch import load_file
+
+    from avgen._core.events import familiar_reference
+
+    g = torch.Generator().manual_seed(0)
+    train, val = torch.randn(30, 4, 8, generator=g), torch.randn(21, 4, 8, generator=g)
+    spec = familiar_reference(tmp_path, train, val)
+    reference = load_file(str(tmp_path / spec["file"]))["reference"].float()
+    rows = train.reshape(-1, 8)
+    assert reference.shape == (120, 8)  # fewer training frames than the cap: all of them
+    assert torch.allclose(reference, rows / rows.norm(dim=1, keepdim=True), atol=2e-3)  # stored in half precision
+    sims = []
+    for clip in val.numpy():  # by hand: per validation clip the median of each frame's best cosine
+        cos = (clip / np.linalg.norm(clip, axis=1, keepdims=True)) @ (rows / rows.norm(dim=1, keepdim=True)).numpy().T
+        sims.append(np.median(cos.max(1)))
+    assert spec["level"] == pytest.approx(float(np.quantile(sims, 0.05)), abs=2e-3)
+    assert familiar_reference(tmp_path, train, val[:0]) is None  # no validation clips: no reference
+
+
 def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_path, capsys, monkeypatch):
     """[detector] in a recipe: the fit stage fits it on the training videos and keeps it (detector.json);
     `generate` then defaults to events, av_sync ('auto') measures against it, and the exported folder carries it."""
@@ -184,7 +223,10 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_
     spec = json.loads((run / "detector.json").read_text())
     assert spec["detector"] == "learned_contacts" and (run / spec["params"]["weights"]).is_file()
     stages = json.loads((run / "stages.json").read_text())
-    assert stages["stages"]["fit"]["detector"] == {"name": "learned_contacts", "videos": 4}
+    familiar = spec["familiar"]  # what the training videos look like: the detector is used on videos like them
+    assert (run / familiar["file"]).is_file() and 0 < familiar["level"] <= 1 and familiar["share"] == 0.75
+    assert stages["stages"]["fit"]["detector"] == {"name": "learned_contacts", "videos": 4,
+                                                   "familiar_level": familiar["level"]}
     assert "av_sync" in json.loads((run / "metrics.json").read_text())
     assert any("detector: fitting learned_contacts on 4 training videos" in line for line in err)
 
@@ -194,6 +236,14 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_
     summary = json.loads((tmp_path / "out" / f"{video.stem}.avgen.json").read_text())
     assert summary["mode"] == "events" and summary["detector"].startswith("learned_contacts")
     assert summary["onsets"] == len(summary["contacts"])
+    assert summary["familiarity"] >= summary["familiar_threshold"]  # a training video is like the training videos
+
+    unlike = unlike_video(tmp_path / "unlike.mp4")
+    code, _, err = avgen_in_process(capsys, "generate", str(unlike), "--run", str(run), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    other = json.loads((tmp_path / "out" / "unlike.avgen.json").read_text())
+    assert other["familiarity"] < other["familiar_threshold"]
+    assert other["mode"] == "events" and other["detector"].startswith("region_contacts (the video is unlike")
 
     model_dir = tmp_path / "model"
     code, _, err = avgen_in_process(capsys, "export", str(run), str(model_dir))
@@ -205,5 +255,8 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_
     assert code == 0, err
     again = json.loads((tmp_path / "from_model" / f"{video.stem}.avgen.json").read_text())
     assert again["contacts"] == summary["contacts"]  # the same detector, the same contacts
+    assert again["familiarity"] == summary["familiarity"] and (model_dir / familiar["file"]).is_file()
+    _, summary_of_unlike = avgen.load(model_dir).events(unlike)  # the exported folder decides as the run does
+    assert summary_of_unlike["detector"] == other["detector"]
     assert np.allclose(sf.read(tmp_path / "from_model" / f"{video.stem}.avgen.wav")[0],
                        sf.read(tmp_path / "out" / f"{video.stem}.avgen.wav")[0], atol=1e-4)

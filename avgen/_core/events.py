@@ -18,7 +18,12 @@ from typing import Any
 from avgen._core.atomic import write_json
 from avgen._core.errors import AvgenError
 
-DETECTOR_FILE = "detector.json"  # in a run or model folder: {"detector": NAME, "params": {...}}
+DETECTOR_FILE = "detector.json"  # in a run or model folder: {"detector": NAME, "params": {...}, "familiar": {...}}
+FAMILIAR_FILE = "familiar.safetensors"  # beside it: encoder features of the training clips the detector was fitted on
+REFERENCE_ROWS = 2048  # training frames kept as the reference (evenly spaced over the split)
+LEVEL_QUANTILE = 0.05  # the level: this quantile of the validation clips' similarity to the reference
+FAMILIAR_SHARE = 0.75  # a video is unlike the training videos when its similarity is below this share of the level
+CHECK_FRAMES = 8  # frames of a video (evenly spaced) compared with the reference
 MISSING = ("no plugin makes sound by events (the timing plugin, avgen_timing, does: install it, "
            "or add timing to AVGEN_LOAD_PLUGINS)")
 
@@ -77,9 +82,13 @@ def kept_detector(folder: Path) -> tuple[Any, str] | None:
     return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name
 
 
-def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any) -> dict[str, Any]:
+def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any, featurized: Any = None) -> dict[str, Any]:
     """Fit the recipe's [detector] on the training videos and keep it in the run (detector.json, which
-    ``avgen generate`` and ``av_sync`` use); info: the detector and how many videos it learned from."""
+    ``avgen generate`` and ``av_sync`` use); info: the detector and how many videos it learned from.
+
+    With ``featurized`` (split name -> the split's tensors) and an encoder, the run also keeps what its training
+    videos look like (``familiar_reference``), so ``SoundModel.detector_for`` uses the fitted detector only on
+    videos like them."""
     from avgen._core.components import BuildContext
     from avgen._core.plugins import get_component
 
@@ -88,5 +97,66 @@ def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any) -> dict
     console.print(f"detector: fitting {spec.name} on {len(videos)} training videos", markup=False)
     detector = get_component("detector", spec.name).build(spec.params, BuildContext(run_dir=run_dir))
     params = {**spec.params, **detector.fit(videos, run_dir)}
-    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)}})
-    return {"name": spec.name, "videos": len(videos)}
+    familiar = familiar_reference(run_dir, featurized("train").features, featurized("val").features) \
+        if featurized is not None and recipe.encoder is not None else None
+    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)},
+                                         **({"familiar": familiar} if familiar else {})})
+    return {"name": spec.name, "videos": len(videos), **({"familiar_level": familiar["level"]} if familiar else {})}
+
+
+# ---------------------------------------------------------------------------------------------- familiar videos
+# A detector fitted on one kind of video does not transfer to another (the quickstart's, fitted on rendered hits,
+# finds 5 % of the contacts of real footage, where the untrained fallback finds half). The run keeps the encoder
+# features of its training frames; a video whose frames are far less like them than the held-out validation
+# clips are gets the events plugin's fallback detector instead (docs/timing.md).
+
+
+def unit_rows(x: Any) -> Any:
+    """Rows scaled to unit length (float32)."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def similarity(frames: Any, reference: Any) -> float:
+    """How like the reference frames [R, D] some frames [K, D] are: the median over the frames of the cosine to
+    the nearest reference frame."""
+    import torch
+
+    return float(torch.quantile((unit_rows(frames) @ unit_rows(reference).T).max(dim=1).values, 0.5))
+
+
+def familiar_reference(run_dir: Path, train: Any, val: Any) -> dict[str, Any] | None:
+    """Keep ``REFERENCE_ROWS`` evenly spaced training frames' features in ``FAMILIAR_FILE`` and return the level
+    (the ``LEVEL_QUANTILE`` of the validation clips' similarity to them) and share; None without validation clips."""
+    import torch
+    from safetensors.torch import save_file
+
+    from avgen._core.atomic import atomic_path
+
+    if train is None or val is None or len(train) == 0 or len(val) == 0 or train.dim() != 3:
+        return None
+    rows = train.reshape(-1, train.shape[-1])
+    pick = torch.linspace(0, len(rows) - 1, min(REFERENCE_ROWS, len(rows))).round().long().unique()
+    reference = unit_rows(rows[pick])
+    sims = torch.tensor([similarity(clip, reference) for clip in val])
+    level = float(torch.quantile(sims, LEVEL_QUANTILE))
+    with atomic_path(run_dir / FAMILIAR_FILE) as tmp:
+        save_file({"reference": reference.half().contiguous()}, str(tmp))
+    return {"file": FAMILIAR_FILE, "level": round(level, 4), "share": FAMILIAR_SHARE}
+
+
+def kept_familiar(folder: Path) -> tuple[Any, float] | None:
+    """(reference frames [R, D], the similarity below which a video is unlike them) that a run or model folder
+    keeps with its detector, or None (none kept: a detector fitted by `avgen timing fit` applies everywhere)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / DETECTOR_FILE
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8")).get("familiar") if path.is_file() else None
+        if not spec:
+            return None
+        reference = load_file(str(Path(folder) / spec["file"]))["reference"].float()
+        return reference, float(spec["level"]) * float(spec.get("share", FAMILIAR_SHARE))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AvgenError(f"{path}: its familiar reference is unreadable ({exc}); run the fit stage again "
+                         "(avgen run RECIPE --only fit)") from exc

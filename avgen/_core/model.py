@@ -35,6 +35,7 @@ class SoundModel:
         self._training_bank: Any = None
         self._detector: Any = None  # built on first use; False: the model keeps none
         self.detector_name: str | None = None  # its component name, once ``detector`` is read
+        self._familiar: Any = None  # (reference, threshold) of the kept detector's training videos; False: none
         self._lock = threading.Lock()  # the local page generates from several threads
         self._precisions: dict[str, tuple[str, dict[str, Any]]] = {}  # video -> (precision of its frames, the check)
 
@@ -239,6 +240,45 @@ class SoundModel:
             self._detector, self.detector_name = kept_detector(self.source) or (False, None)
         return self._detector or None
 
+    def familiarity(self, video: str | Path) -> dict[str, float] | None:
+        """How like the training videos ``video`` looks: ``{"familiarity": s, "familiar_threshold": t}``, where s is
+        the median over ``CHECK_FRAMES`` evenly spaced frames of the encoder features' cosine to the nearest kept
+        training frame, and t the share of the validation clips' level below which the video is unlike them;
+        None when the model keeps no reference (no detector fitted in its fit stage)."""
+        from avgen._core.events import CHECK_FRAMES, kept_familiar, similarity
+        from avgen._core.media import probe, read_frames
+
+        if self._familiar is None:
+            self._familiar = kept_familiar(self.source) or False
+        if not self._familiar:
+            return None
+        reference, threshold = self._familiar
+        duration = float(probe(Path(video)).duration)
+        frames = torch.cat([read_frames(video, self.encoder.fps, self.encoder.input_size, start=duration * (k + 0.5) / CHECK_FRAMES,
+                                        duration=1.0 / self.encoder.fps)[:1] for k in range(CHECK_FRAMES)])
+        return {"familiarity": round(similarity(self.encoder.encode(frames), reference), 4),
+                "familiar_threshold": round(threshold, 4)}
+
+    def detector_for(self, video: str | Path) -> tuple[Any, str, dict[str, Any]]:
+        """(detector, how the summary names it, what decided it) for ``video`` by events: the detector kept with
+        the model, or the events plugin's fallback where the video is unlike the training videos the kept one
+        was fitted on (``familiarity``): a detector fitted on rendered hits finds few contacts in real footage."""
+        from avgen._core.events import default_detector
+        from avgen._core.plugins import create
+
+        kept = self.detector
+        if kept is None:
+            raise AvgenError(f"{self.source}: the model keeps no contact detector; fit one with "
+                             f"`avgen timing fit --run RUN_DIR`, or pass a detector")
+        info = self.familiarity(video) or {}
+        fallback = default_detector()
+        if info and info["familiarity"] < info["familiar_threshold"] and fallback not in (None, self.detector_name):
+            return create("detector", fallback), (
+                f"{fallback} (the video is unlike the training videos: visual similarity {info['familiarity']:.2f}, "
+                f"below {info['familiar_threshold']:.2f}; the kept {self.detector_name} applies to videos like "
+                "those)"), info
+        return kept, f"{self.detector_name} (kept with the model)", info
+
     def events(self, video: str | Path, *, detector: Any = None, exemplar: bool = False,
                library: str | Path | None = None, bank: Any = None, material: str | int | None = None,
                console: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -249,13 +289,14 @@ class SoundModel:
         from avgen._core.events import require_events, sound_of_events
 
         require_events("SoundModel.events")
-        detector = detector if detector is not None else self.detector
+        name, info = None, {}
         if detector is None:
-            raise AvgenError(f"{self.source}: the model keeps no contact detector; fit one with "
-                             f"`avgen timing fit --run RUN_DIR`, or pass a detector")
+            detector, name, info = self.detector_for(video)
         if bank is None and (exemplar or library is not None):
             bank = self.bank(library, console)
-        return sound_of_events(self, Path(video), detector=detector, bank=bank, material=self._class_index(material))
+        wave, summary = sound_of_events(self, Path(video), detector=detector, detector_name=name, bank=bank,
+                                        material=self._class_index(material))
+        return wave, {**summary, **info}
 
     def raw_sound(self, rep: torch.Tensor) -> torch.Tensor:
         """Clip waveforms [N, samples] decoded from generated representations [N, D, F] (the raw sound)."""

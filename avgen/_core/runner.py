@@ -294,7 +294,7 @@ class Run:
     def _fit(self) -> dict[str, Any]:
         from avgen._core.events import fit_detector
 
-        kept = {"detector": fit_detector(self.recipe, self.dataset, self.run_dir, self.console)} \
+        kept = {"detector": fit_detector(self.recipe, self.dataset, self.run_dir, self.console, self.featurized)} \
             if self.recipe.detector is not None else {}
         if self.recipe.generator is None:
             self.console.print("no [generator] in the recipe: nothing to train", markup=False)

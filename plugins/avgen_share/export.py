@@ -82,6 +82,7 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
             config["detector"] = detector["detector"]
             config["components"]["detector"] = avgen.component_source("detector", detector["detector"])
             names += [DETECTOR, detector["params"]["weights"]] if "weights" in detector["params"] else [DETECTOR]
+            names += [detector["familiar"]["file"]] if "familiar" in detector else []
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
         splits = (avgen.read_json(run_dir / "dataset.json") or {}).get("splits") or {}
@@ -125,7 +126,15 @@ def keep_detector(run_dir: Path, staging: Path) -> dict[str, Any] | None:
         with avgen.atomic_path(staging / params["weights"]) as tmp:
             shutil.copyfile(head, tmp)
     trained_on = {k: v for k, v in (spec.get("trained_on") or {}).items() if k != "root"}  # no local paths
+    familiar = spec.get("familiar")  # what the training videos look like (the detector applies to videos like them)
     spec = {"detector": spec.get("detector"), "params": params, "trained_on": trained_on}
+    if isinstance(familiar, dict) and isinstance(familiar.get("file"), str):
+        source = run_dir / familiar["file"]
+        if not source.is_file():
+            raise avgen.AvgenError(f"{path}: names {source}, which is missing; run the fit stage again")
+        spec["familiar"] = {**familiar, "file": Path(familiar["file"]).name}
+        with avgen.atomic_path(staging / spec["familiar"]["file"]) as tmp:
+            shutil.copyfile(source, tmp)
     avgen.write_json(staging / DETECTOR, spec)
     return spec
 
