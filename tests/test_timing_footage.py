@@ -244,6 +244,7 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_
     other = json.loads((tmp_path / "out" / "unlike.avgen.json").read_text())
     assert other["familiarity"] < other["familiar_threshold"]
     assert other["mode"] == "events" and other["detector"].startswith("region_contacts (the video is unlike")
+    assert any(f"note: {unlike}: contacts by region_contacts (the video is unlike" in line for line in err)  # said
 
     model_dir = tmp_path / "model"
     code, _, err = avgen_in_process(capsys, "export", str(run), str(model_dir))

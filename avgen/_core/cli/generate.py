@@ -302,6 +302,8 @@ def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None
     info: dict[str, Any] = {}
     if found_by is not None and found_by is model.detector:  # the kept one, where the video is like its training videos
         found_by, name, info = model.detector_for(video)
+        if found_by is not model.detector:
+            out_console.print(f"note: {video}: contacts by {name}", markup=False, highlight=False, soft_wrap=True)
     wave, summary = sound_of_events(model, video, detector=found_by, detector_name=name, onsets=onsets_in,
                                     onsets_out=onsets_out, bank=bank, material=forced, console=out_console)
     return wave, {**summary, **info}
