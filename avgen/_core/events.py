@@ -71,15 +71,23 @@ def kept_detector(folder: Path) -> tuple[Any, str] | None:
     from avgen._core.components import BuildContext
     from avgen._core.plugins import get_component
 
+    spec = detector_spec(folder)
+    if spec is None:
+        return None
+    name, params = spec["detector"], spec["params"]
+    return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name
+
+
+def detector_spec(folder: Path) -> dict[str, Any] | None:
+    """The ``detector.json`` of a run or model folder (``detector`` and ``params`` checked), or None without one."""
     path = Path(folder) / DETECTOR_FILE
     if not path.is_file():
         return None
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        name, params = spec["detector"], dict(spec.get("params") or {})
+        return {**spec, "detector": str(spec["detector"]), "params": dict(spec.get("params") or {})}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AvgenError(f"{path}: unreadable ({exc}); fit the detector again with `avgen timing fit --run`") from exc
-    return get_component("detector", name).build(params, BuildContext(run_dir=Path(folder))), name
 
 
 def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any, featurized: Any = None) -> dict[str, Any]:
@@ -150,13 +158,12 @@ def kept_familiar(folder: Path) -> tuple[Any, float] | None:
     keeps with its detector, or None (none kept: a detector fitted by `avgen timing fit` applies everywhere)."""
     from safetensors.torch import load_file
 
-    path = Path(folder) / DETECTOR_FILE
+    spec = (detector_spec(folder) or {}).get("familiar")
+    if not spec:
+        return None
     try:
-        spec = json.loads(path.read_text(encoding="utf-8")).get("familiar") if path.is_file() else None
-        if not spec:
-            return None
         reference = load_file(str(Path(folder) / spec["file"]))["reference"].float()
         return reference, float(spec["level"]) * float(spec.get("share", FAMILIAR_SHARE))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise AvgenError(f"{path}: its familiar reference is unreadable ({exc}); run the fit stage again "
-                         "(avgen run RECIPE --only fit)") from exc
+        raise AvgenError(f"{Path(folder) / DETECTOR_FILE}: its familiar reference is unreadable ({exc}); run the fit "
+                         "stage again (avgen run RECIPE --only fit)") from exc

@@ -254,8 +254,9 @@ class SoundModel:
             return None
         reference, threshold = self._familiar
         duration = float(probe(Path(video)).duration)
-        frames = torch.cat([read_frames(video, self.encoder.fps, self.encoder.input_size, start=duration * (k + 0.5) / CHECK_FRAMES,
-                                        duration=1.0 / self.encoder.fps)[:1] for k in range(CHECK_FRAMES)])
+        fps, size = self.encoder.fps, self.encoder.input_size
+        frames = torch.cat([read_frames(video, fps, size, start=duration * (k + 0.5) / CHECK_FRAMES, duration=1.0 / fps)[:1]
+                            for k in range(CHECK_FRAMES)])
         return {"familiarity": round(similarity(self.encoder.encode(frames), reference), 4),
                 "familiar_threshold": round(threshold, 4)}
 

@@ -271,9 +271,10 @@ def _generate_table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
-def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_in: bool) -> tuple[str, Any] | None:
+def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_in: bool) -> tuple[str | None, Any] | None:
     """(name, detector) that finds the contacts (events mode, --onsets-out), or None for sliding windows (also
-    for --mode auto when no plugin makes sound by events)."""
+    for --mode auto when no plugin makes sound by events). The detector the model keeps has no name here:
+    ``SoundModel.detector_for`` decides per video whether it is used, and names it."""
     from avgen._core.events import default_detector, events_available
     from avgen._core.plugins import create
 
@@ -282,7 +283,7 @@ def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_
     if name is not None:
         return name, create("detector", name)
     if model.detector is not None:
-        return f"{model.detector_name} (kept with the model)", model.detector
+        return None, model.detector
     if mode == "events" or onsets_out:
         fallback = default_detector()
         if fallback is None:
@@ -292,7 +293,7 @@ def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_
     return None
 
 
-def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector: tuple[str, Any] | None, bank: Any,
+def _generate_timed(video: Path, onsets_in: Path | None, onsets_out: Path | None, detector: tuple[str | None, Any] | None, bank: Any,
                     model: Any, out_console: Any, forced: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Events: one sound per detected contact (--onsets-out also writes them); --onsets: one per onset of the file.
     The plugin that answers ``sound_of_events`` makes it (avgen/_core/events.py)."""
