@@ -82,7 +82,8 @@ MISTAKES = {  # what the plugin author got wrong -> (the edits to GRU_PLUGIN, a 
         r"\(plugin 'gru_plugin'\) provides rep;"),
     "a loss reading an output it does not declare": (
         [('return (outputs["rep"] - batch["rep"]).abs().mean()', 'return outputs["probs"].mean()')],
-        r"plugin 'gru_plugin': loss 'spectral_l1' failed on a batch of 2 random clips before the run: KeyError: 'probs'"),
+        r"plugin 'gru_plugin': loss 'spectral_l1' failed on a batch of 2 random clips before the run: KeyError: 'probs' "
+        r"\(declare the generator outputs it reads, e.g. needs = frozenset\(\{'probs'\}\)"),
     "a loss per clip": (
         [('.abs().mean()', '.abs().mean(dim=(1, 2))')],
         r"plugin 'gru_plugin': loss 'spectral_l1': gave \[2\] for a batch of 2; expected a scalar tensor"),
@@ -148,12 +149,31 @@ def test_a_wrong_factory_marks_the_plugin_broken_in_avgen_list(tmp_path: Path) -
 
 
 def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plugin: None) -> None:
+    """... and when the plugin later changes or breaks, generating with the trained run says so in one line."""
     install(tmp_path / "site", GRU_PLUGIN)
     proc = run_recipe(tmp_path, GRU_RECIPE.replace("epochs = 2", "epochs = 1"), tmp_path / "site")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny"
     assert json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]["epochs"] == 1
     assert (run_dir / "report.html").is_file()
+
+    video = sorted((tmp_path / "data").glob("*.mp4"))[0]
+    env = {**with_path(tmp_path / "site"), "AVGEN_HOME": str(tmp_path / "home")}
+    for source, pattern in [
+        (edited(MISTAKES["rep as [B, F, D]"][0]),  # the plugin now returns [B, F, D]
+         r"plugin 'gru_plugin': generator 'gru_regressor': forward gave rep \[2, (\d+), (\d+)\] for a batch of 2; "
+         r"expected \[B, D, F\] = \[2, \2, \1\]"),
+        ("import no_such_module_xyz\n" + GRU_PLUGIN,  # installed, but it fails to load: no pip install would mend it
+         r"plugin 'gru_plugin' \(gru-plugin 0.1\) failed to load: ModuleNotFoundError: No module named "
+         r"'no_such_module_xyz'.*unknown generator 'gru_regressor'"),
+    ]:
+        (tmp_path / "site" / "gru_plugin.py").write_text(source)
+        out = tmp_path / "out.wav"
+        proc = run_avgen("generate", str(video), "--run", str(run_dir), "-o", str(out), env=env)
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        assert re.search(pattern, lines[0]) and "pip install" not in lines[0], lines[0]
+        assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: Path, example_plugin: None) -> None:

@@ -35,6 +35,15 @@ def test_recipes_lists_every_shipped_recipe_with_its_description(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []  # listing writes nothing
 
 
+def test_recipes_name_prints_the_file_to_copy_and_an_unknown_name_is_one_line(tmp_path: Path) -> None:
+    proc = run_avgen("recipes", "quickstart", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == (REPO / "recipes" / "quickstart.toml").read_text(encoding="utf-8")
+    unknown = run_avgen("recipes", "quikstart", cwd=tmp_path)
+    (line,) = error_lines(unknown)
+    assert unknown.returncode == 2 and line.startswith("error: quikstart: no shipped recipe") and "quickstart" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_recipe_name_is_one_line_naming_the_shipped_ones(tmp_path: Path) -> None:
     proc = run_avgen("run", "nosuchrecipe", cwd=tmp_path)
     assert proc.returncode == 2

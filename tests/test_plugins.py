@@ -39,6 +39,11 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plu
     assert any(c["name"] == "mel" and c["plugin"] == "example" for c in out["components"])
     table = run_avgen("list", env=with_path(site))
     assert "broken plugin" in table.stdout and "broken_plugin" in table.stdout
+    strict = run_avgen("list", "--strict", env=with_path(site))  # what a plugin's own CI runs
+    assert strict.returncode == 2 and "broken_plugin" in strict.stdout, strict.stderr
+    assert "1 plugin(s) failed to load: plugin 'broken_plugin' (broken-plugin 0.1) failed to load: " \
+           "ModuleNotFoundError: No module named 'no_such_module_xyz'" in strict.stderr
+    assert run_avgen("list", "--strict").returncode == 0  # nothing broken
 
 
 def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Path, example_plugin: None) -> None:

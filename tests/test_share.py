@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_export_writes_the_hub_layout_with_the_sha256_of_every_file(exported: tu
     assert f"| recall_at_k R@1 | {metrics['R@1']:.4g} |" in card
     assert "| generator | can_lstm | lstm | - | MIT |" in card and "generated (MIT)" in card
     assert "| generator | can_lstm | lstm | - | MIT |" in (model / "LICENSE.md").read_text()
+    example = importlib.metadata.version("avgen-plugin-example")  # its mean_color encoder
+    assert f"pip install 'avgen=={avgen.__version__}' 'avgen-plugin-example=={example}'\n" in card
     # the training machine's folders are not published
     for path in model.iterdir():
         assert str(run.parents[1]).encode() not in path.read_bytes(), path.name
@@ -314,3 +317,13 @@ def test_a_recipe_index_is_recorded_with_its_plugin(tiny_run: Path, tmp_path: Pa
     components = json.loads((tmp_path / "model" / "config.json").read_text())["components"]
     assert components["index"] == {"name": "exact", "plugin": "retrieval", "distribution": "avgen",
                                    "version": avgen.__version__}
+
+
+def test_the_card_names_the_pip_install_of_every_plugin_distribution() -> None:
+    from avgen_share.card import install_line
+
+    components = {"generator": {"name": "gru_regressor", "plugin": "gru", "distribution": "avgen-gru", "version": "0.3.1"},
+                  "encoder": {"name": "efficientnet_lite0", "plugin": "vision", "distribution": "avgen", "version": "0.1.0"},
+                  "representation": {"name": "old", "plugin": "?", "distribution": "?", "version": "?"}}
+    assert install_line({"components": components}) == f"pip install 'avgen=={avgen.__version__}' 'avgen-gru==0.3.1'"
+    assert install_line({}) == f"pip install 'avgen=={avgen.__version__}'"  # folders exported before it was recorded

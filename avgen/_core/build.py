@@ -132,10 +132,28 @@ def rehearse(recipe: Recipe, dataset: Any, representation: Any, encoder_of: Call
                              f"'{gen.plugin}') from the losses {', '.join(loss.name for _, loss in losses)}")
         with _blame(gen):
             total.backward()
-            with torch.no_grad():
-                probs = model.class_probabilities(_outputs(gen, model.eval()(batch["features"]), {"rep"}, shape, "forward"))
-        if probs is not None and _shape(probs) != f"[{BATCH}, {classes}]":
-            raise AvgenError(f"{_who(gen)}: class_probabilities gave {_shape(probs)}; expected [B, C] = [{BATCH}, {classes}]")
+        _eval_forward(gen, model, batch["features"], shape)
+
+
+def check_forward(recipe: Recipe, model: torch.nn.Module, shape: GeneratorShape, frames: int,
+                  device: torch.device) -> None:
+    """A loaded generator's forward on ``BATCH`` random clips of ``frames`` frames, checked as in the rehearsal
+    (rep [B, D, F], class probabilities [B, C]): a model whose plugin changed its outputs since it was trained is
+    one line naming the plugin and the expected shape, not an error deep in decoding. The random state is kept."""
+    features = torch.randn(BATCH, frames, shape.feature_dim, generator=torch.Generator().manual_seed(0))
+    with _quiet(device):
+        _eval_forward(get_component("generator", recipe.generator.name), model, features.to(device), shape,
+                      f"{BATCH} random clips after loading")
+
+
+def _eval_forward(gen: Component, model: torch.nn.Module, features: torch.Tensor, shape: GeneratorShape,
+                  data: str = f"a batch of {BATCH} random clips") -> None:
+    """``model`` in eval mode on ``features``: its outputs and class probabilities checked."""
+    with _blame(gen, data), torch.no_grad():
+        probs = model.class_probabilities(_outputs(gen, model.eval()(features), {"rep"}, shape, "forward"))
+    if probs is not None and _shape(probs) != f"[{BATCH}, {shape.num_classes}]":
+        raise AvgenError(f"{_who(gen)}: class_probabilities gave {_shape(probs)}; expected [B, C] = "
+                         f"[{BATCH}, {shape.num_classes}]")
 
 
 def rehearse_index(recipe: Recipe, dim: int) -> None:
@@ -215,5 +233,10 @@ def _blame(component: Component, data: str = f"a batch of {BATCH} random clips")
     except AvgenError:
         raise
     except Exception as exc:
+        hint = ""
+        if isinstance(exc, KeyError) and component.kind in ("loss", "metric") and exc.args and \
+                exc.args[0] not in ("features", "wave", "label"):  # not a batch key: an output it did not declare
+            hint = (f" (declare the generator outputs it reads, e.g. needs = frozenset({{{exc.args[0]!r}}}), and "
+                    "avgen pairs it only with generators that provide them)")
         raise AvgenError(f"{_who(component)} failed on {data} before the run: "
-                         + " ".join(f"{type(exc).__name__}: {exc}".split())) from exc
+                         + " ".join(f"{type(exc).__name__}: {exc}".split()) + hint) from exc

@@ -189,7 +189,7 @@ class Featurizer:
     def sizes(self) -> tuple[int, int]:
         """(samples per clip at the run's rate, frames per clip at the encoder's fps)."""
         seconds = self.dataset.clip_seconds
-        frames = max(1, round(seconds * self.encoder.fps)) if self.encoder is not None else 0
+        frames = frames_per_clip(seconds, self.encoder.fps) if self.encoder is not None else 0
         return round(seconds * self.sample_rate), frames
 
     def clip_keys(self, clips: list[Clip]) -> list[str]:
@@ -377,3 +377,8 @@ def _check_finite(x: torch.Tensor, clips: list[Clip], what: str, chunk: int = 25
         i = start + int(bad.nonzero()[0])
         raise AvgenError(f"clip {clips[i].id} ({clips[i].audio or clips[i].video}): {what} contain NaN or inf; "
                          "fix or remove the file")
+
+
+def frames_per_clip(seconds: float, fps: float) -> int:
+    """How many frames the encoder sees of a clip of ``seconds``: at least one."""
+    return max(1, round(seconds * fps))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -28,14 +29,26 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
-    environment: Any = {}
-    try:  # the precision the run's features were made in: generate encodes frames the same way where it can
-        environment = json.loads((run_dir / "environment.json").read_text())
+    environment = _environment(run_dir)
+    if isinstance(environment, dict):  # the precision of the run's features: generate encodes frames the same way
         meta = {**meta, "featurize_precision": environment.get("featurize_precision", "fp32")}
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
+    with _install_hinted(environment):
         return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
+
+
+def _environment(run_dir: Path) -> Any:
+    """The run's environment.json (what it ran with, its components' distributions), or {}."""
+    try:
+        return json.loads((run_dir / "environment.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _install_hinted(environment: Any) -> Iterator[None]:
+    """An AvgenError naming a component as unknown gets the ``pip install`` the run's record names (``_install_hint``)."""
+    try:
+        yield
     except AvgenError as exc:  # the recipe's check names an unknown component in its own words
         hint = _install_hint(environment, str(exc))
         if not hint:
@@ -45,11 +58,15 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
 
 def _install_hint(environment: Any, message: str) -> str:
     """'; it came from ... : pip install ...' for the component a run recorded (environment.json) that ``message``
-    names as unknown, else ''."""
+    names as unknown, else '' (also where its plugin is installed but failed to load: the message says why)."""
+    from avgen._core.plugins import broken_plugins
+
     records = environment.get("components") if isinstance(environment, dict) else None
+    broken = {name for p in broken_plugins() for name in (p.name, p.distribution)}
     for record in records if isinstance(records, list) else []:
         if (isinstance(record, dict) and f"unknown {record.get('kind')} '{record.get('name')}'" in message
-                and record.get("distribution") not in (None, "?")):
+                and record.get("distribution") not in (None, "?")
+                and not broken & {record.get("plugin"), record.get("distribution")}):  # installed, but failed to load
             return (f"; the run was trained with it from the plugin '{record.get('plugin')}' of the distribution "
                     f"{record['distribution']} {record.get('version')}: pip install '{record['distribution']}=={record.get('version')}'")
     return ""
@@ -62,7 +79,8 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     with ``overrides`` applied to its recipe's generation settings."""
     import copy
 
-    from avgen._core.build import build_encoder, build_generator, build_representation
+    from avgen._core.build import build_encoder, build_generator, build_representation, check_forward
+    from avgen._core.featurize import frames_per_clip
     from avgen._core.components import GeneratorShape
     from avgen._core.recipe import validate_recipe
     from avgen._core.recipefiles import apply_override
@@ -88,7 +106,10 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
-    return recipe, encoder, representation, model.to(device).eval(), meta
+    model = model.to(device).eval()
+    check_forward(recipe, model, GeneratorShape(**meta["shape"]), frames_per_clip(clip_seconds(recipe, meta), encoder.fps),
+                  device)
+    return recipe, encoder, representation, model, meta
 
 
 def load_model_folder(path: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
@@ -118,8 +139,9 @@ def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = Tr
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
     bank = None
-    if exemplars:  # the encoder and representation of the checkpoint already read (not a second load_trained)
+    with _install_hinted(_environment(run_dir)):  # rebuilt and checked, as generate will: its plugins are here
         recipe, encoder, representation, _, _ = build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device)
+    if exemplars:  # the encoder and representation of the checkpoint already read (not a second load_trained)
         bank = exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)
     return SavedModel(state, meta, bank)
 

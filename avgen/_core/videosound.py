@@ -10,6 +10,7 @@ import torch
 
 from avgen._core.build import raw_phase
 from avgen._core.errors import AvgenError
+from avgen._core.featurize import frames_per_clip
 from avgen._core.generate import decode, predict
 from avgen._core.loading import clip_seconds
 from avgen._core.media import fit_frames
@@ -229,7 +230,7 @@ class VideoSound:
         self.starts = window_starts(self.duration, self.clip, hop)
         self.per_run = max(1, round(segment_seconds / hop))  # windows generated together
         self.segment_seconds = segment_seconds
-        self.frames_per_clip = max(1, round(self.clip * encoder.fps))
+        self.frames_per_clip = frames_per_clip(self.clip, encoder.fps)
         self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
         self.names = list(meta.get("class_names") or [])
         self.features = features  # [frames, dim] of the whole video, when given: not read again

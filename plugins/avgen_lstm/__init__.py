@@ -37,6 +37,6 @@ def register_losses(register):
     )
     register(
         "spec_smooth_l1", make_spec_smooth_l1, params=SmoothL1Params,
-        summary="smooth-L1 (beta 1) between the generated and the real representation, summed per clip",
+        summary="smooth-L1 (beta 1) between the generated and the real representation, averaged (reduction \"mean\"; \"sum_per_clip_mean\" sums per clip)",
         card={"paper": PAPER, "equation": "Eq. 6"},
     )

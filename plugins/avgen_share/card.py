@@ -46,6 +46,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
         f"{config['clip_seconds']} s windows of a video and generates their sound at {config['sample_rate']} Hz.", "",
         "## Use", "",
         "```bash",
+        install_line(config),
         "avgen generate VIDEO.mp4 --model THIS_FOLDER            # raw sound",
         "avgen generate VIDEO.mp4 --model THIS_FOLDER --exemplar # nearest exported exemplar clip"
         if config.get("exemplars") else
@@ -77,6 +78,16 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
         *licence_section(config, rows),
     ]
     return "\n".join(front + lines)
+
+
+def install_line(config: dict[str, Any]) -> str:
+    """The ``pip install`` of avgen and of every other distribution whose plugin the model's components come from."""
+    pins = {"avgen": f"avgen=={avgen.__version__}"}
+    for source in (config.get("components") or {}).values():
+        dist = source.get("distribution") if isinstance(source, dict) else None
+        if dist not in (None, "?", "avgen"):
+            pins[dist] = f"{dist}=={source.get('version')}"
+    return "pip install " + " ".join(f"'{pin}'" for pin in pins.values())
 
 
 def licence_section(config: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:

@@ -27,7 +27,8 @@ def _kind(text: str) -> str | None:
 @click.argument("kind", required=False)
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
+@click.option("--strict", is_flag=True, help="Exit with status 2 when a plugin failed to load (a plugin's tests, CI).")
+def list_cmd(kind: str | None, pattern: str | None, as_json: bool, strict: bool) -> None:
     from avgen._core.index import component_index
 
     if kind is not None and _kind(kind) is None:
@@ -46,6 +47,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
                             "version": c.version} for c in components],
             "broken_plugins": [{"name": p.name, "module": p.module, "error": p.error} for p in broken],
         }, indent=2))
+        _strict(strict, broken)
         return
     table = Table(title="avgen components", show_lines=False)
     for col in ("kind", "name", "plugin", "summary"):
@@ -57,6 +59,13 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool) -> None:
         console.print("no components match" + (f" '{pattern}'" if pattern else ""))
     for p in broken:
         console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
+    _strict(strict, broken)
+
+
+def _strict(strict: bool, broken: list) -> None:
+    """With --strict, a plugin that failed to load is an error (exit 2) after the listing."""
+    if strict and broken:
+        raise AvgenError(f"{len(broken)} plugin(s) failed to load: " + "; ".join(p.failure for p in broken))
 
 
 @cli.command("show")
