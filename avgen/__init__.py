@@ -18,7 +18,7 @@ from avgen._core.registry import Component, format_validation_error  # noqa: E40
 
 # public name -> the private module that defines it, imported on first access
 _LAZY = {
-    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank",
+    **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank", "TuneData",
                      "Generator", "GeneratorShape", "Index", "Loss", "Metric", "Representation", "SavedModel",
                      "check_contract"), "avgen._core.components"),
     **dict.fromkeys(("FrameReader", "probe", "read_frames"), "avgen._core.media"),

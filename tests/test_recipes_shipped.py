@@ -62,7 +62,8 @@ def test_flow_recipes_share_data_encoder_and_evaluation_with_the_recipe_they_com
     assert {k: ours.representation.params.get(k) for k in same} == same
 
 
-EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow", "flow_base"}}  # beyond the paper (test below)
+EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow", "flow_base", "can_tuned", "flow_base_tuned"}}  # beyond
+# the paper (tests below)
 VARIANTS = {  # the paper's three methods as variants of one recipe: generator, losses, weights
     "owens": ("owens_lstm", ["spec_smooth_l1"], [50.0]),
     "can": ("can_lstm", ["class_nll", "spec_smooth_l1"], [1.0, 50.0]),
@@ -104,3 +105,14 @@ def test_the_hard_recipes_flow_variant_shares_data_encoder_and_evaluation_with_t
     assert not plain.pop("base_sample", False) and plain.pop("temperature", 1.0) == 1.0
     assert plain.pop("class_pooling", "mean_feature") == "mean_feature"
     assert base == plain and recipes["flow_base"].train == recipes["flow"].train
+
+
+def test_the_hard_recipes_tuned_variants_differ_from_their_frozen_ones_only_in_the_encoders_tuning() -> None:
+    recipes = {r.run.name: r for r in load_recipes(RECIPES[0].parent / "synthetic_hard.toml")}
+    for tuned, frozen in (("can_tuned", "can"), ("flow_base_tuned", "flow_base")):
+        a, b = recipes[tuned], recipes[frozen]
+        params = dict(a.encoder.params)
+        assert params.pop("tune") == "last_stage" and params.pop("tune_lr") == 1e-4
+        assert params == {k: v for k, v in b.encoder.params.items() if k not in ("tune", "tune_lr")}
+        assert a.generator == b.generator and a.loss == b.loss and a.train == b.train and a.data == b.data
+        assert a.representation == b.representation and a.eval == b.eval

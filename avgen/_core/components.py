@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -98,17 +98,46 @@ class Dataset:
 
 
 class Encoder:
-    """Visual encoder: frames -> one feature vector per frame, no gradient."""
+    """Visual encoder: frames -> one feature vector per frame, no gradient.
+
+    An encoder whose params ask for it (``tunes = True``) is tuned before the run's features are made: the
+    featurize stage gives ``tune`` the training and validation clips' frames and classes (``TuneData``), the
+    encoder fits part of its network on them and writes the result to the file it is given (the run keeps it as
+    ``encoder.safetensors``, an exported model folder too); ``load_tuned`` reads it back wherever the model is
+    loaded. ``tuned`` (the file's SHA-256) is part of the feature-cache key."""
 
     dim: int  # feature size (2048 for ResNet-50, 4096 for AlexNet fc7)
     fps: float  # frames per second to sample from the video
     input_size: int  # frames are resized to input_size x input_size
     device: torch.device = torch.device("cpu")  # where encode runs (autocast for bf16 is chosen for it)
+    tunes: bool = False  # fitted on the run's training split before featurizing (``tune``)
+    tuned: str | None = None  # SHA-256 of the tuned weights in use; None: as built
     REQUIRED: ClassVar[tuple[str, ...]] = ("dim", "fps", "input_size", "encode")
 
     @abstractmethod
     def encode(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> float32 [N, dim]."""
+
+    def tune(self, data: "TuneData", path: Path) -> dict[str, Any]:
+        """Fit on ``data``, write the tuned weights to ``path`` (atomically), use them from now on and set ``tuned``;
+        returns what the run records (e.g. the chosen epoch and its validation accuracy)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be tuned")
+
+    def load_tuned(self, path: Path) -> None:
+        """Use the tuned weights ``tune`` wrote to ``path`` and set ``tuned``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be tuned")
+
+
+@dataclass
+class TuneData:
+    """What ``Encoder.tune`` learns from: per split ("train", "val"), an iterator over the clips' frames (uint8
+    [frames per clip, H, W, 3] at the encoder's fps and size) and classes; clips that cannot be read are left out."""
+
+    clips: Callable[[str], Iterator[tuple[Tensor, int]]]
+    counts: dict[str, int]  # clips per split (an upper bound: unreadable ones are skipped)
+    num_classes: int
+    seed: int
+    say: Callable[[str], None] = print  # a line of progress for the run's console and log
 
 
 class Representation(nn.Module):

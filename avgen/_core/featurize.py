@@ -204,8 +204,12 @@ class Featurizer:
         return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
 
     def _encoder_id(self) -> tuple[Any, ...]:
+        from avgen._core.tuning import tuned_identity
+
         spec = self.recipe.encoder
-        return (spec.name, spec.params, get_component("encoder", spec.name).version, self.sizes()[1])
+        ident = (spec.name, spec.params, get_component("encoder", spec.name).version, self.sizes()[1])
+        tuned = tuned_identity(self)  # tuned on this run's training split: its own features
+        return ident if tuned is None else (*ident, ("tuned", tuned))
 
     def resolve_precision(self) -> PrecisionChoice:
         """The encoder's precision: the recipe's, or for 'auto' bf16 where native and the first train batch's

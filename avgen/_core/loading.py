@@ -81,6 +81,7 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
 
     from avgen._core.build import build_encoder, build_generator, build_representation, check_forward
     from avgen._core.featurize import frames_per_clip
+    from avgen._core.tuning import load_tuned_encoder
     from avgen._core.components import GeneratorShape
     from avgen._core.recipe import validate_recipe
     from avgen._core.recipefiles import apply_override
@@ -99,6 +100,7 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     if recipe.encoder is None or recipe.representation is None or recipe.generator is None:
         raise AvgenError(f"{recipe_source}: the recipe has no encoder, representation or generator")
     encoder = build_encoder(recipe, device)
+    load_tuned_encoder(encoder, Path(recipe_source).parent, recipe.encoder.name)
     representation = build_representation(recipe, device)
     model = build_generator(recipe, GeneratorShape(**meta["shape"]))
     try:

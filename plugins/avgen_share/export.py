@@ -83,6 +83,10 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
             config["components"]["detector"] = avgen.component_source("detector", detector["detector"])
             names += [DETECTOR, detector["params"]["weights"]] if "weights" in detector["params"] else [DETECTOR]
             names += [detector["familiar"]["file"]] if "familiar" in detector else []
+        if (run_dir / TUNED_ENCODER).is_file():  # the encoder was tuned in the run (avgen.Encoder.tune)
+            with avgen.atomic_path(staging / TUNED_ENCODER) as tmp:
+                shutil.copyfile(run_dir / TUNED_ENCODER, tmp)
+            names.append(TUNED_ENCODER)
         avgen.write_json(staging / CONFIG, config)
         metrics = avgen.read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
         splits = (avgen.read_json(run_dir / "dataset.json") or {}).get("splits") or {}
@@ -102,6 +106,7 @@ def export_run(run_dir: Path, out_dir: Path, *, exemplars: bool = True, console:
     return sizes
 
 
+TUNED_ENCODER = "encoder.safetensors"  # where a run keeps its tuned encoder, and a model folder too
 DETECTOR = "detector.json"  # the contact detector a run keeps (avgen timing fit --run), with its head file
 
 

@@ -13,7 +13,8 @@ from avgen_vision.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from avgen_vision.encoder import FrameEncoder
 from avgen_vision.params import DEFAULT_FPS, EncoderParams, TimmParams
 from avgen_vision.weights import load_into, load_state_dict_file, warn_random_weights
-from avgen import BuildContext
+from avgen import AvgenError, BuildContext
+from avgen_vision.tuning import LastStageTuner
 
 RANDOM_INIT_SEED = 0  # weights = 'none' gives the same random CNN every time
 POCAN = "Chen et al. 2018 (POCAN), ECCV 2018 Workshops (MULA), doi:10.1007/978-3-030-11024-6_43, section 4.3: 'res' = ResNet-200, 'alex' = AlexNet fc7"
@@ -103,15 +104,24 @@ def make_factory(spec: EncoderSpec) -> Callable[..., FrameEncoder]:
     def factory(params: EncoderParams, context: BuildContext) -> FrameEncoder:
         device = context.device
         what = f"encoder '{spec.name}'" + (f" (model '{params.model}')" if isinstance(params, TimmParams) else "")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            backbone = spec.build(params)
-        source = load_weights(backbone, params.weights, what)
+        def built() -> tuple[Backbone, str]:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                backbone = spec.build(params)
+            return backbone, load_weights(backbone, params.weights, what)
+
+        if params.tune != "none" and spec.name != "efficientnet_lite0":
+            raise AvgenError(f"{what}: tune = '{params.tune}' is available for efficientnet_lite0 only")
+        backbone, source = built()
         mean, std = _normalisation(spec, backbone)
+        tuner = None
+        if params.tune != "none":
+            tuner = LastStageTuner(lambda: built()[0].model.to(device), params.tune_epochs, params.tune_lr,
+                                   params.tune_max_clips)
         return FrameEncoder(
             backbone.model, dim=backbone.dim, fps=params.fps, input_size=params.input_size, mean=mean, std=std,
             device=device, batch_size=params.batch_size, precision=params.precision, weights_source=source,
-            cpu_batch=backbone.cpu_batch,
+            cpu_batch=backbone.cpu_batch, tuner=tuner,
         )
 
     factory.__name__ = f"make_{spec.name}"

@@ -42,12 +42,12 @@ class FrameEncoder(Encoder):
         precision: str = "fp32",
         weights_source: str = "",
         cpu_batch: int = MAX_BATCH["cpu"],
+        tuner: Any = None,
     ) -> None:
         self.device = torch.device(device)
-        model = model.eval().requires_grad_(False)
-        if hasattr(model, "fuse_for_inference"):  # e.g. batch norms folded into convolutions (frozen weights)
-            model = model.fuse_for_inference()
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.use_network(model)
+        self.tuner = tuner  # tune = "last_stage": what tune and load_tuned do (avgen_vision.tuning)
+        self.tunes = tuner is not None
         self.dim = dim
         self.fps = float(fps)
         self.input_size = input_size
@@ -60,8 +60,21 @@ class FrameEncoder(Encoder):
         self._scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std  ==  x * scale - shift
         self._shift = mean_t / std_t
         self.freeze_after = FREEZE_AFTER
+
+    def use_network(self, model: nn.Module) -> None:
+        """Encode with ``model`` from now on (frozen; batch norms folded where it can)."""
+        model = model.eval().requires_grad_(False)
+        if hasattr(model, "fuse_for_inference"):  # e.g. batch norms folded into convolutions (frozen weights)
+            model = model.fuse_for_inference()
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self._eager_frames = 0
         self._frozen: Any = None  # the frozen network; False where freezing failed or disagreed
+
+    def tune(self, data: Any, path: Any) -> dict[str, Any]:
+        return self.tuner.tune(self, data, path)
+
+    def load_tuned(self, path: Any) -> None:
+        self.tuner.load(self, path)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float32 [N, dim] on the CPU, without gradient."""

@@ -30,6 +30,14 @@ class EncoderParams(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16' runs the CNN under bfloat16 autocast (faster on CPUs with AMX/AVX512-BF16 and on GPUs)"
     )
+    tune: Literal["none", "last_stage"] = Field(
+        "none", description="'last_stage': fine-tune the network's last stage on the run's training classes before "
+                            "featurizing (efficientnet_lite0; kept in the run as encoder.safetensors); 'none': frozen"
+    )
+    tune_epochs: int = Field(30, ge=1, le=1000, description="tune: epochs (the one with the best validation accuracy is kept)")
+    tune_lr: float = Field(1e-4, gt=0, le=1, description="tune: Adam learning rate of the last stage (the head's: 1e-3)")
+    tune_max_clips: int = Field(8192, ge=1, le=1_000_000, description="tune: at most this many training clips, evenly spaced "
+                                                                      "(their activations are held in memory)")
 
 
 class TimmParams(EncoderParams):
