@@ -124,3 +124,16 @@ def test_a_resumed_run_reads_its_tuned_encoder_back_instead_of_tuning_again(tune
 def test_tuning_is_offered_for_efficientnet_lite0_only() -> None:
     with pytest.raises(avgen.AvgenError, match="tune = 'last_stage' is available for efficientnet_lite0 only"):
         avgen.create("encoder", "alexnet", weights="none", tune="last_stage")
+
+
+def test_another_run_tuning_the_same_encoder_on_the_same_clips_reuses_the_tuning(tuned_run: tuple[Path, Path]) -> None:
+    """A recipe's variants (or a rerun under another name) tune once: the weights come from the feature cache."""
+    run_dir, home = tuned_run
+    recipe = run_dir.parents[1] / "twin.toml"
+    recipe.write_text((run_dir / "recipe.toml").read_text().replace('name = "tiny"', 'name = "twin"', 1))
+    proc = run_avgen("run", str(recipe), "--out", str(run_dir.parent), "--only", "featurize", env={"AVGEN_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "encoder tuning epoch" not in proc.stderr and "from the feature cache" in proc.stderr
+    twin = run_dir.parent / "twin"
+    assert (twin / "encoder.safetensors").read_bytes() == (run_dir / "encoder.safetensors").read_bytes()
+    assert json.loads((twin / "environment.json").read_text())["encoder_tuning"]["from_cache"] is True

@@ -203,13 +203,17 @@ class Featurizer:
         audio_id = (data.name, data.params, get_component("dataset", data.name).version, self.sample_rate)
         return [cache_key("clip", _clip_id(c), enc_id, audio_id) for c in clips]
 
-    def _encoder_id(self) -> tuple[Any, ...]:
+    def _encoder_id(self, tuning: bool = True) -> tuple[Any, ...]:
         from avgen._core.tuning import tuned_identity
 
         spec = self.recipe.encoder
         ident = (spec.name, spec.params, get_component("encoder", spec.name).version, self.sizes()[1])
-        tuned = tuned_identity(self)  # tuned on this run's training split: its own features
+        tuned = tuned_identity(self) if tuning else None  # tuned on this run's training split: its own features
         return ident if tuned is None else (*ident, ("tuned", tuned))
+
+    def clip_keys_untuned(self, clips: list[Clip]) -> list[str]:
+        """The clips' keys as the frozen encoder's features would have them (what tuning learns from)."""
+        return [cache_key("clip", _clip_id(c), self._encoder_id(tuning=False)) for c in clips]
 
     def resolve_precision(self) -> PrecisionChoice:
         """The encoder's precision: the recipe's, or for 'auto' bf16 where native and the first train batch's

@@ -35,10 +35,28 @@ def tuned_identity(featurizer: Any) -> str | None:
     if featurizer.rank != 0:
         raise AvgenError(f"encoder '{name}' is tuned in one process: run the featurize stage without torchrun first "
                          f"(`avgen run RECIPE --only featurize`), then train with it")
+    from avgen._core.atomic import atomic_path
+    from avgen._core.cache import cache_key
     from avgen._core.rundir import add_to_environment
     from avgen._core.train import derive_seed
 
-    report = encoder.tune(tune_data(featurizer, derive_seed(featurizer.recipe.run.seed, "encoder", "tune")), path)
+    seed = derive_seed(featurizer.recipe.run.seed, "encoder", "tune")
+    spec = featurizer.recipe.encoder  # the variants of a recipe that tune the same encoder on the same clips tune once
+    key = cache_key("encoder-tune", spec.name, spec.params, featurizer.sizes()[1], seed,
+                    {split: list(zip(featurizer.clip_keys_untuned(clips := featurizer.dataset.clips(split)),
+                                     [c.label for c in clips])) for split in TUNED_SPLITS})
+    cached, note = featurizer.cache.get(key), featurizer.cache.note(key)
+    if cached is not None and note is not None:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(cached["file"].numpy().tobytes())  # the same bytes: the same SHA-256, the same features
+        encoder.load_tuned(path)
+        report = {**note, "from_cache": True}
+        featurizer._stage_line(f"encoder: tuned as by an earlier run on the same clips (best epoch {note.get('best_epoch')}, "
+                               f"validation accuracy {note.get('val_accuracy')}), from the feature cache")
+    else:
+        report = encoder.tune(tune_data(featurizer, seed), path)
+        featurizer.cache.put(key, {"file": torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)})
+        featurizer.cache.put_note(key, report)
     add_to_environment(featurizer.run_dir, {"encoder_tuning": report})
     return encoder.tuned
 
