@@ -14,7 +14,6 @@ class accuracy from video by about 0.09 on held-out clips (docs/reproduction.md)
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -27,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from avgen import AvgenError, TuneData, atomic_path
+
+from avgen_vision.efficientnet_lite import sha256_of
 
 LAST_STAGE = ("blocks.6", "conv_head", "bn2")
 HEAD_LR = 1e-3
@@ -44,14 +45,6 @@ def last_stage(model: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return F.relu6(model.bn2(model.conv_head(model.blocks[6](a)))).mean((2, 3))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class LastStageTuner:
     """What a ``FrameEncoder`` with ``tune = "last_stage"`` delegates ``tune`` and ``load_tuned`` to."""
 
@@ -66,7 +59,7 @@ class LastStageTuner:
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: one line naming it
             raise AvgenError(f"{path}: not the tuned weights of this encoder ({' '.join(str(exc).split())[:200]})") from exc
         encoder.use_network(model)
-        encoder.tuned = sha256_file(path)
+        encoder.tuned = sha256_of(Path(path))
 
     def tune(self, encoder: Any, data: TuneData, path: Path) -> dict[str, Any]:
         started = time.perf_counter()
@@ -84,7 +77,7 @@ class LastStageTuner:
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"tuned": json.dumps(report)})
         encoder.use_network(model)
-        encoder.tuned = sha256_file(path)
+        encoder.tuned = sha256_of(Path(path))
         return report
 
 
