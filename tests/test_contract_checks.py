@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,15 @@ def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plu
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
         assert re.search(pattern, lines[0]) and "pip install" not in lines[0], lines[0]
         assert "Traceback" not in proc.stderr and not out.exists()
+    (tmp_path / "site" / "gru_plugin.py").unlink()  # uninstalled: generate and export name the pip install
+    shutil.rmtree(next((tmp_path / "site").glob("gru-plugin-*.dist-info")))
+    for args in (["generate", str(video), "--run", str(run_dir), "-o", str(tmp_path / "out.wav")],
+                 ["export", str(run_dir), str(tmp_path / "model")]):
+        proc = run_avgen(*args, env=env)
+        lines = error_lines(proc)
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        assert "unknown generator 'gru_regressor'" in lines[0] and lines[0].endswith("pip install 'gru-plugin==0.1'"), lines
+    assert not (tmp_path / "model").exists()
 
 
 def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: Path, example_plugin: None) -> None:
