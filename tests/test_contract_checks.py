@@ -193,6 +193,9 @@ def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: 
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert ("loss 'class_nll' (plugin 'lstm') needs probs from the generator, but generator 'owens_lstm' "
             "(plugin 'lstm') provides rep, residual") in lines[0]
+    recipe_lines = (tmp_path / "gru.toml").read_text().splitlines()  # the line that names the loss
+    number = next(n for n, line in enumerate(recipe_lines, start=1) if 'name = "class_nll"' in line)
+    assert lines[0].startswith(f"error: {tmp_path / 'gru.toml'}:{number}: loss 'class_nll'"), lines[0]
     assert_nothing_was_read(tmp_path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -189,9 +190,19 @@ def _paired(recipe: Recipe, component: Component, needs: frozenset[str], gen: Co
     if lacking := sorted(set(needs) - set(provides)):
         given = f"generator '{gen.name}' (plugin '{gen.plugin}') provides {', '.join(sorted(provides))}" if gen \
             else "the recipe has no [generator]"
-        raise AvgenError(f"{recipe.source}: {component.kind} '{component.name}' (plugin '{component.plugin}') needs "
+        raise AvgenError(f"{_line_naming(recipe, component.name)}: {component.kind} '{component.name}' (plugin '{component.plugin}') needs "
                          f"{', '.join(lacking)} from the generator, but {given}; pair them differently or drop one")
     return set(needs)
+
+
+def _line_naming(recipe: Recipe, name: str) -> str:
+    """'recipe.toml:23', the first line of the recipe file that names ``name`` (quoted), else the recipe's source."""
+    try:
+        lines = Path(str(recipe.source)).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return str(recipe.source)
+    found = next((n for n, line in enumerate(lines, start=1) if f'"{name}"' in line.split("#")[0]), None)
+    return f"{recipe.source}:{found}" if found else str(recipe.source)
 
 
 def _outputs(gen: Component, outputs: Any, needed: set[str], shape: GeneratorShape, call: str) -> dict[str, Any]:
