@@ -137,3 +137,17 @@ def test_another_run_tuning_the_same_encoder_on_the_same_clips_reuses_the_tuning
     twin = run_dir.parent / "twin"
     assert (twin / "encoder.safetensors").read_bytes() == (run_dir / "encoder.safetensors").read_bytes()
     assert json.loads((twin / "environment.json").read_text())["encoder_tuning"]["from_cache"] is True
+
+
+def test_a_frozen_encoders_resolved_params_are_those_from_before_tuning_existed() -> None:
+    """The tuning keys appear only when tuning is asked for, so the run ids and feature-cache keys of every earlier
+    run with a frozen encoder stay the same (it resumes, its cached features serve)."""
+    from avgen._core.recipefiles import load_recipes
+
+    quickstart = load_recipes(Path(__file__).parents[1] / "recipes" / "quickstart.toml")[0]
+    assert quickstart.to_toml_dict()["encoder"] == {"name": "efficientnet_lite0", "weights": "imagenet", "fps": 8.0,
+                                                    "input_size": 224, "batch_size": 0, "precision": "fp32"}
+    tuned = load_recipes(Path(__file__).parents[1] / "recipes" / "synthetic_hard.toml")
+    params = {r.run.name: r.encoder.params for r in tuned}
+    assert params["can_tuned"]["tune"] == "last_stage" and params["can_tuned"]["tune_epochs"] == 30
+    assert "tune" not in params["can"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 # Owens et al. 2016 run the CNN on every frame of the Greatest Hits videos (29.97 Hz) and
 # replicate each feature to the faster sound-feature rate; POCAN (section 3.4) does the same.
@@ -38,6 +38,19 @@ class EncoderParams(BaseModel):
     tune_lr: float = Field(1e-4, gt=0, le=1, description="tune: Adam learning rate of the last stage (the head's: 1e-3)")
     tune_max_clips: int = Field(8192, ge=1, le=1_000_000, description="tune: at most this many training clips, evenly spaced "
                                                                       "(their activations are held in memory)")
+
+    @model_serializer(mode="wrap")
+    def _frozen_without_tuning_keys(self, handler: Any) -> Any:
+        """A frozen encoder's params leave the tuning keys out, so the recipes, run ids and feature-cache keys of
+        frozen encoders stay what they were before tuning existed (earlier runs resume, cached features serve)."""
+        data = handler(self)
+        if isinstance(data, dict) and self.tune == "none":
+            for key in TUNING_KEYS:
+                data.pop(key, None)
+        return data
+
+
+TUNING_KEYS = ("tune", "tune_epochs", "tune_lr", "tune_max_clips")
 
 
 class TimmParams(EncoderParams):
