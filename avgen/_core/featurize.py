@@ -388,5 +388,5 @@ def _check_finite(x: torch.Tensor, clips: list[Clip], what: str, chunk: int = 25
 
 
 def frames_per_clip(seconds: float, fps: float) -> int:
-    """How many frames the encoder sees of a clip of ``seconds``: at least one."""
+    """How many frames the encoder sees of ``seconds`` of video (a clip, a chunk, a whole video): at least one."""
     return max(1, round(seconds * fps))

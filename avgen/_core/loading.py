@@ -102,15 +102,15 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     encoder = build_encoder(recipe, device)
     load_tuned_encoder(encoder, Path(recipe_source).parent, recipe.encoder.name)
     representation = build_representation(recipe, device)
-    model = build_generator(recipe, GeneratorShape(**meta["shape"]))
+    shape = GeneratorShape(**meta["shape"])
+    model = build_generator(recipe, shape)
     try:
         model.load_state_dict(saved.weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
     model = model.to(device).eval()
-    check_forward(recipe, model, GeneratorShape(**meta["shape"]), frames_per_clip(clip_seconds(recipe, meta), encoder.fps),
-                  device)
+    check_forward(recipe, model, shape, frames_per_clip(clip_seconds(recipe, meta), encoder.fps), device)
     return recipe, encoder, representation, model, meta
 
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from avgen._core.errors import AvgenError
+from avgen._core.featurize import frames_per_clip
 
 
 class SoundModel:
@@ -123,7 +124,7 @@ class SoundModel:
         from avgen._core.videosound import frames_precision
         key = _video_key(video)
         if key not in self._precisions:
-            per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
+            per_clip = frames_per_clip(self.clip_seconds, self.encoder.fps)
             self._precisions[key] = frames_precision(self.meta, self.device, self.encoder, self.generator, Path(video),
                                                      per_clip, self.recipe.featurize.precision)
         return self._precisions[key][0]
@@ -185,7 +186,7 @@ class SoundModel:
             frames = scaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         with torch.no_grad(), autocast_for(encoder_precision(self.meta, self.device), self.device):
             features = self.encoder.encode(frames).float()
-        per_clip = max(1, round(self.clip_seconds * self.encoder.fps))
+        per_clip = frames_per_clip(self.clip_seconds, self.encoder.fps)
         window = fit_frames(features, per_clip)[None]
         index = self._class_index(material)
         labels = None if index is None else torch.tensor([index])
@@ -208,8 +209,8 @@ class SoundModel:
         from avgen._core.videosound import video_features
         from avgen._core.media import FrameReader, probe
         fps = self.encoder.fps
-        per_clip = max(1, round(self.clip_seconds * fps))
-        total = max(1, round(max(float(probe(video).duration), self.clip_seconds) * fps))  # as ``features`` reads
+        per_clip = frames_per_clip(self.clip_seconds, fps)
+        total = frames_per_clip(max(float(probe(video).duration), self.clip_seconds), fps)  # as ``features`` reads
         firsts = window_starts(times, fps, per_clip, total)
         needed = sorted({f + i for f in firsts for i in range(per_clip)})
         if total < 2 * per_clip or len(needed) > total / 2:

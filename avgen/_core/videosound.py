@@ -115,10 +115,10 @@ def video_features(encoder: Any, video: Path, duration: float, chunk_seconds: fl
     from avgen._core.precision import autocast_for
 
     if count is None:
-        count = max(1, round(duration * encoder.fps))
+        count = frames_per_clip(duration, encoder.fps)
     own = reader is None
     reader = FrameReader(video, encoder.fps, encoder.input_size) if own else reader
-    per_read = max(1, round(chunk_seconds * encoder.fps))
+    per_read = frames_per_clip(chunk_seconds, encoder.fps)
     feats = []
     try:
         for done in range(0, count, per_read):
@@ -231,7 +231,7 @@ class VideoSound:
         self.per_run = max(1, round(segment_seconds / hop))  # windows generated together
         self.segment_seconds = segment_seconds
         self.frames_per_clip = frames_per_clip(self.clip, encoder.fps)
-        self.video_frames = max(1, round(max(self.duration, self.clip) * encoder.fps))
+        self.video_frames = frames_per_clip(max(self.duration, self.clip), encoder.fps)
         self.names = list(meta.get("class_names") or [])
         self.features = features  # [frames, dim] of the whole video, when given: not read again
         self.clock = _Clock()
