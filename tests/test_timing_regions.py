@@ -129,12 +129,13 @@ def test_motion_vectors_see_a_square_move_and_stop():
 
 def test_fit_keeps_the_head_only_where_it_cross_validates_better():
     """Made-up statistics: one column marks every contact exactly (the head learns it) while the prior is noise;
-    then the same with the prior marking the contacts and the statistics noise."""
+    then the same with the prior marking the contacts and the statistics noise. (Twelve videos: with fewer, a head
+    on all the noise columns over +-6 frames fits the noise of its few training contacts.)"""
     from avgen_timing.regions import FEATURES, fit_model
 
     rng = np.random.default_rng(0)
     samples, swapped = {}, {}
-    for i in range(6):
+    for i in range(12):
         times = np.sort(rng.choice(np.arange(15, 290, 30), 8, replace=False)) / 30  # 1 s apart or more
         marks = torch.zeros(300)
         marks[np.round(times * 30).astype(int)] = 1.0
@@ -210,3 +211,60 @@ def test_a_file_that_is_not_a_fitted_region_detector_is_one_error(tmp_path):
     missing = avgen.create("detector", "region_contacts", weights=str(tmp_path / "none.safetensors"))
     with pytest.raises(avgen.AvgenError, match="timing fit"):
         missing.strength(torch.zeros(3, SIZE, SIZE, 3, dtype=torch.uint8))
+
+
+def test_stop_statistics_tell_a_motion_that_stops_from_one_that_goes_on():
+    """Hand-made region motion: a region moves into frames 1-3 and then nothing moves (a contact), or the same
+    region goes on moving (no contact yet). Up to frame 3 the whole-frame statistics of the two are the same; the
+    stop statistics are the region's own drop, by hand."""
+    from avgen_timing.regions import SETTINGS, stop_statistics, top_minus_median
+
+    blocks = 400  # 0.3 % of 400 regions: the one most-moving region
+    stops, goes_on = torch.zeros(8, blocks), torch.zeros(8, blocks)
+    for t, value in ((1, 0.2), (2, 0.5), (3, 0.8)):
+        stops[t, 7] = goes_on[t, 7] = value
+    goes_on[4:, 7] = 0.8
+    assert torch.equal(top_minus_median(stops, SETTINGS["top"])[:4], top_minus_median(goes_on, SETTINGS["top"])[:4])
+    stopped, going = stop_statistics(stops, SETTINGS["top"]), stop_statistics(goes_on, SETTINGS["top"])
+    contact = torch.zeros(8)
+    contact[3] = 0.8  # frame 3: 0.8 in, nothing after
+    assert torch.allclose(stopped["stop_at_top"], contact) and torch.allclose(stopped["stop"], contact)
+    assert torch.allclose(stopped["approach_stop"], contact * 0.5 / 0.8)  # min(0.5, 0.8) in, nothing after
+    assert torch.allclose(stopped["stop_wide"], contact / 12)  # the 3 % of 400 regions: 12, one of them dropping
+    last = torch.zeros(8)
+    last[7] = 0.8  # after the last frame nothing moves
+    for name in ("stop", "stop_at_top", "approach_stop"):
+        assert torch.allclose(going[name], last), (name, going[name])
+
+
+def test_a_head_fitted_before_the_stop_statistics_loads_and_reads_its_eleven(footage, tmp_path):
+    """A file written before the four stop statistics existed names no statistics: its head reads the first eleven,
+    as it was fitted; a head whose input size matches neither is one error naming the file."""
+    from safetensors.torch import save_file
+
+    from avgen_timing.learned import Head
+    from avgen_timing.regions import FEATURES, FIRST_FEATURES, SETTINGS, frame_statistics, windowed
+
+    torch.manual_seed(0)
+    width = 2 * SETTINGS["window"] + 1
+    head = Head(len(FIRST_FEATURES) * width)
+    with torch.no_grad():
+        head.mean.normal_()
+        head.std.uniform_(0.5, 2.0)
+    old = tmp_path / "old.safetensors"
+    tensors = {"threshold": torch.tensor([0.5]), **{f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}}
+    save_file(tensors, str(old), metadata={"detector": "region_contacts", "mode": "head",
+                                            "settings": json.dumps(SETTINGS), "trained_on": "{}", "report": "{}"})
+    detector = avgen.create("detector", "region_contacts", weights=str(old))
+    assert detector.fitted().features == FIRST_FEATURES and len(FEATURES) == len(FIRST_FEATURES) + 4
+    frames = media.read_frames(footage / "a.mp4", 30, SIZE)
+    _, per_frame = frame_statistics(frames, SETTINGS)
+    with torch.no_grad():
+        expected = torch.sigmoid(head.eval()(windowed(per_frame[:, :len(FIRST_FEATURES)], SETTINGS["window"])))
+    assert torch.allclose(detector.strength(frames), expected)
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file(tensors, str(wrong), metadata={"detector": "region_contacts", "mode": "head",
+                                              "features": json.dumps(list(FEATURES))})
+    with pytest.raises(avgen.AvgenError, match=r"wrong.safetensors is unreadable .*143 inputs, not 15 statistics"):
+        avgen.create("detector", "region_contacts", weights=str(wrong)).detect(frames)

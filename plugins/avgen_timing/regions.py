@@ -12,13 +12,15 @@ the clip's largest score. A strike is fast: the region's motion peaks within a f
 the contact, and the peak of the *most*-moving region is what measured best on real footage
 (docs/timing_detectors.md), better than "motion stops" or any velocity change.
 
-The head (trained). Per frame eleven statistics, log scale, over +-6 frames go through an MLP
+The head (trained). Per frame fifteen statistics, log scale, over +-6 frames go through an MLP
 (as in ``learned_contacts``): five of the block differences (mean, strongest 2 % minus median,
-share changed, strongest 0.3 % and 3 % of regions) and six of per-block motion vectors (block
+share changed, strongest 0.3 % and 3 % of regions), six of per-block motion vectors (block
 matching of 8 x 8 blocks every 4 px within +-5 px, sub-pixel; camera motion = the frame's median
 vector, removed): the strongest 2 % of speed, of velocity change |v_out - v_in| (v_out read where
 the block went: a block that keeps moving keeps its velocity), of deceleration |v_in| - |v_out|,
-of reversal, of matching evidence, and the camera's own velocity change (an impact shakes it).
+of reversal, of matching evidence, and the camera's own velocity change (an impact shakes it);
+and four of motion that stops where it was (``stop_statistics``). A fitted file names the
+statistics its head reads, so heads fitted before the last four keep reading the first eleven.
 
 ``fit_model`` (``avgen timing fit --detector region_contacts``, a recipe's ``[detector]``,
 ``timing sync --leave-one-out``) learns from videos with sound (annotated times where a video
@@ -50,7 +52,9 @@ SETTINGS = {"fps": 30.0, "input_size": 128, "max_shift": 4, "cell": 4, "region":
             "block": 8, "stride": 4, "search": 5, "window": 6}
 CHANGED = 0.04  # a block changed when its mean brightness change exceeds this share of the frame's mean
 FEATURES = ("mean", "energy", "changed", "region", "region_wide",
-            "speed", "velocity_change", "deceleration", "reversal", "evidence", "camera_change")
+            "speed", "velocity_change", "deceleration", "reversal", "evidence", "camera_change",
+            "stop", "stop_wide", "approach_stop", "stop_at_top")
+FIRST_FEATURES = FEATURES[:11]  # what heads fitted before the four stop statistics read (their files name none)
 PRIOR_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # of the clip's largest score
 HEAD_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # probability
 TOLERANCE = 0.1  # s: a contact within this of a true one is correct (as `avgen timing sync` scores)
@@ -203,10 +207,29 @@ def frame_statistics(frames: torch.Tensor, settings: dict[str, Any], vectors: bo
     stats = {
         "mean": cells.mean(1), "energy": top_minus_median(cells, 0.02), "changed": (cells > CHANGED).float().mean(1),
         "region": top_minus_median(region, settings["top"]), "region_wide": top_minus_median(region, 0.03),
-        **vector_statistics(grey(distinct), gaps, settings),
+        **vector_statistics(grey(distinct), gaps, settings), **stop_statistics(region, settings["top"]),
     }
     per_frame = torch.log(torch.stack([stats[name] for name in FEATURES], 1) + 1e-3)
     return prior, spread(per_frame, keep)
+
+
+def stop_statistics(region: torch.Tensor, top: float) -> dict[str, torch.Tensor]:
+    """Per distinct frame [M] how much of the motion into it stops *in the same place* ([M, B] region motion in,
+    each region's drop from frame t to the next distinct frame; after the last frame nothing moves): the strongest
+    ``top`` and 3 % of the regions' drop, of the drop of regions that also moved into t-1 (an approach that
+    stops), and the drop of the ``top`` regions that moved most into t. The whole-frame statistics cannot tell a
+    motion that stops from one that goes on in the same place; a contact is the first."""
+    after = torch.cat([region[1:], torch.zeros_like(region[:1])])
+    before = torch.cat([torch.zeros_like(region[:1]), region[:-1]])
+    drop = (region - after).clamp_min(0)
+    k, wide = max(1, round(top * region.shape[1])), max(1, round(0.03 * region.shape[1]))
+    moved = region.topk(k, dim=1).indices
+    return {
+        "stop": drop.topk(k, dim=1).values.mean(1),
+        "stop_wide": drop.topk(wide, dim=1).values.mean(1),
+        "approach_stop": (torch.minimum(before, region) - after).clamp_min(0).topk(k, dim=1).values.mean(1),
+        "stop_at_top": (region.gather(1, moved) - after.gather(1, moved)).clamp_min(0).mean(1),
+    }
 
 
 def windowed(per_frame: torch.Tensor, window: int) -> torch.Tensor:
@@ -235,10 +258,19 @@ class RegionContactsParams(BaseModel):
 
 
 class Model:
-    """What fitting keeps: 'prior' or 'head', the threshold, the head (or None) and how the choice was made."""
+    """What fitting keeps: 'prior' or 'head', the threshold, the head (or None), the statistics the head reads (by
+    name, in order) and how the choice was made."""
 
-    def __init__(self, mode: str, threshold: float, head: Head | None = None, report: dict[str, Any] | None = None):
+    def __init__(self, mode: str, threshold: float, head: Head | None = None, report: dict[str, Any] | None = None,
+                 features: tuple[str, ...] = FEATURES):
         self.mode, self.threshold, self.head, self.report = mode, threshold, head, report or {}
+        self.features = tuple(features)
+
+    def probability(self, per_frame: torch.Tensor) -> torch.Tensor:
+        """The head's contact probability per frame from the statistics of ``frame_statistics`` [N, len(FEATURES)]."""
+        columns = [FEATURES.index(name) for name in self.features]
+        with torch.no_grad():
+            return torch.sigmoid(self.head(windowed(per_frame[:, columns], SETTINGS["window"])))
 
 
 class RegionContacts(Detector):
@@ -278,8 +310,7 @@ class RegionContacts(Detector):
         model = self.fitted()
         prior, per_frame = frame_statistics(frames, self.settings, vectors=model.mode == "head")
         if model.mode == "head":
-            with torch.no_grad():
-                out = torch.sigmoid(model.head(windowed(per_frame, self.settings["window"])))
+            out = model.probability(per_frame)
         else:
             out = prior
         self._last = (frames, out)
@@ -404,6 +435,7 @@ def save_model(model: Model, path: Path, info: dict[str, Any]) -> Path:
         tensors.update({f"head.{k}": v.contiguous() for k, v in model.head.state_dict().items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"detector": "region_contacts", "mode": model.mode,
+                                               "features": json.dumps(list(model.features)),
                                                "settings": json.dumps(SETTINGS), "trained_on": json.dumps(info),
                                                "report": json.dumps(model.report)})
     return path
@@ -419,13 +451,19 @@ def load_model(path: Path) -> Model:
         mode = meta.get("mode")
         if meta.get("detector") != "region_contacts" or mode not in ("prior", "head"):
             raise ValueError("not written by `avgen timing fit --detector region_contacts`")
+        features = tuple(json.loads(meta["features"])) if "features" in meta else FIRST_FEATURES
+        if not set(features) <= set(FEATURES):
+            raise ValueError(f"it reads statistics this avgen does not compute: {sorted(set(features) - set(FEATURES))}")
         head = None
         if mode == "head":
             state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+            if state["mean"].numel() != len(features) * (2 * SETTINGS["window"] + 1):
+                raise ValueError(f"its head reads {state['mean'].numel()} inputs, not {len(features)} statistics over "
+                                 f"{2 * SETTINGS['window'] + 1} frames")
             head = Head(state["mean"].numel())
             head.load_state_dict(state)
             head.eval()
-        return Model(mode, round(float(tensors["threshold"][0]), 6), head, json.loads(meta.get("report", "{}")))
+        return Model(mode, round(float(tensors["threshold"][0]), 6), head, json.loads(meta.get("report", "{}")), features)
     except Exception as exc:  # noqa: BLE001  one line for any unreadable file
         raise AvgenError(f"region_contacts: {path} is unreadable ({exc}); fit it again with `avgen timing fit "
                          "VIDEOS --detector region_contacts`") from exc
