@@ -271,6 +271,38 @@ def test_base_sample_makes_the_flow_a_residual_to_the_class_mean_of_the_true_or_
         flow(SHAPE, base_sample=True, class_head=False, class_condition=False)
 
 
+def test_residual_scale_scales_the_flows_residual_to_the_base_sample_and_zero_gives_the_base_sample() -> None:
+    from avgen import AvgenError
+    from avgen_flow.params import FlowParams
+
+    data = toy_data(24, SHAPE)
+    torch.manual_seed(0)
+    full = flow(SHAPE, hidden=16, blocks=1, steps=3, base_sample=True, temperature=0.3)
+    full.prepare(data)
+    with torch.no_grad():  # the last convolution starts at zero: give the flow a residual to scale
+        full.net.out.weight.normal_(0, 0.5)
+    full.eval()
+    models = {}
+    for scale in (0.0, 0.5):
+        models[scale] = flow(SHAPE, hidden=16, blocks=1, steps=3, base_sample=True, temperature=0.3,
+                             residual_scale=scale).eval()
+        models[scale].load_state_dict(full.state_dict())  # the same weights: only the sampler differs
+    with torch.no_grad():
+        out = full(data["features"])
+        half, zero = (models[s](data["features"]) for s in (0.5, 0.0))
+    base = full.base(out["probs"].argmax(-1))
+    residual = full.normalise(out["rep"]) - base
+    assert float(residual.abs().mean()) > 0.1  # the flow's sample is not its base sample
+    torch.testing.assert_close(half["rep"], full.denormalise(base + 0.5 * residual), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zero["rep"], full.denormalise(base), rtol=1e-6, atol=1e-6)  # the class mean itself
+    torch.testing.assert_close(zero["probs"], out["probs"])  # the class head is not touched
+    # a recipe without the key resolves as before (its id and the runs recorded before it stay the same)
+    assert "residual_scale" not in FlowParams().model_dump()
+    assert FlowParams(residual_scale=0.0).model_dump()["residual_scale"] == 0.0
+    with pytest.raises(AvgenError, match="base_sample"):
+        flow(SHAPE, residual_scale=0.5)
+
+
 def test_frame_probs_pooling_averages_the_per_frame_probabilities_of_the_same_head() -> None:
     data = toy_data(8, SHAPE)
     data["features"] = torch.randn(8, 3, SHAPE.feature_dim, generator=torch.Generator().manual_seed(1))

@@ -62,7 +62,8 @@ def test_flow_recipes_share_data_encoder_and_evaluation_with_the_recipe_they_com
     assert {k: ours.representation.params.get(k) for k in same} == same
 
 
-EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow", "flow_base", "can_tuned", "flow_base_tuned"}}  # beyond
+EXTRA_VARIANTS = {"quickstart": set(), "synthetic_hard": {"flow", "flow_base", "can_tuned", "flow_base_tuned",
+                                                    "flow_proto_tuned"}}  # beyond
 # the paper (tests below)
 VARIANTS = {  # the paper's three methods as variants of one recipe: generator, losses, weights
     "owens": ("owens_lstm", ["spec_smooth_l1"], [50.0]),
@@ -117,3 +118,13 @@ def test_the_hard_recipes_tuned_variants_differ_from_their_frozen_ones_only_in_t
         assert params == b.encoder.params  # a frozen encoder's params carry no tuning keys
         assert a.generator == b.generator and a.loss == b.loss and a.train == b.train and a.data == b.data
         assert a.representation == b.representation and a.eval == b.eval
+
+
+def test_the_hard_recipes_proto_variant_is_flow_base_tuned_with_the_residual_scaled_to_zero() -> None:
+    recipes = {r.run.name: r for r in load_recipes(RECIPES[0].parent / "synthetic_hard.toml")}
+    proto, tuned = recipes["flow_proto_tuned"], recipes["flow_base_tuned"]
+    params = dict(proto.generator.params)
+    assert params.pop("residual_scale") == 0.0 and "residual_scale" not in tuned.generator.params
+    assert params == tuned.generator.params and proto.generator.name == tuned.generator.name
+    assert proto.encoder == tuned.encoder and proto.loss == tuned.loss and proto.train == tuned.train
+    assert proto.data == tuned.data and proto.representation == tuned.representation and proto.eval == tuned.eval

@@ -118,6 +118,9 @@ class FlowMatching(Generator):
         if params.base_sample and self.class_head is None:
             raise AvgenError("flow_matching: base_sample needs a dataset with classes and a class head "
                              "(class_head = true)")
+        if params.residual_scale != 1.0 and not params.base_sample:
+            raise AvgenError("flow_matching: residual_scale scales the residual to the base sample; it needs "
+                             "base_sample = true")
         if params.base_sample:  # normalised class means [C, D, F]; only such models carry the buffer
             self.register_buffer("base_samples", torch.zeros(shape.num_classes, shape.rep_dim, shape.steps))
         self.register_buffer("rep_mean", torch.zeros(shape.rep_dim, 1))
@@ -235,8 +238,13 @@ class FlowMatching(Generator):
                 return v_cond + p.guidance * (v_cond - v_uncond)
             return v
 
-        x = integrate(velocity, x, p.steps, p.sampler)
+        if p.base_sample and p.residual_scale == 0:  # the base sample alone: no residual, so no solver steps
+            x = torch.zeros_like(x)
+        else:
+            x = integrate(velocity, x, p.steps, p.sampler)
         if p.base_sample:
+            if p.residual_scale != 1.0:
+                x = p.residual_scale * x
             x = x + self.base(classes)
         outputs = {"rep": self.denormalise(x)}
         if logits is not None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class FlowParams(BaseModel):
@@ -43,6 +43,24 @@ class FlowParams(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the starting noise; the same seed gives the same sound for the "
                                            "same frames, whatever the batch or machine RNG state")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="scale of the starting noise")
+    residual_scale: float = Field(
+        1.0, ge=0.0, le=2.0, description="with base_sample, at generation: s' = base sample + residual_scale x the "
+                                         "flow's residual; 1 = the flow's sample, 0 = the predicted class's base sample "
+                                         "alone (the flow is then not run); training is the same whatever its value")
+
+    @model_serializer(mode="wrap")
+    def _new_keys_left_out_at_default(self, handler: Any) -> Any:
+        """Keys added after runs were recorded are left out at their default, so the recipes, run ids and feature-cache
+        keys of earlier runs stay what they were (those runs resume and load as before)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in NEW_KEY_DEFAULTS.items():
+                if data.get(key, default) == default:
+                    data.pop(key, None)
+        return data
+
+
+NEW_KEY_DEFAULTS = {"residual_scale": 1.0}  # params added after flow runs were recorded, and their defaults
 
 
 class FlowLossParams(BaseModel):
