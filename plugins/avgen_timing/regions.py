@@ -352,21 +352,21 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
     out = {}
     for video in videos:
         stat = video.stat()
-        key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns, labels)
-        if key not in _SAMPLES:  # `timing fit` then `timing sync --leave-one-out` in one process read each once
-            frames = read_frames(video, SETTINGS["fps"], SETTINGS["input_size"])
-            prior, per_frame = frame_statistics(frames, SETTINGS)
-            times, source = contact_times(video, labels)
-            _SAMPLES[key] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
-            while len(_SAMPLES) > 256:
-                _SAMPLES.pop(next(iter(_SAMPLES)))
-        out[video] = _SAMPLES[key]
+        key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _STATISTICS:  # `timing fit` then `timing sync --leave-one-out` in one process read each once
+            _STATISTICS[key] = frame_statistics(read_frames(video, SETTINGS["fps"], SETTINGS["input_size"]), SETTINGS)
+            while len(_STATISTICS) > 256:
+                _STATISTICS.pop(next(iter(_STATISTICS)))
+        prior, per_frame = _STATISTICS[key]
+        times, source = contact_times(video, labels)
+        out[video] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
         if progress is not None:
             progress()
     return out
 
 
-_SAMPLES: dict[tuple[str, int, int, str], Sample] = {}  # per video file (path, size, mtime) and labels: its Sample
+_STATISTICS: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # per video file (path, size,
+# mtime): its prior score and statistics, whichever labels (annotated or audio) go with them
 
 
 def f1_of(found: list[np.ndarray], truth: list[np.ndarray], tolerance: float = TOLERANCE) -> float:
