@@ -28,7 +28,8 @@ def register_detectors(register):
     register(
         "region_contacts", make_region_contacts, params=RegionContactsParams,
         summary="contacts where the most-moving region's motion peaks (repeated frames skipped, camera compensated; "
-                "CPU); `avgen timing fit --detector region_contacts` adds a motion-vector head where it cross-validates better",
+                "CPU); `avgen timing fit --detector region_contacts` adds a head on motion vectors and local stops where it "
+                "cross-validates better",
         card={"fps": 30.0, "input_size": 128, "input": "RGB frames uint8",
               "definition": "score(t) = mean of the strongest 0.3 % of 12 px regions' camera-compensated change from the "
                             "previous distinct frame (per frame) minus the median region; peaks >= threshold x the clip's largest",
