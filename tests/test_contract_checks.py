@@ -3,9 +3,11 @@ and the component, exit 2, before the data is made or featurized (avgen._core.bu
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ import avgen
 from avgen._core.components import check_contract
 from avgen._core.errors import AvgenError
 from avgen._core.registry import Registry
-from conftest import TINY_RECIPE, error_lines, run_avgen
+from avgen._core.plugins import reset
+from conftest import TINY_RECIPE, avgen_in_process, error_lines, run_avgen
 from test_plugins import fake_distribution, with_path
 
 # A plugin as a new user writes it: a GRU generator and a spectral loss. Each test swaps one part for a mistake.
@@ -121,6 +124,45 @@ def run_recipe(tmp_path: Path, recipe_text: str, site: Path | None = None):
     return run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), env=env)
 
 
+class InProcess:
+    """The real CLI entry point in this process, with the plugin on sys.path; the plugins are loaded afresh for every
+    command (and once more, without the plugin, when the test ends)."""
+
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp_path, self.capsys, self.monkeypatch = tmp_path, capsys, monkeypatch
+        self.site = tmp_path / "site"
+        monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+        monkeypatch.syspath_prepend(str(self.site))
+
+    def install(self, source: str) -> None:
+        install(self.site, source)
+
+    def cli(self, *args: str) -> tuple[int, list[str]]:
+        """(exit code, stderr lines) of `avgen ARGS`."""
+        importlib.invalidate_caches()
+        sys.modules.pop("gru_plugin", None)
+        reset()
+        code, _, lines = avgen_in_process(self.capsys, *args)
+        return code, lines
+
+    def run(self, recipe_text: str, plugin_source: str | None = None) -> tuple[int, list[str]]:
+        """`avgen run` of the recipe, with the plugin installed first when a source is given."""
+        if plugin_source is not None:
+            self.install(plugin_source)
+        recipe = self.tmp_path / "gru.toml"
+        recipe.write_text(recipe_text.format(root=str(self.tmp_path / "data")))
+        return self.cli("run", str(recipe), "--out", str(self.tmp_path / "runs"))
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    yield InProcess(tmp_path, capsys, monkeypatch)
+    monkeypatch.undo()
+    sys.modules.pop("gru_plugin", None)
+    importlib.invalidate_caches()
+    reset()
+
+
 def assert_nothing_was_read(tmp_path: Path) -> None:
     """No run directory, no data made (prepare) and no cache file (featurize)."""
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
@@ -129,14 +171,13 @@ def assert_nothing_was_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_a_plugin_mistake_is_one_line_naming_it_before_any_data_is_read(mistake: str, tmp_path: Path,
-                                                                       example_plugin: None) -> None:
+                                                                       example_plugin: None, in_process: InProcess) -> None:
+    """In this process (each run loads the plugins afresh); the plugin trial below runs the CLI as a subprocess."""
     edits, pattern = MISTAKES[mistake]
-    install(tmp_path / "site", edited(edits))
-    proc = run_recipe(tmp_path, GRU_RECIPE, tmp_path / "site")
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    code, lines = in_process.run(GRU_RECIPE, edited(edits))
+    assert code == 2 and len(lines) == 1, lines
     assert re.search(pattern, lines[0]), lines[0]
-    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "internal error" not in lines[0] and "Traceback" not in lines[0]
     assert_nothing_was_read(tmp_path)
 
 
@@ -149,7 +190,8 @@ def test_a_wrong_factory_marks_the_plugin_broken_in_avgen_list(tmp_path: Path) -
     assert re.search("register_generators failed: TypeError: " + pattern, broken["gru_plugin"]), broken
 
 
-def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plugin: None) -> None:
+def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plugin: None,
+                                                     in_process: InProcess) -> None:
     """... and when the plugin later changes or breaks, generating with the trained run says so in one line."""
     install(tmp_path / "site", GRU_PLUGIN)
     proc = run_recipe(tmp_path, GRU_RECIPE.replace("epochs = 2", "epochs = 1"), tmp_path / "site")
@@ -158,8 +200,7 @@ def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plu
     assert json.loads((run_dir / "stages.json").read_text())["stages"]["fit"]["epochs"] == 1
     assert (run_dir / "report.html").is_file()
 
-    video = sorted((tmp_path / "data").glob("*.mp4"))[0]
-    env = {**with_path(tmp_path / "site"), "AVGEN_HOME": str(tmp_path / "home")}
+    video = sorted((tmp_path / "data").glob("*.mp4"))[0]  # below: the CLI in this process, the plugin edited
     for source, pattern in [
         (edited(MISTAKES["rep as [B, F, D]"][0]),  # the plugin now returns [B, F, D]
          r"plugin 'gru_plugin': generator 'gru_regressor': forward gave rep \[2, (\d+), (\d+)\] for a batch of 2; "
@@ -170,27 +211,25 @@ def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plu
     ]:
         (tmp_path / "site" / "gru_plugin.py").write_text(source)
         out = tmp_path / "out.wav"
-        proc = run_avgen("generate", str(video), "--run", str(run_dir), "-o", str(out), env=env)
-        lines = error_lines(proc)
-        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        code, lines = in_process.cli("generate", str(video), "--run", str(run_dir), "-o", str(out))
+        assert code == 2 and len(lines) == 1, lines
         assert re.search(pattern, lines[0]) and "pip install" not in lines[0], lines[0]
-        assert "Traceback" not in proc.stderr and not out.exists()
+        assert not out.exists()
     (tmp_path / "site" / "gru_plugin.py").unlink()  # uninstalled: generate and export name the pip install
     shutil.rmtree(next((tmp_path / "site").glob("gru-plugin-*.dist-info")))
     for args in (["generate", str(video), "--run", str(run_dir), "-o", str(tmp_path / "out.wav")],
                  ["export", str(run_dir), str(tmp_path / "model")]):
-        proc = run_avgen(*args, env=env)
-        lines = error_lines(proc)
-        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        code, lines = in_process.cli(*args)
+        assert code == 2 and len(lines) == 1, lines
         assert "unknown generator 'gru_regressor'" in lines[0] and lines[0].endswith("pip install 'gru-plugin==0.1'"), lines
     assert not (tmp_path / "model").exists()
 
 
-def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: Path, example_plugin: None) -> None:
+def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: Path, example_plugin: None,
+                                                                       in_process: InProcess) -> None:
     """class_nll needs a class head; owens_lstm has none (it used to fail at the first training step)."""
-    proc = run_recipe(tmp_path, TINY_RECIPE.replace('name = "can_lstm"', 'name = "owens_lstm"'))
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    code, lines = in_process.run(TINY_RECIPE.replace('name = "can_lstm"', 'name = "owens_lstm"'))
+    assert code == 2 and len(lines) == 1, lines
     assert ("loss 'class_nll' (plugin 'lstm') needs probs from the generator, but generator 'owens_lstm' "
             "(plugin 'lstm') provides rep, residual") in lines[0]
     recipe_lines = (tmp_path / "gru.toml").read_text().splitlines()  # the line that names the loss
@@ -199,12 +238,11 @@ def test_a_builtin_pairing_mistake_is_one_line_naming_both_components(tmp_path: 
     assert_nothing_was_read(tmp_path)
 
 
-def test_a_metric_that_needs_generated_sound_in_a_recipe_without_a_generator(tmp_path: Path,
-                                                                             example_plugin: None) -> None:
+def test_a_metric_that_needs_generated_sound_in_a_recipe_without_a_generator(tmp_path: Path, example_plugin: None,
+                                                                             in_process: InProcess) -> None:
     recipe = TINY_RECIPE.split("[generator]")[0] + '[[metric]]\nname = "soundnet_fd"\n'
-    proc = run_recipe(tmp_path, recipe)
-    lines = error_lines(proc)
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    code, lines = in_process.run(recipe)
+    assert code == 2 and len(lines) == 1, lines
     assert "metric 'soundnet_fd' (plugin 'soundnet') needs rep from the generator, but the recipe has no [generator]" \
         in lines[0]
     assert_nothing_was_read(tmp_path)

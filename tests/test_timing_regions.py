@@ -268,3 +268,30 @@ def test_a_head_fitted_before_the_stop_statistics_loads_and_reads_its_eleven(foo
                                               "features": json.dumps(list(FEATURES))})
     with pytest.raises(avgen.AvgenError, match=r"wrong.safetensors is unreadable .*143 inputs, not 15 statistics"):
         avgen.create("detector", "region_contacts", weights=str(wrong)).detect(frames)
+
+
+def test_statistics_are_remembered_by_the_frames_content(monkeypatch):
+    """The same frames (another tensor, equal content) are computed once; other content or settings again."""
+    from avgen_timing import regions
+
+    calls = []
+    real = regions.frame_statistics
+
+    def counted(frames, settings, vectors=True):
+        calls.append(vectors)
+        return real(frames, settings, vectors)
+
+    monkeypatch.setattr(regions, "frame_statistics", counted)
+    monkeypatch.setattr(regions, "_STATISTICS", {})
+    frames = torch.randint(0, 255, (6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    prior_only = regions.remembered_statistics(frames, regions.SETTINGS, vectors=False)
+    assert prior_only[1] is None and calls == [False]
+    first = regions.remembered_statistics(frames, regions.SETTINGS)  # the statistics were not computed: now they are
+    again = regions.remembered_statistics(frames.clone(), regions.SETTINGS)
+    assert calls == [False, True] and again is first
+    assert regions.remembered_statistics(frames, regions.SETTINGS, vectors=False) is first
+    changed = frames.clone()
+    changed[3, 5, 5, 0] += 1
+    regions.remembered_statistics(changed, regions.SETTINGS)
+    regions.remembered_statistics(frames, {**regions.SETTINGS, "top": 0.01})
+    assert calls == [False, True, True, True]

@@ -31,6 +31,7 @@ the prior's. On synthetic hits the head wins; on real footage the prior does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -308,7 +309,7 @@ class RegionContacts(Detector):
         if self._last is not None and self._last[0] is frames:  # detect() after strength() on the same frames
             return self._last[1]
         model = self.fitted()
-        prior, per_frame = frame_statistics(frames, self.settings, vectors=model.mode == "head")
+        prior, per_frame = remembered_statistics(frames, self.settings, vectors=model.mode == "head")
         if model.mode == "head":
             out = model.probability(per_frame)
         else:
@@ -351,13 +352,7 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
 
     out = {}
     for video in videos:
-        stat = video.stat()
-        key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _STATISTICS:  # `timing fit` then `timing sync --leave-one-out` in one process read each once
-            _STATISTICS[key] = frame_statistics(read_frames(video, SETTINGS["fps"], SETTINGS["input_size"]), SETTINGS)
-            while len(_STATISTICS) > 256:
-                _STATISTICS.pop(next(iter(_STATISTICS)))
-        prior, per_frame = _STATISTICS[key]
+        prior, per_frame = remembered_statistics(read_frames(video, SETTINGS["fps"], SETTINGS["input_size"]), SETTINGS)
         times, source = contact_times(video, labels)
         out[video] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
         if progress is not None:
@@ -365,8 +360,26 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
     return out
 
 
-_STATISTICS: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # per video file (path, size,
-# mtime): its prior score and statistics, whichever labels (annotated or audio) go with them
+def remembered_statistics(frames: torch.Tensor, settings: dict[str, Any], vectors: bool = True,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``frame_statistics``, remembered in this process by the frames' content: `timing fit` then `timing sync
+    --leave-one-out` compute each video's statistics once (the fit reads every video, then each held-out video is
+    detected with a head fitted on the others), whichever labels go with them. Hashing the frames costs a few
+    milliseconds per second of video against the statistics' second or two."""
+    digest = hashlib.blake2b(frames.detach().cpu().contiguous().numpy().data, digest_size=16)
+    digest.update(repr((tuple(frames.shape), sorted(settings.items()))).encode())
+    key = digest.hexdigest()
+    hit = _STATISTICS.get(key)
+    if hit is not None and (hit[1] is not None or not vectors):
+        return hit
+    value = frame_statistics(frames, settings, vectors)
+    _STATISTICS[key] = value
+    while len(_STATISTICS) > 256:
+        _STATISTICS.pop(next(iter(_STATISTICS)))
+    return value
+
+
+_STATISTICS: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # frames' digest -> frame_statistics
 
 
 def f1_of(found: list[np.ndarray], truth: list[np.ndarray], tolerance: float = TOLERANCE) -> float:
