@@ -55,11 +55,16 @@ def plot_if_main(rank: int, history: list[dict], run_dir: Path) -> None:
         plot_loss_curve(history, Path(run_dir) / "figures" / "loss_curve.png")
 
 
+MARGINS = {"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.91, "wspace": 0.22}  # of the two-panel figures:
+# fixed, as matplotlib's constrained layout costs half of each figure's time (0.3 s)
+
+
 def plot_loss_curve(history: list[dict], path: Path) -> None:
     """Total train/val loss and each term per epoch, as a PNG (matplotlib, no pyplot state)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(10, 3.8))
+    fig.subplots_adjust(**MARGINS)
     total_ax, terms_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     for split, style in (("train", "-"), ("val", "--")):
@@ -86,7 +91,8 @@ def plot_loss_balance(history: list[dict], losses: list[WeightedLoss], path: Pat
     """Per epoch: each weighted train term (weight x value) and its gradient norm at the generator, as a PNG."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(10, 3.8))
+    fig.subplots_adjust(**MARGINS)
     value_ax, grad_ax = fig.subplots(1, 2)
     for loss in losses:
         rows = [h for h in history if loss.name in (h.get("train") or {})]
