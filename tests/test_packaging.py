@@ -16,7 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from conftest import REPO, error_lines, run_avgen
+from conftest import REPO, avgen_in_process, error_lines, run_avgen
 
 SHIPPED = sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
 
@@ -52,21 +52,22 @@ def test_an_unknown_recipe_name_is_one_line_naming_the_shipped_ones(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_name_runs_the_shipped_file_and_a_file_of_that_name_comes_first(tmp_path: Path) -> None:
+def test_a_name_runs_the_shipped_file_and_a_file_of_that_name_comes_first(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`avgen run quickstart` reads the shipped quickstart.toml (the error of a bad --set names the file it read);
-    a file called `quickstart` in the working directory is read instead; a path is never taken for a name."""
+    a file called `quickstart` in the working directory is read instead; a path is never taken for a name. (The CLI
+    entry point in this process, in tmp_path; the wheel test below runs a name from an installed wheel.)"""
     from avgen._core.recipefiles import recipes_folder
-    by_name = run_avgen("run", "quickstart", "--set", "run.seed=-1", cwd=tmp_path)
-    assert by_name.returncode == 2
-    (line,) = error_lines(by_name)
-    assert line.startswith(f"error: {recipes_folder() / 'quickstart.toml'}:"), line
+    monkeypatch.chdir(tmp_path)
+    code, _, lines = avgen_in_process(capsys, "run", "quickstart", "--set", "run.seed=-1")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {recipes_folder() / 'quickstart.toml'}:"), lines
 
     (tmp_path / "quickstart").write_text('[run]\nname = "mine"\n', encoding="utf-8")  # no [data]: invalid
-    local = run_avgen("run", "quickstart", cwd=tmp_path)
-    assert local.returncode == 2
-    assert error_lines(local) == ["error: quickstart: missing section [data] (e.g. [data] name = \"synthetic_hits\")"]
-    missing = run_avgen("run", "elsewhere/quickstart", cwd=tmp_path)
-    assert (missing.returncode, error_lines(missing)) == (2, ["error: elsewhere/quickstart: recipe file not found"])
+    code, _, lines = avgen_in_process(capsys, "run", "quickstart")
+    assert (code, lines) == (2, ["error: quickstart: missing section [data] (e.g. [data] name = \"synthetic_hits\")"])
+    code, _, lines = avgen_in_process(capsys, "run", "elsewhere/quickstart")
+    assert (code, lines) == (2, ["error: elsewhere/quickstart: recipe file not found"])
 
 
 # ---------------------------------------------------------------- dependency ranges and constraints.txt
