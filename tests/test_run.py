@@ -158,7 +158,7 @@ def test_each_variant_logs_only_its_own_lines(tmp_path: Path, avgen_home: Path, 
     recipe = tmp_path / "two.toml"
     recipe.write_text(RECIPE.read_text() + '\n[[variant]]\nname = "small"\ndata = { clips_per_class = 6 }\n'
                       '\n[[variant]]\nname = "large"\ndata = { clips_per_class = 10 }\n')
-    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"))
+    proc = run_avgen("run", str(recipe), "--out", str(tmp_path / "runs"), "--jobs", "1")  # side by side: test_run_jobs.py
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, train in (("small", 12), ("large", 24)):
         lines = (tmp_path / "runs" / "tones_example" / name / "log.txt").read_text().splitlines()

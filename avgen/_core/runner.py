@@ -241,8 +241,8 @@ class Run:
 
     # ---- driver
 
-    def execute(self, only: str | None = None, fresh: bool = False) -> dict[str, Any]:
-        """Run every stage not yet done (or just ``only``); returns the ledger.
+    def execute(self, only: str | None = None, fresh: bool = False, last: str | None = None) -> dict[str, Any]:
+        """Run every stage not yet done (or just ``only``; or those up to ``last``); returns the ledger.
 
         Under ``torchrun`` every rank featurizes its shard and trains; rank 0 alone holds the
         lock, writes the run directory and runs prepare, generate, evaluate and report.
@@ -253,7 +253,7 @@ class Run:
                 self.dir.start(self.recipe.to_toml_dict(),
                                lambda: environment_record(self.recipe, self.device, self.threads), fresh)
             barrier(self.world)
-            for stage in STAGES if only is None else (only,):
+            for stage in (STAGES[:STAGES.index(last) + 1] if last else STAGES) if only is None else (only,):
                 if only is None and self.dir.done(stage):
                     self.console.print(f"[dim]{stage}: done earlier, skipped[/dim]")
                     continue

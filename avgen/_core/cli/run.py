@@ -24,10 +24,13 @@ from avgen._core.errors import AvgenError
               help="DataLoader worker processes for decoding video.")
 @click.option("--strict", is_flag=True,
               help="Stop at the first unreadable media file instead of skipping its clips (skipped.txt lists them).")
+@click.option("--jobs", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Several runs: how many finish side by side after their data and features are made, each in its "
+                   "own process with the cores shared out (0: one per core; 1: one after the other, as one log).")
 @THREADS_OPTION
 @click.pass_context
 def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
-            device: str | None, only: str | None, workers: int, strict: bool, threads: int) -> None:
+            device: str | None, only: str | None, workers: int, strict: bool, jobs: int, threads: int) -> None:
     """Run one or more RECIPES (TOML files, folders of them, or names of shipped recipes) through every stage.
 
     A name that is not a file, such as `quickstart`, is a recipe that ships with avgen
@@ -39,11 +42,12 @@ def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str,
     from avgen._core.errors import resumable
 
     with resumable():  # its write errors say that the same command resumes
-        _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict, threads)
+        _run_recipes(recipes, overrides, out, fresh, device, only, workers, strict, threads, jobs)
 
 
 def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
-                 device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0) -> None:
+                 device: str | None, only: str | None, workers: int, strict: bool, threads: int = 0,
+                 jobs: int = 1) -> None:
     """Validate every recipe and build its data and representation, then run them one by one."""
     paths = _expand_recipes(recipes)  # an unknown name stops here, before torch is imported
     from avgen._core.recipe import resolved_as_run
@@ -52,6 +56,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     from avgen._core.runner import Run
     from avgen._core.rundir import STAGES
     from avgen._core.threads import apply_threads, plan_threads
+    from avgen._core.cli.parallel import finish_side_by_side, jobs_for
 
     plan = apply_threads(plan_threads(threads, workers))
 
@@ -73,11 +78,16 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
         runs.append(Run(recipe, run_dir, dev, console=err_console, num_workers=workers, strict=strict, threads=plan))
     for run in runs:  # errors of the data and representation settings come before any run directory exists
         run.preflight()
+    jobs = jobs_for(jobs, len(runs), plan.cores) if only is None and runs[0].world == 1 else 1
     for run in runs:
         err_console.print(f"[bold]avgen run[/bold] {escape(str(run.recipe.source))} -> {escape(str(run.run_dir))} "
                           f"on {run.device}")
-        run.execute(only=only, fresh=fresh)
-        if run.rank == 0:
+        run.execute(only=only, fresh=fresh, last="featurize" if jobs > 1 else None)
+        if run.rank == 0 and jobs == 1:
+            console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
+    if jobs > 1:  # the data and features are made: the runs finish side by side (avgen._core.cli.parallel)
+        finish_side_by_side(runs, jobs, plan.cores, workers, strict, err_console)
+        for run in runs:
             console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
     leave_process_group()
     if runs and runs[0].rank != 0:  # under torchrun only rank 0 compares and reports
