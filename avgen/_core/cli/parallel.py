@@ -85,14 +85,15 @@ def _start(run: Any, threads: int, workers: int, strict: bool) -> subprocess.Pop
 
 def _stop(active: dict[Path, tuple[subprocess.Popen, float, Any]]) -> None:
     """Ctrl-C (or SIGTERM): each run stops as on its own (its temporary files removed; the same command resumes
-    it). A terminal's Ctrl-C reaches the whole process group; the others are sent one after a moment."""
+    it). A terminal's Ctrl-C reaches the whole process group; a run still going after a moment is sent SIGTERM,
+    which avgen takes as Ctrl-C (SIGINT may be ignored: a shell starts background jobs so)."""
     procs = [proc for proc, _, _ in active.values()]
     deadline = time.monotonic() + 3.0
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=60)
