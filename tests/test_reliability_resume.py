@@ -117,7 +117,7 @@ def test_ctrl_c_during_fit_stops_cleanly_and_resuming_gives_the_same_result(tmp_
 def test_ctrl_c_prints_the_resume_hint(tmp_path, monkeypatch, capsys):
     from avgen._core.cli import main
 
-    def interrupted(self, only=None, fresh=False):
+    def interrupted(self, only=None, fresh=False, last=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "execute", interrupted)
