@@ -38,6 +38,9 @@ def test_runs_finished_side_by_side_give_what_they_give_one_after_the_other(tmp_
                                         "--threads", "2")
     assert code == 0, lines[-20:]
     assert "finishing 2 runs, 2 at a time, 1 thread each" in " ".join(lines), lines
+    code, again, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "side"), "--jobs", "2")
+    assert code == 0 and not any("finishing" in line for line in lines), lines  # finished runs start no process
+    assert sum("done earlier, skipped" in line for line in lines) == 4 and again.count("run directory:") == 2
     code, _, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "alone"), "--jobs", "1",
                                       "--threads", "1")
     assert code == 0, lines[-20:]

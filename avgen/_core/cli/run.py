@@ -85,8 +85,11 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
         run.execute(only=only, fresh=fresh, last="featurize" if jobs > 1 else None)
         if run.rank == 0 and jobs == 1:
             console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
-    if jobs > 1:  # the data and features are made: the runs finish side by side (avgen._core.cli.parallel)
-        finish_side_by_side(runs, jobs, plan.cores, workers, strict, err_console)
+    if jobs > 1:  # the data and features are made: the runs not yet done finish side by side (cli/parallel.py)
+        unfinished = [run for run in runs if not all(run.dir.done(stage) for stage in STAGES)]
+        if unfinished:
+            finish_side_by_side(unfinished, jobs_for(jobs, len(unfinished), jobs), plan.cores, workers, strict,
+                                err_console)
         for run in runs:
             console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
     leave_process_group()
