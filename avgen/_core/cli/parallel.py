@@ -68,7 +68,7 @@ def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, st
                     live.console.print(f"{run.recipe.run.name}: {finished[run_dir]}", markup=False, soft_wrap=True)
                 live.update(_table(runs, active, finished))
                 time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM or anything else here: no run is left going on its own
         _stop(active)
         raise
     if failed:
