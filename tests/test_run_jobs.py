@@ -78,3 +78,20 @@ def test_runs_that_fail_side_by_side_are_named_with_their_last_line_and_output(t
     assert message.startswith("2 of 2 runs failed: broken (exit 2: error: "), message
     assert "invalid TOML" in message and f"see {tmp_path / 'broken' / OUTPUT}" in message
     assert "empty (exit 2: error: " in message and "recipe file not found" in message
+
+
+def test_an_interrupted_parent_leaves_no_run_going(tmp_path: Path) -> None:
+    """_stop, as after Ctrl-C or SIGTERM in the parent: a run that does not end on its own within a moment (here one
+    that ignores SIGINT, as a shell's background job does) is sent SIGTERM, which avgen takes as Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    from avgen._core.cli.parallel import _stop
+
+    ignores_sigint = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    procs = [subprocess.Popen([sys.executable, "-c", ignores_sigint], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "up"  # its handler is set before the parent stops it
+    _stop({tmp_path / str(i): (proc, 0.0, None) for i, proc in enumerate(procs)})
+    assert [proc.poll() for proc in procs] == [-signal.SIGTERM, -signal.SIGTERM]
