@@ -318,3 +318,34 @@ def test_validation_scores_the_training_outputs_in_eval_mode(data, tmp_path):
                  params=train_params(epochs=2), run_dir=tmp_path, seed=0, device=CPU)
     assert [set(h["val"]) for h in result.history] == [{"total", "residual"}] * 2
     assert True in model.modes and False in model.modes  # training steps, and validation batches in eval mode
+
+
+def test_select_keeps_the_epoch_with_the_lowest_validation_value_of_one_loss(data, tmp_path):
+    """train.select = 'class_nll': the best checkpoint is the epoch whose validation class_nll is lowest (found here
+    from the history), whatever the total did; an unknown name is one error naming the losses, before any step."""
+    train, val = data
+    val = {**val, "label": (val["label"] + 1) % CLASSES}  # labels the model cannot learn: its val class_nll rises
+    # while the total, 50 x spec_smooth_l1 on the true spectrograms, keeps falling
+    result = fit(model=make_model("can_lstm", hidden=16), losses=losses_for("can_lstm"), train=train, val=val,
+                 params=train_params(epochs=6, select="class_nll"), run_dir=tmp_path, seed=0, device=CPU)
+    values = [entry["val"]["class_nll"] for entry in result.history]
+    totals = [entry["val"]["total"] for entry in result.history]
+    assert result.best_epoch == 1 + values.index(min(values)) != 1 + totals.index(min(totals)), (values, totals)
+    _, state = load_checkpoint(result.best_path)
+    assert state["epoch"] == result.best_epoch and state["best_value"] == min(values)
+    with pytest.raises(AvgenError, match=r"train.select = 'class_acc': give 'total' or a loss of the recipe "
+                                         r"\(class_nll, spec_smooth_l1\)"):
+        fit(model=make_model("can_lstm", hidden=16), losses=losses_for("can_lstm"), train=train, val=val,
+            params=train_params(select="class_acc"), run_dir=tmp_path / "bad", seed=0, device=CPU)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_select_at_its_default_leaves_the_resolved_recipe_as_before() -> None:
+    """The ids of runs recorded before train.select existed stay the same (their recipe.toml has no select)."""
+    from avgen._core.recipe import validate_recipe
+
+    base = {"data": {"name": "synthetic_hits"}, "encoder": {"name": "mean_color"}, "representation": {"name": "stft"}}
+    plain = validate_recipe(base, "r.toml", "", new=True).to_toml_dict()
+    chosen = validate_recipe({**base, "train": {"select": "class_nll"}}, "r.toml", "", new=True).to_toml_dict()
+    assert "select" not in plain["train"] and chosen["train"]["select"] == "class_nll"
+    assert {k: v for k, v in chosen["train"].items() if k != "select"} == plain["train"]

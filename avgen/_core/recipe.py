@@ -57,6 +57,9 @@ class TrainParams(_Strict):
     step_size: int = Field(10, ge=1, le=100_000, description="epochs per decay for schedule='step'")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor for schedule='step'")
     early_stopping: int = Field(0, ge=0, le=100_000, description="stop after this many epochs without val improvement (0: off)")
+    select: str = Field("total", min_length=1, description="the validation value the best checkpoint and early "
+                        "stopping follow: 'total' (the weighted sum) or one loss's name, e.g. 'class_nll' for a "
+                        "generator whose sound is its predicted class's prototype")
     grad_clip: float = Field(0.0, ge=0, le=1e6, description="clip the gradient norm to this value (0: off)")
     amp: bool = Field(False, description="mixed precision (bf16/fp16 autocast) on CUDA")
     decode_phase: str = Field(
@@ -142,7 +145,8 @@ class Recipe(_Strict):
                     for s in items
                 ]
         out["featurize"] = _plain(self.featurize.model_dump())
-        out["train"] = _plain(self.train.model_dump())
+        out["train"] = {k: v for k, v in _plain(self.train.model_dump()).items()
+                        if not (k == "select" and v == "total")}  # at its default: the ids of earlier runs hold
         out["eval"] = _plain(self.eval.model_dump())
         return out
 

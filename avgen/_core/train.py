@@ -151,7 +151,7 @@ def fit(
                 val_terms = as_terms(_validate(step, model, val, params.batch_size, rank, world, device), losses)
                 if not all(math.isfinite(v) for v in val_terms.values()):
                     raise AvgenError(f"validation loss became nan at epoch {epoch}; the last good checkpoint is kept at {last_path}")
-            value = (val_terms or train_terms)["total"]
+            value = (val_terms or train_terms)[params.select]
             improved = state["best_value"] is None or value < state["best_value"]
             entry = {"epoch": epoch, "lr": lr, "train": train_terms, "val": val_terms, "best": improved,
                      "seconds": round(time.perf_counter() - started, 3)}
@@ -200,9 +200,12 @@ def check_objective(losses: list[WeightedLoss], params: TrainParams, representat
     if needs_wave and params.decode_phase not in representation.phases:
         raise AvgenError(f"train.decode_phase = {params.decode_phase!r}: the representation decodes with "
                          f"{', '.join(representation.phases)}")
+    names = ", ".join(loss.name for loss in losses)
     unknown = sorted(set(params.balance_shares) - {loss.name for loss in losses})
     if unknown:
-        raise AvgenError(f"train.balance_shares names {', '.join(unknown)}; the losses are {', '.join(l.name for l in losses)}")
+        raise AvgenError(f"train.balance_shares names {', '.join(unknown)}; the losses are {names}")
+    if params.select not in ("total", *(loss.name for loss in losses)):
+        raise AvgenError(f"train.select = {params.select!r}: give 'total' or a loss of the recipe ({names})")
     return losses, needs_wave
 
 
