@@ -38,11 +38,11 @@ def jobs_for(jobs: int, runs: int, cores: int) -> int:
 
 def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, strict: bool, console: Any) -> None:
     """Finish ``runs`` (their data and features made) in ``jobs`` processes at once; an AvgenError names the runs
-    that failed, their last line and their output file, after the others have finished."""
+    that failed (in the order of ``runs``), their last line and their output file, after the others have finished."""
     threads = max(1, cores // jobs)
     waiting = list(runs)
     active: dict[Path, tuple[subprocess.Popen, float, Any]] = {}
-    failed: list[str] = []
+    failed: dict[Path, str] = {}
     console.print(f"finishing {len(runs)} runs, {jobs} at a time, {threads} thread{'s' * (threads > 1)} each "
                   f"(console output in each run directory's {OUTPUT}; --jobs 1 runs them one after the other)",
                   markup=False, soft_wrap=True)
@@ -64,15 +64,16 @@ def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, st
                     else:
                         line = _last_error(run_dir / OUTPUT)
                         finished[run_dir] = f"failed (exit {code})"
-                        failed.append(f"{run.recipe.run.name} (exit {code}: {line}; see {run_dir / OUTPUT})")
+                        failed[run_dir] = f"{run.recipe.run.name} (exit {code}: {line}; see {run_dir / OUTPUT})"
                     live.console.print(f"{run.recipe.run.name}: {finished[run_dir]}", markup=False, soft_wrap=True)
                 live.update(_table(runs, active, finished))
                 time.sleep(POLL_SECONDS)
     except BaseException:  # Ctrl-C, SIGTERM or anything else here: no run is left going on its own
         _stop(active)
         raise
-    if failed:
-        raise AvgenError(f"{len(failed)} of {len(runs)} runs failed: " + "; ".join(failed))
+    if failed:  # in the runs' order, whichever ended first
+        raise AvgenError(f"{len(failed)} of {len(runs)} runs failed: "
+                         + "; ".join(failed[run.run_dir] for run in runs if run.run_dir in failed))
 
 
 def _start(run: Any, threads: int, workers: int, strict: bool) -> subprocess.Popen:
