@@ -16,7 +16,7 @@ from avgen._core.cli.parallel import OUTPUT, finish_side_by_side, jobs_for
 from avgen._core.console import make_console
 from conftest import EXAMPLE, avgen_in_process
 
-TWO_SEEDS = '\n[[variant]]\nname = "first"\n\n[[variant]]\nname = "second"\nrun = { seed = 1 }\n'
+TWO_SEEDS = '\n[[variant]]\nname = "first"\n\n[[variant]]\nname = "second"\nrun = { seed = 1 }\ntrain = { epochs = 0 }\n'
 STAGES = ("prepare", "featurize", "fit", "generate", "evaluate", "report")
 
 
@@ -38,6 +38,8 @@ def test_runs_finished_side_by_side_give_what_they_give_one_after_the_other(tmp_
                                         "--threads", "2")
     assert code == 0, lines[-20:]
     assert "finishing 2 runs, 2 at a time, 1 thread each" in " ".join(lines), lines
+    # a warning of a finishing run reaches this console, not only its output.txt (here: "second" is untrained)
+    assert sum(line.startswith("second: warning: train.epochs = 0") for line in lines) == 1, lines
     code, again, lines = avgen_in_process(capsys, "run", str(recipe), "--out", str(tmp_path / "side"), "--jobs", "2")
     assert code == 0 and not any("finishing" in line for line in lines), lines  # finished runs start no process
     assert sum("done earlier, skipped" in line for line in lines) == 4 and again.count("run directory:") == 2
@@ -58,7 +60,7 @@ def test_runs_finished_side_by_side_give_what_they_give_one_after_the_other(tmp_
         assert "report:" in (side / OUTPUT).read_text()
     first = load_file(tmp_path / "side" / "tones_frame_linear" / "first" / "checkpoints" / "best.safetensors")
     second = load_file(tmp_path / "side" / "tones_frame_linear" / "second" / "checkpoints" / "best.safetensors")
-    assert any(not torch.equal(first[k], second[k]) for k in first)  # the two seeds differ: the check above can tell
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the two runs differ: the check above can tell
 
 
 def test_runs_that_fail_side_by_side_are_named_with_their_last_line_and_output(tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, st
                         finished[run_dir] = f"failed (exit {code})"
                         failed[run_dir] = f"{run.recipe.run.name} (exit {code}: {line}; see {run_dir / OUTPUT})"
                     live.console.print(f"{run.recipe.run.name}: {finished[run_dir]}", markup=False, soft_wrap=True)
+                    for warning in _warnings(run_dir / OUTPUT):  # e.g. a collapsed model: not only in output.txt
+                        live.console.print(f"{run.recipe.run.name}: {warning}", markup=False, soft_wrap=True)
                 live.update(_table(runs, active, finished))
                 time.sleep(POLL_SECONDS)
     except BaseException:  # Ctrl-C, SIGTERM or anything else here: no run is left going on its own
@@ -102,14 +104,23 @@ def _stop(active: dict[Path, tuple[subprocess.Popen, float, Any]]) -> None:
             proc.kill()
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
 def _last_error(path: Path) -> str:
     """The last 'error:' line of a run's output, else its last line."""
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
+    lines = _lines(path)
     errors = [line for line in lines if line.startswith(("error:", "internal error:"))]
     return (errors or lines or ["no output"])[-1]
+
+
+def _warnings(path: Path) -> list[str]:
+    """The 'warning:' lines of a run's output, each once."""
+    return list(dict.fromkeys(line for line in _lines(path) if line.startswith("warning:")))
 
 
 def _stage(run_dir: Path) -> str:
