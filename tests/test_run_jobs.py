@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import avgen
 from avgen._core.cli.parallel import OUTPUT, finish_side_by_side, jobs_for
 from avgen._core.console import make_console
+from avgen._core.rundir import RunDir
 from conftest import EXAMPLE, avgen_in_process
 
 TWO_SEEDS = '\n[[variant]]\nname = "first"\n\n[[variant]]\nname = "second"\nrun = { seed = 1 }\ntrain = { epochs = 0 }\n'
@@ -72,7 +73,7 @@ def test_runs_that_fail_side_by_side_are_named_with_their_last_line_and_output(t
         run_dir.mkdir()
         if text is not None:
             (run_dir / "recipe.toml").write_text(text)
-        runs.append(types.SimpleNamespace(run_dir=run_dir, device=torch.device("cpu"),
+        runs.append(types.SimpleNamespace(run_dir=run_dir, dir=RunDir(run_dir), device=torch.device("cpu"),
                                           recipe=types.SimpleNamespace(run=types.SimpleNamespace(name=name))))
     with pytest.raises(avgen.AvgenError) as caught:
         finish_side_by_side(runs, jobs=2, cores=2, workers=0, strict=False, console=make_console(stderr=True))

@@ -13,7 +13,6 @@ with the same threads give the same tensors, whether they ran side by side or al
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -123,13 +122,15 @@ def _warnings(path: Path) -> list[str]:
     return list(dict.fromkeys(line for line in _lines(path) if line.startswith("warning:")))
 
 
-def _stage(run_dir: Path) -> str:
-    """The stages a run has finished, as its stages.json says ('fit done', or 'starting')."""
+def _stage(run: Any) -> str:
+    """The last stage a run has finished, as its ledger says ('fit done'), or 'starting'."""
+    from avgen._core.rundir import STAGES
+
     try:
-        stages = json.loads((run_dir / "stages.json").read_text(encoding="utf-8")).get("stages", {})
-    except (OSError, ValueError, AttributeError):
+        stages = run.dir.ledger()["stages"]
+    except AvgenError:  # read while damaged: the display waits for the next look
         return "starting"
-    done = [name for name, entry in stages.items() if isinstance(entry, dict) and entry.get("status") == "done"]
+    done = [name for name in STAGES if stages.get(name, {}).get("status") == "done"]
     return f"{done[-1]} done" if done else "starting"
 
 
@@ -140,7 +141,7 @@ def _table(runs: list[Any], active: dict[Path, tuple[subprocess.Popen, float, An
         if run.run_dir in finished:
             state = finished[run.run_dir]
         elif run.run_dir in active:
-            state = f"{_stage(run.run_dir)} ({now - active[run.run_dir][1]:.0f} s)"
+            state = f"{_stage(run)} ({now - active[run.run_dir][1]:.0f} s)"
         else:
             state = "waiting"
         table.add_row(run.recipe.run.name, state)

@@ -88,8 +88,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     if jobs > 1:  # the data and features are made: the runs not yet done finish side by side (cli/parallel.py)
         unfinished = [run for run in runs if not all(run.dir.done(stage) for stage in STAGES)]
         if unfinished:
-            finish_side_by_side(unfinished, jobs_for(jobs, len(unfinished), jobs), plan.cores, workers, strict,
-                                err_console)
+            finish_side_by_side(unfinished, min(jobs, len(unfinished)), plan.cores, workers, strict, err_console)
         for run in runs:
             console.print(f"run directory: {run.run_dir}", markup=False, soft_wrap=True)
     leave_process_group()
