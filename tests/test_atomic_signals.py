@@ -7,6 +7,10 @@ N from the first to the last; Python runs its handler exactly as for a Ctrl-C fr
 delivers signals only at its "eval breaker" checks: on entering a function (RESUME), on a backward jump,
 and when a call returns. So the signal is raised before each RESUME and backward jump, and before the
 first instruction after each call (and, more strictly than CPython, before each call too).
+
+An exception raised from a trace function can leave CPython's record of the exception being handled out of
+step (later exceptions then carry a stale ``__context__``), so each every-instant scenario runs in a fresh
+interpreter (``isolated``) rather than in the test process, where it would outlive the test.
 """
 
 from __future__ import annotations
@@ -87,11 +91,26 @@ def every_instant(action: Callable[[], None], check: Callable[[bool], None], lim
     raise AssertionError(f"the write took more than {limit} instructions")
 
 
+def isolated(scenario: Callable[[Path], None], tmp_path: Path) -> None:
+    """Run a scenario of this file in a fresh interpreter; its assertion errors fail the test with their output."""
+    import subprocess
+
+    code = ("import importlib.util, pathlib, sys\n"
+            "spec = importlib.util.spec_from_file_location('scenarios', sys.argv[1])\n"
+            "module = importlib.util.module_from_spec(spec)\n"
+            "sys.path.insert(0, str(pathlib.Path(sys.argv[1]).parent))\n"
+            "spec.loader.exec_module(module)\n"
+            "getattr(module, sys.argv[2])(pathlib.Path(sys.argv[3]))\n")
+    done = subprocess.run([sys.executable, "-c", code, __file__, scenario.__name__, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def test_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_file(tmp_path):
+def scenario_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     target = tmp_path / "best.safetensors"
     target.write_bytes(b"old")
     outcomes = set()
@@ -110,7 +129,7 @@ def test_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_fi
     assert (True, True) in outcomes and (False, False) in outcomes, outcomes
 
 
-def test_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_file(tmp_path):
+def scenario_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     """The caller's writer raises; Ctrl-C may land before, during or after the clean-up."""
     target = tmp_path / "metrics.json"
 
@@ -129,7 +148,7 @@ def test_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_fil
     every_instant(action, check)
 
 
-def test_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_written(tmp_path):
+def scenario_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_written(tmp_path: Path) -> None:
     target = tmp_path / "exported"
 
     def build() -> None:
@@ -149,7 +168,7 @@ def test_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_w
     every_instant(build, check)
 
 
-def test_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named(tmp_path):
+def scenario_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named(tmp_path: Path) -> None:
     def make() -> None:
         scratch_file(tmp_path).close()
 
@@ -157,6 +176,72 @@ def test_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named(tm
         assert list(tmp_path.iterdir()) == []
 
     every_instant(make, check)
+
+
+def scenario_a_sigint_at_every_instruction_of_a_deferred_block_leaves_each_signal_its_own_handler(tmp_path: Path) -> None:
+    """Ctrl-C may cut the block's restoring of the two handlers short; the next SIGTERM still reaches its own."""
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _frame: received.append(number))
+
+    def block() -> None:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)  # held, then delivered when the block ends
+
+    def check(interrupted: bool) -> None:
+        if not interrupted:
+            assert received == [signal.SIGTERM], received
+        received.clear()
+        signal.raise_signal(signal.SIGTERM)
+        assert received == [signal.SIGTERM], "a SIGTERM after the block did not reach its handler"
+        received.clear()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+    assert every_instant(block, check) > 20
+
+
+def test_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_file(tmp_path):
+    isolated(scenario_a_sigint_at_every_instruction_of_an_atomic_write_leaves_no_temporary_file, tmp_path)
+
+
+def test_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_file(tmp_path):
+    isolated(scenario_a_sigint_at_every_instruction_of_a_failed_write_leaves_no_temporary_file, tmp_path)
+
+
+def test_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_written(tmp_path):
+    isolated(scenario_a_sigint_at_every_instruction_of_a_staging_folder_leaves_nothing_half_written, tmp_path)
+
+
+def test_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named(tmp_path):
+    isolated(scenario_a_sigint_at_every_instruction_of_a_scratch_file_leaves_nothing_named, tmp_path)
+
+
+def test_a_sigint_at_every_instruction_of_a_deferred_block_leaves_each_signal_its_own_handler(tmp_path):
+    isolated(scenario_a_sigint_at_every_instruction_of_a_deferred_block_leaves_each_signal_its_own_handler, tmp_path)
+
+
+def test_a_block_closed_late_leaves_alone_the_handler_of_the_block_running_now():
+    """A block left open (its generator closed later by the garbage collector) cannot take SIGINT from another.
+
+    The order of a failure seen once in a full run: a block opened inside another is left open, the outer one
+    ends, a new block runs, and the forgotten block is closed (collected) while the new one holds a Ctrl-C.
+    """
+    outer = signals_deferred()
+    outer.__enter__()
+    forgotten = signals_deferred()
+    forgotten.__enter__()
+    outer.__exit__(None, None, None)
+    order = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            forgotten.gen.close()  # what the garbage collector does to a suspended generator
+            signal.raise_signal(signal.SIGINT)
+            order.append("block ran to its end")
+    assert order == ["block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_signals_deferred_delivers_a_held_sigint_after_the_block():

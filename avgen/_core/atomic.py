@@ -66,31 +66,50 @@ def folder_mode() -> int:
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _deliver(number: int, handler: Any) -> None:
+    """Deliver signal ``number`` to ``handler`` as the OS would have: a Python handler, else the default action."""
+    if callable(handler):
+        handler(number, None)  # e.g. KeyboardInterrupt from Python's default SIGINT handler
+    elif handler != signal.SIG_IGN:
+        signal.raise_signal(number)  # the default action (SIGTERM ends the process)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back for the block, then deliver them to the previous handlers (main thread only).
 
     Python raises ``KeyboardInterrupt`` at any bytecode boundary; a short step that must not be cut in half
     (create a temporary file *and* record its name, rename it into place) runs inside this block.
+    A block's handler never outlives it: if a signal cuts its restoring short, the handler left installed
+    passes the next signal on to the handler it replaced; and a block that ends late (a generator closed by
+    the garbage collector) leaves alone the handlers that others installed since.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives Python-level signals
         return
     held: list[int] = []
     previous: dict[int, Any] = {}
+    active = [True]
+
+    def hold(number: int, _frame: Any) -> None:
+        if active[0]:
+            held.append(number)
+            return
+        if signal.getsignal(number) is hold:  # the block is over: stand down, then act as the handler it replaced
+            signal.signal(number, previous[number])
+        _deliver(number, previous[number])
+
     try:
         for number in DEFERRED_SIGNALS:
-            previous[number] = signal.signal(number, lambda signum, _frame: held.append(signum))
+            previous[number] = signal.signal(number, hold)
         yield
     finally:
+        active[0] = False
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            if signal.getsignal(number) is hold:  # not one that a later block or the program installed since
+                signal.signal(number, handler)
         for number in dict.fromkeys(held):
-            handler = previous[number]
-            if callable(handler):
-                handler(number, None)  # e.g. KeyboardInterrupt from Python's default SIGINT handler
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(number)  # the default action (SIGTERM ends the process)
+            _deliver(number, previous[number])
 
 
 def _remove(path: Path, tries: int = 3) -> None:
