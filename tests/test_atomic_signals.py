@@ -106,6 +106,15 @@ def isolated(scenario: Callable[[Path], None], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.fixture
+def sigint_raises():
+    """SIGINT at Python's default handler (KeyboardInterrupt) for the test, whatever this process inherited: a
+    shell starts background jobs with SIGINT ignored, and a test run started so would otherwise see SIG_IGN."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -221,7 +230,7 @@ def test_a_sigint_at_every_instruction_of_a_deferred_block_leaves_each_signal_it
     isolated(scenario_a_sigint_at_every_instruction_of_a_deferred_block_leaves_each_signal_its_own_handler, tmp_path)
 
 
-def test_a_block_closed_late_leaves_alone_the_handler_of_the_block_running_now():
+def test_a_block_closed_late_leaves_alone_the_handler_of_the_block_running_now(sigint_raises):
     """A block left open (its generator closed later by the garbage collector) cannot take SIGINT from another.
 
     The order of a failure seen once in a full run: a block opened inside another is left open, the outer one
@@ -244,7 +253,7 @@ def test_a_block_closed_late_leaves_alone_the_handler_of_the_block_running_now()
         signal.raise_signal(signal.SIGINT)
 
 
-def test_signals_deferred_delivers_a_held_sigint_after_the_block():
+def test_signals_deferred_delivers_a_held_sigint_after_the_block(sigint_raises):
     order = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
