@@ -215,10 +215,11 @@ def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plu
         assert code == 2 and len(lines) == 1, lines
         assert re.search(pattern, lines[0]) and "pip install" not in lines[0], lines[0]
         assert not out.exists()
-    (tmp_path / "site" / "gru_plugin.py").unlink()  # uninstalled: generate and export name the pip install
+    (tmp_path / "site" / "gru_plugin.py").unlink()  # uninstalled: generate, export and a resume name the pip install
     shutil.rmtree(next((tmp_path / "site").glob("gru-plugin-*.dist-info")))
     for args in (["generate", str(video), "--run", str(run_dir), "-o", str(tmp_path / "out.wav")],
-                 ["export", str(run_dir), str(tmp_path / "model")]):
+                 ["export", str(run_dir), str(tmp_path / "model")],
+                 ["run", str(run_dir / "recipe.toml")]):
         code, lines = in_process.cli(*args)
         assert code == 2 and len(lines) == 1, lines
         assert "unknown generator 'gru_regressor'" in lines[0] and lines[0].endswith("pip install 'gru-plugin==0.1'"), lines

@@ -180,6 +180,8 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
     assert lines[-1].startswith("error:") and not any("Traceback" in line for line in lines)
     if case == "weights_do_not_fit":
         assert "do not fit can_lstm" in lines[-1] and len(lines) == 1
+        assert "size mismatch for " in lines[-1] and "torch.Size([" in lines[-1], lines  # which weight, which shapes
+        assert f"avgen run {run / 'recipe.toml'} --fresh" in lines[-1]
 
 
 def test_a_full_disk_while_writing_the_wav_is_one_line_and_keeps_the_previous_output(

@@ -74,6 +74,36 @@ def test_a_forced_material_is_what_the_summary_names(model: avgen.SoundModel, ti
         model.sound(a_video(tiny_run), material="unobtainium")
 
 
+def test_a_forced_material_needs_a_class_head_and_says_so_before_any_work(
+        model: avgen.SoundModel, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generator that declares no class probabilities cannot voice a forced class: one line naming it, up front."""
+    monkeypatch.setattr(model.generator, "provides", frozenset({"rep"}))
+    monkeypatch.setattr(model, "frames_precision", lambda *a, **k: pytest.fail("the video was read before the check"))
+    name = model.recipe.generator.name
+    for material in (model.class_names[0], 0):
+        with pytest.raises(avgen.AvgenError, match=f"generator '{name}' has no class head to force a material"):
+            model.sound(a_video(tiny_run), material=material)
+
+
+def test_weights_that_do_not_fit_name_the_weight_and_what_to_do(model: avgen.SoundModel, tmp_path: Path) -> None:
+    """torch's first mismatch (which weight, which shapes), and the way out for a run and for an exported folder."""
+    import copy
+
+    from avgen._core.components import SavedModel
+    from avgen._core.loading import build_saved
+
+    meta = copy.deepcopy(model.meta)
+    meta["recipe"]["generator"]["hidden"] = int(meta["recipe"]["generator"].get("hidden", 128)) + 8
+    saved = SavedModel(model.generator.state_dict(), meta)
+    for source, way_out in ((tmp_path / "run" / "recipe.toml", "--fresh retrains it"),
+                            (tmp_path / "model" / "config.json", "install the version its config.json names")):
+        with pytest.raises(avgen.AvgenError) as caught:
+            build_saved(saved, source, source.parent, torch.device("cpu"))
+        message = str(caught.value)
+        assert "size mismatch for " in message and "torch.Size([" in message and way_out in message, message
+        assert "Error(s) in loading" not in message and "\n" not in message
+
+
 def test_sound_of_frames_equals_the_sound_of_a_one_clip_video(model: avgen.SoundModel, tmp_path: Path) -> None:
     """Two paths to the same clip: frames decoded here and handed over, or the video file read by the model."""
     import numpy as np

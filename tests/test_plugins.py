@@ -39,6 +39,10 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plu
     assert any(c["name"] == "mel" and c["plugin"] == "example" for c in out["components"])
     table = run_avgen("list", env=with_path(site))
     assert "broken plugin" in table.stdout and "broken_plugin" in table.stdout
+    assert "avgen --debug list" in table.stdout  # how to see where it failed
+    debug = run_avgen("--debug", "list", env=with_path(site))
+    assert debug.returncode == 0 and "Traceback" in debug.stderr, debug.stderr
+    assert str(site / "broken_plugin") in debug.stderr and "import no_such_module_xyz" in debug.stderr, debug.stderr
     strict = run_avgen("list", "--strict", env=with_path(site))  # what a plugin's own CI runs
     assert strict.returncode == 2 and "broken_plugin" in strict.stdout, strict.stderr
     assert "1 plugin(s) failed to load: plugin 'broken_plugin' (broken-plugin 0.1) failed to load: " \
@@ -62,6 +66,9 @@ def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Pat
         assert "gru_regressor" in lines[0] and "plugin 'gru_plugin' (gru-plugin 0.1) failed to load" in lines[0], lines
         assert "no_such_module_xyz" in lines[0]
     assert not (tmp_path / "runs").exists()
+    debug = run_avgen("--debug", "show", "gru_regressor", env=env)  # the plugin's own file and line
+    assert debug.returncode == 2 and str(site / "gru_plugin") in debug.stderr, debug.stderr
+    assert "line 1" in debug.stderr and "import no_such_module_xyz" in debug.stderr, debug.stderr
 
 
 def test_misspelled_hook_marks_plugin_broken(tmp_path: Path) -> None:

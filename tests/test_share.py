@@ -54,6 +54,7 @@ def test_export_writes_the_hub_layout_with_the_sha256_of_every_file(exported: tu
     metrics = json.loads((run / "metrics.json").read_text())["recall_at_k"]
     assert f"| recall_at_k R@1 | {metrics['R@1']:.4g} |" in card
     assert "| generator | can_lstm | lstm | - | MIT |" in card and "generated (MIT)" in card
+    assert "| representation | stft | audio | - | MIT (the avgen distribution's) |" in card  # no card licence: the code's
     assert "| generator | can_lstm | lstm | - | MIT |" in (model / "LICENSE.md").read_text()
     example = importlib.metadata.version("avgen-plugin-example")  # its mean_color encoder
     assert f"pip install 'avgen=={avgen.__version__}' 'avgen-plugin-example=={example}'\n" in card

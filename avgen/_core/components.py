@@ -182,7 +182,8 @@ class Generator(nn.Module):
         """features [B, N, feature_dim] -> {"rep": s' [B, D, F], ...}."""
 
     def prepare(self, train: Mapping[str, Tensor]) -> None:
-        """Called once before training with the training split ({"features", "rep", "label"}); e.g. statistics."""
+        """Called once before training with the training split, a dict of CPU tensors {"features" [M, N, dim],
+        "rep" [M, D, F], "wave" [M, T], "label" [M]} (docs/plugins.md); e.g. statistics kept in buffers."""
 
     def training_outputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Outputs the losses score, for a batch ({"features", "rep", "wave", "label"}); default: ``self(features)``.

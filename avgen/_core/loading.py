@@ -29,14 +29,14 @@ def load_trained(run_dir: Path, device: torch.device, overrides: tuple[str, ...]
 
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
-    environment = _environment(run_dir)
+    environment = run_environment(run_dir)
     if isinstance(environment, dict):  # the precision of the run's features: generate encodes frames the same way
         meta = {**meta, "featurize_precision": environment.get("featurize_precision", "fp32")}
-    with _install_hinted(environment):
+    with install_hinted(environment):
         return build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device, overrides)
 
 
-def _environment(run_dir: Path) -> Any:
+def run_environment(run_dir: Path) -> Any:
     """The run's environment.json (what it ran with, its components' distributions), or {}."""
     try:
         return json.loads((run_dir / "environment.json").read_text())
@@ -45,7 +45,7 @@ def _environment(run_dir: Path) -> Any:
 
 
 @contextlib.contextmanager
-def _install_hinted(environment: Any) -> Iterator[None]:
+def install_hinted(environment: Any) -> Iterator[None]:
     """An AvgenError naming a component as unknown gets the ``pip install`` the run's record names (``_install_hint``)."""
     try:
         yield
@@ -107,11 +107,21 @@ def build_saved(saved: Any, recipe_source: Path, weights_source: Path, device: t
     try:
         model.load_state_dict(saved.weights)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({first}); retrain with avgen run RECIPE --fresh") from exc
+        raise AvgenError(f"{weights_source}: its weights do not fit {recipe.generator.name} ({_first_mismatch(exc)}); "
+                         + ("the recipe or the generator's plugin changed since it was trained: "
+                            f"avgen run {recipe_source} --fresh retrains it" if recipe_source.name == "recipe.toml" else
+                            "the generator's plugin changed since it was exported: install the version its "
+                            f"{recipe_source.name} names")) from exc
     model = model.to(device).eval()
     check_forward(recipe, model, shape, frames_per_clip(clip_seconds(recipe, meta), encoder.fps), device)
     return recipe, encoder, representation, model, meta
+
+
+def _first_mismatch(exc: RuntimeError) -> str:
+    """The first detail of torch's load_state_dict error (which weight, which shapes), not its header line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if not line.startswith("Error(s) in loading")), lines[0] if lines else "")
+    return detail.split(". ", 1)[0].rstrip(".") if detail.startswith(("size mismatch", "Missing", "Unexpected")) else detail
 
 
 def load_model_folder(path: Path, device: torch.device, overrides: tuple[str, ...] | list[str] = (),
@@ -122,12 +132,12 @@ def load_model_folder(path: Path, device: torch.device, overrides: tuple[str, ..
 
     path = Path(path)
     if not path.is_dir():
-        raise AvgenError(f"--model {path}: not a folder; give the folder `avgen export RUN_DIR OUT_DIR` wrote")
+        raise AvgenError(f"{path}: not a folder; give the folder `avgen export RUN_DIR OUT_DIR` wrote")
     if (path / "checkpoints").is_dir():
-        raise AvgenError(f"--model {path}: this is a run directory; use --run {path}, or export it first")
+        raise AvgenError(f"{path}: this is a run directory; use --run {path}, or export it first")
     saved = first_answer("open_model", path=path)
     if saved is None:
-        raise AvgenError(f"--model {path}: not a model folder that an installed plugin reads "
+        raise AvgenError(f"{path}: not a model folder that an installed plugin reads "
                          "(`avgen export RUN_DIR OUT_DIR` writes them, with config.json and SHA256SUMS)")
     built = build_saved(saved, path / "config.json", path, device, overrides)
     return (*built, saved.bank)
@@ -141,7 +151,7 @@ def saved_model_of_run(run_dir: Path, device: torch.device, exemplars: bool = Tr
     run_dir = Path(run_dir)
     ckpt, state, meta = load_run_checkpoint(run_dir)
     bank = None
-    with _install_hinted(_environment(run_dir)):  # rebuilt and checked, as generate will: its plugins are here
+    with install_hinted(run_environment(run_dir)):  # rebuilt and checked, as generate will: its plugins are here
         recipe, encoder, representation, _, _ = build_saved(SavedModel(state, meta), run_dir / "recipe.toml", ckpt, device)
     if exemplars:  # the encoder and representation of the checkpoint already read (not a second load_trained)
         bank = exemplar_bank(recipe, run_dir, device, encoder, representation, console=console)

@@ -68,7 +68,14 @@ class SoundModel:
     def material(self, name: str) -> int:
         """The class index of material ``name`` (one line naming the model's classes when it has no such class)."""
         from avgen._core.loading import material_class
+        self._require_class_head()
         return material_class(name, self.meta)
+
+    def _require_class_head(self) -> None:
+        """A forced material needs a generator with a class head (one that provides ``probs``): say so up front."""
+        if "probs" not in self.generator.provides:
+            raise AvgenError(f"generator '{self.recipe.generator.name}' has no class head to force a material with "
+                             "(a generator that provides class probabilities, such as can_lstm, has one)")
 
     # ------------------------------------------------------------ exemplars
 
@@ -141,6 +148,7 @@ class SoundModel:
         """The sound of ``video`` as a stream (``VideoSound``: ``blocks()`` yields it in order, memory flat in the
         video's length; ``summary`` once done). See ``sound`` for the options."""
         from avgen._core.videosound import VideoSound
+        index = self._class_index(material)  # a material it cannot force: said before any frame is read
         if bank is None and (exemplar or library is not None):
             bank = self.bank(library, console)
         if features is None:
@@ -149,7 +157,7 @@ class SoundModel:
         precision = self._precisions.get(_video_key(video), ("fp32", {}))
         return VideoSound(Path(video), self.recipe, self.encoder, self.representation, self.generator, self.meta,
                           self.device, hop_fraction=hop_fraction, exemplar_bank=bank,
-                          material=self._class_index(material), features=features, precision=precision)
+                          material=index, features=features, precision=precision)
 
     def sound(self, video: str | Path, *, exemplar: bool = False, library: str | Path | None = None,
               bank: Any = None, material: str | int | None = None, features: torch.Tensor | None = None,
@@ -313,6 +321,8 @@ class SoundModel:
 
     def _class_index(self, material: str | int | None) -> int | None:
         if material is None or isinstance(material, int):
+            if isinstance(material, int):
+                self._require_class_head()
             if isinstance(material, int) and not 0 <= material < max(1, len(self.class_names)):
                 raise AvgenError(f"material {material}: the model has {len(self.class_names)} classes")
             return material

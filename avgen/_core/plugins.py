@@ -12,7 +12,8 @@ import difflib
 import importlib.metadata
 import os
 import threading
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -46,6 +47,7 @@ class PluginInfo:
     distribution: str
     version: str
     error: str | None = None
+    where: str = field(default="", compare=False, repr=False)  # the failure's traceback, for avgen --debug
 
     @property
     def broken(self) -> bool:
@@ -85,7 +87,7 @@ class Plugins:
             except Exception as exc:  # a broken plugin must not take the others down
                 if self.pm.has_plugin(ep.name):
                     self.pm.unregister(name=ep.name)
-                self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version, _one_line(exc))
+                self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version, _one_line(exc), traceback.format_exc())
                 continue
             self.info[ep.name] = PluginInfo(ep.name, ep.value, dist, version)
 
@@ -121,7 +123,7 @@ class Plugins:
                     old = self.info.get(plugin)
                     self.info[plugin] = PluginInfo(
                         plugin, old.module if old else "?", old.distribution if old else "?",
-                        old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}",
+                        old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}", traceback.format_exc(),
                     )
 
 
@@ -177,6 +179,18 @@ def broken_plugins() -> list[PluginInfo]:
     return [info for info in get_plugins().info.values() if info.broken]
 
 
+def failure_traceback(info: PluginInfo) -> str:
+    """Where a broken plugin failed, as a traceback (``avgen --debug`` prints it): the one kept when it failed to
+    load in this process, else its module imported again (a list read from the component index imported none)."""
+    if info.where:
+        return info.where
+    try:
+        importlib.import_module(info.module.split(":", 1)[0])
+    except Exception:
+        return traceback.format_exc()
+    return ""
+
+
 def component_source(kind: str, name: str) -> dict[str, str]:
     """Where a registered component comes from: its name, plugin, distribution and the distribution's version
     (what an exported model records so another machine knows what to ``pip install``)."""
@@ -220,7 +234,7 @@ def register_commands(cli: Any) -> None:
             old = plugins.info.get(impl.plugin_name)
             plugins.info[impl.plugin_name] = PluginInfo(
                 impl.plugin_name, old.module if old else "?", old.distribution if old else "?",
-                old.version if old else "?", f"register_commands failed: {_one_line(exc)}",
+                old.version if old else "?", f"register_commands failed: {_one_line(exc)}", traceback.format_exc(),
             )
 
 

@@ -24,11 +24,25 @@ def component_rows(recipe: dict[str, Any]) -> list[dict[str, str]]:
         try:
             component = avgen.get_component(kind, name)
             card, plugin = component.card.as_dict(), component.plugin
+            licence = card.get("license") or distribution_licence(avgen.component_source(kind, name)["distribution"])
         except avgen.AvgenError:  # a component this machine does not have: say so, do not fail the export
-            card, plugin = {}, "not installed here"
+            card, plugin, licence = {}, "not installed here", ""
         rows.append({"kind": kind, "name": name, "plugin": plugin, "weights": card.get("weights", ""),
-                     "license": card.get("license", "not stated by its plugin"), "url": card.get("url", "")})
+                     "license": licence or "not stated by its plugin", "url": card.get("url", "")})
     return rows
+
+
+def distribution_licence(distribution: str) -> str:
+    """The licence a distribution declares (its License-Expression, else the first line of its License field),
+    for a component whose card names none: the code's licence, as "MIT (the avgen distribution's)"."""
+    import importlib.metadata
+
+    try:
+        meta = importlib.metadata.metadata(distribution)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return ""
+    declared = (meta.get("License-Expression") or (meta.get("License") or "").strip().split("\n")[0]).strip()
+    return f"{declared} (the {distribution} distribution's)" if declared and declared.upper() != "UNKNOWN" else ""
 
 
 def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[str, str]], run_name: str,

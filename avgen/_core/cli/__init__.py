@@ -167,6 +167,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def print_plugin_tracebacks() -> None:
+    """For ``avgen --debug``: where each plugin that failed to load failed (its file and line), on stderr."""
+    from avgen._core.plugins import broken_plugins, failure_traceback
+
+    for info in broken_plugins():
+        where = failure_traceback(info)
+        if where:
+            print(f"\n{info.failure}\n{where}", file=sys.stderr)
+
+
 def _main(args: list[str], debug: bool) -> None:
     from avgen._core.threads import prefer_passive_wait
 
@@ -190,6 +200,7 @@ def _main(args: list[str], debug: bool) -> None:
     except AvgenError as exc:
         if debug:
             traceback.print_exc()
+            print_plugin_tracebacks()
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, not bad input: keep one line unless --debug

@@ -59,6 +59,11 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, strict: bool)
         console.print("no components match" + (f" '{pattern}'" if pattern else ""))
     for p in broken:
         console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
+    if broken and (click.get_current_context().find_root().obj or {}).get("debug"):
+        from avgen._core.cli import print_plugin_tracebacks
+        print_plugin_tracebacks()
+    elif broken:
+        console.print("where it failed (file and line): avgen --debug list", highlight=False)
     _strict(strict, broken)
 
 

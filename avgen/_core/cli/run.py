@@ -52,6 +52,7 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     paths = _expand_recipes(recipes)  # an unknown name stops here, before torch is imported
     from avgen._core.recipe import resolved_as_run
     from avgen._core.recipefiles import load_recipes
+    from avgen._core.loading import install_hinted, run_environment
     from avgen._core.distributed import leave_process_group, resolve_device
     from avgen._core.runner import Run
     from avgen._core.rundir import STAGES
@@ -63,7 +64,10 @@ def _run_recipes(recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Pat
     import time
 
     started = time.perf_counter()
-    loaded = [r for p in paths for r in load_recipes(p, overrides)]  # validate all before running any
+    loaded = []
+    for p in paths:  # validate all before running any; a run's own recipe names what to pip install
+        with install_hinted(run_environment(Path(p).parent) if Path(p).name == "recipe.toml" else {}):
+            loaded += load_recipes(p, overrides)
     runs, run_dirs = [], []
     for recipe in loaded:
         if out is not None:
