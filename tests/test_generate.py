@@ -178,6 +178,8 @@ def test_bad_input_is_one_line_exit_2(trained_run: Path, tmp_path: Path, case: s
     code, _, lines = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path))
     assert code == 2, lines
     assert lines[-1].startswith("error:") and not any("Traceback" in line for line in lines)
+    if case in ("missing", "not_media"):  # the video is checked before the model loads: no "loaded ..." line first
+        assert len(lines) == 1, lines
     if case == "weights_do_not_fit":
         assert "do not fit can_lstm" in lines[-1] and len(lines) == 1
         assert "size mismatch for " in lines[-1] and "torch.Size([" in lines[-1], lines  # which weight, which shapes
@@ -367,6 +369,15 @@ def test_segments_of_a_stationary_sound_join_without_seams(continues: bool) -> N
     join_flux = max(float(joined_flux[j - 2:j + rate // size + 2].max()) for j in joins)
     seamless = min(dips) >= 0.9 * one_pass_dip and join_flux <= one_pass_flux
     assert seamless == continues, (dips, one_pass_dip, join_flux, one_pass_flux)
+
+
+def test_the_batch_table_names_the_class_of_windows_and_the_materials_of_contacts() -> None:
+    from avgen._core.cli.generate import _class_cell
+
+    assert _class_cell({"predicted": "wood"}) == "wood" and _class_cell({"material": "metal", "predicted": "x"}) == "metal"
+    contacts = [{"time": t, "material": m} for t, m in [(0.5, "wood"), (1.0, "metal"), (1.5, "wood")]]
+    assert _class_cell({"mode": "events", "contacts": contacts}) == "3 contacts: wood 2, metal 1"
+    assert _class_cell({"mode": "events", "contacts": []}) == "no contact"
 
 
 def test_generate_a_folder_of_videos_with_one_bad_file(trained_run: Path, tmp_path: Path,

@@ -214,5 +214,11 @@ def test_mux_keeping_the_original_audio_puts_the_generated_track_first_and_defau
         default = [bool(s.disposition & av.stream.Disposition.default) for s in c.streams.audio]
     assert kinds == [("video", None), ("audio", 22050), ("audio", 16000)]  # generated, then the original
     assert default == [True, False]
+    for suffix in (".mp4", ".mkv"):  # a player's track menu names them
+        named = avgen.mux_audio(video, wav, tmp_path / f"named{suffix}", keep_original_audio=True)
+        with av.open(str(named)) as c:
+            names = [s.metadata.get("title") or s.metadata.get("handler_name") or s.metadata.get("name")
+                     for s in c.streams.audio]
+        assert names == ["generated sound (avgen)", "original sound"], (suffix, names)
     wave, _ = avgen.read_audio(out, start=0.5, duration=1.0)  # what a reader takes: the first audio track
     assert wave.abs().max() == pytest.approx(0.5, abs=0.05)

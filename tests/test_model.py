@@ -45,6 +45,17 @@ def test_sound_of_a_video_covers_it_and_names_a_class(model: avgen.SoundModel, t
     assert summary["predicted"] in model.class_names and summary["windows"] == 15  # 0.5 s windows every 0.25 s
 
 
+def test_a_stream_iterates_over_the_blocks_of_the_same_sound(model: avgen.SoundModel, tiny_run: Path) -> None:
+    """``for block in model.stream(video)``, as the README writes it: the blocks of ``sound``'s wave, in order."""
+    from avgen._core.videosound import within_unit
+
+    video = a_video(tiny_run, 1)
+    job = model.stream(video)
+    blocks = [block for block in job]
+    assert blocks and all(block.dim() == 1 for block in blocks)
+    assert torch.equal(within_unit(torch.cat(blocks)), model.sound(video)[0])
+
+
 def test_features_given_back_give_the_same_sound(model: avgen.SoundModel, tiny_run: Path) -> None:
     video = a_video(tiny_run, 1)
     features = model.features(video)

@@ -56,6 +56,21 @@ def test_set_overrides_coerce_types(tmp_path: Path, example_plugin: None) -> Non
     assert recipe.metric[0].params["floor_db"] == -70.0 and recipe.train.amp is True
 
 
+def test_an_error_only_a_set_brings_is_named_as_the_sets(tmp_path: Path, example_plugin: None) -> None:
+    """A valid file with a misspelt --set: the --set is to blame, not the file; a broken file stays the file's."""
+    from avgen._core.recipefiles import load_recipes
+
+    path = write(tmp_path, GOOD)
+    with pytest.raises(RecipeError) as caught:
+        load_recipes(path, ["train.lr=0.01", "train.epocs=5"])
+    assert str(caught.value).startswith("--set 'train.lr=0.01' 'train.epocs=5': train.epocs: unknown key"), caught.value
+    assert str(path) not in str(caught.value)
+    broken = tmp_path / "broken.toml"
+    broken.write_text(GOOD.replace("seed = 3", "seed = 3\nspeed = 3"))
+    with pytest.raises(RecipeError, match=f"^{broken}"):
+        load_recipes(broken, ["train.lr=0.01"])
+
+
 def test_parse_value() -> None:
     assert parse_value("256") == 256 and parse_value("0.5") == 0.5 and parse_value("true") is True
     assert parse_value("[1, 5, 10]") == [1, 5, 10] and parse_value("hello") == "hello"

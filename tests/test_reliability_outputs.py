@@ -165,13 +165,14 @@ def test_generate_o_names_a_folder_a_video_file_or_the_sound_alone(trained: Path
 
     (tmp_path / "notes").write_text("a file, not a folder\n")
     for out_arg, expected in (("out.avi", "avgen generate writes .mp4, .mov, .mkv files"),
+                              ("out.txt", "a new folder's name has no suffix"),  # not made a folder named out.txt
                               ("notes", "cannot write the output folder"),
                               ("notes/sub", "part of its path is a file, not a folder")):
         line = one_error(*cli_in_process(capsys, "generate", str(video), *run, "-o", str(tmp_path / out_arg))[:2])
         assert expected in line, line
     line = one_error(*cli_in_process(capsys, "generate", str(video), str(video), *run, "-o", str(tmp_path / "x.wav"))[:2])
     assert "a .wav path takes one video" in line
-    assert not (tmp_path / "out.avi").exists() and not (tmp_path / "x.wav").exists()
+    assert not any((tmp_path / name).exists() for name in ("out.avi", "out.txt", "x.wav"))
     code, _, out = cli_in_process(capsys, "generate", "--help")
     assert code == 0 and "a path ending in .wav the sound alone" in " ".join(out.split())
 
@@ -341,9 +342,9 @@ def test_generate_exemplar_prints_none_of_the_runs_stage_lines(trained: Path, tm
 def test_many_skipped_rows_with_one_reason_are_one_warning() -> None:
     from avgen._core.console import make_console
     from avgen._core.featurize import warn_skipped
-    def warnings(messages: list[str]) -> list[str]:
+    def warnings(messages: list[str], once: bool = False) -> list[str]:
         console = make_console(file=io.StringIO())
-        warn_skipped(console, messages, "annotation rows")
+        warn_skipped(console, messages, "annotation rows", once=once)
         return console.file.getvalue().splitlines()
 
     none = [f"line {i} of /d/synth{i:04d}_times.txt: material 'None' is not one of the dataset's classes" for i in range(25)]
@@ -352,3 +353,6 @@ def test_many_skipped_rows_with_one_reason_are_one_warning() -> None:
         "(the first: line 0 of /d/synth0000_times.txt)",
         "warning: skipped line 3 of /d/x_times.txt: hit time inf is not a finite number of seconds >= 0"]
     assert warnings(none[:3]) == [f"warning: skipped {m}" for m in none[:3]]  # a few: each named
+    # the variants of a recipe prepare the same dataset: its warning once per process, every time in the log
+    mine = [message.replace("/d/", f"/d{id(none)}/") for message in none]
+    assert len(warnings(mine, once=True)) == 1 and warnings(mine, once=True) == [] and len(warnings(mine)) == 1

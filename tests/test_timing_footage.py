@@ -127,6 +127,13 @@ def test_bad_input_is_one_line_and_exit_2(footage, tmp_path, capsys):
         assert code == 2, (args, err)
         assert len(err) == 1 and expected in err[0], (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mute.mp4"]  # nothing written
+    from avgen._core import cli  # the raw stderr: the error is its first line (no progress bar's blank line first)
+
+    for args in (("timing", "sync", str(empty)), ("timing", "eval", str(empty))):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            cli.main(list(args))
+        assert capsys.readouterr().err.startswith("error: "), args
 
 
 def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per_contact(tiny_run, tmp_path, capsys):

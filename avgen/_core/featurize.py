@@ -350,9 +350,13 @@ def sample_rate(dataset: Any, representation: Any) -> int:
 WARN_EACH = 5  # up to this many skipped items get a warning each; more are grouped by reason
 
 
-def warn_skipped(console: Console, messages: list[str], what: str) -> None:
+_WARNED: set[tuple[str, ...]] = set()  # the warnings ``once`` printed in this process
+
+
+def warn_skipped(console: Console, messages: list[str], what: str, once: bool = False) -> None:
     """A warning naming each skipped item when there are at most five; more: one warning per reason (its count
-    and the first item), e.g. a dataset's 25 rows of material 'None' are one line. All go to the log."""
+    and the first item), e.g. a dataset's 25 rows of material 'None' are one line. All go to the log; with
+    ``once``, the console shows the same warning once per process (the variants of a recipe share a dataset)."""
     lines = [f"skipped {message}" for message in messages]
     if len(messages) > WARN_EACH:
         groups: dict[str, list[str]] = {}
@@ -365,8 +369,9 @@ def warn_skipped(console: Console, messages: list[str], what: str) -> None:
         rest = [m for _, items in ordered[WARN_EACH:] for m in items]
         if rest:
             lines.append(f"skipped {len(rest)} more {what} for {len(ordered) - WARN_EACH} other reasons")
-    for line in lines:
+    for line in [] if once and tuple(lines) in _WARNED else lines:
         console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    _WARNED.add(tuple(lines))
     for message in messages:
         log.warning("skipped %s", message)
 

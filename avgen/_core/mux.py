@@ -105,8 +105,10 @@ def mux_audio(
             audio_out.disposition = av.stream.Disposition.default
             keep_in = source.streams.audio[0] if keep_original_audio and source.streams.audio else None
             keep_out = target.add_stream_from_template(keep_in) if keep_in is not None else None
-            if keep_out is not None:
+            if keep_out is not None:  # two tracks: named, so that a player's track menu tells them apart
                 keep_out.disposition = av.stream.Disposition(0)
+                for stream, name in ((audio_out, "generated sound (avgen)"), (keep_out, "original sound")):
+                    stream.metadata.update({"title": name, "handler_name": name})
             _encode_audio(target, audio_out, blocks, rate)
             copy_streams = [s for s in (video_in, keep_in) if s is not None]
             for packet in source.demux(copy_streams):

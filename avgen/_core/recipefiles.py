@@ -66,7 +66,25 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     A variant names itself and sets sections of the base recipe: a table naming another
     component (or a list such as ``loss``) replaces the section, any other table is merged
     into it, e.g. ``[[variant]] name = "owens"  generator = {name = "owens_lstm"}``.
+    An error that only ``overrides`` bring is named as theirs (``--set train.epocs=5: ...``), not the file's.
     """
+    try:
+        return _load_recipes(path, overrides)
+    except RecipeError as exc:
+        if not overrides:
+            raise
+        try:
+            _load_recipes(path, ())
+        except RecipeError:
+            raise exc from None  # the file itself is wrong: its own place in it
+        import re
+
+        where = re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(exc))
+        reason = str(exc)[where.end():] if where else str(exc)
+        raise RecipeError(f"--set {' '.join(shown(item) for item in overrides)}: {reason}") from None
+
+
+def _load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...]) -> list[Recipe]:
     raw, path, text = _read(path, overrides)
     variants = raw.pop("variant", None)
     if variants is None:

@@ -53,7 +53,7 @@ def prepare(dataset: Any, data_name: str, run_dir: Path, console: Console,
         dataset.prepare(progress)
     counts = {split: len(dataset.clips(split)) for split in SPLITS}
     rows = dataset_skipped_rows(dataset)
-    warn_skipped(console, [message for split in SPLITS for message in rows[split]], "annotation rows")
+    warn_skipped(console, [message for split in SPLITS for message in rows[split]], "annotation rows", once=True)
     if counts["train"] == 0:
         raise AvgenError(f"dataset '{data_name}': the train split has no clips; check its root and split files")
     write_json(run_dir / "dataset.json", {

@@ -263,6 +263,10 @@ class VideoSound:
                                       precision=self.precision)
         return torch.stack([features[f - low:f - low + self.frames_per_clip] for f in firsts])
 
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """``for block in model.stream(video)``: the blocks, in order (``blocks()`` without a progress bar)."""
+        return self.blocks()
+
     def blocks(self, progress: Any = None) -> Iterator[torch.Tensor]:
         """The sound [n] in consecutive blocks; ``progress`` (a (rich Progress, task) pair) advances per window."""
         from avgen._core.media import FrameReader

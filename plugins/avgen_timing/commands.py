@@ -92,9 +92,6 @@ def timing_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def eval_command(root: Path, detector_name: str, split: str, tolerance: int, params: tuple[str, ...], as_json: bool) -> None:
     """Precision and recall of a contact detector on the annotated videos of ROOT (Greatest Hits layout)."""
-    from avgen import make_console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     import avgen
 
     if not root.is_dir():
@@ -102,9 +99,8 @@ def eval_command(root: Path, detector_name: str, split: str, tolerance: int, par
     detector = avgen.create("detector", detector_name, **parse_params(params))
     listing = root / f"{split}.txt"
     count = len(listing.read_text(encoding="utf-8").split()) if listing.is_file() else 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=make_console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"detecting contacts ({detector_name})", total=count)
+    with _bar() as (bar, task):
+        bar.update(task, description=f"detecting contacts ({detector_name})", total=count)
         result = evaluate_detector(root, detector, split, tolerance, lambda: bar.advance(task))
     result = {"detector": detector_name, "split": split, **result}
     if as_json:
@@ -315,7 +311,7 @@ def sync_table(result: dict[str, Any]) -> str:
 
 
 def _bar() -> Any:
-    """A transient progress bar on stderr: ``with _bar() as (bar, task)``."""
+    """A transient progress bar on stderr, where it is a terminal: ``with _bar() as (bar, task)``."""
     import contextlib
 
     from avgen import make_console
@@ -323,8 +319,9 @@ def _bar() -> Any:
 
     @contextlib.contextmanager
     def bar() -> Any:
+        console = make_console(stderr=True)  # not a terminal: no bar (a transient one would leave a blank line)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=make_console(stderr=True), transient=True) as progress:
+                      console=console, transient=True, disable=not console.is_terminal) as progress:
             yield progress, progress.add_task("", total=None)
 
     return bar()

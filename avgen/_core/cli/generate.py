@@ -39,10 +39,10 @@ def _video_files(items: tuple[Path, ...]) -> list[Path]:
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="A model folder written by `avgen export` (instead of --run; needs nothing else).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
-              help="Where to write. A folder (made if missing) gets <stem>.avgen.mp4, .avgen.wav and .avgen.json per "
-                   "video; with one video, a path ending in .mp4, .mov or .mkv gets that video with the generated sound "
-                   "(and the .wav and .json beside it), a path ending in .wav the sound alone. An output is never "
-                   "written over an input.")
+              help="Where to write. A folder (an existing one, or a new one named without a suffix; missing parent "
+                   "folders are made) gets <stem>.avgen.mp4, .avgen.wav and .avgen.json per video; with one video, a "
+                   "path ending in .mp4, .mov or .mkv gets that video with the generated sound (and the .wav and .json "
+                   "beside it), a path ending in .wav the sound alone. An output is never written over an input.")
 @click.option("--raw/--exemplar", "raw", default=True, show_default=True,
               help="Raw sound (decode of s') or exemplar sound (nearest training clip: the run's training data, "
                    "or the sounds exported with --model).")
@@ -95,6 +95,10 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     if onsets_out and onsets_in:
         raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     targets = _generate_targets(files, out, keep_audio, onsets_out, onsets_in)  # before the model loads
+    if len(files) == 1:  # one video that is not one: said before the model loads (a folder's go in its table)
+        from avgen._core.media import probe
+
+        probe(files[0])
     dev = resolve_device(device)
     apply_threads(plan_threads(threads))
     if onsets_in and mode == "events":
@@ -117,7 +121,7 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     bank = None if raw and library is None else model.bank(library, err_console)
     made = _output_folder(out) if _writes_a_folder(out) else None
     rows = _generate_videos(files, targets, model, bank, forced, (onsets_in, onsets_out, detector),
-                            keep_audio, str(run_dir or model_dir))
+                            keep_audio, str(Path(run_dir or model_dir).resolve()))
     if made is not None and not any(made.iterdir()):  # every video failed: no empty folder left behind
         made.rmdir()
     if len(files) > 1:
@@ -131,12 +135,12 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
 
 VIDEO_OUTPUTS = (".mp4", ".mov", ".mkv")  # `generate -o` paths written as one video file (media.CONTAINERS)
 SOUND_OUTPUT = ".wav"  # ... written as the sound alone
-MEDIA_SUFFIXES = set(VIDEO_SUFFIXES) | {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus"}  # not folder names
 
 
 def _writes_a_folder(out: Path) -> bool:
-    """``generate -o``: a folder unless it ends in a media suffix (and is not an existing folder)."""
-    return out.is_dir() or out.suffix.lower() not in MEDIA_SUFFIXES
+    """``generate -o``: an existing folder, or a new one named without a suffix; anything else is a file path
+    (``out.txt`` is refused as a file avgen does not write, rather than made a folder)."""
+    return out.is_dir() or not out.suffix
 
 
 def _generate_targets(files: list[Path], out: Path, keep_audio: bool, onsets_out: Path | None,
@@ -154,7 +158,8 @@ def _generate_targets(files: list[Path], out: Path, keep_audio: bool, onsets_out
     else:
         if suffix not in VIDEO_OUTPUTS + (SOUND_OUTPUT,):
             raise AvgenError(f"-o {out}: avgen generate writes {', '.join(VIDEO_OUTPUTS)} files (the video with the "
-                             f"generated sound), {SOUND_OUTPUT} files (the sound alone) or a folder")
+                             f"generated sound), {SOUND_OUTPUT} files (the sound alone) or a folder (a new folder's "
+                             "name has no suffix; make one whose name has a dot first)")
         if len(files) > 1:
             raise AvgenError(f"-o {out}: a {suffix} path takes one video; give a folder for {len(files)} videos")
         if suffix == SOUND_OUTPUT and keep_audio:
@@ -240,7 +245,7 @@ def _generate_videos(files: list[Path], targets: dict[Path, tuple[Path | None, P
                                    f"real-time factor {rtf:.2f})" + (f"; classes: {classes}" if classes else ""),
                                    markup=False)
             rows.append({"video": str(video), "output": str(output), "seconds": summary["seconds"], "took": seconds,
-                         "rtf": rtf, "predicted": summary.get("material") or summary.get("predicted")})
+                         "rtf": rtf, "predicted": _class_cell(summary)})
             console.print(str(output), markup=False, highlight=False, soft_wrap=True)  # a path for scripts: never wrapped
     return rows
 
@@ -249,6 +254,18 @@ def _batch_error(out: Any, count: int, video: Path, exc: AvgenError) -> None:
     """In a batch, one line for a video that failed (the others go on); a single video's error ends the command."""
     if count > 1:
         out.print(f"[red]error:[/red] {escape(str(video))}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def _class_cell(summary: dict[str, Any]) -> str:
+    """What the batch table says the video sounds like: the class (windows), or its contacts' (events)."""
+    if "contacts" not in summary:
+        return str(summary.get("material") or summary.get("predicted") or "")
+    from collections import Counter
+
+    counts = Counter(str(c.get("material") or "?") for c in summary["contacts"] if isinstance(c, dict))
+    total = sum(counts.values())
+    return "no contact" if not total else f"{total} contact{'s' * (total > 1)}: " + ", ".join(
+        f"{name} {count}" for name, count in counts.most_common(3)) + (", ..." if len(counts) > 3 else "")
 
 
 def _generate_table(rows: list[dict[str, Any]]) -> Any:
