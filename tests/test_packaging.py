@@ -61,7 +61,7 @@ def test_a_name_runs_the_shipped_file_and_a_file_of_that_name_comes_first(tmp_pa
     monkeypatch.chdir(tmp_path)
     code, _, lines = avgen_in_process(capsys, "run", "quickstart", "--set", "run.seed=-1")
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(f"error: {recipes_folder() / 'quickstart.toml'}:"), lines
+    assert lines[0].startswith(f"error: --set 'run.seed=-1' on {recipes_folder() / 'quickstart.toml'}: "), lines
 
     (tmp_path / "quickstart").write_text('[run]\nname = "mine"\n', encoding="utf-8")  # no [data]: invalid
     code, _, lines = avgen_in_process(capsys, "run", "quickstart")

@@ -66,7 +66,8 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     A variant names itself and sets sections of the base recipe: a table naming another
     component (or a list such as ``loss``) replaces the section, any other table is merged
     into it, e.g. ``[[variant]] name = "owens"  generator = {name = "owens_lstm"}``.
-    An error that only ``overrides`` bring is named as theirs (``--set train.epocs=5: ...``), not the file's.
+    An error that only ``overrides`` bring is named as theirs (``--set 'train.epocs=5' on FILE: ...``), not the
+    file's.
     """
     try:
         return _load_recipes(path, overrides)
@@ -81,7 +82,7 @@ def load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
 
         where = re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(exc))
         reason = str(exc)[where.end():] if where else str(exc)
-        raise RecipeError(f"--set {' '.join(shown(item) for item in overrides)}: {reason}") from None
+        raise RecipeError(f"--set {' '.join(shown(item) for item in overrides)} on {path}: {reason}") from None
 
 
 def _load_recipes(path: str | Path, overrides: list[str] | tuple[str, ...]) -> list[Recipe]:

@@ -95,10 +95,6 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
     if onsets_out and onsets_in:
         raise AvgenError("give --onsets-out (detect) or --onsets (place), not both")
     targets = _generate_targets(files, out, keep_audio, onsets_out, onsets_in)  # before the model loads
-    if len(files) == 1:  # one video that is not one: said before the model loads (a folder's go in its table)
-        from avgen._core.media import probe
-
-        probe(files[0])
     dev = resolve_device(device)
     apply_threads(plan_threads(threads))
     if onsets_in and mode == "events":
@@ -115,6 +111,10 @@ def generate_cmd(videos: tuple[Path, ...], run_dir: Path | None, model_dir: Path
         get_component("detector", detector_name)
     started = time.perf_counter()
     model = load_run(run_dir, dev, overrides) if run_dir is not None else load_folder(model_dir, dev, overrides)
+    if len(files) == 1:  # one video that is not one: its one line, before any other (a folder's go in its table)
+        from avgen._core.media import probe
+
+        probe(files[0])
     err_console.print(f"loaded {model.name} from {run_dir or model_dir} in {time.perf_counter() - started:.1f} s")
     forced = model.material(material) if material is not None else None
     detector = _detector(model, detector_name, mode, bool(onsets_out), bool(onsets_in))
