@@ -28,7 +28,37 @@ def with_path(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plugin: None) -> None:
+@pytest.fixture
+def debug_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``debug_cli(site, *args)``: (exit code, stderr) of ``avgen --debug ARGS`` run in this process with the fake
+    distributions in ``site`` on sys.path, the plugins loaded afresh (and again without them when the test ends)."""
+    import importlib
+
+    from avgen._core import cli
+    from avgen._core.plugins import reset
+
+    def run(site: Path, *args: str) -> tuple[int, str]:
+        monkeypatch.syspath_prepend(str(site))
+        monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "debug_home"))
+        importlib.invalidate_caches()
+        reset()
+        capsys.readouterr()
+        try:
+            cli.main(["--debug", *args])
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    yield run
+    monkeypatch.undo()
+    for name in ("broken_plugin", "gru_plugin"):
+        sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    reset()
+
+
+def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plugin: None, debug_cli) -> None:
     site = tmp_path / "site"
     fake_distribution(site, "broken-plugin", "broken_plugin", "import no_such_module_xyz\n")
     proc = run_avgen("list", "--json", env=with_path(site))
@@ -40,9 +70,9 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plu
     table = run_avgen("list", env=with_path(site))
     assert "broken plugin" in table.stdout and "broken_plugin" in table.stdout
     assert "avgen --debug list" in table.stdout  # how to see where it failed
-    debug = run_avgen("--debug", "list", env=with_path(site))
-    assert debug.returncode == 0 and "Traceback" in debug.stderr, debug.stderr
-    assert str(site / "broken_plugin") in debug.stderr and "import no_such_module_xyz" in debug.stderr, debug.stderr
+    code, err = debug_cli(site, "list")
+    assert code == 0 and "Traceback" in err, err
+    assert str(site / "broken_plugin") in err and "import no_such_module_xyz" in err, err
     strict = run_avgen("list", "--strict", env=with_path(site))  # what a plugin's own CI runs
     assert strict.returncode == 2 and "broken_plugin" in strict.stdout, strict.stderr
     assert "1 plugin(s) failed to load: plugin 'broken_plugin' (broken-plugin 0.1) failed to load: " \
@@ -50,7 +80,8 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path: Path, example_plu
     assert run_avgen("list", "--strict").returncode == 0  # nothing broken
 
 
-def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Path, example_plugin: None) -> None:
+def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Path, example_plugin: None,
+                                                                   debug_cli) -> None:
     """A recipe (or `avgen show`) asking for a component of a plugin that did not import says which plugin and why."""
     from conftest import TINY_RECIPE
 
@@ -66,9 +97,9 @@ def test_an_unknown_component_names_the_plugin_that_failed_to_load(tmp_path: Pat
         assert "gru_regressor" in lines[0] and "plugin 'gru_plugin' (gru-plugin 0.1) failed to load" in lines[0], lines
         assert "no_such_module_xyz" in lines[0]
     assert not (tmp_path / "runs").exists()
-    debug = run_avgen("--debug", "show", "gru_regressor", env=env)  # the plugin's own file and line
-    assert debug.returncode == 2 and str(site / "gru_plugin") in debug.stderr, debug.stderr
-    assert "line 1" in debug.stderr and "import no_such_module_xyz" in debug.stderr, debug.stderr
+    code, err = debug_cli(site, "show", "gru_regressor")  # the plugin's own file and line
+    assert code == 2 and str(site / "gru_plugin") in err, err
+    assert "line 1" in err and "import no_such_module_xyz" in err, err
 
 
 def test_misspelled_hook_marks_plugin_broken(tmp_path: Path) -> None:
