@@ -307,6 +307,10 @@ def sync_table(result: dict[str, Any]) -> str:
                  + (", leave one video out" if result["leave_one_out"] else "") + ")"
                  + (f"; |offset| {s['offset_ms_mean_abs']:.0f} ms on average, {s['within_one_frame']:.0%} within one "
                     f"frame ({s['frame_ms']:.1f} ms)" if s["offset_ms_mean_abs"] is not None else ""))
+    if s["offset_ms_mean_abs"] is not None:
+        lines.append("offset: the lag within the search window where the detector's contact strength best matches the "
+                     "onsets of the sound; only as good as the detector (on real footage unlike its training videos "
+                     "it did not recover known shifts: docs/timing_detectors.md)")
     return "\n".join(lines)
 
 
