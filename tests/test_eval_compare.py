@@ -77,6 +77,9 @@ def test_avgen_compare_cli(tmp_path, capsys):
     for text in ("pocan_ghd", "owens_ghd", "POCAN (res+spec)", "0.4123", "45.68", "0.3302", "36.32", "51.34"):
         assert text in proc.stdout, text
     assert "log_spectral_distance/lsd_raw" in proc.stdout
+    caption = " ".join(proc.stdout.split())  # the table says what its columns are
+    assert "R@K: a test clip's generated sound retrieves a training clip of its class" in caption
+    assert "acc %: a sound classifier's accuracy on the generated raw sound" in caption
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "0.4123" in page and "45.68" in page and "0.5719" in page
     assert "log_spectral_distance/lsd_raw" in page and "1.5000" in page

@@ -306,6 +306,13 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
             source = "run" if r["source"] == "run" else r["source"]
             table.add_row(escape(r["model"]), escape(source), *[cell(r, c) for c in cols],
                           style=styles.get(r["source"], "dim italic"))
+        named = {c[1] for c in cols}
+        legend = [text for column, text in (
+            ("R@1", "R@K: a test clip's generated sound retrieves a training clip of its class among the K nearest"),
+            ("video cls %", "video cls %: the class head's accuracy from the video"),
+            ("acc %", "acc %: a sound classifier's accuracy on the generated raw sound"),
+            ("real %", "real %: the same classifier on the real sound (its ceiling)")) if column in named]
+        table.caption = "; ".join(legend) + " (docs/evaluation.md)" if legend else None
         tables.append(table)
     others = other_metrics(rows)
     if others:
