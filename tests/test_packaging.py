@@ -175,7 +175,7 @@ def test_the_wheel_ships_the_recipes_and_runs_them_by_name_from_any_folder(tmp_p
                          capture_output=True, text=True, timeout=900)
     assert bad.returncode == 2
     (line,) = error_lines(bad)
-    assert line.startswith(f"error: {shipped / 'quickstart.toml'}:") and "run.seed" in line, line
+    assert line.startswith(f"error: --set 'run.seed=-1' on {shipped / 'quickstart.toml'}: run.seed"), line
 
     # one stage of a shipped recipe: its data and its run directory land in the working directory
     prepared = check(avgen, "run", "flow_quickstart", "--only", "prepare", "--set", "data.videos=2", cwd=work)

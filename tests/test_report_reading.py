@@ -198,7 +198,9 @@ def test_compare_folds_two_seeds_of_the_same_recipe(can_run: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)
     runs = [r for r in rows if r["source"] == "run"]
-    assert [r["model"] for r in runs] == ["can_tones (2 seeds)"] and runs[0]["seeds"] == [0, 1]
+    # one folded row (whether a seed of this tiny run is flagged "[collapsed? ...]" depends on float rounding:
+    # the marker has its own test below)
+    assert len(runs) == 1 and runs[0]["model"].startswith("can_tones (2 seeds)") and runs[0]["seeds"] == [0, 1]
     energies = [json.loads((d / "metrics.json").read_text())["mean_energy"]["raw_db"] for d in (can_run, other)]
     assert energies[0] != energies[1]  # the seed changed the trained model
     mean = (energies[0] + energies[1]) / 2
