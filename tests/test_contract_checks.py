@@ -181,13 +181,17 @@ def test_a_plugin_mistake_is_one_line_naming_it_before_any_data_is_read(mistake:
     assert_nothing_was_read(tmp_path)
 
 
-def test_a_wrong_factory_marks_the_plugin_broken_in_avgen_list(tmp_path: Path) -> None:
+def test_a_wrong_factory_refuses_that_component_and_keeps_the_plugins_others(tmp_path: Path) -> None:
+    """`avgen list` names the plugin and the refused component; the plugin's loss is still there to use."""
     edits, pattern = MISTAKES["a factory without context"]
     install(tmp_path / "site", edited(edits))
     proc = run_avgen("list", "--json", env={**with_path(tmp_path / "site"), "AVGEN_HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    broken = {p["name"]: p["error"] for p in json.loads(proc.stdout)["broken_plugins"]}
-    assert re.search("register_generators failed: TypeError: " + pattern, broken["gru_plugin"]), broken
+    listing = json.loads(proc.stdout)
+    broken = {p["name"]: p["error"] for p in listing["broken_plugins"]}
+    assert re.search("register_generators: TypeError: " + pattern, broken["gru_plugin"]), broken
+    mine = {(c["kind"], c["name"]) for c in listing["components"] if c["plugin"] == "gru_plugin"}
+    assert mine == {("loss", "spectral_l1")}, mine
 
 
 def test_the_gru_plugin_done_right_trains_end_to_end(tmp_path: Path, example_plugin: None,

@@ -229,7 +229,9 @@ def _well_formed(index: ComponentIndex) -> bool:
         if not all(strings(r, 2) for r in c.card_rows) or not all(strings(r, 4) for r in c.params):
             return False
     for p in index.broken:
-        if not all(isinstance(v, str) for v in (p.name, p.module, p.distribution, p.version, p.error)):
+        if not all(isinstance(v, str) for v in (p.name, p.module, p.distribution, p.version, p.error, p.where)):
+            return False
+        if not isinstance(p.partial, bool):
             return False
     for m in index.commands:
         if not (isinstance(m.name, str) and isinstance(m.hidden, bool) and isinstance(m.deprecated, (bool, str))

@@ -48,6 +48,7 @@ class PluginInfo:
     version: str
     error: str | None = None
     where: str = field(default="", compare=False, repr=False)  # the failure's traceback, for avgen --debug
+    partial: bool = False  # it loaded, but refused components (named in ``error``); its others are registered
 
     @property
     def broken(self) -> bool:
@@ -56,7 +57,8 @@ class PluginInfo:
     @property
     def failure(self) -> str:
         """The one line that says so: "plugin 'gru' (avgen-gru 0.1.0) failed to load: ModuleNotFoundError: ..."."""
-        return f"plugin '{self.name}' ({self.distribution} {self.version}) failed to load: {self.error}"
+        what = "refused a component" if self.partial else "failed to load"
+        return f"plugin '{self.name}' ({self.distribution} {self.version}) {what}: {self.error}"
 
 
 class Plugins:
@@ -107,11 +109,16 @@ class Plugins:
         for hook_name, kind in REGISTER_HOOKS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 plugin = impl.plugin_name
-                if self.info.get(plugin) is not None and self.info[plugin].broken:
+                if self.info.get(plugin) is not None and self.info[plugin].broken and not self.info[plugin].partial:
                     continue
 
-                def register(name: str, factory: Any, *args: Any, _kind: str = kind, _plugin: str = plugin, **kwargs: Any):
-                    return self.registry.register(_kind, _plugin, name, factory, *args, **kwargs)
+                def register(name: str, factory: Any, *args: Any, _kind: str = kind, _plugin: str = plugin,
+                             _hook: str = hook_name, **kwargs: Any):
+                    try:
+                        return self.registry.register(_kind, _plugin, name, factory, *args, **kwargs)
+                    except (TypeError, ValueError) as exc:  # this component refused; the plugin's others register
+                        self._refused(_plugin, f"{_hook}: {_one_line(exc)}")
+                        return None
 
                 try:
                     impl.function(register=register)
@@ -125,6 +132,14 @@ class Plugins:
                         plugin, old.module if old else "?", old.distribution if old else "?",
                         old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}", traceback.format_exc(),
                     )
+
+
+    def _refused(self, plugin: str, reason: str) -> None:
+        """Record a component the registry refused (a factory's signature, its params, its card) on its plugin."""
+        old = self.info.get(plugin)
+        error = f"{old.error}; {reason}" if old is not None and old.error else reason
+        self.info[plugin] = PluginInfo(plugin, old.module if old else "?", old.distribution if old else "?",
+                                       old.version if old else "?", error, traceback.format_exc(), partial=True)
 
 
 def _one_line(exc: BaseException) -> str:
