@@ -82,6 +82,29 @@ def test_sync_measures_a_known_shift_of_the_sound(footage, tmp_path, capsys, shi
     assert abs(row["offset_ms"] / 1000 - shift) <= 1 / FPS  # motion_contacts, no training: within one frame
 
 
+def test_sync_gives_no_offset_for_sound_that_has_nothing_to_do_with_the_picture(footage, tmp_path, capsys):
+    """Clacks at times unrelated to the contacts: some lag is always the best, but it does not stand out from the
+    same sound moved out of line with the picture, so the offset is '?' (null), not a number."""
+    from test_timing_sync import SECONDS, clack
+
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    wave = np.random.default_rng(2).normal(0, 0.002, int(SECONDS * RATE))
+    for start in np.random.default_rng(5).uniform(0.2, SECONDS - 0.5, len(CONTACTS)):
+        piece = clack()[: wave.size - round(start * RATE)]
+        wave[round(start * RATE):round(start * RATE) + piece.size] += piece
+    sf.write(tmp_path / "unrelated.wav", wave, RATE)
+    avgen.mux_audio(footage / "a.mp4", tmp_path / "unrelated.wav", unrelated / "a.mp4")
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(unrelated), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    row = result["videos"][0]
+    assert row["offset_stands_out"] is False and row["offset_ms"] is None and row["offset_best_lag_ms"] is not None
+    assert result["summary"]["offsets_undetermined"] == 1 and result["summary"]["within_one_frame"] is None
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(unrelated))
+    assert code == 0 and "offset undetermined (?) for 1" in out, out
+
+
 def test_sync_against_a_reference_scores_one_soundtrack_against_another(footage, tmp_path, capsys):
     outputs = tmp_path / "outputs"
     outputs.mkdir()

@@ -296,7 +296,7 @@ def sync_table(result: dict[str, Any]) -> str:
     """The per-video rows and the totals as plain text."""
     lines = [f"{'video':40} {'onsets':>6} {'found':>6} {'P':>6} {'R':>6} {'F1':>6} {'offset ms':>9}"]
     for r in result["videos"]:
-        offset = "-" if r["offset_ms"] is None else f"{r['offset_ms']:+.0f}"
+        offset = f"{r['offset_ms']:+.0f}" if r["offset_ms"] is not None else "?" if r.get("offset_stands_out") is False else "-"
         lines.append(f"{Path(r['video']).name[:40]:40} {r['onsets']:6d} {r['found']:6d} {r['precision']:6.3f} "
                      f"{r['recall']:6.3f} {r['f1']:6.3f} {offset:>9}")
     s = result["summary"]
@@ -306,11 +306,12 @@ def sync_table(result: dict[str, Any]) -> str:
                     if result["videos"] and result["videos"][0]["reference"] else result["detector"])
                  + (", leave one video out" if result["leave_one_out"] else "") + ")"
                  + (f"; |offset| {s['offset_ms_mean_abs']:.0f} ms on average, {s['within_one_frame']:.0%} within one "
-                    f"frame ({s['frame_ms']:.1f} ms)" if s["offset_ms_mean_abs"] is not None else ""))
-    if s["offset_ms_mean_abs"] is not None:
+                    f"frame ({s['frame_ms']:.1f} ms)" if s["offset_ms_mean_abs"] is not None else "")
+                 + (f"; offset undetermined (?) for {s['offsets_undetermined']}" if s.get("offsets_undetermined") else ""))
+    if s["offset_ms_mean_abs"] is not None or s.get("offsets_undetermined"):
         lines.append("offset: the lag within the search window where the detector's contact strength best matches the "
-                     "onsets of the sound; only as good as the detector (on real footage unlike its training videos "
-                     "it did not recover known shifts: docs/timing_detectors.md)")
+                     "onsets of the sound, given where that match beats the same sound moved out of line with the "
+                     "picture (?: it does not); only as good as the detector (docs/timing_detectors.md)")
     return "\n".join(lines)
 
 

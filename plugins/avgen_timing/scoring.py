@@ -21,7 +21,7 @@ from avgen import AvgenError, probe
 from avgen_timing.chunks import picture_curves
 from avgen_timing.footage import (RATE, VIDEO_SUFFIXES, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
                                   soundtrack)
-from avgen_timing.sync import best_offset, onset_envelope
+from avgen_timing.sync import onset_envelope, tested_offset
 
 
 def reference_for(video: Path, reference: Path) -> Path:
@@ -52,24 +52,29 @@ def score_video(video: Path, detector: Any, tolerance: float, max_offset: float,
     found = own if reference is not None else events[:, 0]
     errors = match_times(np.asarray(found, dtype=np.float64), np.asarray(truth, dtype=np.float64), tolerance)
     envelope, step = onset_envelope(torch.from_numpy(np.ascontiguousarray(wave)), RATE, 200.0, 30.0)
-    offset = best_offset(envelope, step, 0.0, strength, detector.fps, 0.0, max_offset) if own.size else None
+    offset, stands_out = tested_offset(envelope, step, strength, detector.fps, max_offset) if own.size else (None, None)
     return {
         "video": str(video), "reference": str(reference) if reference is not None else None, "seconds": round(duration, 3),
         "truth": source, "onsets": int(len(truth)), "found": int(len(found)), "matched": len(errors),
         **scores(len(errors), len(found), len(truth)),
         "mean_abs_error_ms": round(float(np.mean(np.abs(errors)) * 1000), 1) if errors else None,
-        "offset_ms": round(offset * 1000, 1) if offset is not None else None,
+        "offset_ms": round(offset * 1000, 1) if offset is not None and stands_out is not False else None,
+        "offset_best_lag_ms": round(offset * 1000, 1) if offset is not None else None,
+        "offset_stands_out": stands_out,
     }
 
 
 def summarise(rows: list[dict[str, Any]], frame: float) -> dict[str, Any]:
-    """Micro-averaged precision/recall/F1 over the videos, mean |offset| and the share within one frame."""
+    """Micro-averaged precision/recall/F1 over the videos, mean |offset| and the share within one frame (of the
+    videos whose offset was found: its lag stood out from unrelated sound)."""
     matched, found, truth = (sum(r[k] for r in rows) for k in ("matched", "found", "onsets"))
     offsets = np.array([abs(r["offset_ms"]) for r in rows if r["offset_ms"] is not None]) / 1000
     return {
         "videos": len(rows), "onsets": truth, "found": found, "matched": matched, **scores(matched, found, truth),
         "offset_ms_mean_abs": round(float(offsets.mean() * 1000), 1) if offsets.size else None,
         "within_one_frame": round(float((offsets <= frame + 1e-9).mean()), 4) if offsets.size else None,
+        "offsets_found": int(offsets.size),  # the videos whose best lag stood out from unrelated sound
+        "offsets_undetermined": sum(r.get("offset_stands_out") is False for r in rows),
         "frame_ms": round(frame * 1000, 2),
     }
 

@@ -95,6 +95,29 @@ def best_offset(envelope: np.ndarray, env_step: float, env_start: float, visual:
     return float(lags[int(np.argmax(score))])  # ties: the most negative lag, the same on every machine
 
 
+NULL_DRAWS = 40  # soundtracks moved by random amounts, the unrelated sound a real offset's peak must beat
+
+
+def tested_offset(envelope: np.ndarray, env_step: float, visual: np.ndarray, fps: float, max_offset: float,
+                  ) -> tuple[float | None, bool | None]:
+    """(best lag, whether it stands out) of a whole video: the lag as ``best_offset``; it stands out when its
+    peak over the curve's median beats that of every one of NULL_DRAWS copies of the envelope moved circularly
+    by at least max_offset + 1 s (the same sound, no longer aligned with the picture). None when the video is
+    too short to move its sound that far; (None, None) for a flat signal. Seeded: the same on every machine."""
+    found = offset_scores(envelope, env_step, 0.0, visual, fps, 0.0, max_offset)
+    if found is None:
+        return None, None
+    lags, score = found
+    best = float(lags[int(np.argmax(score))])
+    gap = int(np.ceil((max_offset + 1.0) / env_step))
+    if envelope.size < 2 * gap + 1:
+        return best, None
+    height = float(score.max() - np.median(score))
+    moves = np.random.default_rng(0).integers(gap, envelope.size - gap + 1, NULL_DRAWS)
+    null = [offset_scores(np.roll(envelope, int(k)), env_step, 0.0, visual, fps, 0.0, max_offset) for k in moves]
+    return best, all(n is None or height > float(n[1].max() - np.median(n[1])) for n in null)
+
+
 def pooled_offsets(curves: list[tuple[np.ndarray, np.ndarray] | None], groups: list[str]) -> list[float | None]:
     """One offset per source video, from the sum of its clips' covariance curves (a recording has one audio-video
     offset; each clip alone sees a few contacts and a +-max_offset window that may hold the neighbouring ones),
