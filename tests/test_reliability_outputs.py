@@ -163,6 +163,10 @@ def test_generate_o_names_a_folder_a_video_file_or_the_sound_alone(trained: Path
         assert container.format.name.startswith("matroska") and container.streams.audio and container.streams.video
     assert (tmp_path / "clip.wav").is_file() and (tmp_path / "clip.json").is_file()
 
+    (tmp_path / "takes.v2").mkdir()  # an existing folder whose name has a dot is a folder
+    code, lines, out = cli_in_process(capsys, "generate", str(video), *run, "-o", str(tmp_path / "takes.v2"))
+    assert code == 0 and out.strip() == str(tmp_path / "takes.v2" / "v.avgen.mp4"), lines
+
     (tmp_path / "notes").write_text("a file, not a folder\n")
     for out_arg, expected in (("out.avi", "avgen generate writes .mp4, .mov, .mkv files"),
                               ("out.txt", "a new folder's name has no suffix"),  # not made a folder named out.txt
