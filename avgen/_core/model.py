@@ -320,10 +320,11 @@ class SoundModel:
         return self.generator.class_probabilities(outputs)
 
     def _class_index(self, material: str | int | None) -> int | None:
-        if material is None or isinstance(material, int):
-            if isinstance(material, int):
-                self._require_class_head()
-            if isinstance(material, int) and not 0 <= material < max(1, len(self.class_names)):
+        if material is None:
+            return None
+        if isinstance(material, int):
+            self._require_class_head()
+            if not 0 <= material < max(1, len(self.class_names)):
                 raise AvgenError(f"material {material}: the model has {len(self.class_names)} classes")
             return material
         return self.material(material)

@@ -127,19 +127,19 @@ class Plugins:
 
                     if isinstance(exc, DuplicateComponentError):
                         raise
-                    old = self.info.get(plugin)
-                    self.info[plugin] = PluginInfo(
-                        plugin, old.module if old else "?", old.distribution if old else "?",
-                        old.version if old else "?", f"{hook_name} failed: {_one_line(exc)}", traceback.format_exc(),
-                    )
-
+                    self.mark_broken(plugin, f"{hook_name} failed: {_one_line(exc)}")
 
     def _refused(self, plugin: str, reason: str) -> None:
         """Record a component the registry refused (a factory's signature, its params, its card) on its plugin."""
         old = self.info.get(plugin)
-        error = f"{old.error}; {reason}" if old is not None and old.error else reason
+        self.mark_broken(plugin, f"{old.error}; {reason}" if old is not None and old.error else reason, partial=True)
+
+    def mark_broken(self, plugin: str, error: str, partial: bool = False) -> None:
+        """Record why ``plugin`` is broken (or, ``partial``, which components it had refused), with the traceback
+        being handled now, keeping where it came from."""
+        old = self.info.get(plugin)
         self.info[plugin] = PluginInfo(plugin, old.module if old else "?", old.distribution if old else "?",
-                                       old.version if old else "?", error, traceback.format_exc(), partial=True)
+                                       old.version if old else "?", error, traceback.format_exc(), partial=partial)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -246,11 +246,7 @@ def register_commands(cli: Any) -> None:
         try:
             impl.function(cli=cli)
         except Exception as exc:
-            old = plugins.info.get(impl.plugin_name)
-            plugins.info[impl.plugin_name] = PluginInfo(
-                impl.plugin_name, old.module if old else "?", old.distribution if old else "?",
-                old.version if old else "?", f"register_commands failed: {_one_line(exc)}", traceback.format_exc(),
-            )
+            plugins.mark_broken(impl.plugin_name, f"register_commands failed: {_one_line(exc)}")
 
 
 def first_answer(hook: str, **kwargs: Any) -> Any:

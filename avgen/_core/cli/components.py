@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from avgen._core.cli import cli, console
+from avgen._core.cli import cli, console, print_plugin_tracebacks
 from avgen._core.errors import AvgenError
 from avgen._core.registry import KINDS
 
@@ -60,7 +60,6 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, strict: bool)
     for p in broken:
         console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
     if broken and (click.get_current_context().find_root().obj or {}).get("debug"):
-        from avgen._core.cli import print_plugin_tracebacks
         print_plugin_tracebacks()
     elif broken:
         console.print("where it failed (file and line): avgen --debug list", highlight=False)
