@@ -153,6 +153,62 @@ def test_mux_copies_video_and_adds_audio(tmp_path):
         assert len(c.streams.audio) == 2
 
 
+def write_turned_video(path: Path, rotation: int, frames: int = 6, width: int = 64, height: int = 32) -> Path:
+    """An mp4 of ``frames`` stored ``width`` x ``height`` frames, black with a white 16 x 16 square in the stored
+    top-left corner, whose display matrix says: turn ``rotation`` degrees counterclockwise to show it (as a phone
+    writes a portrait clip)."""
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        video.options = {"qp": "0", "preset": "ultrafast"}
+        if rotation:
+            video.set_display_rotation(rotation)
+        picture = np.zeros((height, width, 3), np.uint8)
+        picture[:16, :16] = 255
+        for _ in range(frames):
+            for packet in video.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    return path
+
+
+def white_corner(frame: torch.Tensor) -> str:
+    """Which corner of an [H, W, 3] frame holds the white square: 'top-left', 'bottom-right', ..."""
+    h, w = frame.shape[:2]
+    grey = frame.float().mean(-1)
+    corners = {"top-left": grey[:h // 4, :w // 4], "top-right": grey[:h // 4, -(w // 4):],
+               "bottom-left": grey[-(h // 4):, :w // 4], "bottom-right": grey[-(h // 4):, -(w // 4):]}
+    bright = [name for name, part in corners.items() if part.mean() > 200]
+    assert len(bright) == 1, {name: float(part.mean()) for name, part in corners.items()}
+    return bright[0]
+
+
+# FFmpeg's display matrix rotation is the angle that turns the stored frame counterclockwise for display: a stored
+# top-left corner ends bottom-left after +90, top-right after -90, bottom-right after 180.
+@pytest.mark.parametrize("rotation, corner", [(0, "top-left"), (90, "bottom-left"), (-90, "top-right"),
+                                              (180, "bottom-right")])
+def test_frames_of_a_turned_phone_clip_are_read_upright(tmp_path, rotation, corner):
+    video = write_turned_video(tmp_path / "phone.mp4", rotation)
+    upright = (64, 32) if rotation in (90, -90) else (32, 64)  # (height, width) as shown
+    native = avgen.read_frames(video, FPS)
+    assert tuple(native.shape[1:3]) == upright
+    assert white_corner(native[0]) == corner
+    square = avgen.read_frames(video, FPS, 24)  # the encoders' square input: the same corner
+    assert tuple(square.shape[1:3]) == (24, 24) and white_corner(square[0]) == corner
+    with avgen.FrameReader(video, FPS, (40, 20)) as reader:  # (height, width) asked for is the upright frame's
+        sized = reader.read(0, 3)
+    assert tuple(sized.shape[1:3]) == (40, 20) and white_corner(sized[2]) == corner
+
+
+def test_a_turned_clip_keeps_its_display_rotation_through_mux(tmp_path):
+    video = write_turned_video(tmp_path / "phone.mp4", 90, frames=30)
+    wav = tmp_path / "s.wav"
+    sf.write(wav, np.zeros(22050, np.float32), 22050)
+    out = avgen.mux_audio(video, wav, tmp_path / "muxed.mp4")
+    assert white_corner(avgen.read_frames(out, FPS)[0]) == "bottom-left"  # shown as the input is
+
+
 @pytest.fixture
 def bad_media(tmp_path):
     good = write_grey_video(tmp_path / "good.mp4", frames=30)

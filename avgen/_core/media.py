@@ -43,7 +43,7 @@ class MediaInfo:
     has_video: bool
     has_audio: bool
     fps: float = 0.0
-    width: int = 0
+    width: int = 0  # as stored: a phone clip with a display rotation of 90 is read turned upright (height x width)
     height: int = 0
     num_frames: int = 0  # container's count, or duration * fps when the container has none
     sample_rate: int = 0
@@ -143,8 +143,9 @@ class FrameReader:
 
     ``read(first, count)`` continues decoding where the previous read stopped (consecutive reads seek
     once), with FFmpeg's frame threads (``threaded``), and converts only the frames asked for, scaled to
-    ``size`` by the decoder's scaler, never at full resolution into Python. ``read_frames`` is one
-    ``read_times`` of a fresh reader.
+    ``size`` by the decoder's scaler, never at full resolution into Python, and turned upright where the
+    video's display matrix says so (``quarter_turns``: phone clips). ``read_frames`` is one ``read_times`` of a
+    fresh reader.
     """
 
     SEEK_AHEAD_SECONDS = 10.0  # a read further ahead than this seeks instead of decoding its way there
@@ -268,8 +269,22 @@ def _stream_end(stream) -> float | None:
     return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """How many quarter turns counterclockwise show ``frame`` upright (0-3): its display matrix's rotation, which
+    phones write instead of turning the pictures they store (e.g. a portrait clip kept as landscape frames and
+    90). A rotation that is not a multiple of 90 degrees, or none, is 0."""
+    angle = float(getattr(frame, "rotation", 0) or 0)  # PyAV >= 13; degrees counterclockwise, in [-180, 180]
+    turns = round(angle / 90)
+    return turns % 4 if abs(angle - 90 * turns) < 1 else 0
+
+
 def _rgb(frame: av.VideoFrame, height: int | None, width: int | None) -> np.ndarray:
-    return frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    """``frame`` as RGB [height, width, 3] as a viewer sees it (turned by its display matrix), scaled by the decoder."""
+    turns = quarter_turns(frame)
+    if turns % 2:  # scale to the stored frame's side of the size asked for, then turn
+        height, width = width, height
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def fit_frames(frames: torch.Tensor, count: int) -> torch.Tensor:
