@@ -209,6 +209,77 @@ def test_a_turned_clip_keeps_its_display_rotation_through_mux(tmp_path):
     assert white_corner(avgen.read_frames(out, FPS)[0]) == "bottom-left"  # shown as the input is
 
 
+def write_offset_video(path: Path, video_start: float, audio_start: float | None = None, frames: int = 60,
+                       rate: int = 16000) -> Path:
+    """An mp4 whose picture starts ``video_start`` s into the file's clock (as a clip cut without re-encoding
+    does), frame i grey 16 + 3 i; with ``audio_start``, an AAC track from then on, 2 s, with a click 0.5 s into it."""
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width = video.height = 32
+        video.pix_fmt, video.options = "yuv444p", {"qp": "0", "preset": "ultrafast"}
+        audio = out.add_stream("aac", rate=rate) if audio_start is not None else None
+        if audio is not None:
+            audio.layout = "mono"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 16 + 3 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i + round(video_start * FPS), Fraction(1, FPS)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if audio is not None:
+            wave = np.zeros(2 * rate, np.float32)
+            wave[rate // 2:rate // 2 + 200] = 0.8
+            frame = av.AudioFrame.from_ndarray(wave[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, round(audio_start * rate), Fraction(1, rate)
+            for packet in [*audio.encode(frame), *audio.encode(None)]:
+                out.mux(packet)
+    return path
+
+
+def clock(path: Path) -> tuple[float, float | None]:
+    """(time of the first picture, time of the first loud sample) on the file's own stream clocks, decoded with
+    PyAV alone: what a player syncs by."""
+    with av.open(str(path)) as c:
+        first_picture = next(c.decode(video=0)).time
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return first_picture, None
+        for frame in c.decode(audio=0):
+            loud = np.flatnonzero(np.abs(frame.to_ndarray()).max(axis=0) > 0.3)
+            if loud.size:
+                return first_picture, frame.time + loud[0] / frame.sample_rate
+    raise AssertionError("no click")
+
+
+def greys(frames: torch.Tensor) -> list[int]:
+    return [round((v - 16) / 3) for v in frames[:, 0, 0, 0].tolist()]
+
+
+def test_a_clip_whose_streams_start_late_is_read_on_its_own_clock(tmp_path):
+    late = write_offset_video(tmp_path / "cut.mp4", video_start=1.5)  # picture from 1.5 s on the file's clock
+    assert greys(avgen.read_frames(late, FPS)) == list(range(60))  # frame k shows time k / fps after the start
+    with avgen.FrameReader(late, FPS) as reader:
+        assert greys(reader.read(40, 10)) == list(range(40, 50))  # a seek lands on the same clock
+    # a soundtrack that starts 0.2 s after the picture: its click is 0.7 s in, as a player plays it
+    both = write_offset_video(tmp_path / "av.mp4", video_start=0.0, audio_start=0.2)
+    picture, click = clock(both)
+    wave, rate = avgen.read_audio(both)
+    heard = float(np.flatnonzero(wave.abs().numpy() > 0.3)[0]) / rate
+    assert heard == pytest.approx(click - picture, abs=0.002) and heard == pytest.approx(0.7, abs=0.08)
+
+
+def test_mux_puts_the_sound_on_the_clock_of_a_picture_that_starts_late(tmp_path):
+    late = write_offset_video(tmp_path / "cut.mp4", video_start=1.5)
+    wav = tmp_path / "click.wav"
+    wave = np.zeros(2 * 22050, np.float32)
+    wave[11025:11325] = 0.8  # 0.5 s into the video
+    sf.write(wav, wave, 22050)
+    out = avgen.mux_audio(late, wav, tmp_path / "muxed.mp4")
+    picture, click = clock(out)
+    assert click - picture == pytest.approx(0.5, abs=0.005)
+
+
 @pytest.fixture
 def bad_media(tmp_path):
     good = write_grey_video(tmp_path / "good.mp4", frames=30)

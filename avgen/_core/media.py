@@ -131,8 +131,7 @@ def read_frames(
         if duration is None:
             container, stream = reader.container, reader.stream
             total = container.duration / av.time_base if container.duration else 0.0
-            if stream.duration and stream.time_base:
-                total = max(total, float(stream.duration * stream.time_base))
+            total = max(total, _stream_end(stream, reader.origin) or 0.0)
             duration = max(total - start, 0.0)
         count = max(1, int(round(duration * fps)))
         return reader.read_times([start + k / fps for k in range(count)])
@@ -167,7 +166,8 @@ class FrameReader:
         if threads:
             self.stream.codec_context.thread_count = int(threads)
         self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
-        self.header_end = _stream_end(self.stream)
+        self.origin = media_origin(self.container)  # frame times count from here
+        self.header_end = _stream_end(self.stream, self.origin)
         self._frames: Iterator[av.VideoFrame] | None = None
         self._pending: av.VideoFrame | None = None  # decoded, not yet compared with a target
         self._previous: av.VideoFrame | None = None  # the last frame at or before the last target
@@ -188,8 +188,8 @@ class FrameReader:
         """Decode anew from the keyframe at or before ``start`` seconds (a fresh reader at 0 needs no seek)."""
         if start > 0 and self.stream.time_base:
             try:
-                self.container.seek(int(start / self.stream.time_base), stream=self.stream, backward=True,
-                                    any_frame=False)
+                self.container.seek(int((start + self.origin) / self.stream.time_base), stream=self.stream,
+                                    backward=True, any_frame=False)
             except av.FFmpegError:
                 self.container.seek(0)
         elif self._frames is not None:
@@ -236,7 +236,7 @@ class FrameReader:
             frame = self._decoded()
             if frame is None:
                 break
-            time = frame.time if frame.time is not None else (self._index - 1) / self.rate
+            time = frame.time - self.origin if frame.time is not None else (self._index - 1) / self.rate
             if self._previous is not None and time > targets[len(out)] + eps:
                 if self._previous_rgb is None:
                     self._previous_rgb = _rgb(self._previous, self.height, self.width)
@@ -248,7 +248,8 @@ class FrameReader:
             raise AvgenError(f"video '{self.path}' has no decodable frames at {targets[0]:.3f} s; the file may be "
                              "corrupt or shorter than that")
         if len(out) < count:  # the video ended: hold its last frame
-            last_time = self._previous.time if self._previous is not None else None
+            last_time = self._previous.time - self.origin if self._previous is not None and \
+                self._previous.time is not None else None
             if last_time is not None and self.header_end is not None and \
                     min(targets[-1], self.header_end) - last_time > max(TRUNCATION_TOLERANCE, 2 / self.rate):
                 raise AvgenError(
@@ -262,11 +263,19 @@ class FrameReader:
         return torch.from_numpy(np.stack(out))
 
 
-def _stream_end(stream) -> float | None:
-    """Where a stream's header says it ends (seconds), or None when it does not say."""
+def _stream_end(stream, origin: float = 0.0) -> float | None:
+    """Where a stream's header says it ends (seconds after ``origin``), or None when it does not say."""
     if not stream.duration or not stream.time_base:
         return None
-    return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base)
+    return float((stream.start_time or 0) * stream.time_base + stream.duration * stream.time_base) - origin
+
+
+def media_origin(container: av.container.InputContainer) -> float:
+    """Time zero of a media file (seconds on its streams' clocks): the container's start, the earliest start of
+    its streams. Clips cut without re-encoding and camera files often start at 1.4 s or later, and one stream
+    may start after the other: every stream is placed on this one clock (a frame of time t shows t - origin),
+    so picture and sound stay where they are relative to each other."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:

@@ -13,7 +13,7 @@ import torch
 
 from avgen._core.atomic import atomic_path
 from avgen._core.errors import AvgenError
-from avgen._core.media import CONTAINERS, PathLike, _check_file, _is_soundfile, _open, probe
+from avgen._core.media import CONTAINERS, PathLike, _check_file, _is_soundfile, _open, media_origin, probe
 from avgen._core.sound import read_audio
 
 
@@ -109,7 +109,8 @@ def mux_audio(
                 keep_out.disposition = av.stream.Disposition(0)
                 for stream, name in ((audio_out, "generated sound (avgen)"), (keep_out, "original sound")):
                     stream.metadata.update({"title": name, "handler_name": name})
-            _encode_audio(target, audio_out, blocks, rate)
+            # the sound starts where the copied picture's clock starts (a clip cut from a longer file may start at 1.4 s)
+            _encode_audio(target, audio_out, blocks, rate, first=round(media_origin(source) * rate))
             copy_streams = [s for s in (video_in, keep_in) if s is not None]
             for packet in source.demux(copy_streams):
                 if packet.dts is None:
@@ -134,9 +135,9 @@ def _wav_blocks(path: Path, limit: int | None, size: int = 1 << 18) -> Iterator[
                 break
 
 
-def _encode_audio(container, stream, blocks: Iterator[np.ndarray], rate: int, chunk: int = 1024) -> None:
-    """Encode [C, n] float blocks (clipped to [-1, 1]) as consecutive audio frames."""
-    offset = 0
+def _encode_audio(container, stream, blocks: Iterator[np.ndarray], rate: int, chunk: int = 1024, first: int = 0) -> None:
+    """Encode [C, n] float blocks (clipped to [-1, 1]) as consecutive audio frames, the first at sample ``first``."""
+    offset = first
     for wave in blocks:
         layout = "mono" if wave.shape[0] == 1 else "stereo"
         data = np.ascontiguousarray(np.clip(wave, -1.0, 1.0), dtype=np.float32)

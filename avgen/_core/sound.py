@@ -15,7 +15,7 @@ import torch
 from avgen._core.atomic import atomic_path
 from avgen._core.errors import AvgenError
 from avgen._core.media import (PAD_WARNING_SECONDS, TRUNCATION_TOLERANCE, MediaWarning, PathLike, _check_file,
-                               _is_soundfile, _open, _reason, _stream_end)
+                               _is_soundfile, _open, _reason, _stream_end, media_origin)
 
 
 def read_audio(
@@ -97,13 +97,14 @@ def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np
             raise AvgenError(f"media file '{path}' has no audio stream; give a file with sound or a separate wav")
         stream = container.streams.audio[0]
         rate = stream.codec_context.sample_rate
-        header_end = _stream_end(stream)
+        origin = media_origin(container)  # the picture's clock too: a soundtrack that starts late stays late
+        header_end = _stream_end(stream, origin)
         if start > 0 and stream.time_base:
             try:
-                container.seek(int(max(start - 0.1, 0) / stream.time_base), stream=stream, backward=True)
+                container.seek(int(max(start + origin - 0.1, 0) / stream.time_base), stream=stream, backward=True)
             except av.FFmpegError:
                 container.seek(0)
-        end = math.inf if duration is None else start + duration
+        end = math.inf if duration is None else start + origin + duration
         chunks: list[np.ndarray] = []
         first_time: float | None = None
         resampler = av.AudioResampler(format="fltp", rate=rate)
@@ -114,7 +115,7 @@ def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np
                     break
                 for plain in resampler.resample(frame):
                     if first_time is None:
-                        first_time = plain.time if plain.time is not None else (time or 0.0)
+                        first_time = plain.time if plain.time is not None else time
                     chunks.append(plain.to_ndarray())
         except av.FFmpegError as exc:
             if not chunks:
@@ -122,8 +123,9 @@ def _read_av_audio(path: Path, start: float, duration: float | None) -> tuple[np
     if not chunks:
         return np.zeros((1, 0), np.float32), rate, header_end
     data = np.concatenate(chunks, axis=1)
-    skip = max(0, int(round((start - (first_time or 0.0)) * rate)))
-    data = data[:, skip:]
+    skip = int(round((start - (first_time - origin if first_time is not None else 0.0)) * rate))
+    # before its first sample a soundtrack that starts after the file's origin is silent
+    data = data[:, skip:] if skip >= 0 else np.pad(data, ((0, 0), (-skip, 0)))
     if duration is not None:
         data = data[:, : int(round(duration * rate))]
     return data, rate, header_end
