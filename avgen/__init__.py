@@ -21,7 +21,7 @@ _LAZY = {
     **dict.fromkeys(("BuildContext", "Clip", "Dataset", "Detector", "Encoder", "EvalContext", "ExemplarBank", "TuneData",
                      "Generator", "GeneratorShape", "Index", "Loss", "Metric", "Representation", "SavedModel",
                      "check_contract"), "avgen._core.components"),
-    **dict.fromkeys(("FrameReader", "probe", "read_frames"), "avgen._core.media"),
+    **dict.fromkeys(("FrameReader", "MEDIA_VERSION", "probe", "read_frames"), "avgen._core.media"),
     **dict.fromkeys(("read_audio", "resample", "write_wav"), "avgen._core.sound"),
     **dict.fromkeys(("mux_audio", "write_video"), "avgen._core.mux"),
     **dict.fromkeys(("clip_seconds", "load_trained", "saved_model_of_run"), "avgen._core.loading"),

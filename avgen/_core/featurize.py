@@ -19,7 +19,7 @@ from rich.console import Console
 from avgen._core.cache import FeatureCache, cache_key
 from avgen._core.console import progress_bar
 from avgen._core.errors import AvgenError
-from avgen._core.media import MediaWarning, fit_frames
+from avgen._core.media import MEDIA_VERSION, MediaWarning, fit_frames
 from avgen._core.sound import fit_length, resample
 from avgen._core.components import Clip
 from avgen._core.recipe import Recipe
@@ -377,7 +377,8 @@ def warn_skipped(console: Console, messages: list[str], what: str, once: bool = 
 
 
 def _clip_id(clip: Clip) -> tuple[Any, ...]:
-    return (clip.id, str(clip.video), str(clip.audio), round(clip.start, 6), round(clip.duration, 6), clip.fingerprint)
+    return (clip.id, str(clip.video), str(clip.audio), round(clip.start, 6), round(clip.duration, 6), clip.fingerprint,
+            ("media", MEDIA_VERSION))
 
 
 def _check_finite(x: torch.Tensor, clips: list[Clip], what: str, chunk: int = 256) -> None:

@@ -26,6 +26,10 @@ SOUNDFILE_EXTENSIONS = {".wav", ".flac", ".ogg", ".aif", ".aiff", ".au"}
 
 # Media that ends this much earlier than its header says it lasts is truncated or corrupt.
 TRUNCATION_TOLERANCE = 0.1  # seconds
+# How frames and sound are read: part of the key of every cache of what is made from them (features, a classifier
+# trained on the sounds, a detector's curves). 2: frames turned upright by the display rotation, and every stream
+# on its file's own clock (media_origin); files of either kind were read otherwise before.
+MEDIA_VERSION = 2
 # Audio windows missing less than this at their end are padded without a warning.
 PAD_WARNING_SECONDS = 0.005
 

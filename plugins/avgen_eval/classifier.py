@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from avgen import AvgenError, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, write_json
+from avgen import (MEDIA_VERSION, AvgenError, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key,
+                   write_json)
 
 
 log = logging.getLogger("avgen.eval.classifier")
@@ -111,7 +112,8 @@ def load_or_train(
     num_classes = len(ctx.class_names)
     dataset_hash = ctx.extra.get("dataset_hash") if ctx.extra else None
     settings = params.model_dump(exclude={"cache"})
-    key = cache_key("sound_classifier", VERSION, dataset_hash, settings, ctx.sample_rate, num_samples, num_classes)
+    key = cache_key("sound_classifier", VERSION, dataset_hash, settings, ctx.sample_rate, num_samples, num_classes,
+                    MEDIA_VERSION)
     path = cache_dir() / "classifier" / f"{key}.safetensors"
     use_cache = params.cache and dataset_hash is not None
     if not use_cache:

@@ -117,7 +117,7 @@ def library_key(root: Path, files: list[Path], representation_spec: dict[str, An
     csv_path = root / LIBRARY_CSV
     csv_digest = hashlib.sha256(csv_path.read_bytes()).hexdigest() if csv_path.is_file() else ""
     return avgen.cache_key("avgen_share.library", VERSION, str(root.resolve()), stats, csv_digest, representation_spec,
-                           rate, clip_seconds, settings.__dict__)
+                           rate, clip_seconds, settings.__dict__, avgen.MEDIA_VERSION)
 
 
 def index_library(root: Path, representation: Any, representation_spec: dict[str, Any], clip_seconds: float,

@@ -95,10 +95,10 @@ class LearnedContacts(Detector):
         """Fit the head on the videos' contacts (annotated times, else their own sound's onsets) and keep it in
         ``folder`` as detector.safetensors. Fitted heads are cached by the videos and settings, so the variants
         of a recipe fit once."""
-        from avgen import cache_dir, cache_key
+        from avgen import MEDIA_VERSION, cache_dir, cache_key
 
         stamp = [(str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns) for v in videos]
-        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp)}.safetensors"
+        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION)}.safetensors"
         if not cached.is_file():
             samples = video_samples(videos)
             head = fit_head([(f, y) for f, y, _ in samples.values()])

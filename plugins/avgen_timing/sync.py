@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from safetensors.torch import load_file, save_file
 
-from avgen import (BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create, get_component,
-                   kept_detector)
+from avgen import (MEDIA_VERSION, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create,
+                   get_component, kept_detector)
 
 from avgen_timing.detector import MotionContacts
 from avgen_timing.learned import LearnedContacts
@@ -170,7 +170,7 @@ class SyncMetric(Metric):
         self.resolve(ctx)
         clips = [(c.id, c.start, c.duration, str(c.video), c.fingerprint) for c in ctx.test_clips]
         key = cache_key("av_sync", VERSION, self.name, self.component.version, self.detector_settings(),
-                        self.p.max_offset, clips)
+                        self.p.max_offset, clips, MEDIA_VERSION)
         path = cache_dir() / "timing" / f"{key}.safetensors"
         if path.is_file():
             try:
