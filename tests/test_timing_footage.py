@@ -122,6 +122,34 @@ def test_sync_against_a_reference_scores_one_soundtrack_against_another(footage,
     assert code == 0 and "(soundtrack onsets against the reference's; offsets by motion_contacts)" in out, out
 
 
+def test_sync_plot_draws_each_video_with_its_matches_green_and_its_misses_red(footage, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    late = tmp_path / "late"
+    late.mkdir()
+    with_sound(footage / "a.mp4", late / "a.mp4", 0.3)  # another a.mp4: its onsets 0.3 s after the contacts
+    figures = tmp_path / "figures"
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(footage / "a.mp4"), str(late / "a.mp4"),
+                                      "--plot", str(figures), "--json")
+    assert code == 0, err
+    rows = json.loads(out)["videos"]
+    assert [Path(r["figure"]).name for r in rows] == ["a.mp4.sync.png", "a.mp4.2.sync.png"]  # same name: numbered
+    assert sorted(p.name for p in figures.iterdir()) == ["a.mp4.2.sync.png", "a.mp4.sync.png"]
+
+    def markers(path: str) -> tuple[int, int]:
+        """Pixels of matplotlib's tab:green and tab:red (the matched and the unmatched markers)."""
+        rgb = (imread(path)[..., :3] * 255).round().astype(int)
+        near = lambda colour: int((np.abs(rgb - np.array(colour)).sum(-1) < 30).sum())  # noqa: E731
+        return near((44, 160, 44)), near((214, 39, 40))
+
+    assert rows[0]["matched"] > 0 and markers(rows[0]["figure"])[0] > 0  # matched contacts and onsets drawn green
+    code, out, err = avgen_in_process(capsys, "timing", "sync", str(late / "a.mp4"), "--tolerance", "0.001",
+                                      "--plot", str(tmp_path / "strict"), "--json")
+    row = json.loads(out)["videos"][0]
+    green, red = markers(row["figure"])
+    assert row["matched"] == 0 and green == 0 and red > 0  # nothing within 1 ms: every marker red
+
+
 def test_leave_one_out_fits_on_the_other_videos(footage, capsys):
     code, out, err = avgen_in_process(capsys, "timing", "sync", str(footage), "--detector", "learned_contacts",
                                       "--leave-one-out", "--json")
@@ -141,6 +169,7 @@ def test_bad_input_is_one_line_and_exit_2(footage, tmp_path, capsys):
         (("timing", "sync", str(tmp_path / "nothing")), "no such file or folder"),
         (("timing", "sync", str(footage), "--leave-one-out"), "add --detector learned_contacts"),
         (("timing", "sync", str(footage), "--reference", str(empty)), "no video named"),
+        (("timing", "sync", str(footage), "--plot", str(silent)), "exists and is not a folder"),
         (("timing", "fit"), "give a folder of videos with sound"),
         (("timing", "fit", str(footage), "--run", str(tmp_path)), "not a run directory"),
         (("timing", "fit", "--run", str(tmp_path)), "not a run directory"),

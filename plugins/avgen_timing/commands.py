@@ -236,8 +236,12 @@ def keep_in_run(run_dir: Path, head: Any, out: Path | None, info: dict[str, Any]
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON to this file.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Draw each video into this folder as <video name>.sync.png: the picture's contact strength and "
+                   "contacts above the soundtrack's onsets, matched ones green, the others red.")
 def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str, ...], reference: Path | None,
-                 leave_one_out: bool, tolerance: float, max_offset: float, as_json: bool, out: Path | None) -> None:
+                 leave_one_out: bool, tolerance: float, max_offset: float, as_json: bool, out: Path | None,
+                 plot: Path | None) -> None:
     """Score videos against their own soundtrack: the detector's contacts against the sound's onsets (precision,
     recall, F1 at +-TOLERANCE s) and each video's audio-video offset. Works on real footage and on avgen's outputs."""
     import avgen
@@ -247,6 +251,11 @@ def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str,
         raise AvgenError(f"--reference {reference}: no such folder")
     if out is not None:
         avgen.check_outputs([(out, "-o")], list(paths), "give another -o")
+    if plot is not None:
+        if plot.exists() and not plot.is_dir():
+            raise AvgenError(f"--plot {plot}: exists and is not a folder")
+        avgen.check_outputs([(plot, "--plot")], list(paths), "give another --plot folder")
+        avgen.check_writable(plot, "--plot", "give another --plot folder")
     settings = parse_params(params)
     if leave_one_out:
         if detector_name == "region_contacts":
@@ -261,10 +270,12 @@ def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str,
     else:
         detector = avgen.create("detector", detector_name, **settings)
         factory = lambda videos, video: detector  # noqa: E731
+    if plot is not None:
+        plot.mkdir(parents=True, exist_ok=True)
     with _bar() as (bar, task):
         bar.update(task, description=f"scoring ({detector_name})")
         result = score_folder(list(paths), factory, tolerance, max_offset, reference,
-                              progress=lambda: bar.advance(task))
+                              progress=lambda: bar.advance(task), figures=plot)
     result = {"detector": detector_name, "leave_one_out": leave_one_out, "tolerance_s": tolerance, **result}
     if out is not None:
         avgen.write_json(out, result)

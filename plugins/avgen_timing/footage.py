@@ -119,18 +119,23 @@ def check_has_sound(videos: list[Path]) -> None:
             sound_file(video)
 
 
-def match_times(found: np.ndarray, truth: np.ndarray, tolerance: float) -> list[float]:
+def match_pairs(found: np.ndarray, truth: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
     """One-to-one matches within +-tolerance (seconds), each true time taking the nearest free detection
-    (ties: the earlier); the signed errors found - truth of the matches."""
+    (ties: the earlier): (index in ``found``, index in ``truth``) per match, by true time."""
     free = list(range(len(found)))
-    errors = []
-    for t in truth:
+    pairs = []
+    for i, t in enumerate(truth):
         near = [j for j in free if abs(found[j] - t) <= tolerance + 1e-9]
         if near:
             j = min(near, key=lambda j: (abs(found[j] - t), j))
             free.remove(j)
-            errors.append(float(found[j] - t))
-    return errors
+            pairs.append((j, i))
+    return pairs
+
+
+def match_times(found: np.ndarray, truth: np.ndarray, tolerance: float) -> list[float]:
+    """The signed errors found - truth of ``match_pairs``' matches."""
+    return [float(found[j] - truth[i]) for j, i in match_pairs(found, truth, tolerance)]
 
 
 def scores(matched: int, found: int, truth: int) -> dict[str, float]:

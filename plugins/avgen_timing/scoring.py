@@ -19,8 +19,8 @@ import torch
 from avgen import AvgenError, probe
 
 from avgen_timing.chunks import picture_curves
-from avgen_timing.footage import (RATE, VIDEO_SUFFIXES, contact_times, find_videos, match_times, scores, sound_file, sound_onsets,
-                                  soundtrack)
+from avgen_timing.footage import (RATE, VIDEO_SUFFIXES, contact_times, find_videos, match_pairs, scores, sound_file,
+                                  sound_onsets, soundtrack)
 from avgen_timing.sync import onset_envelope, tested_offset
 
 
@@ -35,9 +35,9 @@ def reference_for(video: Path, reference: Path) -> Path:
 
 
 def score_video(video: Path, detector: Any, tolerance: float, max_offset: float, reference: Path | None = None,
-                truth: np.ndarray | None = None) -> dict[str, Any]:
+                truth: np.ndarray | None = None, figure: Path | None = None) -> dict[str, Any]:
     """One video's row: its contacts (or with ``reference``, its soundtrack's onsets) against the true onsets,
-    and its audio-video offset."""
+    and its audio-video offset; with ``figure``, also that row drawn on one time axis into this PNG."""
     duration = float(probe(video).duration)
     wave = soundtrack(video)
     own = sound_onsets(wave)
@@ -49,11 +49,12 @@ def score_video(video: Path, detector: Any, tolerance: float, max_offset: float,
         truth, source = contact_times(video)
         source = "annotated" if source == "annotated" else "soundtrack"
     strength, events = picture_curves(detector, video, duration)
-    found = own if reference is not None else events[:, 0]
-    errors = match_times(np.asarray(found, dtype=np.float64), np.asarray(truth, dtype=np.float64), tolerance)
+    found, truth = np.asarray(own if reference is not None else events[:, 0], dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    pairs = match_pairs(found, truth, tolerance)
+    errors = [float(found[j] - truth[i]) for j, i in pairs]
     envelope, step = onset_envelope(torch.from_numpy(np.ascontiguousarray(wave)), RATE, 200.0, 30.0)
     offset, stands_out = tested_offset(envelope, step, strength, detector.fps, max_offset) if own.size else (None, None)
-    return {
+    row = {
         "video": str(video), "reference": str(reference) if reference is not None else None, "seconds": round(duration, 3),
         "truth": source, "onsets": int(len(truth)), "found": int(len(found)), "matched": len(errors),
         **scores(len(errors), len(found), len(truth)),
@@ -62,6 +63,23 @@ def score_video(video: Path, detector: Any, tolerance: float, max_offset: float,
         "offset_best_lag_ms": round(offset * 1000, 1) if offset is not None else None,
         "offset_stands_out": stands_out,
     }
+    if figure is not None:
+        from avgen_timing.timeline import save_sync_figure
+
+        row["figure"] = str(save_sync_figure(figure, row, strength, detector.fps, envelope, step, found, truth, pairs))
+    return row
+
+
+def figure_names(videos: list[Path]) -> dict[Path, str]:
+    """``<video name>.sync.png`` per video (``clip.mp4.sync.png``), numbered where two folders hold the same name."""
+    names: dict[Path, str] = {}
+    for video in videos:
+        name, k = f"{video.name}.sync.png", 1
+        while name in names.values():
+            k += 1
+            name = f"{video.name}.{k}.sync.png"
+        names[video] = name
+    return names
 
 
 def summarise(rows: list[dict[str, Any]], frame: float) -> dict[str, Any]:
@@ -81,9 +99,10 @@ def summarise(rows: list[dict[str, Any]], frame: float) -> dict[str, Any]:
 
 def score_folder(paths: list[Path], detector_factory: Callable[[list[Path], Path], Any], tolerance: float,
                  max_offset: float, reference: Path | None = None, progress: Callable[[], None] | None = None,
-                 ) -> dict[str, Any]:
+                 figures: Path | None = None) -> dict[str, Any]:
     """Rows for every video of ``paths`` and their summary. ``detector_factory(videos, video)`` gives the
-    detector scoring ``video`` (the same one for all, or one fitted on the others: leave one video out)."""
+    detector scoring ``video`` (the same one for all, or one fitted on the others: leave one video out).
+    ``figures``: a folder that gets each video's row drawn as ``<name>.sync.png`` (``figure_names``)."""
     videos = find_videos(paths, outputs=True)
     if reference is not None:
         pairs = [(video, reference_for(video, reference)) for video in videos]  # every pair found before any work
@@ -94,9 +113,11 @@ def score_folder(paths: list[Path], detector_factory: Callable[[list[Path], Path
             sound_file(path)
     rows = []
     detector = None
+    names = figure_names(videos) if figures is not None else {}
     for video, ref in pairs:
         detector = detector_factory(videos, video)
-        rows.append(score_video(video, detector, tolerance, max_offset, ref))
+        figure = figures / names[video] if figures is not None else None
+        rows.append(score_video(video, detector, tolerance, max_offset, ref, figure=figure))
         if progress is not None:
             progress()
     frame = 1.0 / detector.fps if detector is not None else 0.0

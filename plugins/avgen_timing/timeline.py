@@ -66,3 +66,45 @@ def save_timeline(path: Path, ctx: Any, visuals: list, sounds: dict, offsets: di
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     return path
+
+
+def save_sync_figure(path: Path, row: dict, strength: np.ndarray, fps: float, envelope: np.ndarray, step: float,
+                     found: np.ndarray, truth: np.ndarray, pairs: list[tuple[int, int]]) -> Path:
+    """`avgen timing sync --plot`: one video on one time axis. Above, the picture: the detector's contact strength
+    and its contacts (with ``--reference``: the video's own soundtrack onsets instead); below, the sound: the
+    soundtrack's onset envelope and the onsets scored against. Matched ones are green, the others red; the title
+    gives precision, recall, F1 and the offset."""
+    fig = Figure(figsize=(10.0, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if strength.size and strength.max() > 0:
+        ax.plot(np.arange(strength.size) / fps, 0.55 + 0.45 * strength / strength.max(), color="tab:blue", lw=1,
+                label="contact strength (picture)")
+    if envelope.size and envelope.max() > 0:
+        ax.plot((np.arange(envelope.size) + 0.5) * step, 0.45 * envelope / envelope.max(), color="0.55", lw=0.8,
+                label="onset envelope (sound)")
+    hit_found, hit_truth = {j for j, _ in pairs}, {i for _, i in pairs}
+    reference = row.get("reference") is not None
+    for times, hits, y, marker, what in ((found, hit_found, 1.04, "v", "its onsets" if reference else "contacts"),
+                                        (truth, hit_truth, -0.04, "^", "reference onsets" if reference else "onsets")):
+        for matched, colour in ((True, "tab:green"), (False, "tab:red")):
+            picked = np.asarray([t for k, t in enumerate(times) if (k in hits) == matched])
+            if picked.size:
+                ax.plot(picked, np.full(picked.size, y), marker, color=colour, ms=7, ls="none",
+                        label=f"{what}, {'matched' if matched else 'not matched'}")
+    ax.axhline(0.5, color="0.85", lw=0.8)
+    ax.set_xlim(0, max(float(row["seconds"]), 1e-3))
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_yticks([0.22, 0.78], ["sound", "picture"] if not reference else ["reference", "video"])
+    offset = (f"{row['offset_ms']:+.0f} ms" if row["offset_ms"] is not None else
+              "? (no lag stands out)" if row.get("offset_stands_out") is False else "-")
+    ax.set_title(f"{Path(row['video']).name}: P {row['precision']:.2f}  R {row['recall']:.2f}  F1 {row['f1']:.2f}  "
+                 f"({row['matched']} of {row['onsets']} onsets, {row['found']} found)   offset {offset}",
+                 fontsize=9, loc="left")
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    return path
