@@ -269,6 +269,14 @@ def test_a_clip_whose_streams_start_late_is_read_on_its_own_clock(tmp_path):
     assert heard == pytest.approx(click - picture, abs=0.002) and heard == pytest.approx(0.7, abs=0.08)
 
 
+def test_the_clock_starts_at_the_files_start_and_never_before_0():
+    from types import SimpleNamespace
+
+    assert media.media_origin(SimpleNamespace(start_time=1_500_000)) == 1.5  # microseconds (av.time_base)
+    assert media.media_origin(SimpleNamespace(start_time=None)) == 0.0
+    assert media.media_origin(SimpleNamespace(start_time=-21_333)) == 0.0  # priming before 0: played from 0
+
+
 def test_mux_puts_the_sound_on_the_clock_of_a_picture_that_starts_late(tmp_path):
     late = write_offset_video(tmp_path / "cut.mp4", video_start=1.5)
     wav = tmp_path / "click.wav"

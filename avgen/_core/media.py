@@ -276,10 +276,12 @@ def _stream_end(stream, origin: float = 0.0) -> float | None:
 
 def media_origin(container: av.container.InputContainer) -> float:
     """Time zero of a media file (seconds on its streams' clocks): the container's start, the earliest start of
-    its streams. Clips cut without re-encoding and camera files often start at 1.4 s or later, and one stream
-    may start after the other: every stream is placed on this one clock (a frame of time t shows t - origin),
-    so picture and sound stay where they are relative to each other."""
-    return container.start_time / av.time_base if container.start_time is not None else 0.0
+    its streams, where that is after 0. Clips cut without re-encoding and camera files often start at 1.4 s or
+    later, and one stream may start after the other: every stream is placed on this one clock (a frame of time t
+    shows t - origin), so picture and sound stay where they are relative to each other. A start before 0 (an
+    encoder's priming samples kept by an edit list) stays before 0: players start such files at 0."""
+    start = container.start_time / av.time_base if container.start_time is not None else 0.0
+    return max(start, 0.0)
 
 
 def quarter_turns(frame: av.VideoFrame) -> int:
