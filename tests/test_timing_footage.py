@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -222,6 +223,29 @@ def test_timing_fit_keeps_a_head_in_a_run_and_generate_then_places_one_sound_per
     assert np.abs(events[first:]).max() > 0
     truth = np.array(annotated_times(times_file(video)))  # fitted on this run's training videos
     assert min(np.abs(truth - t).min() for t in found) <= 0.1
+
+    # the same video cut without re-encoding, so that its clock starts at 1.5 s: the sound still lands on the contacts
+    late = tmp_path / "late.mp4"
+    with av.open(str(video)) as source, av.open(str(late), "w", format="mp4") as target:
+        streams = {s.index: target.add_stream_from_template(s) for s in source.streams if s.type in ("video", "audio")}
+        for packet in source.demux(*(source.streams[i] for i in streams)):
+            if packet.dts is None:
+                continue
+            shift = round(1.5 / packet.time_base)
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            target.mux(packet)
+    code, _, err = avgen_in_process(capsys, "generate", str(late), "--run", str(run), "-o", str(tmp_path / "late_out.mp4"))
+    assert code == 0, err
+    with av.open(str(tmp_path / "late_out.mp4")) as out:
+        picture = next(out.decode(video=0)).time
+    with av.open(str(tmp_path / "late_out.mp4")) as out:
+        heard = next(f.time + np.flatnonzero(np.abs(f.to_ndarray()).max(axis=0) > 1e-3)[0] / f.sample_rate
+                     for f in out.decode(audio=0) if np.abs(f.to_ndarray()).max() > 1e-3)
+    assert picture == pytest.approx(1.5, abs=0.05)
+    assert heard - picture == pytest.approx(found.min(), abs=0.05)  # the first sound on the first contact, as played
+    placed = [c["time"] for c in json.loads((tmp_path / "late_out.json").read_text())["contacts"]]
+    assert placed == pytest.approx(sorted(found.tolist()), abs=1e-3)  # every contact, at its time, to the video's end
 
     still = avgen.write_video(tmp_path / "still.mp4", np.full((60, 64, 64, 3), 90, dtype=np.uint8), 30)
     code, _, err = avgen_in_process(capsys, "generate", str(still), "--run", str(run), "-o", str(tmp_path / "still.wav"))
