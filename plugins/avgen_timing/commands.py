@@ -236,7 +236,7 @@ def keep_in_run(run_dir: Path, head: Any, out: Path | None, info: dict[str, Any]
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON to this file.")
-@click.option("--plot", type=click.Path(path_type=Path), default=None,
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Draw each video into this folder as <video name>.sync.png: the picture's contact strength and "
                    "contacts above the soundtrack's onsets, matched ones green, the others red.")
 def sync_command(paths: tuple[Path, ...], detector_name: str, params: tuple[str, ...], reference: Path | None,
