@@ -171,3 +171,18 @@ def test_windows_of_a_few_contacts_encode_only_their_frames(model: avgen.SoundMo
     assert sparse.shape == whole.shape
     assert torch.allclose(sparse, whole, atol=1e-5)
     assert sum(seen) < model.features(video).shape[0] / 2  # what was encoded for the windows alone
+
+
+def test_events_of_a_model_without_a_detector_find_the_contacts_generate_finds(model: avgen.SoundModel, tiny_run: Path,
+                                                                               tmp_path: Path) -> None:
+    """A run whose recipe keeps no [detector] (the paper's recipes): ``events`` takes the events plugin's fallback, as
+    ``avgen generate --mode events`` does, instead of refusing."""
+    video = a_video(tiny_run)
+    assert model.detector is None
+    wave, summary = model.events(video)
+    assert summary["detector"] == "region_contacts" and wave.shape == (round(4.0 * 22050),)
+    proc = run_avgen("generate", str(video), "--run", str(tiny_run), "--mode", "events", "-o", str(tmp_path / "out.mp4"),
+                     env={"AVGEN_HOME": str(tiny_run.parents[1] / "home")})
+    assert proc.returncode == 0, proc.stderr
+    cli = json.loads((tmp_path / "out.json").read_text())
+    assert [c["time"] for c in cli["contacts"]] == [c["time"] for c in summary["contacts"]]
