@@ -73,6 +73,7 @@ def test_greatest_hits_reads_the_public_layout(ghd_root):
     ds = avgen.create("dataset", "greatest_hits", root=ghd_root, val_fraction=0.34, seed=3)
     assert isinstance(ds, Dataset)
     ds.prepare()
+    assert ds.provenance is None  # the recordings themselves
     assert ds.class_names == list(MATERIALS) and len(ds.class_names) == 17
     splits = {s: ds.clips(s) for s in ("train", "val", "test")}
     assert sum(len(c) for c in splits.values()) == 7  # 8 rows, one with material None
@@ -142,6 +143,8 @@ def test_avgen_data_synth_writes_a_dataset_greatest_hits_loads(tmp_path, capsys)
     ds = avgen.create("dataset", "greatest_hits", root=out, materials=list(MATERIALS[:3]), val_fraction=0.5)
     splits = {s: ds.clips(s) for s in ("train", "val", "test")}
     assert all(splits.values())
+    ds.prepare()  # the loader says the folder is a synthetic stand-in (avgen compare keeps the paper's rows apart)
+    assert ds.provenance is not None and "synthetic" in ds.provenance and str(out) in ds.provenance
     groups = [{c.group for c in clips} for clips in splits.values()]
     assert sum(len(g) for g in groups) == len(set().union(*groups)) == 3  # no video in two splits
     assert {c.label for c in splits["train"] + splits["val"] + splits["test"]} == {0, 1, 2}

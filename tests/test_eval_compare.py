@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from rich.console import Console
 
-from avgen_eval.compare import OTHER_DATA, PAPER_RESULTS, compare_runs, render_html, rich_tables
+from avgen_eval.compare import OTHER_DATA, PAPER_RESULTS, compare_runs, paper_notes, render_html, rich_tables
 
 
 def make_run(root: Path, name: str, dataset: str, metrics: dict) -> Path:
@@ -167,3 +168,44 @@ def test_runs_the_report_flagged_as_collapsed_are_marked(tmp_path):
         console.print(table)
     text = console.export_text()
     assert "pocan (3 seeds) [collapsed? 1 of 3 seeds]" in text and "pocan [collapsed?]" in text
+
+
+def test_runs_of_one_seed_fold_as_runs_not_seeds(tmp_path):
+    """Two runs of seed 0 (e.g. one alone with 2 threads, one beside others with 1) differ by rounding only: the row
+    says '2 runs, 1 seed', not '2 seeds'."""
+    dirs = [seeded_run(tmp_path, f"r{k}", 0, "can_lstm", {"R@1": r, **BASE}, f"runs/r{k}") for k, r in enumerate((0.4, 0.5))]
+    dirs.append(seeded_run(tmp_path, "r2", 1, "can_lstm", {"R@1": 0.45, **BASE}, "runs/r2"))
+    assert [r["model"] for r in compare_runs(dirs) if r["source"] == "run"] == ["pocan (3 runs, 2 seeds)"]
+    assert [r["model"] for r in compare_runs(dirs[:2]) if r["source"] == "run"] == ["pocan (2 runs, 1 seed)"]
+
+
+def test_stand_in_data_and_other_encoders_are_said_beside_the_papers_rows(tmp_path):
+    """Synthetic hits in the Greatest Hits layout are read by the greatest_hits loader, which records their
+    provenance: the paper's rows are then other data, and the features the runs used are named."""
+    synth = make_run(tmp_path, "can_ghd", "greatest_hits", POCAN)
+    dataset = json.loads((synth / "dataset.json").read_text())
+    (synth / "dataset.json").write_text(json.dumps({**dataset, "provenance": "synthetic hits written by avgen data synth"}))
+    (synth / "recipe.toml").write_text('[run]\nname = "can_ghd"\n[encoder]\nname = "efficientnet_lite0"\n')
+    rows = compare_runs([synth])
+    assert {r["source"] for r in rows if r["dataset"] == "greatest_hits" and r["run_dir"] is None} == {OTHER_DATA}
+    notes = paper_notes(rows)
+    assert "not (can_ghd: synthetic hits written by avgen data synth)" in notes[0]
+    assert notes[1] == "the paper's rows used ResNet-200 and AlexNet features; runs here used efficientnet_lite0"
+    assert all(html.escape(note[1:]) in render_html(rows) for note in notes)
+    real = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)
+    (real / "recipe.toml").write_text('[run]\nname = "pocan_ghd"\n[encoder]\nname = "resnet200d"\n')
+    rows = compare_runs([real])
+    assert [r["source"] for r in rows if r["run_dir"] is None and r["dataset"] == "greatest_hits"][-5:] == ["paper"] * 5
+    assert paper_notes(rows) == []
+
+
+def test_a_folder_of_runs_stands_for_its_runs(tmp_path, capsys):
+    """`avgen compare runs/*` where runs/quickstart holds the runs of a recipe with variants."""
+    group = tmp_path / "runs" / "quickstart"
+    make_run(group, "owens", "synthetic_hits", OWENS)
+    make_run(group, "pocan", "synthetic_hits", POCAN)
+    alone = make_run(tmp_path / "runs", "can", "synthetic_hits", POCAN)
+    code = run_main("compare", str(alone), str(group), "-o", str(tmp_path / "c.html"), "--json")
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows if r["source"] == "run"] == ["can", "owens", "pocan"]

@@ -74,6 +74,7 @@ class Dataset:
     class_names: list[str]
     sample_rate: int  # of the waveforms load_audio returns
     clip_seconds: float
+    provenance: str | None = None  # set by prepare where the data is a stand-in in this dataset's layout (synthetic)
     REQUIRED: ClassVar[tuple[str, ...]] = ("class_names", "sample_rate", "clip_seconds", "prepare", "clips",
                                            "load_frames", "load_audio", "skipped_rows")
 

@@ -58,8 +58,7 @@ def prepare(dataset: Any, data_name: str, run_dir: Path, console: Console,
         raise AvgenError(f"dataset '{data_name}': the train split has no clips; check its root and split files")
     write_json(run_dir / "dataset.json", {
         "name": data_name, "class_names": list(dataset.class_names), "splits": counts,
-        "sample_rate": dataset.sample_rate, "clip_seconds": dataset.clip_seconds,
-    })
+        "sample_rate": dataset.sample_rate, "clip_seconds": dataset.clip_seconds, "provenance": dataset.provenance})
     write_skipped(run_dir, rows, skipped_clips)
     console.print("clips: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     skipped = {split: len(rows[split]) for split in SPLITS if rows[split]}

@@ -22,6 +22,8 @@ from avgen_datasets.materials import MATERIALS, normalize_material
 from avgen_datasets.quiet import GUARD_SECONDS, SILENCE, quiet_centres
 from avgen_datasets.splits import carve
 
+SYNTHETIC_MANIFEST = "synthetic_hits.json"  # what the synthetic generator writes beside the videos (synthetic_hits.py)
+
 
 
 class GreatestHitsParams(BaseModel):
@@ -116,6 +118,8 @@ class GreatestHits(MediaClips):
         for name in ("train.txt", "test.txt"):
             if not (self.root / name).is_file():
                 raise AvgenError(f"Greatest Hits folder '{self.root}' has no {name}; it lists the video ids of that split, one per line")
+        if (self.root / SYNTHETIC_MANIFEST).is_file():  # `avgen data synth` wrote it: not the real recordings
+            self.provenance = f"synthetic hits written by avgen data synth ({SYNTHETIC_MANIFEST} in {self.root})"
 
     def _build_splits(self) -> dict[str, list[Clip]]:
         train_ids = read_ids(self.root / "train.txt")

@@ -22,14 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from avgen import (AvgenError, BuildContext, folder_error, named_as, staging_folder, write_json, write_text, write_video,
                    write_wav)
 
-from avgen_datasets.greatest_hits import GreatestHits, GreatestHitsParams
+from avgen_datasets.greatest_hits import SYNTHETIC_MANIFEST, GreatestHits, GreatestHitsParams
 from avgen_datasets.materials import MATERIALS
 
 if TYPE_CHECKING:
     from avgen_datasets.synthesis import Action, Segment
 
 GENERATOR_VERSION = "1"
-MANIFEST = "synthetic_hits.json"
+MANIFEST = SYNTHETIC_MANIFEST
 
 
 class SynthesisParams(BaseModel):

@@ -60,6 +60,7 @@ PAPER_RESULTS: dict[str, list[tuple[str, dict[str, float]]]] = {
 
 FOLD_IGNORED = ("seed", "out", "device")  # [run] keys two runs may differ in and still be one row (mean, std)
 OTHER_DATA = "paper, Greatest Hits (other data)"
+PAPER_ENCODERS = {"resnet200d": "ResNet-200", "alexnet": "AlexNet"}  # the features the paper's rows were made with
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -80,9 +81,26 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     recipe = _recipe(run_dir)
     section = recipe.get("run") if isinstance(recipe.get("run"), dict) else {}
     fold = {**recipe, "run": {k: v for k, v in section.items() if k not in FOLD_IGNORED}}
+    encoder = recipe.get("encoder") if isinstance(recipe.get("encoder"), dict) else {}
     return {"model": model, "source": "run", "dataset": dataset.get("name"), "run_dir": str(run_dir), "metrics": flat,
             "std": {}, "runs": [str(run_dir)], "seeds": [section.get("seed")], "collapsed": [_collapsed(run_dir)],
+            "provenance": dataset.get("provenance"), "encoder": encoder.get("name"),
             "fold_key": json.dumps([model, dataset.get("name"), fold], sort_keys=True, default=str)}
+
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    """The run directories named: a folder that is not a run but holds runs (runs/quickstart/, made by a recipe
+    with variants) stands for the runs directly in it."""
+    out: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir() and not (path / "recipe.toml").is_file():
+            inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / "recipe.toml").is_file())
+            if inner:
+                out.extend(inner)
+                continue
+        out.append(path)
+    return out
 
 
 def _collapsed(run_dir: Path) -> bool:
@@ -122,7 +140,10 @@ def fold_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = list(dict.fromkeys(k for m in members for k in m["metrics"]))
         values = {k: [m["metrics"][k] for m in members if k in m["metrics"]] for k in keys}
         seeds = [m["seeds"][0] for m in members]
-        out.append(_label({**members[0], "model": f"{members[0]['model']} ({len(members)} seeds)",
+        distinct = len(set(map(str, seeds)))  # runs of one seed differ by threads or device only: say so
+        count = f"{len(members)} seeds" if distinct == len(members) else \
+            f"{len(members)} runs, {distinct} seed{'s' if distinct > 1 else ''}"
+        out.append(_label({**members[0], "model": f"{members[0]['model']} ({count})",
                            "metrics": {k: statistics.fmean(v) for k, v in values.items()},
                            "std": {k: statistics.stdev(v) for k, v in values.items() if len(v) > 1},
                            "runs": [m["run_dir"] for m in members], "seeds": seeds,
@@ -170,7 +191,9 @@ def compare_runs(run_dirs: list[Path | str]) -> list[dict[str, Any]]:
     (marked as other data when no run is on it), VIG when a run is."""
     rows = fold_seeds([load_run(Path(d)) for d in run_dirs])
     rows += baseline_rows(rows)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["dataset"] in PAPER_RESULTS))
+    # a run on a stand-in in the dataset's layout (e.g. synthetic hits) is not on the paper's data
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["source"] == "run" and r["dataset"] in PAPER_RESULTS
+                                  and not r.get("provenance")))
     for dataset in datasets:
         rows += [
             {"model": model, "source": "paper", "dataset": dataset, "run_dir": None, "metrics": dict(metrics), "std": {}}
@@ -183,6 +206,19 @@ def compare_runs(run_dirs: list[Path | str]) -> list[dict[str, Any]]:
             for model, metrics in PAPER_RESULTS["greatest_hits"]
         ]
     return rows
+
+
+def paper_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What keeps the paper's rows from being a like-for-like comparison: runs on stand-in data, other encoders."""
+    runs = [r for r in rows if r["source"] == "run"]
+    notes = [f"{r['model']}: {r['provenance']}" for r in runs if r.get("provenance")]
+    if notes:
+        notes = ["the paper's numbers are on the real Greatest Hits; these runs are not (" + "; ".join(notes) + ")"]
+    other = sorted({str(r.get("encoder")) for r in runs if r.get("encoder") and r.get("encoder") not in PAPER_ENCODERS})
+    if other and any(r["source"].startswith("paper") for r in rows):
+        notes.append(f"the paper's rows used {' and '.join(PAPER_ENCODERS.values())} features; runs here used "
+                     f"{', '.join(other)}")
+    return notes
 
 
 def paper_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, float, int]]:
@@ -255,6 +291,7 @@ def render_html(rows: list[dict[str, Any]], media: PageMedia | None = None) -> s
              "is the class head's accuracy from video (a baseline's: the class of its first retrieved clip); "
              "<i>acc %</i> is the sound classifier's accuracy on each model's raw sound and "
              "<i>real %</i> its accuracy on the real test audio (Table 3's last row), in percent.</p>"]
+    parts.extend(f"<p class=\"warning\">{e(note[0].upper() + note[1:])}.</p>" for note in paper_notes(rows))
     if media is not None:
         parts.extend(f"<p>{note}</p>" for note in media.notes())  # the plugins' notes are HTML
         parts.extend(f"<p id=\"{e(name)}-errors\" class=\"warning\">" + "<br>".join(e(n) for n in lines) + "</p>"
@@ -312,7 +349,7 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
             ("video cls %", "video cls %: the class head's accuracy from the video"),
             ("acc %", "acc %: a sound classifier's accuracy on the generated raw sound"),
             ("real %", "real %: the same classifier on the real sound (its ceiling)")) if column in named]
-        table.caption = "; ".join(legend) + " (docs/evaluation.md)" if legend else None
+        table.caption = "; ".join(legend + paper_notes(rows)) + " (docs/evaluation.md)" if legend else None
         tables.append(table)
     others = other_metrics(rows)
     if others:
@@ -357,7 +394,7 @@ def compare_command(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> 
 
     A folder that an earlier compare wrote (compare_files/, matched by `avgen compare runs/quickstart/*/`) is
     skipped. The page and its folder are checked before anything is read and written all or nothing."""
-    runs = [d for d in run_dirs if not is_files_folder(d)]
+    runs = run_folders([d for d in run_dirs if not is_files_folder(d)])
     if not runs:
         raise AvgenError(f"{', '.join(map(str, run_dirs))}: written by avgen compare, not run directories; "
                          "pass the folders `avgen run` wrote")
