@@ -191,7 +191,7 @@ def test_without_an_events_plugin_events_are_one_line_and_auto_slides_windows(ru
     code, _, err = avgen_in_process(capsys, "generate", str(video), "--run", str(run), "-o", str(tmp_path / "auto"))
     assert code == 0, err
     summary = json.loads((tmp_path / "auto" / f"{video.stem}.avgen.json").read_text())
-    assert "mode" not in summary and summary["windows"] > 0  # the sliding windows, though the run keeps a detector
+    assert summary["mode"] == "windows" and summary["windows"] > 0  # the sliding windows, though the run keeps a detector
     assert sorted(p.name for p in tmp_path.iterdir()) == ["auto", "kept"]  # nothing else written
 
 
