@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def test_a_different_recipe_in_the_same_run_dir_is_refused(example_run: tuple[Pa
     out = str(restored(example_run))
     code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20")
     assert code == 2 and "--fresh" in lines[-1] and "Traceback" not in "\n".join(lines)
+    recorded = tomllib.loads((Path(out) / "tones_example" / "recipe.toml").read_text())["data"]["clips_per_class"]
+    assert f"first: data.clips_per_class was {recorded!r}, now 20" in lines[-1]  # which setting differs
     code, _, lines = avgen_in_process(capsys, "run", str(RECIPE), "--out", out, "--set", "data.clips_per_class=20",
                                       "--fresh")
     assert code == 0, lines[-20:]

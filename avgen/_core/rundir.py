@@ -108,7 +108,7 @@ class RunDir:
         elif existing is not None and existing.get("recipe_id") not in (None, recipe_id):
             if _finished_beyond_prepare(existing):
                 raise AvgenError(
-                    f"{self.path}: holds a run of a different recipe (or different --set values); "
+                    f"{self.path}: holds a run of a different recipe (or different --set values{_differs(self.path, resolved)}); "
                     "add --fresh to start it over or choose another --out"
                 )
             existing = None  # an earlier attempt that failed before featurize finished: start over
@@ -121,6 +121,31 @@ class RunDir:
         ledger = self.ledger()
         ledger["recipe_id"] = recipe_id
         write_json(self.ledger_path, ledger)
+
+
+def _differs(run_dir: Path, resolved: dict[str, Any]) -> str:
+    """', first: KEY was A, now B' for the first setting where the run's recipe.toml and ``resolved`` differ
+    (settings absent from the file and None in ``resolved`` alike); '' when the file is unreadable or none differs."""
+    import tomllib
+
+    try:
+        old = tomllib.loads((Path(run_dir) / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+
+    def first(a: Any, b: Any, where: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(dict.fromkeys([*a, *b])):
+                found = first(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+                if found:
+                    return found
+            return None
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            return next((f for k, (x, y) in enumerate(zip(a, b)) if (f := first(x, y, f"{where}[{k}]"))), None)
+        return None if a == b else f"{where} was {a!r}, now {b!r}"
+
+    found = first(old, json.loads(json.dumps(resolved, default=str)), "")
+    return f", first: {found}" if found else ""
 
 
 def add_to_environment(run_dir: Path, entries: dict[str, Any]) -> None:
