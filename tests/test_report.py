@@ -276,7 +276,7 @@ def test_a_plugin_section_is_in_the_report_and_the_compare_page(timing_sections,
     compare = (tmp_path / "page.html").read_text()
     assert "<p><i>drift</i>: mean offset</p>" in compare and "<th>drift ms</th>" in compare
     assert f'<p id="drift-errors" class="warning">{other}/timing.json: damaged</p>' in compare
-    run_row = next(r for r in compare.split("<tr") if "pocan_fake (2 seeds)</td>" in r)  # the copy folds in as a seed
+    run_row = next(r for r in compare.split("<tr") if "pocan_fake (2 runs, 1 seed)</td>" in r)  # the copy folds in
     assert run_row.count('<td class="num drift">2.2</td>') == 1
 
 
