@@ -140,8 +140,9 @@ def _differs(run_dir: Path, resolved: dict[str, Any]) -> str:
                 if found:
                     return found
             return None
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            return next((f for k, (x, y) in enumerate(zip(a, b)) if (f := first(x, y, f"{where}[{k}]"))), None)
+        if isinstance(a, list) and isinstance(b, list):
+            found = next((f for k, (x, y) in enumerate(zip(a, b)) if (f := first(x, y, f"{where}[{k}]"))), None)
+            return found or (None if len(a) == len(b) else f"{where} had {len(a)} entries, now {len(b)}")
         return None if a == b else f"{where} was {a!r}, now {b!r}"
 
     found = first(old, json.loads(json.dumps(resolved, default=str)), "")
