@@ -249,14 +249,18 @@ class OnsetMetric(Metric):
         """Seconds of the onsets of one mono wave (float64; empty for silence): what other plugins call to find the
         onsets of a sound (``avgen.create("metric", "onset", ...).onset_times(wave, rate)``).
 
-        Digital silence at the start (below DIGITAL_SILENCE: an encoder's padding, a cut) is left out: the envelope is
-        scaled to its largest rise, and the rise out of silence into a recording that is already loud (a drum kit
-        filmed mid-song) would otherwise be so large that no later hit counts (1 onset in 36 s of drumming)."""
+        Digital silence at the start (below DIGITAL_SILENCE: an encoder's padding, a cut, a generated track's quiet
+        before its first sound) is left out of the envelope, which is scaled to its largest rise: the rise out of
+        silence into a recording that is already loud (a drum kit filmed mid-song) would otherwise be so large that no
+        later hit counts (1 onset in 36 s of drumming). Where the sound begins after such silence is an onset."""
         if wave.size == 0 or not np.any(wave):
             return np.zeros(0)
         lead = int(np.argmax(np.abs(wave) > DIGITAL_SILENCE))
         waves = torch.from_numpy(np.ascontiguousarray(wave[lead:], dtype=np.float32))[None]
-        return (detect_onsets(waves, sample_rate, self.params)[0].astype(np.float64) + lead) / sample_rate
+        found = detect_onsets(waves, sample_rate, self.params)[0].astype(np.float64) + lead
+        if lead and (found.size == 0 or found[0] - lead > self.params.wait * sample_rate):
+            found = np.concatenate([[float(lead)], found])  # the sound begins: the first frames are not searched
+        return found / sample_rate
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         real_onsets = detect_onsets(ctx.real_waves, ctx.sample_rate, self.params)
