@@ -189,3 +189,30 @@ def test_page_in_a_real_browser_uploads_generates_plays_and_rates(tiny: dict, tm
     assert sorted(r["system"] for r in ratings) == ["exemplar", "raw", "reference"]
     assert {r["rater"] for r in ratings} == {"browser"}
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_a_run_that_keeps_a_detector_is_served_by_events_as_generate_makes_it(tiny: dict, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page makes what `avgen generate` makes by default: windows for a run without a detector, one sound per
+    contact for a run that keeps one (named by its contacts' most common material)."""
+    import torch
+
+    from avgen_serve.runs import ServedRun
+
+    monkeypatch.setenv("AVGEN_HOME", tiny["env"]["AVGEN_HOME"])
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    plain = ServedRun("r0", run, torch.device("cpu"))
+    assert not plain.by_events() and plain.generate(tiny["video"], "raw", None)[1]["mode"] == "windows"
+    fitted = run_avgen("timing", "fit", "--run", str(run), env=tiny["env"])  # the run now keeps learned_contacts
+    assert fitted.returncode == 0, fitted.stderr
+    served = ServedRun("r1", run, torch.device("cpu"))
+    wave, summary = served.generate(tiny["video"], "raw", None)
+    proc = run_avgen("generate", str(tiny["video"]), "--run", str(run), "-o", str(tmp_path / "cli.mp4"), env=tiny["env"])
+    assert proc.returncode == 0, proc.stderr
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert served.by_events() and summary["mode"] == cli["mode"] == "events"
+    assert [c["time"] for c in summary["contacts"]] == [c["time"] for c in cli["contacts"]]
+    materials = [c["material"] for c in cli["contacts"]]
+    assert summary["predicted"] == (max(materials, key=lambda m: (materials.count(m), -materials.index(m)))
+                                    if materials else None)  # the most common, the first seen among ties

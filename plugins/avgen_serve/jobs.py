@@ -88,9 +88,9 @@ class Jobs:
                     job.step = f"{run.name}: {method} sound{run.pending(method)}"
                     started = time.perf_counter()
                     try:
-                        if run.encoder_key() not in features:
+                        if not run.by_events() and run.encoder_key() not in features:  # windows read every frame
                             features[run.encoder_key()] = run.features(job.video)
-                        wave, summary = run.generate(job.video, method, self.console, features[run.encoder_key()])
+                        wave, summary = run.generate(job.video, method, self.console, features.get(run.encoder_key()))
                     except AvgenError as exc:  # e.g. the exemplar bank's dataset is gone: the other sounds still come
                         job.results.append({"run": run.key, "name": run.name, "method": method, "error": str(exc)})
                         job.done += 1
@@ -102,7 +102,7 @@ class Jobs:
                     job.results.append({
                         "run": run.key, "name": run.name, "generator": run.generator, "method": method,
                         "wav": f"/files/{job.id}/{stem}.wav", "mp4": f"/files/{job.id}/{stem}.mp4",
-                        "predicted": summary.get("predicted"), "seconds": round(seconds, 2),
+                        "predicted": summary.get("predicted"), "mode": summary.get("mode"), "seconds": round(seconds, 2),
                         "video_seconds": round(float(summary["seconds"]), 2)})
                     job.done += 1
                     self.console.print(f"job {job.id}: {run.name} {method} in {seconds:.1f} s", markup=False,

@@ -79,10 +79,24 @@ class ServedRun:
         """The encoder features of every frame of ``video`` (as ``SoundModel.sound`` reads them)."""
         return self.model().features(video)
 
+    def by_events(self) -> bool:
+        """Whether this run's model makes one sound per contact (it keeps a detector): what `avgen generate` does by
+        default for such a run; else clip-length windows."""
+        return self.model().detector is not None
+
     def generate(self, video: Path, method: str, console: Any, features: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The sound of ``video`` by this run's model: ``raw`` or ``exemplar`` (avgen generate's path)."""
-        return self.model().sound(video, exemplar=method == "exemplar", features=features, console=console)
+        """The sound of ``video`` by this run's model, ``raw`` or ``exemplar``, as `avgen generate` makes it by
+        default: one sound per contact for a model that keeps a detector (``predicted``: the contacts' most common
+        material), else windows (``features``, when given, are not read again)."""
+        model = self.model()
+        if not self.by_events():
+            return model.sound(video, exemplar=method == "exemplar", features=features, console=console)
+        wave, summary = model.events(video, exemplar=method == "exemplar", console=console)
+        from collections import Counter
+
+        materials = Counter(c.get("material") for c in summary.get("contacts") or [] if c.get("material"))
+        return wave, {**summary, "predicted": materials.most_common(1)[0][0] if materials else None}
 
     # ------------------------------------------------------------ test clips (for the listening test)
 
