@@ -225,3 +225,35 @@ def test_train_epochs_0_warns_and_marks_the_report_and_the_ledger_untrained(tmp_
     row = json.loads(printed)[0]
     # untrained, and flagged as collapsed when its report said so (an untrained model is at chance)
     assert row["model"] == "tiny (untrained)" + (" [collapsed?]" if any(row["collapsed"]) else "")
+
+
+def test_an_empty_validation_split_is_said_with_what_it_costs(tmp_path: Path) -> None:
+    """A folder of 3-4 videos per class with val_fraction 0.1 gives no validation clip: said, not silent."""
+    import io
+
+    from rich.console import Console
+
+    from avgen import Clip, Dataset
+    from avgen._core.runner import prepare
+
+    class Few(Dataset):
+        class_names, sample_rate, clip_seconds = ["a", "b"], 8000, 0.5
+
+        def clips(self, split):
+            return [] if split == "val" else [Clip(id=f"{split}{k}", video=None, audio=None, label=k % 2, start=0.0,
+                                                   duration=0.5) for k in range(4)]
+
+        def load_frames(self, clip, fps, size):
+            raise NotImplementedError
+
+        def load_audio(self, clip):
+            raise NotImplementedError
+
+    out = io.StringIO()
+    info = prepare(Few(), "few", tmp_path, Console(file=out, width=300), {})
+    assert info["clips"] == {"train": 4, "val": 0, "test": 4}
+    assert "warning: the val split has no clips: the fit keeps the epoch of the lowest training loss" in out.getvalue()
+    out = io.StringIO()
+    Few.clips = lambda self, split: [Clip(id=f"{split}0", video=None, audio=None, label=0, start=0.0, duration=0.5)]
+    prepare(Few(), "few", tmp_path, Console(file=out, width=300), {})
+    assert "val split" not in out.getvalue()

@@ -210,6 +210,15 @@ def write_skipped(run_dir: Path, rows: dict[str, list[str]], clips: dict[str, li
         path.unlink(missing_ok=True)
 
 
+def empty_split_warning(counts: dict[str, int]) -> str | None:
+    """The warning for a run whose validation split came out empty (too few videos per class for its fraction)."""
+    if counts.get("val"):
+        return None
+    return ("warning: the val split has no clips: the fit keeps the epoch of the lowest training loss, and a fitted "
+            "detector keeps no picture of the training videos to tell unlike videos by; raise data.val_fraction or "
+            "add videos (the split is by video)")
+
+
 def skipped_reasons(messages: list[str]) -> dict[str, int]:
     """How many skipped rows give each reason, most common first; a message 'WHERE: WHY' counts under WHY."""
     counts: dict[str, int] = {}

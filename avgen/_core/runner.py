@@ -37,7 +37,8 @@ from avgen._core.splits import SplitData
 from avgen._core.components import EvalContext, GeneratorShape
 from avgen._core.recipe import Recipe
 from avgen._core.plugins import get_component
-from avgen._core.rundir import SPLITS, STAGES, RunDir, environment_record, run_log, skipped_reasons, write_skipped
+from avgen._core.rundir import (SPLITS, STAGES, RunDir, empty_split_warning, environment_record, run_log, skipped_reasons,
+                                write_skipped)
 from avgen._core.threads import ThreadPlan
 
 log = logging.getLogger("avgen")
@@ -61,6 +62,8 @@ def prepare(dataset: Any, data_name: str, run_dir: Path, console: Console,
         "sample_rate": dataset.sample_rate, "clip_seconds": dataset.clip_seconds, "provenance": dataset.provenance})
     write_skipped(run_dir, rows, skipped_clips)
     console.print("clips: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if warning := empty_split_warning(counts):
+        console.print(warning, markup=False)
     skipped = {split: len(rows[split]) for split in SPLITS if rows[split]}
     if not skipped:
         return {"clips": counts}
@@ -98,10 +101,8 @@ def fit(recipe: Recipe, model: torch.nn.Module, shape: GeneratorShape, train: Sp
         representation: Any, meta: dict[str, Any], run_dir: Path, device: torch.device, console: Console) -> dict[str, Any]:
     """Train the generator (checkpoints/, history.json); info: best epoch, and its val loss against the baseline."""
     from avgen._core.train import WeightedLoss, fit as fit_model
-    losses = [
-        WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device))
-        for spec in recipe.loss
-    ]  # a recipe with a [generator] has at least one [[loss]], an [encoder] and a [representation] (recipe.py)
+    losses = [WeightedLoss(spec.name, spec.weight, build_loss(spec, representation, device)) for spec in recipe.loss]
+    # (a recipe with a [generator] has at least one [[loss]], an [encoder] and a [representation]: recipe.py)
     result = fit_model(
         model=model, losses=losses, train=train.tensors(), val=val.tensors() if len(val.clips) else None,
         params=recipe.train, run_dir=run_dir, seed=recipe.run.seed, device=device,
