@@ -334,6 +334,8 @@ def test_a_recipe_detector_is_fitted_in_the_run_and_travels_with_the_export(tmp_
     assert code == 0, err
     assert json.loads((model_dir / "detector.json").read_text())["params"]["weights"] == "detector.safetensors"
     assert "detector" in json.loads((model_dir / "config.json").read_text())["components"]
+    card = (model_dir / "README.md").read_text()  # the card says how this model makes sound: one per contact
+    assert "detector and generates one sound of" in card and "--mode windows" in card and "watches" not in card
     code, _, err = avgen_in_process(capsys, "generate", str(video), "--model", str(model_dir), "-o",
                                     str(tmp_path / "from_model"))
     assert code == 0, err

@@ -54,14 +54,19 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], rows: list[dict[
     tags = ["avgen", "audio", "video-to-audio", "foley", "visually-indicated-sounds", generator]
     front = ["---", "library_name: avgen", "license: other", "license_name: avgen-model-terms",
              f"license_link: {LICENCE_FILE}", "tags:", *[f"- {tag}" for tag in tags], "---", ""]
+    detector = config.get("detector")
+    how = (f"finds the contacts in a video with its `{detector}` detector and generates one sound of "
+           f"{config['clip_seconds']} s at each (silence elsewhere) at {config['sample_rate']} Hz" if detector else
+           f"watches {config['clip_seconds']} s windows of a video and generates their sound at {config['sample_rate']} Hz")
     lines = [
         f"# {run_name}: {generator} (avgen)", "",
-        f"A visually indicated sound model exported by avgen {avgen.__version__} with `avgen export`: it watches "
-        f"{config['clip_seconds']} s windows of a video and generates their sound at {config['sample_rate']} Hz.", "",
+        f"A visually indicated sound model exported by avgen {avgen.__version__} with `avgen export`: it {how}.", "",
         "## Use", "",
         "```bash",
         install_line(config),
-        "avgen generate VIDEO.mp4 --model THIS_FOLDER            # raw sound",
+        "avgen generate VIDEO.mp4 --model THIS_FOLDER            # raw sound" + (", one per contact" if detector else ""),
+        *(["avgen generate VIDEO.mp4 --model THIS_FOLDER --mode windows  # a window every half clip instead"]
+          if detector else []),
         "avgen generate VIDEO.mp4 --model THIS_FOLDER --exemplar # nearest exported exemplar clip"
         if config.get("exemplars") else
         "avgen generate VIDEO.mp4 --model THIS_FOLDER --library MY_SOUNDS  # exemplars from your own sounds",
