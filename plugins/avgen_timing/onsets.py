@@ -168,10 +168,10 @@ def nearest_of_material(model: Any, queries: torch.Tensor, bank: torch.Tensor, l
     return out
 
 
-def summary_line(onsets: list[Onset]) -> str:
-    """'N onsets: 0.30 s wood (0.41), ...' (the first few)."""
+def summary_line(onsets: list[Onset], what: str = "onsets") -> str:
+    """'N onsets: 0.30 s wood, ...' (the first few); ``what``: 'contacts' for the ones a detector found."""
     shown = ", ".join(f"{o.time:.2f} s" + (f" {o.material}" if o.material else "") for o in onsets[:5])
-    return f"{len(onsets)} onsets" + (f": {shown}" + (", ..." if len(onsets) > 5 else "") if onsets else "")
+    return f"{len(onsets)} {what}" + (f": {shown}" + (", ..." if len(onsets) > 5 else "") if onsets else "")
 
 
 # ---------------------------------------------------------------- avgen generate --onsets-out / --onsets
@@ -248,7 +248,7 @@ def sound_of_events(model: Any, video: Path, detector: Any, detector_name: str |
         summary["detector"] = detector_name
     if onsets_out is not None:
         write_onsets(onsets_out, found, video, duration, detector_name, model.class_names)
-    _say(console, f"{onsets_out if onsets_out is not None else video}: {summary_line(found)}")
+    _say(console, f"{onsets_out if onsets_out is not None else video}: {summary_line(found, 'contacts')}")
     return wave, summary
 
 
