@@ -189,7 +189,7 @@ def test_stand_in_data_and_other_encoders_are_said_beside_the_papers_rows(tmp_pa
     rows = compare_runs([synth])
     assert {r["source"] for r in rows if r["dataset"] == "greatest_hits" and r["run_dir"] is None} == {OTHER_DATA}
     notes = paper_notes(rows)
-    assert "not (can_ghd: synthetic hits written by avgen data synth)" in notes[0]
+    assert notes[0] == "the paper's numbers are on the real Greatest Hits; can_ghd is on synthetic hits written by avgen data synth"
     assert notes[1] == "the paper's rows used ResNet-200 and AlexNet features; runs here used efficientnet_lite0"
     assert all(html.escape(note[1:]) in render_html(rows) for note in notes)
     real = make_run(tmp_path, "pocan_ghd", "greatest_hits", POCAN)

@@ -211,9 +211,12 @@ def compare_runs(run_dirs: list[Path | str]) -> list[dict[str, Any]]:
 def paper_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What keeps the paper's rows from being a like-for-like comparison: runs on stand-in data, other encoders."""
     runs = [r for r in rows if r["source"] == "run"]
-    notes = [f"{r['model']}: {r['provenance']}" for r in runs if r.get("provenance")]
-    if notes:
-        notes = ["the paper's numbers are on the real Greatest Hits; these runs are not (" + "; ".join(notes) + ")"]
+    stand_ins: dict[str, list[str]] = {}  # provenance -> the runs on it, of a dataset the paper has numbers for
+    for r in runs:
+        if r.get("provenance") and r["dataset"] in PAPER_RESULTS:
+            stand_ins.setdefault(str(r["provenance"]), []).append(r["model"])
+    notes = [f"the paper's numbers are on the real Greatest Hits; {', '.join(names)} {'is' if len(names) == 1 else 'are'}"
+             f" on {provenance}" for provenance, names in stand_ins.items()]
     other = sorted({str(r.get("encoder")) for r in runs if r.get("encoder") and r.get("encoder") not in PAPER_ENCODERS})
     if other and any(r["source"].startswith("paper") for r in rows):
         notes.append(f"the paper's rows used {' and '.join(PAPER_ENCODERS.values())} features; runs here used "
