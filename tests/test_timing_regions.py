@@ -195,6 +195,9 @@ def test_a_recipe_detector_fits_into_the_run_folder(footage, tmp_path):
     params = detector.fit(sorted(footage.glob("*.mp4")), tmp_path)
     assert params == {"weights": "detector.safetensors"} and (tmp_path / "detector.safetensors").is_file()
     assert detector.fitted().mode == "head"
+    report = detector.fitted().report  # the run's output says what was kept and why
+    assert detector.fit_summary == (f"kept the learned head at threshold {detector.fitted().threshold:g} (cross-validated "
+                                    f"F1 {report['head_cv_f1']:.3f} against the untrained prior's {report['prior_f1']:.3f})")
     rebuilt = avgen.get_component("detector", "region_contacts").build(params, avgen.BuildContext(run_dir=tmp_path))
     frames = media.read_frames(footage / "c.mp4", 30, SIZE)
     assert torch.equal(rebuilt.detect(frames), detector.detect(frames))

@@ -301,6 +301,7 @@ class Detector:
 
     fps: float  # frames per second to sample from the video
     input_size: int  # frames are resized to input_size x input_size
+    fit_summary: str | None = None  # set by ``fit``: what it kept, one line for the run's output (e.g. prior or head)
     REQUIRED: ClassVar[tuple[str, ...]] = ("fps", "input_size", "strength", "detect")
 
     @abstractmethod

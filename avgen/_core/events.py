@@ -105,11 +105,14 @@ def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any, featuri
     console.print(f"detector: fitting {spec.name} on {len(videos)} training videos", markup=False)
     detector = get_component("detector", spec.name).build(spec.params, BuildContext(run_dir=run_dir))
     params = {**spec.params, **detector.fit(videos, run_dir)}
+    if detector.fit_summary:
+        console.print(f"detector: {detector.fit_summary}", markup=False)
     familiar = familiar_reference(run_dir, featurized("train").features, featurized("val").features) \
         if featurized is not None and recipe.encoder is not None else None
     write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)},
                                          **({"familiar": familiar} if familiar else {})})
-    return {"name": spec.name, "videos": len(videos), **({"familiar_level": familiar["level"]} if familiar else {})}
+    return {"name": spec.name, "videos": len(videos), **({"kept": detector.fit_summary} if detector.fit_summary else {}),
+            **({"familiar_level": familiar["level"]} if familiar else {})}
 
 
 # ---------------------------------------------------------------------------------------------- familiar videos

@@ -330,6 +330,7 @@ class RegionContacts(Detector):
         target = folder / "detector.safetensors"
         save_model(model, target, {"videos": len(videos)})
         self.model, self.path, self._last = model, None, None
+        self.fit_summary = fit_summary(model)
         return {"weights": target.name}
 
 
@@ -439,6 +440,17 @@ def fit_model(samples: dict[Path, Sample], folds: int = 3, epochs: int = 300, se
         return Model("prior", prior_th, report={**report, "chosen": "prior"})
     head = fit_head([data[v] for v in videos], epochs=epochs, seed=seed)
     return Model("head", head_th, head, report={**report, "chosen": "head"})
+
+
+def fit_summary(model: Model) -> str:
+    """What fitting kept, in one line: the prior or the learned head, its threshold, and the F1s that decided it."""
+    report = model.report
+    head = (f"; the learned head's, cross-validated by video, {report['head_cv_f1']:.3f}" if "head_cv_f1" in report
+            else f"; no learned head tried: {report['why']}" if report.get("why") else "")
+    if model.mode == "head":
+        return (f"kept the learned head at threshold {model.threshold:g} (cross-validated F1 {report.get('head_cv_f1', 0):.3f} "
+                f"against the untrained prior's {report.get('prior_f1', 0):.3f})")
+    return f"kept the untrained prior at threshold {model.threshold:g} (its F1 on these videos {report.get('prior_f1', 0):.3f}{head})"
 
 
 def save_model(model: Model, path: Path, info: dict[str, Any]) -> Path:
