@@ -48,6 +48,17 @@ def default_detector() -> str | None:
     return first_answer("events_detector")
 
 
+def fallback_detector(who: str, fix: str) -> tuple[str, Any]:
+    """(name, detector) the events plugin offers for a model that keeps none; one line (``who`` keeps no ...,
+    ending with ``fix``) when it offers none."""
+    from avgen._core.plugins import create
+
+    name = default_detector()
+    if name is None:
+        raise AvgenError(f"{who} keeps no contact detector and the events plugin offers none: {fix}")
+    return name, create("detector", name)
+
+
 def sound_of_events(model: Any, video: Path, *, detector: Any = None, detector_name: str | None = None,
                     onsets: Path | None = None, onsets_out: Path | None = None, bank: Any = None,
                     material: int | None = None, console: Any = None) -> tuple[Any, dict[str, Any]]:

@@ -274,16 +274,15 @@ class SoundModel:
         the model, or the events plugin's fallback where the model keeps none (as ``avgen generate --mode events``)
         or where the video is unlike the training videos the kept one was fitted on (``familiarity``): a detector
         fitted on rendered hits finds few contacts in real footage."""
-        from avgen._core.events import default_detector
+        from avgen._core.events import default_detector, fallback_detector
         from avgen._core.plugins import create
 
-        kept, fallback = self.detector, default_detector()
+        kept = self.detector
         if kept is None:
-            if fallback is None:
-                raise AvgenError(f"{self.source}: the model keeps no contact detector and the events plugin offers "
-                                 "none; fit one with `avgen timing fit --run RUN_DIR`, or pass a detector")
-            return create("detector", fallback), fallback, {}
-        info = self.familiarity(video) or {}
+            name, detector = fallback_detector(f"{self.source}: the model",
+                                               "fit one with `avgen timing fit --run RUN_DIR`, or pass a detector")
+            return detector, name, {}
+        info, fallback = self.familiarity(video) or {}, default_detector()
         if info and info["familiarity"] < info["familiar_threshold"] and fallback not in (None, self.detector_name):
             return create("detector", fallback), (
                 f"{fallback} (the video is unlike the training videos: visual similarity {info['familiarity']:.2f}, "

@@ -292,7 +292,7 @@ def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_
     """(name, detector) that finds the contacts (events mode, --onsets-out), or None for sliding windows (also
     for --mode auto when no plugin makes sound by events). The detector the model keeps has no name here:
     ``SoundModel.detector_for`` decides per video whether it is used, and names it."""
-    from avgen._core.events import default_detector, events_available
+    from avgen._core.events import events_available, fallback_detector
     from avgen._core.plugins import create
 
     if onsets_in or (mode == "windows" and not onsets_out) or not events_available():
@@ -302,11 +302,7 @@ def _detector(model: Any, name: str | None, mode: str, onsets_out: bool, onsets_
     if model.detector is not None:
         return None, model.detector
     if mode == "events" or onsets_out:
-        fallback = default_detector()
-        if fallback is None:
-            raise AvgenError("the model keeps no contact detector and the events plugin offers none: "
-                             "give --detector NAME (avgen list detector)")
-        return fallback, create("detector", fallback)
+        return fallback_detector("the model", "give --detector NAME (avgen list detector)")
     return None
 
 
