@@ -89,7 +89,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 THREADS_OPTION = click.option(
     "--threads", type=click.IntRange(0, 1024), default=0, show_default=True,
     help="CPU threads for torch (0: the cores avgen may use, divided among torchrun ranks); "
-         "each --workers process uses one (docs/reliability.md).")
+         "avgen run's --workers processes use one each (docs/reliability.md).")
 
 
 class UserError(click.ClickException):
