@@ -21,8 +21,9 @@ TWO_SEEDS = '\n[[variant]]\nname = "first"\n\n[[variant]]\nname = "second"\nrun 
 STAGES = ("prepare", "featurize", "fit", "generate", "evaluate", "report")
 
 
-def test_jobs_are_one_per_core_unless_given_and_never_more_than_the_runs() -> None:
-    assert jobs_for(0, runs=3, cores=2) == 2 and jobs_for(0, runs=3, cores=8) == 3 and jobs_for(0, runs=1, cores=8) == 1
+def test_jobs_are_one_per_core_and_one_more_unless_given_and_never_more_than_the_runs() -> None:
+    assert jobs_for(0, runs=3, cores=2) == 3 and jobs_for(0, runs=5, cores=2) == 3 and jobs_for(0, runs=2, cores=2) == 2
+    assert jobs_for(0, runs=3, cores=8) == 3 and jobs_for(0, runs=1, cores=8) == 1 and jobs_for(0, runs=4, cores=1) == 2
     assert jobs_for(1, runs=3, cores=8) == 1 and jobs_for(5, runs=3, cores=1) == 3
 
 

@@ -167,3 +167,24 @@ def test_chunks_read_the_video_once_and_give_the_frames_a_fresh_read_of_each_win
     owned = np.concatenate([np.arange(round(lo * fps), round(lo * fps) + len(f))[
         chunked.owned(np.arange(round(lo * fps), round(lo * fps) + len(f)) / fps, start)] for start, lo, f in seen])
     assert np.array_equal(owned, np.arange(len(owned))) and len(owned) >= round(duration * fps) - 1
+
+
+def test_a_fit_through_the_shared_cache_gives_the_head_fitted_directly(synth, tmp_path, monkeypatch):
+    """learned_contacts' fit reads each video's samples through the cache (one file per video, made by whichever
+    process claims it): the head is the one fitted on the samples computed here directly."""
+    from safetensors.torch import load_file
+
+    from avgen_timing.learned import fit_head, video_samples
+
+    root, _ = synth
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AVGEN_CACHE", raising=False)
+    videos = sorted(root.glob("*_denoised.mp4"))
+    avgen.create("detector", "learned_contacts", weights="none").fit(videos, tmp_path)
+    direct = fit_head([(f, y) for f, y, _ in video_samples(videos).values()])
+    fitted = load_file(str(tmp_path / "detector.safetensors"))
+    assert fitted.keys() == direct.state_dict().keys()
+    assert all(torch.equal(fitted[k], v) for k, v in direct.state_dict().items())
+    cached = avgen.cache_dir() / "timing"
+    assert len(list((cached / "samples").glob("*.safetensors"))) == len(videos) == 3
+    assert not list(cached.rglob("*.lock"))

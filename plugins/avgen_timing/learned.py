@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from avgen import AvgenError, BuildContext, Detector, atomic_path, weights_dir
@@ -97,12 +98,18 @@ class LearnedContacts(Detector):
         of a recipe fit once."""
         from avgen import MEDIA_VERSION, cache_dir, cache_key
 
-        stamp = [(str(v.resolve()), v.stat().st_size, v.stat().st_mtime_ns) for v in videos]
+        from avgen_timing.shared import make_once
+
+        stamp = [_stamp(v) for v in videos]
         cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION)}.safetensors"
         if not cached.is_file():
-            samples = video_samples(videos)
-            head = fit_head([(f, y) for f, y, _ in samples.values()])
-            save_head(head, cached, {"videos": len(videos), "labels": sorted({s for _, _, s in samples.values()})})
+            samples = shared_samples(videos)  # processes fitting the same head at once share the videos out
+
+            def make(tmp: Path) -> None:
+                head = fit_head([(f, y) for f, y, _ in samples.values()])
+                save_head(head, tmp, {"videos": len(videos), "labels": sorted({s for _, _, s in samples.values()})})
+
+            make_once(cached, make)
         target = folder / "detector.safetensors"
         with atomic_path(target) as tmp:
             tmp.write_bytes(cached.read_bytes())
@@ -172,6 +179,39 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
         out[video] = (features, labels_for(list(times), features.shape[0], SETTINGS["fps"]), source)
         if progress is not None:
             progress()
+    return out
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    return str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns
+
+
+def shared_samples(videos: list[Path]) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
+    """``video_samples`` (labels 'auto') through the cache, one file per video, each made by one process: the
+    variants of a recipe finishing side by side fit their detector on the same videos at the same time."""
+    from avgen import MEDIA_VERSION, cache_dir, cache_key
+
+    from avgen_timing.footage import times_file
+    from avgen_timing.shared import make_each
+
+    def path(video: Path) -> Path:
+        times = times_file(video)
+        key = cache_key("learned_contacts.samples", SETTINGS, _stamp(video), times and _stamp(times), MEDIA_VERSION)
+        return cache_dir() / "timing" / "samples" / f"{key}.safetensors"
+
+    def make(i: int, tmp: Path) -> None:
+        features, labels, source = video_samples([videos[i]])[videos[i]]
+        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"source": source})
+
+    paths = [path(v) for v in videos]
+    make_each(paths, make)
+    out = {}
+    for video, file in zip(videos, paths):
+        try:
+            with safe_open(str(file), "pt") as entry:
+                out[video] = (entry.get_tensor("features"), entry.get_tensor("labels"), entry.metadata()["source"])
+        except Exception:  # a damaged entry: computed again here  # noqa: BLE001
+            out.update(video_samples([video]))
     return out
 
 

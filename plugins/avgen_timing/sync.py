@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from safetensors.torch import load_file, save_file
 
-from avgen import (MEDIA_VERSION, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key, create,
+from avgen import (MEDIA_VERSION, BuildContext, EvalContext, Metric, cache_dir, cache_key, create,
                    get_component, kept_detector)
 
 from avgen_timing.detector import MotionContacts
@@ -167,20 +167,23 @@ class SyncMetric(Metric):
     def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
         """Every test clip's ClipVisual, from the cache when this detector saw these clips before (the variants of
         a recipe share their test clips)."""
+        from avgen_timing.shared import make_each
+
         self.resolve(ctx)
-        clips = [(c.id, c.start, c.duration, str(c.video), c.fingerprint) for c in ctx.test_clips]
-        key = cache_key("av_sync", VERSION, self.name, self.component.version, self.detector_settings(),
-                        self.p.max_offset, clips, MEDIA_VERSION)
-        path = cache_dir() / "timing" / f"{key}.safetensors"
-        if path.is_file():
+        settings = self.detector_settings()
+        paths = [cache_dir() / "timing" / "clips" / (cache_key(
+            "av_sync", VERSION, self.name, self.component.version, settings, self.p.max_offset,
+            (c.id, c.start, c.duration, str(c.video), c.fingerprint), MEDIA_VERSION) + ".safetensors")
+            for c in ctx.test_clips]
+        # one file per clip, each made by one process: the variants of a recipe evaluating side by side share them out
+        make_each(paths, lambda i, tmp: save_file(pack([self.visual(ctx, ctx.test_clips[i])]), str(tmp)))
+        visuals = []
+        for clip, path in zip(ctx.test_clips, paths):
             try:
-                return unpack(load_file(str(path)), len(clips), self.detector.fps)
+                visuals.extend(unpack(load_file(str(path)), 1, self.detector.fps))
             except Exception:  # a damaged entry is recomputed  # noqa: BLE001
                 log.info("av_sync: %s is unreadable; recomputing it", path)
-        visuals = [self.visual(ctx, clip) for clip in ctx.test_clips]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(pack(visuals), str(tmp))
+                visuals.append(self.visual(ctx, clip))
         return visuals
 
     def detector_settings(self) -> dict[str, Any]:

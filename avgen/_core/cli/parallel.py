@@ -4,8 +4,8 @@ The runs of one command share their data and their features, so the parent makes
 after run (prepare and featurize; the second run reads the first one's features from the cache).
 The remaining stages (fit, generate, evaluate, report) are independent: each run finishes in its
 own ``python -m avgen run RUN_DIR/recipe.toml`` (the resolved recipe resumes the same run directory),
-at most ``jobs`` at once, each with ``cores // jobs`` torch threads, its console output in
-``RUN_DIR/output.txt``. A small model's training keeps about one core busy whatever its threads
+at most ``jobs`` at once (by default one per core and one more), each with ``cores // jobs`` torch
+threads (at least one), its console output in ``RUN_DIR/output.txt``. A small model's training keeps about one core busy whatever its threads
 (its operations are too small to split), so on two cores two runs at once finish in about half
 the time of one after the other. A run's results depend on its thread count, as always: two runs
 with the same threads give the same tensors, whether they ran side by side or alone.
@@ -31,8 +31,12 @@ POLL_SECONDS = 0.5
 
 
 def jobs_for(jobs: int, runs: int, cores: int) -> int:
-    """How many runs finish at once: ``jobs``, or with 0 one per core, never more than the runs."""
-    return max(1, min(runs, jobs if jobs > 0 else cores))
+    """How many runs finish at once: ``jobs``, or with 0 one per core and one more, never more than the runs.
+
+    A finishing run leaves its core idle part of the time (starting, reading and writing files, waiting for a cache
+    entry another run is making) and runs of unequal length leave a core idle at the end; one run more than the
+    cores fills both (docs/benchmarks.md: the quickstart's three runs on two cores)."""
+    return max(1, min(runs, jobs if jobs > 0 else cores + 1))
 
 
 def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, strict: bool, console: Any) -> None:

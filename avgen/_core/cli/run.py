@@ -26,7 +26,7 @@ from avgen._core.errors import AvgenError
               help="Stop at the first unreadable media file instead of skipping its clips (skipped.txt lists them).")
 @click.option("--jobs", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Several runs: how many finish side by side after their data and features are made, each in its "
-                   "own process with the cores shared out (0: one per core; 1: one after the other, as one log).")
+                   "own process with the cores shared out (0: one per core and one more; 1: one after the other, as one log).")
 @THREADS_OPTION
 @click.pass_context
 def run_cmd(ctx: click.Context, recipes: tuple[Path, ...], overrides: tuple[str, ...], out: Path | None, fresh: bool,
