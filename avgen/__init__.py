@@ -36,7 +36,7 @@ _LAZY = {
                      "write_text"), "avgen._core.atomic"),
     **dict.fromkeys(("check_outputs", "check_writable", "named_as"), "avgen._core.outputs"),
     **dict.fromkeys(("cache_dir", "weights_dir"), "avgen._core.paths"),
-    "cache_key": "avgen._core.cache",
+    **dict.fromkeys(("cache_key", "make_each", "make_once"), "avgen._core.cache"),
     "make_console": "avgen._core.console",
     **dict.fromkeys(("PrecisionChoice", "autocast_for", "choose_precision", "native_bf16"), "avgen._core.precision"),
     "replicate_to_steps": "avgen._core.sequence",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from avgen import (MEDIA_VERSION, AvgenError, BuildContext, EvalContext, Metric, atomic_path, cache_dir, cache_key,
-                   write_json)
+                   make_once, write_json)
 
 
 log = logging.getLogger("avgen.eval.classifier")
@@ -118,24 +119,41 @@ def load_or_train(
     use_cache = params.cache and dataset_hash is not None
     if not use_cache:
         log.info("sound_classifier: %s; training without caching", "cache disabled" if not params.cache else "no dataset hash")
-    if use_cache and path.is_file():
-        try:
-            model = WaveClassifier(num_classes, params.channels, params.kernels, params.strides)
-            model.load_state_dict(load_file(str(path)))
-            return model.to(ctx.device).eval()
-        except Exception as exc:  # a corrupt or stale entry: retrain
-            log.warning("sound_classifier: cached weights %s unreadable (%s); retraining", path, exc)
+        return _train(ctx, params, num_classes)
+    made: list[WaveClassifier] = []
+
+    def make(tmp: Path) -> None:  # one process trains it; others evaluating the same data at once wait and read it
+        made.append(_train(ctx, params, num_classes))
+        _save(made[0], tmp, settings, ctx.class_names)
+
+    make_once(path, make)
+    if made:
+        return made[0]
+    try:
+        model = WaveClassifier(num_classes, params.channels, params.kernels, params.strides)
+        model.load_state_dict(load_file(str(path)))
+        return model.to(ctx.device).eval()
+    except Exception as exc:  # a corrupt or stale entry: retrain  # noqa: BLE001
+        log.warning("sound_classifier: cached weights %s unreadable (%s); retraining", path, exc)
+    model = _train(ctx, params, num_classes)
+    with atomic_path(path) as tmp:
+        _save(model, tmp, settings, ctx.class_names)
+    return model
+
+
+def _train(ctx: EvalContext, params: ClassifierParams, num_classes: int) -> WaveClassifier:
     train_waves = _train_waves(ctx.train_waves)
     if ctx.train_labels is None or train_waves is None:
         raise AvgenError("sound_classifier: the run has no training split to train the classifier on; add one or remove this metric")
     started = time.perf_counter()
     model = train_classifier(train_waves, ctx.train_labels, num_classes, params, ctx.device)
     log.info("sound_classifier: trained on %d clips in %.1f s", len(train_waves), time.perf_counter() - started)
-    if use_cache:
-        with atomic_path(path) as tmp:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp), metadata={"settings": json.dumps(settings), "class_names": json.dumps(ctx.class_names)})
     return model
+
+
+def _save(model: WaveClassifier, file: Path, settings: dict[str, Any], class_names: list[str]) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(file), metadata={"settings": json.dumps(settings), "class_names": json.dumps(class_names)})
 
 
 def _train_waves(source: Any) -> torch.Tensor | None:

@@ -98,7 +98,7 @@ class LearnedContacts(Detector):
         of a recipe fit once."""
         from avgen import MEDIA_VERSION, cache_dir, cache_key
 
-        from avgen_timing.shared import make_once
+        from avgen import make_once
 
         stamp = [_stamp(v) for v in videos]
         cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION)}.safetensors"
@@ -192,7 +192,7 @@ def shared_samples(videos: list[Path]) -> dict[Path, tuple[torch.Tensor, torch.T
     from avgen import MEDIA_VERSION, cache_dir, cache_key
 
     from avgen_timing.footage import times_file
-    from avgen_timing.shared import make_each
+    from avgen import make_each
 
     def path(video: Path) -> Path:
         times = times_file(video)

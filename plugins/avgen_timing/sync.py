@@ -167,7 +167,7 @@ class SyncMetric(Metric):
     def visuals(self, ctx: EvalContext) -> list[ClipVisual]:
         """Every test clip's ClipVisual, from the cache when this detector saw these clips before (the variants of
         a recipe share their test clips)."""
-        from avgen_timing.shared import make_each
+        from avgen import make_each
 
         self.resolve(ctx)
         settings = self.detector_settings()

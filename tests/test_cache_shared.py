@@ -1,4 +1,4 @@
-"""Cache entries that several processes want at once are each made by one of them (avgen_timing.shared)."""
+"""Cache entries that several processes want at once are each made by one of them (avgen.make_each)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from avgen_timing.shared import lock_path, make_each, make_once
+from avgen import make_each, make_once
+from avgen._core.cache import lock_path
 
 WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from avgen_timing.shared import make_each
+    from avgen import make_each
 
     folder, log = Path(sys.argv[1]), Path(sys.argv[2])
     while not (folder / "go").is_file():  # both processes start making at the same moment
