@@ -98,3 +98,29 @@ def test_a_make_that_fails_leaves_neither_entry_nor_lock(tmp_path):
     with pytest.raises(ValueError, match="broken input"):
         make_once(path, make)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_making_keeps_its_lock_fresh_and_an_untouched_lock_is_taken_over(tmp_path, monkeypatch):
+    import avgen._core.cache as cache
+
+    monkeypatch.setattr(cache, "HEARTBEAT_SECONDS", 0.05)
+    path = tmp_path / "entry.txt"
+    lock = lock_path(path)
+    ages = []
+
+    def slow(tmp: Path) -> None:
+        os.utime(lock, (0, 0))  # as if untouched for decades: the heartbeat must freshen it
+        deadline = time.monotonic() + 60  # (it beats every 0.05 s here; the deadline only keeps a failure finite)
+        while time.time() - lock.stat().st_mtime > 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ages.append(time.time() - lock.stat().st_mtime)
+        tmp.write_text("made")
+
+    make_once(path, slow)
+    assert ages[0] < 60 and path.read_text() == "made" and not lock.exists()
+
+    other = tmp_path / "other.txt"  # a lock of a live process (this one) untouched for longer than the limit
+    lock_path(other).write_text(f"{socket.gethostname()} {os.getpid()}")
+    os.utime(lock_path(other), (time.time() - cache.OLD_LOCK_SECONDS - 10,) * 2)
+    make_once(other, lambda tmp: tmp.write_text("taken over"))
+    assert other.read_text() == "taken over"

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,7 +125,8 @@ def _sizes(paths: Any) -> dict[Path, int]:
 # waiter.
 
 POLL_SECONDS = 0.05
-OLD_LOCK_SECONDS = 3600.0  # a lock older than this is taken over (another host's, in a shared cache folder; a reused id)
+HEARTBEAT_SECONDS = 30.0  # a maker touches its lock this often, however long the making takes
+OLD_LOCK_SECONDS = 300.0  # a lock untouched this long is taken over (another host's, in a shared cache folder; a reused id)
 
 
 def lock_path(path: Path) -> Path:
@@ -147,7 +149,7 @@ def _claim(lock: Path) -> bool:
 
 
 def _abandoned(lock: Path) -> bool:
-    """Whether ``lock`` was left by a process of this host that is gone, or is older than ``OLD_LOCK_SECONDS``."""
+    """Whether ``lock`` was left by a process of this host that is gone, or was not touched for ``OLD_LOCK_SECONDS``."""
     try:
         host, pid = lock.read_text(encoding="utf-8").rsplit(" ", 1)
         age = time.time() - lock.stat().st_mtime
@@ -167,11 +169,24 @@ def _abandoned(lock: Path) -> bool:
 
 
 def _make(path: Path, lock: Path, make: Callable[[Path], None]) -> None:
+    done = threading.Event()
+
+    def heartbeat() -> None:  # the lock stays fresh while the making goes on, so no one takes it over
+        while not done.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(lock)
+            except OSError:
+                return
+
+    beat = threading.Thread(target=heartbeat, daemon=True, name="avgen-cache-lock")
+    beat.start()
     try:
         if not path.is_file():  # made by another process between the look and the claim
             with atomic_path(path) as tmp:
                 make(tmp)
     finally:
+        done.set()
+        beat.join()
         lock.unlink(missing_ok=True)
 
 
