@@ -310,3 +310,112 @@ def test_check_contract_refuses_what_a_base_class_marks_abstract_and_bad_declara
     generator = check_contract("generator", Plain(), "plain", "mine")
     assert generator.provides == frozenset({"rep"}) and avgen.Loss.needs == frozenset() == avgen.Metric.needs
     assert generator(torch.ones(2, 3, 4))["rep"].shape == (2, 4, 1)
+
+
+# A dataset plugin as a new user writes one: their own layout (here a wrapper of synthetic_hits' files, made once for
+# the module), each test swapping one part for a mistake a dataset author makes.
+DATASET_PLUGIN = '''
+import dataclasses
+
+from pydantic import BaseModel, ConfigDict
+
+import avgen
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: str
+
+
+class CsvHits(avgen.Dataset):
+    def __init__(self, p):
+        self.inner = avgen.create("dataset", "synthetic_hits", root=p.root, videos=6, classes=3, video_seconds=4.0)
+        self.sample_rate, self.clip_seconds = self.inner.sample_rate, self.inner.clip_seconds
+
+    @property
+    def class_names(self):
+        return self.inner.class_names
+
+    def prepare(self, progress=None):
+        self.inner.prepare(progress)
+
+    def clips(self, split):
+        return [dataclasses.replace(c, label=c.label) for c in self.inner.clips(split)]
+
+    def load_frames(self, clip, fps, size):
+        return self.inner.load_frames(clip, fps, size)
+
+    def load_audio(self, clip):
+        return self.inner.load_audio(clip)
+
+
+@avgen.hookimpl
+def register_datasets(register):
+    register("csv_hits", lambda params, context: CsvHits(params), params=Params)
+'''
+
+DATASET_RECIPE = TINY_RECIPE.replace('name = "synthetic_hits"\nroot = "{root}"\nvideos = 6\nclasses = 3\nvideo_seconds = 4.0',
+                                     'name = "csv_hits"\nroot = "{root}"')
+assert 'name = "csv_hits"' in DATASET_RECIPE
+
+DATASET_MISTAKES = {  # -> (the edit to DATASET_PLUGIN, a pattern the one error line matches)
+    "labels as class names": (("label=c.label)", "label=self.class_names[c.label])"),
+                              r"plugin 'gru_plugin': dataset 'csv_hits': clip '[^']+' of the train split has label "
+                              r"'\w+'; a label is its class's index in class_names, an int in \[0, 3\) \(3 classes\)"),
+    "labels counted from 1": (("label=c.label)", "label=c.label + 1)"),
+                              r"dataset 'csv_hits': clip '[^']+' of the \w+ split has label 3; .* \[0, 3\)"),
+    "no val split": (("    def clips(self, split):\n", "    def clips(self, split):\n        if split == 'val':\n"
+                      "            raise KeyError(split)\n"),
+                     r"plugin 'gru_plugin': dataset 'csv_hits' failed on clips\('val'\) \(a dataset gives every split, "
+                     r"an empty list where it has none\) before the run: KeyError: 'val'"),
+    "read_audio's tuple": (("return self.inner.load_audio(clip)", "return (self.inner.load_audio(clip), self.sample_rate)"),
+                           r"plugin 'gru_plugin': dataset 'csv_hits': load_audio\('[^']+'\) gave tuple; expected a float "
+                           r"tensor \[T\].*take \[0\]"),
+}
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """synthetic_hits' files, written once for the module (each run's prepare finds them there)."""
+    root = tmp_path_factory.mktemp("csv_hits") / "data"
+    avgen.create("dataset", "synthetic_hits", root=str(root), videos=6, classes=3, video_seconds=4.0).prepare(None)
+    return root
+
+
+@pytest.mark.parametrize("mistake", list(DATASET_MISTAKES))
+def test_a_dataset_plugin_mistake_is_one_line_naming_it_before_any_clip_is_featurized(
+        mistake: str, tmp_path: Path, dataset_root: Path, in_process: InProcess) -> None:
+    (old, new), pattern = DATASET_MISTAKES[mistake]
+    assert DATASET_PLUGIN.count(old) == 1, old
+    in_process.install(DATASET_PLUGIN.replace(old, new))
+    recipe = tmp_path / "csv.toml"
+    recipe.write_text(DATASET_RECIPE.format(root=str(dataset_root)))
+    code, lines = in_process.cli("run", str(recipe), "--out", str(tmp_path / "runs"))
+    # the run's first line and the prepare stage's heading, then the one error line (a dataset's clips are known once
+    # it is prepared)
+    assert code == 2 and len(lines) == 3 and lines[0].startswith("avgen run ") and "prepare" in lines[1], lines
+    assert re.search(pattern, lines[2]), lines[2]
+    assert not any("internal error" in line or "Traceback" in line for line in lines)
+    assert [p for p in (tmp_path / "home").rglob("*") if p.is_file() and "cache" in p.parts] == []  # nothing featurized
+
+
+def test_the_dataset_plugin_done_right_passes_the_checks(tmp_path: Path, dataset_root: Path,
+                                                         in_process: InProcess) -> None:
+    in_process.install(DATASET_PLUGIN)
+    recipe = tmp_path / "csv.toml"
+    recipe.write_text(DATASET_RECIPE.format(root=str(dataset_root)))
+    code, lines = in_process.cli("run", str(recipe), "--out", str(tmp_path / "runs"), "--only", "prepare")
+    assert code == 0, lines
+    counts = json.loads((tmp_path / "runs" / "tiny" / "dataset.json").read_text())["splits"]
+    assert counts["train"] > 0 and set(counts) == {"train", "val", "test"}
+
+
+def test_a_component_its_plugin_refused_is_named_as_refused_not_as_unknown(in_process: InProcess) -> None:
+    edits, pattern = MISTAKES["a factory without context"]
+    in_process.install(edited(edits))
+    code, lines = in_process.cli("show", "gru_regressor")
+    assert code == 2 and len(lines) == 1, lines
+    assert re.search(pattern, lines[0]) and "refused a component" in lines[0], lines[0]
+    assert "may have registered it" not in lines[0] and "'gru_regressor' is not available until that is fixed" in lines[0], lines[0]
+    code, lines = in_process.cli("list", "loss")
+    assert code == 0 and not any("broken plugin" in line for line in lines), lines

@@ -184,7 +184,7 @@ def get_component(kind: str, name: str) -> Component:
             raise
         close = close_names(name, [c.name for c in plugins.registry.all(kind)], strict=True)
         raise UnknownComponentError(unknown_message(f"unknown {kind} '{name}'", close, f"avgen list {kind}",
-                                                    failures)) from None
+                                                    failures, name)) from None
 
 
 def broken_plugins() -> list[PluginInfo]:

@@ -152,11 +152,15 @@ def close_names(name: str, names: Any, strict: bool = False) -> list[str]:
     return difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.75 if strict else 0.5)
 
 
-def unknown_message(head: str, close: Sequence[str], see: str, failures: Sequence[str] = ()) -> str:
+def unknown_message(head: str, close: Sequence[str], see: str, failures: Sequence[str] = (), name: str = "") -> str:
     """One line for a name nothing registered: ``head`` ("unknown generator 'gru'"), the close names and the command
     that lists them. A plugin that failed to load (``failures``: ``PluginInfo.failure`` lines) is the likely cause,
     so it comes first: 'plugin ... failed to load: ...; unknown generator 'gru' (that plugin may have registered
-    it; did you mean ...? see `avgen list generator`)'."""
+    it; did you mean ...? see `avgen list generator`)'. Where a plugin refused ``name`` itself when it registered (a
+    factory of the wrong signature), that line alone, and that it is why."""
+    refused = [line for line in failures if f" '{name}' from plugin " in line] if name else []
+    if refused:
+        return f"{refused[0]} ('{name}' is not available until that is fixed)"
     guess = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     if not failures:
         return f"{head}; {guess}(see `{see}`)" if guess else f"{head} (see `{see}`)"

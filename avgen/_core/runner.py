@@ -24,9 +24,8 @@ from rich.console import Console
 
 from avgen._core.atomic import write_json
 from avgen._core.baseline import baseline_losses, compare_line
-from avgen._core.build import (
-    build_dataset, build_encoder, build_generator, build_loss, build_representation, generator_shape, rehearse,
-)
+from avgen._core.build import (build_dataset, build_encoder, build_generator, build_loss, build_representation,
+                               check_dataset, generator_shape, rehearse)
 from avgen._core.cache import FeatureCache, cache_key
 from avgen._core.checkpoint import checkpoint_meta
 from avgen._core.console import make_console, progress_bar
@@ -52,7 +51,7 @@ def prepare(dataset: Any, data_name: str, run_dir: Path, console: Console,
     """Make the dataset available; writes dataset.json and skipped.txt. Info: clips per split."""
     with progress_bar(console) as progress:
         dataset.prepare(progress)
-    counts = {split: len(dataset.clips(split)) for split in SPLITS}
+    counts = check_dataset(data_name, dataset, SPLITS)  # the plugin's contract, before any clip is featurized
     rows = dataset_skipped_rows(dataset)
     warn_skipped(console, [message for split in SPLITS for message in rows[split]], "annotation rows", once=True)
     if counts["train"] == 0:

@@ -58,7 +58,8 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, strict: bool)
     if not components:
         console.print("no components match" + (f" '{pattern}'" if pattern else ""))
     for p in broken:
-        console.print(f"[red]broken plugin[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
+        what = "plugin refused a component:" if p.partial else "broken plugin"  # partial: its other components work
+        console.print(f"[red]{what}[/red] {p.name} ({p.module}, {p.distribution} {p.version}): {escape(p.error or '')}")
     if broken and (click.get_current_context().find_root().obj or {}).get("debug"):
         print_plugin_tracebacks()
     elif broken:
@@ -91,7 +92,7 @@ def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
 
         close = close_names(name, {c.name for c in index.components}, strict=bool(index.broken))
         raise AvgenError(unknown_message(f"no component named '{name}'", close, "avgen list",
-                                         [p.failure for p in index.broken]))
+                                         [p.failure for p in index.broken], name))
     for c in found:
         fields = c.params
         if as_json:
