@@ -21,13 +21,13 @@ import sys
 import types
 import typing
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from avgen import __version__
 from avgen._core.plugins import ENTRY_POINT_GROUP, PluginInfo
 
-INDEX_FORMAT = 2  # 2: a Literal param's type lists its values ('fp32' | 'bf16')
+INDEX_FORMAT = 3  # 2: a Literal param's type lists its values ('fp32' | 'bf16'); 3: a path default shown as a string
 INDEX_FILE = "component-index.json"
 
 
@@ -84,7 +84,8 @@ class ComponentIndex:
 def field_row(name: str, field: Any) -> tuple[str, str, str, str]:
     """(field, type, default, description) of one pydantic field, as `avgen show` prints it."""
     type_name = type_text(field.annotation)
-    default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+    value = None if field.is_required() else field.get_default(call_default_factory=True)
+    default = "required" if field.is_required() else repr(str(value) if isinstance(value, PurePath) else value)
     return name, type_name, default, field.description or ""
 
 

@@ -179,7 +179,7 @@ def material_class(name: str, meta: dict[str, Any]) -> int:
     names = list(meta.get("class_names") or [])
     if name not in names:
         listed = ", ".join(names) if names else "none"
-        raise AvgenError(f"--material {shown(name)} is not a class of this model; its classes: {listed}")
+        raise AvgenError(f"material {shown(name)} is not a class of this model; its classes: {listed}")
     return names.index(name)
 
 
