@@ -300,6 +300,8 @@ def test_featurize_skips_bad_files_lists_them_and_strict_stops_at_the_first(
     listed = (run_dir / "skipped.txt").read_text().splitlines()
     assert len(listed) == 3 and all(line.startswith("train\t") and str(p) in line for p, line in zip(bad, listed))
     assert "corrupt" in listed[0] and "empty (0 bytes)" in listed[1] and "no audio stream" in listed[2]
+    report = (run_dir / "report.md").read_text()  # the clip counts are the dataset's; the report says 3 were left out
+    assert "clips: train 6," in report and "unreadable clips left out of training and scoring: 3 (train 3;" in report
 
     strict = run_avgen("run", str(recipe), "--out", str(out), "--strict", "--set", "run.name=strict")
     assert strict.returncode == 2 and "Traceback" not in strict.stderr

@@ -167,17 +167,25 @@ def fit_line(run_dir: Path) -> str:
 
 
 def dropped_rows_line(run_dir: Path) -> str:
-    """'annotation rows dropped: 72 (train 40, test 32): material None carries no class 72; see skipped.txt', or ''."""
+    """'annotation rows dropped: 72 (train 40, test 32): material None carries no class 72; each row is listed in
+    skipped.txt', then the clips featurize left out as unreadable (the splits' counts above include them), or ''."""
     prepare = _stage_info(run_dir, "prepare")
     counts = prepare.get("skipped_rows")
-    if not isinstance(counts, dict) or not counts:
-        return ""
-    total = sum(int(v) for v in counts.values())
-    line = f"annotation rows dropped: {total} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
-    reasons = prepare.get("skipped_reasons")
-    if isinstance(reasons, dict) and reasons:
-        line += ": " + "; ".join(f"{why} {n}" for why, n in reasons.items())
-    return line + "; each row is listed in skipped.txt"
+    line = ""
+    if isinstance(counts, dict) and counts:
+        total = sum(int(v) for v in counts.values())
+        line = f"annotation rows dropped: {total} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+        reasons = prepare.get("skipped_reasons")
+        if isinstance(reasons, dict) and reasons:
+            line += ": " + "; ".join(f"{why} {n}" for why, n in reasons.items())
+        line += "; each row is listed in skipped.txt"
+    featurize = _stage_info(run_dir, "featurize")
+    unreadable = {k: int(v["skipped"]) for k, v in featurize.items() if isinstance(v, dict) and v.get("skipped")}
+    if unreadable:
+        line += (". " if line else "") + f"unreadable clips left out of training and scoring: {sum(unreadable.values())} (" \
+            + ", ".join(f"{k} {v}" for k, v in unreadable.items()) + "; the clip counts include them); each is listed " \
+            "in skipped.txt"
+    return line
 
 
 def _stage_info(run_dir: Path, stage: str) -> dict[str, Any]:
