@@ -30,17 +30,25 @@ def check_dataset(name: str, dataset: Any, splits: tuple[str, ...] = ("train", "
     naming the plugin and the dataset): ``clips(split)`` gives a list for every split (empty where it has none),
     each clip's label is its class's index (an int in [0, classes), or -1 for none), and the first training
     clip's ``load_audio`` gives a float tensor [T] (a clip it cannot read is featurize's to report or skip)."""
-    component = get_component("dataset", name)
+    try:
+        who = _who(get_component("dataset", name))
+    except AvgenError:  # a dataset object not registered under that name (a test's)
+        who = f"dataset '{name}'"
     classes = len(dataset.class_names)
     counts = {}
     for split in splits:
-        with _blame(component, f"clips({split!r}) (a dataset gives every split, an empty list where it has none)"):
+        try:
             clips = dataset.clips(split)
+        except AvgenError:
+            raise
+        except Exception as exc:
+            raise AvgenError(f"{who} failed on clips({split!r}) (a dataset gives every split, an empty list where it has "
+                             f"none) before the run: " + " ".join(f"{type(exc).__name__}: {exc}".split())) from exc
         if not isinstance(clips, (list, tuple)):
-            raise AvgenError(f"{_who(component)}: clips({split!r}) gave {type(clips).__name__}; expected a list of Clip")
+            raise AvgenError(f"{who}: clips({split!r}) gave {type(clips).__name__}; expected a list of Clip")
         bad = next((c for c in clips if type(getattr(c, "label", None)) is not int or not -1 <= c.label < classes), None)
         if bad is not None:
-            raise AvgenError(f"{_who(component)}: clip {getattr(bad, 'id', bad)!r} of the {split} split has label "
+            raise AvgenError(f"{who}: clip {getattr(bad, 'id', bad)!r} of the {split} split has label "
                              f"{getattr(bad, 'label', None)!r}; a label is its class's index in class_names, an int in "
                              f"[0, {classes}) ({classes} classes), or -1 for none")
         counts[split] = len(clips)
@@ -50,7 +58,7 @@ def check_dataset(name: str, dataset: Any, splits: tuple[str, ...] = ("train", "
     except Exception:  # noqa: BLE001 - an unreadable clip: featurize skips it, or stops under --strict
         return counts
     if wave is not None and not (isinstance(wave, torch.Tensor) and wave.is_floating_point() and wave.dim() == 1):
-        raise AvgenError(f"{_who(component)}: load_audio({first.id!r}) gave {_shape(wave)}; expected a float tensor "
+        raise AvgenError(f"{who}: load_audio({first.id!r}) gave {_shape(wave)}; expected a float tensor "
                          "[T], mono at the dataset's sample_rate (avgen.read_audio returns (wave, rate): take [0])")
     return counts
 
