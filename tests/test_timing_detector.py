@@ -188,3 +188,50 @@ def test_a_fit_through_the_shared_cache_gives_the_head_fitted_directly(synth, tm
     cached = avgen.cache_dir() / "timing"
     assert len(list((cached / "samples").glob("*.safetensors"))) == len(videos) == 3
     assert not list(cached.rglob("*.lock"))
+
+
+def test_the_contact_times_a_dataset_annotates_are_what_a_recipe_detector_learns_from(synth, tmp_path, monkeypatch):
+    """A dataset plugin with its own annotations (Dataset.contact_times) gives the detector its labels, ahead of a
+    times file beside the video and of the video's own sound; detector.json says how many videos it annotated."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from safetensors.torch import load_file
+
+    from avgen._core.events import fit_detector
+    from avgen_timing.learned import fit_head, video_samples
+
+    root, _ = synth
+    monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("AVGEN_CACHE", raising=False)
+    videos = sorted(root.glob("*_denoised.mp4"))
+    given = {video: [0.6 + 1.3 * k for k in range(7)] for video in videos[:2]}  # not the files' times
+
+    class Annotated(avgen.Dataset):
+        class_names, sample_rate, clip_seconds = ["a"], 22050, 0.5
+
+        def clips(self, split):
+            return [avgen.Clip(id=v.stem, label=0, video=v, audio=v, start=1.0, duration=0.5) for v in videos]
+
+        def load_frames(self, clip, fps, size):
+            raise NotImplementedError
+
+        def load_audio(self, clip):
+            raise NotImplementedError
+
+        def contact_times(self, video):
+            return given.get(video)
+
+    recipe = SimpleNamespace(detector=SimpleNamespace(name="learned_contacts", params={}), encoder=None)
+    info = fit_detector(recipe, Annotated(), tmp_path, Console(file=None, quiet=True))
+    assert info["annotated_by_the_dataset"] == 2 and info["videos"] == 3
+    spec = json.loads((tmp_path / "detector.json").read_text())
+    assert spec["trained_on"] == {"videos": 3, "annotated_by_the_dataset": 2}
+
+    samples = video_samples(videos, given=given)
+    assert [s for _, _, s in samples.values()] == ["annotated"] * 3  # two by the dataset, one by its times file
+    files_only = video_samples(videos[:1])[videos[0]][1]
+    assert not torch.equal(samples[videos[0]][1], files_only)  # the dataset's times, not the file's
+    direct = fit_head([(f, y) for f, y, _ in samples.values()])
+    fitted = load_file(str(tmp_path / "detector.safetensors"))
+    assert all(torch.equal(fitted[k], v) for k, v in direct.state_dict().items())

@@ -76,7 +76,7 @@ class Dataset:
     clip_seconds: float
     provenance: str | None = None  # set by prepare where the data is a stand-in in this dataset's layout (synthetic)
     REQUIRED: ClassVar[tuple[str, ...]] = ("class_names", "sample_rate", "clip_seconds", "prepare", "clips",
-                                           "load_frames", "load_audio", "skipped_rows")
+                                           "load_frames", "load_audio", "skipped_rows", "contact_times")
 
     def prepare(self, progress: Any = None) -> None:
         """Make the data available (e.g. synthesize it) or raise AvgenError saying what to put where."""
@@ -96,6 +96,11 @@ class Dataset:
     def skipped_rows(self, split: str) -> list[str]:
         """Annotation rows left out of a split, one line each saying why (default: none)."""
         return []
+
+    def contact_times(self, video: Path) -> list[float] | None:
+        """The annotated contact times of one of its videos (seconds on the video's clock), which a recipe's
+        ``[detector]`` learns from; None (the default): it learns from the onsets of the video's own sound."""
+        return None
 
 
 class Encoder:
@@ -302,6 +307,7 @@ class Detector:
     fps: float  # frames per second to sample from the video
     input_size: int  # frames are resized to input_size x input_size
     fit_summary: str | None = None  # set by ``fit``: what it kept, one line for the run's output (e.g. prior or head)
+    annotated: dict[Path, list[float]] | None = None  # set before ``fit``: the contact times the dataset annotates
     REQUIRED: ClassVar[tuple[str, ...]] = ("fps", "input_size", "strength", "detect")
 
     @abstractmethod
@@ -318,7 +324,8 @@ class Detector:
         return self.strength(frames), self.detect(frames)
 
     def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
-        """Learn from a run's training ``videos`` (their annotated times, or the onsets of their own sound) and keep
+        """Learn from a run's training ``videos`` (their contact times: ``annotated`` where the run's dataset gives
+        them, else a Greatest-Hits-layout times file beside the video, else the onsets of its own sound) and keep
         what was learned in ``folder``; returns the params (file names relative to ``folder``) that rebuild the
         fitted detector there. The recipe's ``[detector]`` section calls it in the fit stage. A detector that
         learns nothing keeps this default."""

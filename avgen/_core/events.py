@@ -115,14 +115,17 @@ def fit_detector(recipe: Any, dataset: Any, run_dir: Path, console: Any, featuri
     videos = list(dict.fromkeys(Path(c.video) for c in dataset.clips("train") if c.video is not None))
     console.print(f"detector: fitting {spec.name} on {len(videos)} training videos", markup=False)
     detector = get_component("detector", spec.name).build(spec.params, BuildContext(run_dir=run_dir))
+    annotated = {video: [float(t) for t in times] for video in videos if (times := dataset.contact_times(video)) is not None}
+    detector.annotated = annotated or None  # the dataset's own times, where it has them
     params = {**spec.params, **detector.fit(videos, run_dir)}
     if detector.fit_summary:
         console.print(f"detector: {detector.fit_summary}", markup=False)
     familiar = familiar_reference(run_dir, featurized("train").features, featurized("val").features) \
         if featurized is not None and recipe.encoder is not None else None
-    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": {"videos": len(videos)},
+    trained_on = {"videos": len(videos), **({"annotated_by_the_dataset": len(annotated)} if annotated else {})}
+    write_json(run_dir / DETECTOR_FILE, {"detector": spec.name, "params": params, "trained_on": trained_on,
                                          **({"familiar": familiar} if familiar else {})})
-    return {"name": spec.name, "videos": len(videos), **({"kept": detector.fit_summary} if detector.fit_summary else {}),
+    return {"name": spec.name, **trained_on, **({"kept": detector.fit_summary} if detector.fit_summary else {}),
             **({"familiar_level": familiar["level"]} if familiar else {})}
 
 

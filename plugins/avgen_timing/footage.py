@@ -100,9 +100,13 @@ def _onset_metric():
     return create("metric", "onset", window=512 / RATE, hop=128 / RATE, n_mels=64)
 
 
-def contact_times(video: Path, labels: str = "auto") -> tuple[np.ndarray, str]:
+def contact_times(video: Path, labels: str = "auto", given: dict[Path, list[float]] | None = None,
+                  ) -> tuple[np.ndarray, str]:
     """(seconds, where they come from: 'annotated' or 'audio') of a video's contacts. ``labels``: 'auto'
-    (annotated where a times file is beside the video, else the soundtrack's onsets), 'audio' or 'annotated'."""
+    (annotated where the run's dataset gives times for the video (``given``, a detector's ``annotated``) or a times
+    file is beside it, else the soundtrack's onsets), 'audio' or 'annotated'."""
+    if given and video in given and labels != "audio":
+        return np.asarray(given[video], dtype=np.float64), "annotated"
     annotated = times_file(video)
     if labels == "annotated" and annotated is None:
         raise AvgenError(f"{video}: no annotated times beside it (a Greatest-Hits-layout {{id}}_times.txt); "

@@ -93,17 +93,16 @@ class LearnedContacts(Detector):
             return torch.sigmoid(self.trained_head()(frame_features(frames, self.settings)))
 
     def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
-        """Fit the head on the videos' contacts (annotated times, else their own sound's onsets) and keep it in
-        ``folder`` as detector.safetensors. Fitted heads are cached by the videos and settings, so the variants
-        of a recipe fit once."""
-        from avgen import MEDIA_VERSION, cache_dir, cache_key
-
-        from avgen import make_once
+        """Fit the head on the videos' contacts (annotated times: the dataset's (``annotated``) or a times file's;
+        else their own sound's onsets) and keep it in ``folder`` as detector.safetensors. Fitted heads are cached by
+        the videos and settings, so the variants of a recipe fit once."""
+        from avgen import MEDIA_VERSION, cache_dir, cache_key, make_once
 
         stamp = [_stamp(v) for v in videos]
-        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION)}.safetensors"
+        given = [sorted((str(v), t) for v, t in self.annotated.items())] if self.annotated else []
+        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION, *given)}.safetensors"
         if not cached.is_file():
-            samples = shared_samples(videos)  # processes fitting the same head at once share the videos out
+            samples = shared_samples(videos, self.annotated)  # processes fitting the same head at once share the videos
 
             def make(tmp: Path) -> None:
                 head = fit_head([(f, y) for f, y, _ in samples.values()])
@@ -164,9 +163,10 @@ def save_head(head: Head, path: Path, info: dict[str, Any]) -> Path:
 
 
 def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None,
-                  ) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
+                  given: dict[Path, list[float]] | None = None) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
     """Per video, (motion features [N, 39], contact labels [N], 'annotated' or 'audio'): the labels are the
-    annotated times where a times file is beside the video, else the onsets of its own soundtrack."""
+    annotated times (``given`` by the run's dataset, or a times file beside the video), else the onsets of its own
+    soundtrack."""
     from avgen import read_frames
 
     from avgen_timing.footage import contact_times
@@ -175,7 +175,7 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
     for video in videos:
         frames = read_frames(video, SETTINGS["fps"], SETTINGS["input_size"])
         features = frame_features(frames, SETTINGS)
-        times, source = contact_times(video, labels)
+        times, source = contact_times(video, labels, given)
         out[video] = (features, labels_for(list(times), features.shape[0], SETTINGS["fps"]), source)
         if progress is not None:
             progress()
@@ -186,7 +186,8 @@ def _stamp(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns
 
 
-def shared_samples(videos: list[Path]) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
+def shared_samples(videos: list[Path], given: dict[Path, list[float]] | None = None,
+                   ) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
     """``video_samples`` (labels 'auto') through the cache, one file per video, each made by one process: the
     variants of a recipe finishing side by side fit their detector on the same videos at the same time."""
     from avgen import MEDIA_VERSION, cache_dir, cache_key
@@ -196,11 +197,12 @@ def shared_samples(videos: list[Path]) -> dict[Path, tuple[torch.Tensor, torch.T
 
     def path(video: Path) -> Path:
         times = times_file(video)
-        key = cache_key("learned_contacts.samples", SETTINGS, _stamp(video), times and _stamp(times), MEDIA_VERSION)
+        own = [given[video]] if given and video in given else []  # the dataset's annotated times
+        key = cache_key("learned_contacts.samples", SETTINGS, _stamp(video), times and _stamp(times), MEDIA_VERSION, *own)
         return cache_dir() / "timing" / "samples" / f"{key}.safetensors"
 
     def make(i: int, tmp: Path) -> None:
-        features, labels, source = video_samples([videos[i]])[videos[i]]
+        features, labels, source = video_samples([videos[i]], given=given)[videos[i]]
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"source": source})
 
     paths = [path(v) for v in videos]
@@ -211,7 +213,7 @@ def shared_samples(videos: list[Path]) -> dict[Path, tuple[torch.Tensor, torch.T
             with safe_open(str(file), "pt") as entry:
                 out[video] = (entry.get_tensor("features"), entry.get_tensor("labels"), entry.metadata()["source"])
         except Exception:  # a damaged entry: computed again here  # noqa: BLE001
-            out.update(video_samples([video]))
+            out.update(video_samples([video], given=given))
     return out
 
 

@@ -326,7 +326,7 @@ class RegionContacts(Detector):
     def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
         """Fit on the videos' contacts (annotated times, else their own sound's onsets) and keep the result in
         ``folder`` as detector.safetensors."""
-        model = fit_model(video_samples(videos), min_gap=self.p.min_gap, min_score=self.p.min_score)
+        model = fit_model(video_samples(videos, given=self.annotated), min_gap=self.p.min_gap, min_score=self.p.min_score)
         target = folder / "detector.safetensors"
         save_model(model, target, {"videos": len(videos)})
         self.model, self.path, self._last = model, None, None
@@ -344,9 +344,11 @@ def make_region_contacts(params: RegionContactsParams, context: BuildContext) ->
 Sample = tuple[torch.Tensor, torch.Tensor, np.ndarray, str]  # prior [N], statistics [N, F], true times (s), source
 
 
-def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None) -> dict[Path, Sample]:
+def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None,
+                  given: dict[Path, list[float]] | None = None) -> dict[Path, Sample]:
     """Per video (prior score [N], per-frame statistics [N, F], contact times in seconds, 'annotated' or 'audio'):
-    the annotated times where a times file is beside the video, else the onsets of its own soundtrack."""
+    the annotated times (``given`` by the run's dataset, or a times file beside the video), else the onsets of its
+    own soundtrack."""
     from avgen import read_frames
 
     from avgen_timing.footage import contact_times
@@ -354,7 +356,7 @@ def video_samples(videos: list[Path], labels: str = "auto", progress: Any = None
     out = {}
     for video in videos:
         prior, per_frame = remembered_statistics(read_frames(video, SETTINGS["fps"], SETTINGS["input_size"]), SETTINGS)
-        times, source = contact_times(video, labels)
+        times, source = contact_times(video, labels, given)
         out[video] = (prior, per_frame, np.asarray(times, dtype=np.float64), source)
         if progress is not None:
             progress()
