@@ -124,3 +124,23 @@ def test_a_long_making_keeps_its_lock_fresh_and_an_untouched_lock_is_taken_over(
     os.utime(lock_path(other), (time.time() - cache.OLD_LOCK_SECONDS - 10,) * 2)
     make_once(other, lambda tmp: tmp.write_text("taken over"))
     assert other.read_text() == "taken over"
+
+
+def test_a_folder_where_no_lock_can_be_made_says_why_the_entry_cannot_be_written(tmp_path, monkeypatch):
+    import avgen
+    import avgen._core.cache as cache
+
+    real_open = os.open
+
+    def no_locks(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(cache.os, "open", no_locks)
+    path = tmp_path / "entry.txt"
+    make_once(path, lambda tmp: tmp.write_text("made without a lock"))  # a writable folder: made all the same
+    assert path.read_text() == "made without a lock"
+    (tmp_path / "file.txt").write_text("a file where a folder would go")
+    with pytest.raises(avgen.AvgenError, match="cannot write"):  # an unwritable place: the write's own line
+        make_once(tmp_path / "file.txt" / "below-a-file.txt", lambda tmp: tmp.write_text("x"))

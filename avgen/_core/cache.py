@@ -7,6 +7,7 @@ tensors no longer match the SHA-256 stored in it, is treated as a miss, removed 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,11 +139,14 @@ def _owner() -> str:
 
 
 def _claim(lock: Path) -> bool:
-    """Create ``lock`` if no one holds it; True when this process now does."""
+    """Create ``lock`` if no one holds it; True when this process now does (or no lock can be made there: the entry is
+    made without one, and its write says why it fails where the folder is not writable)."""
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    except OSError:
+        return True
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(_owner())
     return True
@@ -187,7 +191,8 @@ def _make(path: Path, lock: Path, make: Callable[[Path], None]) -> None:
     finally:
         done.set()
         beat.join()
-        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone, or never made (a folder where no lock can be made)
+            lock.unlink()
 
 
 def make_each(paths: list[Path], make: Callable[[int, Path], None]) -> None:
@@ -199,7 +204,8 @@ def make_each(paths: list[Path], make: Callable[[int, Path], None]) -> None:
     for i, path in enumerate(paths):
         if path.is_file():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a folder that cannot be made: the entry's write says why
+            path.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_path(path)
         if _claim(lock):
             _make(path, lock, lambda tmp, i=i: make(i, tmp))
@@ -215,7 +221,8 @@ def make_each(paths: list[Path], make: Callable[[int, Path], None]) -> None:
 
 
 def _take_over(lock: Path) -> bool:
-    lock.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        lock.unlink()
     return _claim(lock)
 
 
