@@ -20,6 +20,7 @@ from avgen_soundnet.model import SoundNet8, layer_chain
 
 MATMUL_STEPS = 8  # output steps at or below which a convolution runs as one matmul
 MEMO_BYTES = 512 << 20  # the real clips' features kept at most (0.5 s clips: 4 KB each, ~130 k clips)
+FIXED_CHUNK = 8  # the real clips' features are computed this many rows at a time (zero rows fill the last chunk)
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,24 @@ class FrozenSoundNet:
 
     @torch.no_grad()
     def fixed(self, wave: torch.Tensor) -> torch.Tensor:
-        """Features of waves that never change (the real clips): computed once per distinct row, then remembered."""
+        """Features of waves that never change (the real clips): computed once per distinct row, then remembered.
+
+        A row's features depend on nothing but the row: the convolution library's sums differ in the last bits
+        with the batch size, so the missing rows go through in chunks of ``FIXED_CHUNK``, the last one filled with
+        zero rows. (They went through as the batch that first held them, so a resumed run, whose batches first held
+        other rows, trained on features differing in the 7th digit from the uninterrupted run's.)"""
         keys = [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in wave.detach().float().cpu()]
         missing = [i for i, key in enumerate(keys) if key not in self._memo]
-        found = dict(zip(missing, self(wave[missing]))) if missing else {}
+        found = dict(zip(missing, self._chunked(wave[missing]))) if missing else {}
         for i, features in found.items():
             size = features.numel() * features.element_size()
             if self._memo_size + size <= self.memo_bytes:
                 self._memo[keys[i]] = features
                 self._memo_size += size
         return torch.stack([found[i] if i in found else self._memo[key] for i, key in enumerate(keys)])
+
+    def _chunked(self, wave: torch.Tensor) -> torch.Tensor:
+        """``self(wave)``, computed ``FIXED_CHUNK`` rows at a time whatever the rows' number."""
+        pad = -len(wave) % FIXED_CHUNK
+        padded = torch.cat([wave, wave.new_zeros(pad, *wave.shape[1:])]) if pad else wave
+        return torch.cat([self(padded[i:i + FIXED_CHUNK]) for i in range(0, len(padded), FIXED_CHUNK)])[: len(wave)]
