@@ -179,6 +179,22 @@ def test_runs_of_one_seed_fold_as_runs_not_seeds(tmp_path):
     assert [r["model"] for r in compare_runs(dirs[:2]) if r["source"] == "run"] == ["pocan (2 runs, 1 seed)"]
 
 
+def test_a_collapsed_row_of_runs_sharing_a_seed_counts_runs_and_the_caption_keeps_its_mark(tmp_path):
+    """Two runs of one seed, both flagged: '[collapsed? 2 of 2 runs]' (not seeds), and the terminal caption naming the
+    rows on stand-in data keeps the bracketed mark (rich took it for markup and dropped it)."""
+    dirs = [seeded_run(tmp_path, f"r{k}", 0, "owens_lstm", {"R@1": 0.06}, f"runs/r{k}") for k in range(2)]
+    for run in dirs:
+        (run / "stages.json").write_text(json.dumps({"stages": {"report": {"collapse_warnings": ["not above chance"]}}}))
+        dataset = json.loads((run / "dataset.json").read_text())
+        (run / "dataset.json").write_text(json.dumps({**dataset, "name": "greatest_hits", "provenance": "stand-in"}))
+    rows = compare_runs(dirs)
+    assert [r["model"] for r in rows if r["source"] == "run"] == ["pocan (2 runs, 1 seed) [collapsed? 2 of 2 runs]"]
+    console = Console(width=400, record=True)
+    for table in rich_tables(rows):
+        console.print(table)
+    assert "pocan (2 runs, 1 seed) [collapsed? 2 of 2 runs] is on stand-in" in " ".join(console.export_text().split())
+
+
 def test_stand_in_data_and_other_encoders_are_said_beside_the_papers_rows(tmp_path):
     """Synthetic hits in the Greatest Hits layout are read by the greatest_hits loader, which records their
     provenance: the paper's rows are then other data, and the features the runs used are named."""

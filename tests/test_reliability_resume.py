@@ -125,7 +125,11 @@ def test_ctrl_c_prints_the_resume_hint(tmp_path, monkeypatch, capsys):
         main(["run", str(write_recipe(tmp_path)), "--out", str(tmp_path / "runs")])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert exit_info.value.code == 130
-    assert lines[-1].startswith("interrupted; finished stages and checkpoints are kept, rerun the same command")
+    assert lines[-1].startswith("interrupted; finished stages and checkpoints are kept, rerun the same command to")
+    with pytest.raises(SystemExit) as exit_info:  # the same command would start over: it says to leave --fresh out
+        main(["run", str(write_recipe(tmp_path)), "--out", str(tmp_path / "runs"), "--fresh"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 130 and lines[-1].endswith("rerun the same command without --fresh to resume"), lines
 
 
 @pytest.mark.slow

@@ -111,11 +111,13 @@ def _collapsed(run_dir: Path) -> bool:
 
 
 def _label(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its model name marked when the report flagged a collapse (in how many of its seeds)."""
+    """The row with its model name marked when the report flagged a collapse (in how many of its seeds, or of its
+    runs where some share a seed)."""
     flags = row["collapsed"]
     if not any(flags):
         return row
-    mark = " [collapsed?]" if len(flags) == 1 else f" [collapsed? {sum(flags)} of {len(flags)} seeds]"
+    unit = "seeds" if len(set(row.get("seeds") or [])) == len(flags) else "runs"
+    mark = " [collapsed?]" if len(flags) == 1 else f" [collapsed? {sum(flags)} of {len(flags)} {unit}]"
     return {**row, "model": row["model"] + mark}
 
 
@@ -352,7 +354,8 @@ def rich_tables(rows: list[dict[str, Any]]) -> list[Table]:
             ("video cls %", "video cls %: the class head's accuracy from the video"),
             ("acc %", "acc %: a sound classifier's accuracy on the generated raw sound"),
             ("real %", "real %: the same classifier on the real sound (its ceiling)")) if column in named]
-        table.caption = "; ".join(legend + paper_notes(rows)) + " (docs/evaluation.md)" if legend else None
+        # escaped: a run's name may carry a mark in brackets ("[collapsed? 1 of 3 seeds]"), which rich would drop
+        table.caption = escape("; ".join(legend + paper_notes(rows)) + " (docs/evaluation.md)") if legend else None
         tables.append(table)
     others = other_metrics(rows)
     if others:

@@ -130,9 +130,12 @@ INTERRUPTED = "interrupted; finished stages and checkpoints are kept, rerun the 
 
 
 def _interrupted_line(args: list[str]) -> str:
-    """The line for Ctrl-C: only `avgen run` resumes where it stopped; the other commands start over."""
+    """The line for Ctrl-C: only `avgen run` resumes where it stopped (the same command, less a --fresh that would
+    start it over again); the other commands start over."""
     command = next((arg for arg in args if not arg.startswith("-")), None)
-    return INTERRUPTED if command == "run" else "interrupted"
+    if command != "run":
+        return "interrupted"
+    return INTERRUPTED.replace("the same command", "the same command without --fresh") if "--fresh" in args else INTERRUPTED
 
 
 class Terminated(KeyboardInterrupt):

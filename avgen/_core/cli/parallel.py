@@ -46,7 +46,7 @@ def finish_side_by_side(runs: list[Any], jobs: int, cores: int, workers: int, st
     waiting = list(runs)
     active: dict[Path, tuple[subprocess.Popen, float, Any]] = {}
     failed: dict[Path, str] = {}
-    console.print(f"finishing {len(runs)} runs, {jobs} at a time, {threads} thread{'s' * (threads > 1)} each "
+    console.print(f"finishing {len(runs)} run{'s' * (len(runs) > 1)}, {jobs} at a time, {threads} thread{'s' * (threads > 1)} each "
                   f"(console output in each run directory's {OUTPUT}; --jobs 1 runs them one after the other)",
                   markup=False, soft_wrap=True)
     try:
