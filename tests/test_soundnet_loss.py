@@ -42,7 +42,9 @@ def test_loss_is_zero_for_identical_waves_and_positive_otherwise(weights_home: P
     loss = avgen.create("loss", "soundnet_perceptual")
     assert loss.needs_wave is True
     real = hits(4, 0)
-    assert loss({"wave": real.clone()}, {"wave": real}).item() == 0.0
+    # zero up to rounding: the real clips' features are computed 8 rows at a time, the generated ones as their batch,
+    # and the convolution's last bits depend on the batch size (a loss between different sounds is ~1e-4 and more)
+    assert abs(loss({"wave": real.clone()}, {"wave": real}).item()) < 1e-12
     other = hits(4, 1)
     value = loss({"wave": other}, {"wave": real})
     expected = smooth_l1(loss.model.features(other) - loss.model.features(real)).mean()  # default: mean
@@ -95,7 +97,7 @@ def test_other_rates_are_resampled_to_22050(weights_home: Path):
 
     loss = avgen.create("loss", "soundnet_perceptual", sample_rate=8000)
     real, other = hits(2, 7, rate=8000, samples=4000), hits(2, 8, rate=8000, samples=4000)
-    assert loss({"wave": real}, {"wave": real}).item() == 0.0
+    assert abs(loss({"wave": real}, {"wave": real}).item()) < 1e-12  # zero up to rounding, as above
     features = loss.model.features
     expected = smooth_l1(features(AF.resample(other, 8000, RATE)) - features(AF.resample(real, 8000, RATE)))
     torch.testing.assert_close(loss({"wave": other}, {"wave": real}), expected.mean())
