@@ -211,6 +211,7 @@ def make_each(paths: list[Path], make: Callable[[int, Path], None]) -> None:
             _make(path, lock, lambda tmp, i=i: make(i, tmp))
         else:
             waiting.append(i)
+    started = time.monotonic()
     for i in waiting:
         path, lock = paths[i], lock_path(paths[i])
         while not path.is_file():
@@ -218,6 +219,9 @@ def make_each(paths: list[Path], make: Callable[[int, Path], None]) -> None:
                 _make(path, lock, lambda tmp, i=i: make(i, tmp))
                 break
             time.sleep(POLL_SECONDS)
+    if waiting:
+        log.info("%d of %d cache entries (%s, ...) were being made by another process; waited %.1f s for them",
+                 len(waiting), len(paths), paths[waiting[0]].name, time.monotonic() - started)
 
 
 def _take_over(lock: Path) -> bool:
