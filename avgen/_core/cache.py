@@ -121,9 +121,9 @@ def _sizes(paths: Any) -> dict[Path, int]:
 # Several processes may want the same entries at once: the runs of a command finishing side by side (`avgen run
 # --jobs`) fit the same detector on the same videos, read the same test clips for av_sync and train the same sound
 # classifier. ``make_each`` has each entry made by one of them: an entry is claimed with a lock file beside it
-# (created exclusively, holding the host and process id); a process makes the entries it could claim, then waits for
-# those others hold. A lock whose process is gone (killed) is taken over; an entry whose maker failed is made by the
-# waiter.
+# (created exclusively, holding the host and process id, touched every HEARTBEAT_SECONDS while the making goes on); a
+# process makes the entries it could claim, then waits for those others hold. A lock whose process is gone (killed) or
+# that was not touched for OLD_LOCK_SECONDS is taken over; an entry whose maker failed is made by the waiter.
 
 POLL_SECONDS = 0.05
 HEARTBEAT_SECONDS = 30.0  # a maker touches its lock this often, however long the making takes
