@@ -169,19 +169,27 @@ def test_chunks_read_the_video_once_and_give_the_frames_a_fresh_read_of_each_win
     assert np.array_equal(owned, np.arange(len(owned))) and len(owned) >= round(duration * fps) - 1
 
 
-def test_a_fit_through_the_shared_cache_gives_the_head_fitted_directly(synth, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def plain_samples(synth):
+    """learned_contacts' samples of the synthetic videos, computed directly (no cache), with their files' times."""
+    from avgen_timing.learned import video_samples
+
+    return video_samples(sorted(synth[0].glob("*_denoised.mp4")))
+
+
+def test_a_fit_through_the_shared_cache_gives_the_head_fitted_directly(synth, plain_samples, tmp_path, monkeypatch):
     """learned_contacts' fit reads each video's samples through the cache (one file per video, made by whichever
     process claims it): the head is the one fitted on the samples computed here directly."""
     from safetensors.torch import load_file
 
-    from avgen_timing.learned import fit_head, video_samples
+    from avgen_timing.learned import fit_head
 
     root, _ = synth
     monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("AVGEN_CACHE", raising=False)
     videos = sorted(root.glob("*_denoised.mp4"))
     avgen.create("detector", "learned_contacts", weights="none").fit(videos, tmp_path)
-    direct = fit_head([(f, y) for f, y, _ in video_samples(videos).values()])
+    direct = fit_head([(f, y) for f, y, _ in plain_samples.values()])
     fitted = load_file(str(tmp_path / "detector.safetensors"))
     assert fitted.keys() == direct.state_dict().keys()
     assert all(torch.equal(fitted[k], v) for k, v in direct.state_dict().items())
@@ -190,7 +198,8 @@ def test_a_fit_through_the_shared_cache_gives_the_head_fitted_directly(synth, tm
     assert not list(cached.rglob("*.lock"))
 
 
-def test_the_contact_times_a_dataset_annotates_are_what_a_recipe_detector_learns_from(synth, tmp_path, monkeypatch):
+def test_the_contact_times_a_dataset_annotates_are_what_a_recipe_detector_learns_from(synth, plain_samples, tmp_path,
+                                                                                    monkeypatch):
     """A dataset plugin with its own annotations (Dataset.contact_times) gives the detector its labels, ahead of a
     times file beside the video and of the video's own sound; detector.json says how many videos it annotated."""
     from types import SimpleNamespace
@@ -199,7 +208,7 @@ def test_the_contact_times_a_dataset_annotates_are_what_a_recipe_detector_learns
     from safetensors.torch import load_file
 
     from avgen._core.events import fit_detector
-    from avgen_timing.learned import fit_head, video_samples
+    from avgen_timing.learned import SETTINGS, fit_head, labels_for
 
     root, _ = synth
     monkeypatch.setenv("AVGEN_HOME", str(tmp_path / "home"))
@@ -228,10 +237,9 @@ def test_the_contact_times_a_dataset_annotates_are_what_a_recipe_detector_learns
     spec = json.loads((tmp_path / "detector.json").read_text())
     assert spec["trained_on"] == {"videos": 3, "annotated_by_the_dataset": 2}
 
-    samples = video_samples(videos, given=given)
-    assert [s for _, _, s in samples.values()] == ["annotated"] * 3  # two by the dataset, one by its times file
-    files_only = video_samples(videos[:1])[videos[0]][1]
-    assert not torch.equal(samples[videos[0]][1], files_only)  # the dataset's times, not the file's
-    direct = fit_head([(f, y) for f, y, _ in samples.values()])
+    # expected: the same frames' features, labelled at the dataset's times where it gives them, else at the file's
+    expected = [(f, labels_for(given[v], len(f), SETTINGS["fps"]) if v in given else y) for v, (f, y, _) in plain_samples.items()]
+    assert not torch.equal(expected[0][1], plain_samples[videos[0]][1])  # the dataset's times are not the file's
+    direct = fit_head(expected)
     fitted = load_file(str(tmp_path / "detector.safetensors"))
     assert all(torch.equal(fitted[k], v) for k, v in direct.state_dict().items())
