@@ -240,7 +240,7 @@ class VideoSound:
                 meta, device, encoder, model, self.video, self.frames_per_clip, recipe.featurize.precision)
         self.precision, checked = precision[0], dict(precision[1])
         self.clock.lap("precision")
-        self.summary: dict[str, Any] = {"video": str(video), "seconds": self.duration, "mode": "windows",
+        self.summary: dict[str, Any] = {"video": str(Path(video).absolute()), "seconds": self.duration, "mode": "windows",
                                         "windows": len(self.starts),
                                         "sample_rate": self.rate, "encoder_precision": self.precision, **checked}
 

@@ -239,10 +239,11 @@ def sound_of_events(model: Any, video: Path, detector: Any, detector_name: str |
         placed = read_onsets(onsets, model.class_names, duration)
         _say(console, f"{onsets}: {summary_line(placed)}")
         wave = sound_at_onsets(video, placed, duration, model, bank=bank, material=material)
-        return wave, {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "onsets": len(placed)}
+        return wave, {"video": str(Path(video).absolute()), "seconds": duration, "sample_rate": model.sample_rate,
+                      "onsets": len(placed)}
     found, outputs = detect_onsets(video, detector, duration, model, material=material)
     wave = sound_at_onsets(video, found, duration, model, bank=bank, material=material, outputs=outputs)
-    summary = {"video": str(video), "seconds": duration, "sample_rate": model.sample_rate, "mode": "events",
+    summary = {"video": str(Path(video).absolute()), "seconds": duration, "sample_rate": model.sample_rate, "mode": "events",
                "onsets": len(found), "contacts": [o.model_dump() for o in found]}
     if detector_name is not None:
         summary["detector"] = detector_name
