@@ -357,6 +357,10 @@ def test_many_skipped_rows_with_one_reason_are_one_warning() -> None:
         "(the first: line 0 of /d/synth0000_times.txt)",
         "warning: skipped line 3 of /d/x_times.txt: hit time inf is not a finite number of seconds >= 0"]
     assert warnings(none[:3]) == [f"warning: skipped {m}" for m in none[:3]]  # a few: each named
+    # six different reasons: five named, and the sixth too (not "1 more ... for 1 other reasons"); eight: counted
+    each = [f"clip c{i}: audio of v{i}.mp4 ends at 10.000 s, inside the window from {12 + i}.0 s" for i in range(8)]
+    assert warnings(each[:6]) == [f"warning: skipped {m}" for m in each[:6]]
+    assert warnings(each)[-1] == "warning: skipped 3 more annotation rows for 3 other reasons (see log.txt)"
     # the variants of a recipe prepare the same dataset: its warning once per process, every time in the log
     mine = [message.replace("/d/", f"/d{id(none)}/") for message in none]
     assert len(warnings(mine, once=True)) == 1 and warnings(mine, once=True) == [] and len(warnings(mine)) == 1

@@ -367,8 +367,9 @@ def warn_skipped(console: Console, messages: list[str], what: str, once: bool = 
                  f"skipped {len(items)} {what}: {reason} (the first: {split_reason(items[0])[0] or items[0]})"
                  for reason, items in ordered[:WARN_EACH]]
         rest = [m for _, items in ordered[WARN_EACH:] for m in items]
-        if rest:
-            lines.append(f"skipped {len(rest)} more {what} for {len(ordered) - WARN_EACH} other reasons")
+        if rest:  # one more is named; more, counted (each is in the log)
+            lines.append(f"skipped {rest[0]}" if len(rest) == 1 else f"skipped {len(rest)} more {what} for "
+                         f"{len(ordered) - WARN_EACH} other reason{'s' * (len(ordered) > WARN_EACH + 1)} (see log.txt)")
     for line in [] if once and tuple(lines) in _WARNED else lines:
         console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     _WARNED.add(tuple(lines))
