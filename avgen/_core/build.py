@@ -35,7 +35,7 @@ def check_dataset(name: str, dataset: Any, splits: tuple[str, ...] = ("train", "
     except AvgenError:  # a dataset object not registered under that name (a test's)
         who = f"dataset '{name}'"
     classes = len(dataset.class_names)
-    counts = {}
+    counts, first = {}, None
     for split in splits:
         try:
             clips = dataset.clips(split)
@@ -52,7 +52,7 @@ def check_dataset(name: str, dataset: Any, splits: tuple[str, ...] = ("train", "
                              f"{getattr(bad, 'label', None)!r}; a label is its class's index in class_names, an int in "
                              f"[0, {classes}) ({classes} classes), or -1 for none")
         counts[split] = len(clips)
-    first = next(iter(dataset.clips(splits[0])), None)
+        first = clips[0] if split == splits[0] and clips else first
     try:
         wave = dataset.load_audio(first) if first is not None else None
     except Exception:  # noqa: BLE001 - an unreadable clip: featurize skips it, or stops under --strict
