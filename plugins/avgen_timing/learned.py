@@ -95,14 +95,14 @@ class LearnedContacts(Detector):
     def fit(self, videos: list[Path], folder: Path) -> dict[str, Any]:
         """Fit the head on the videos' contacts (annotated times: the dataset's (``annotated``) or a times file's;
         else their own sound's onsets) and keep it in ``folder`` as detector.safetensors. Fitted heads are cached by
-        the videos and settings, so the variants of a recipe fit once."""
-        from avgen import MEDIA_VERSION, cache_dir, cache_key, make_once
+        their samples' cache keys (the videos, what labels them, the settings), so the variants of a recipe fit once
+        and a changed times file or annotation fits again."""
+        from avgen import cache_dir, cache_key, make_once
 
-        stamp = [_stamp(v) for v in videos]
-        given = [sorted((str(v), t) for v, t in self.annotated.items())] if self.annotated else []
-        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', SETTINGS, stamp, MEDIA_VERSION, *given)}.safetensors"
+        files = sample_files(videos, self.annotated)
+        cached = cache_dir() / "timing" / "heads" / f"{cache_key('learned_contacts', [f.stem for f in files])}.safetensors"
         if not cached.is_file():
-            samples = shared_samples(videos, self.annotated)  # processes fitting the same head at once share the videos
+            samples = shared_samples(videos, files, self.annotated)  # runs fitting the same head at once share videos
 
             def make(tmp: Path) -> None:
                 head = fit_head([(f, y) for f, y, _ in samples.values()])
@@ -186,14 +186,12 @@ def _stamp(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns
 
 
-def shared_samples(videos: list[Path], given: dict[Path, list[float]] | None = None,
-                   ) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
-    """``video_samples`` (labels 'auto') through the cache, one file per video, each made by one process: the
-    variants of a recipe finishing side by side fit their detector on the same videos at the same time."""
+def sample_files(videos: list[Path], given: dict[Path, list[float]] | None = None) -> list[Path]:
+    """Where ``shared_samples`` keeps each video's samples: keyed by the settings, the video, what labels it (the
+    dataset's times, a times file beside it, else its own sound) and how media is read."""
     from avgen import MEDIA_VERSION, cache_dir, cache_key
 
     from avgen_timing.footage import times_file
-    from avgen import make_each
 
     def path(video: Path) -> Path:
         times = times_file(video)
@@ -201,14 +199,22 @@ def shared_samples(videos: list[Path], given: dict[Path, list[float]] | None = N
         key = cache_key("learned_contacts.samples", SETTINGS, _stamp(video), times and _stamp(times), MEDIA_VERSION, *own)
         return cache_dir() / "timing" / "samples" / f"{key}.safetensors"
 
+    return [path(v) for v in videos]
+
+
+def shared_samples(videos: list[Path], files: list[Path], given: dict[Path, list[float]] | None = None,
+                   ) -> dict[Path, tuple[torch.Tensor, torch.Tensor, str]]:
+    """``video_samples`` (labels 'auto') through the cache, in ``files`` (``sample_files``), each made by one
+    process: the variants of a recipe finishing side by side fit their detector on the same videos at the same time."""
+    from avgen import make_each
+
     def make(i: int, tmp: Path) -> None:
         features, labels, source = video_samples([videos[i]], given=given)[videos[i]]
         save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp), metadata={"source": source})
 
-    paths = [path(v) for v in videos]
-    make_each(paths, make)
+    make_each(files, make)
     out = {}
-    for video, file in zip(videos, paths):
+    for video, file in zip(videos, files):
         try:
             with safe_open(str(file), "pt") as entry:
                 out[video] = (entry.get_tensor("features"), entry.get_tensor("labels"), entry.metadata()["source"])
