@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from avgen_datasets.synthesis import Action, Segment
 
 GENERATOR_VERSION = "1"
-MANIFEST = SYNTHETIC_MANIFEST
 
 
 class SynthesisParams(BaseModel):
@@ -188,14 +187,14 @@ def write_dataset(
     write_text(root / "train.txt", "\n".join(train_ids) + "\n")
     write_text(root / "test.txt", "\n".join(test_ids) + "\n")
     manifest = {"generator": "synthetic_hits", "version": GENERATOR_VERSION, "settings": settings.manifest_settings()}
-    write_json(root / MANIFEST, manifest)
+    write_json(root / SYNTHETIC_MANIFEST, manifest)
     return manifest
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:
     """The generator manifest of a folder, or None when it has none (or it is unreadable)."""
     try:
-        return json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return json.loads((root / SYNTHETIC_MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
